@@ -1,0 +1,171 @@
+"""Explicit detections loaded from YAML, one rule per file.
+
+A rule is data: id, title, severity, ATT&CK techniques, false-positive notes, a condition over
+event fields and features, and positive/negative example events that the test suite replays.
+Conditions are compiled once into plain predicates; there is no ``eval``.
+
+Condition clauses (all must hold)::
+
+    when:
+      - {field: path, prefix: ["sys/audit/", "sys/audit"]}
+      - {field: operation, in: [create, update, delete]}
+      - {field: denied_count_5m, gte: 20}
+
+``field`` is an :class:`~pipeline.events.AccessEvent` attribute (``operation``, ``path``,
+``outcome``, ``is_root``, ``is_login``, ...), ``segment``, or a feature name. Operators:
+``equals``, ``in``, ``not_in``, ``prefix``, ``matches`` (regex search), ``gte``, ``gt``, ``lte``.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+from pipeline.events import AccessEvent
+from pipeline.features import INDEX, FeatureVector
+
+SEVERITIES = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+RELATED = ("trigger", "denied_5m", "login_failed_5m", "recent_1h")
+_EVENT_FIELDS = set(AccessEvent.__dataclass_fields__) | {"is_root"}
+_RULE_KEYS = {"id", "title", "description", "severity", "reason", "attack", "false_positives",
+              "when", "related", "explain", "tests"}
+Predicate = Callable[[FeatureVector], bool]
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    title: str
+    description: str
+    severity_id: int
+    reason: str
+    attack: tuple[str, ...]
+    false_positives: str
+    related: str
+    explain: tuple[str, ...]
+    predicate: Predicate = field(repr=False, compare=False)
+    tests: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
+    source: str = ""
+
+    def matches(self, fv: FeatureVector) -> bool:
+        return self.predicate(fv)
+
+
+def _getter(name: str, where: str) -> Callable[[FeatureVector], Any]:
+    if name in INDEX:
+        i = INDEX[name]
+        return lambda fv: fv.values[i]
+    if name == "segment":
+        return lambda fv: fv.segment
+    if name in _EVENT_FIELDS:
+        return lambda fv: getattr(fv.event, name)
+    raise ConfigError(f"{where}: unknown field {name!r} (an event field, 'segment' or a feature)")
+
+
+def _clause(spec: Any, where: str) -> Predicate:
+    if not isinstance(spec, dict) or "field" not in spec or len(spec) != 2:
+        raise ConfigError(f"{where}: a clause is {{field: NAME, OPERATOR: VALUE}}, got {spec!r}")
+    get = _getter(spec["field"], where)
+    (op, value), = ((k, v) for k, v in spec.items() if k != "field")
+    if op == "equals":
+        return lambda fv: get(fv) == value
+    if op in ("in", "not_in"):
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: {op!r} takes a list")
+        members = frozenset(value)
+        if op == "in":
+            return lambda fv: get(fv) in members
+        return lambda fv: get(fv) not in members
+    if op == "prefix":
+        prefixes = tuple(value) if isinstance(value, list) else (value,)
+        return lambda fv: get(fv).startswith(prefixes)
+    if op == "matches":
+        try:
+            pattern = re.compile(value)
+        except re.error as exc:
+            raise ConfigError(f"{where}: bad regex {value!r}: {exc}") from None
+        return lambda fv: pattern.search(get(fv)) is not None
+    if op in ("gte", "gt", "lte"):
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: {op!r} takes a number")
+        if op == "gte":
+            return lambda fv: get(fv) >= value
+        if op == "gt":
+            return lambda fv: get(fv) > value
+        return lambda fv: get(fv) <= value
+    raise ConfigError(f"{where}: unknown operator {op!r}")
+
+
+def compile_rule(doc: Any, source: str) -> Rule:
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{source}: a rule file holds one mapping")
+    unknown = set(doc) - _RULE_KEYS
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {sorted(unknown)}")
+    for key in ("id", "title", "severity", "reason", "when"):
+        if key not in doc:
+            raise ConfigError(f"{source}: missing key {key!r}")
+    if doc["severity"] not in SEVERITIES:
+        raise ConfigError(f"{source}: severity must be one of {list(SEVERITIES)}")
+    related = doc.get("related", "trigger")
+    if related not in RELATED:
+        raise ConfigError(f"{source}: related must be one of {RELATED}")
+    when = doc["when"]
+    if not isinstance(when, list) or not when:
+        raise ConfigError(f"{source}: 'when' is a non-empty list of clauses")
+    clauses = [_clause(c, f"{source}: when[{i}]") for i, c in enumerate(when)]
+    explain = tuple(doc.get("explain", ()))
+    for name in explain:
+        if name not in INDEX:
+            raise ConfigError(f"{source}: explain names unknown feature {name!r}")
+
+    def predicate(fv: FeatureVector) -> bool:
+        for clause in clauses:
+            if not clause(fv):
+                return False
+        return True
+
+    return Rule(
+        id=str(doc["id"]), title=str(doc["title"]), description=str(doc.get("description", "")),
+        severity_id=SEVERITIES[doc["severity"]], reason=str(doc["reason"]),
+        attack=tuple(doc.get("attack", ())), false_positives=str(doc.get("false_positives", "")),
+        related=related, explain=explain, predicate=predicate, tests=doc.get("tests") or {},
+        source=source,
+    )
+
+
+def load_rules(directory: Path) -> list[Rule]:
+    """Every ``*.yaml`` in ``directory``, sorted by file name; ids must be unique."""
+    if not directory.is_dir():
+        raise ConfigError(f"rules directory {directory} does not exist")
+    rules: list[Rule] = []
+    for path in sorted(directory.glob("*.yaml")):
+        try:
+            doc = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        rules.append(compile_rule(doc, str(path)))
+    ids = [r.id for r in rules]
+    duplicates = {i for i in ids if ids.count(i) > 1}
+    if duplicates:
+        raise ConfigError(f"{directory}: duplicate rule ids {sorted(duplicates)}")
+    return rules
+
+
+class RuleSet:
+    """Evaluates every rule on every row of a batch. Rules keep no state."""
+
+    name = "rules"
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = list(rules)
+
+    def evaluate(self, batch: Sequence[FeatureVector]) -> list[tuple[Rule, ...]]:
+        rules = self.rules
+        return [tuple(r for r in rules if r.predicate(fv)) for fv in batch]

@@ -1,0 +1,3 @@
+"""secretscope: anomaly detection for secret-store audit logs."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,199 @@
+"""Command line: ``secretscope replay | simulate | evaluate | validate | alerts``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from pipeline.config import load_settings
+from pipeline.errors import SecretscopeError
+from pipeline.findings import Finding
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="secretscope: anomaly detection for secret-store audit logs.")
+err = Console(stderr=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
+StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
+
+
+def _settings(config: Optional[Path], store: Optional[str]):
+    overrides = {"store__url": store} if store else {}
+    return load_settings(config, **overrides)
+
+
+def _check_inputs(files: list[str]) -> None:
+    for f in files:
+        if f != "-" and not Path(f).is_file():
+            raise SecretscopeError(f"{f}: no such file")
+
+
+def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
+                collect: list[Finding] | None = None):
+    from pipeline.runner import Pipeline, stderr_progress
+    from pipeline.sources.files import ReplayCounters, _total_size, replay
+    from pipeline.parsers.limits import InputLimits
+    from pipeline.store import Store
+
+    store = Store(settings.store.url)
+    try:
+        pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
+                            on_finding=collect.append if collect is not None else None)
+        counters = ReplayCounters(_total_size(files))
+        limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars,
+                             settings.input.max_depth)
+        items = replay(files, limits, settings.input.join_timeout_seconds, counters)
+        stats = pipeline.run(items, None if quiet else stderr_progress(counters))
+    finally:
+        store.close()
+    return stats, counters, pipeline
+
+
+def _console() -> Console:
+    """Wide enough for the findings table when output goes to a file or a CI log."""
+    detected = Console()
+    return detected if detected.is_terminal else Console(width=160)
+
+
+def _print_findings(findings: list[Finding], limit: int = 25) -> None:
+    console = _console()
+    table = Table(title=f"{len(findings)} findings", show_lines=False)
+    for col in ("time (UTC)", "severity", "identity", "what", "why"):
+        table.add_column(col, overflow="fold")
+    ranked = sorted(findings, key=lambda f: (-f.severity_id, f.time))
+    for f in ranked[:limit]:
+        why = "; ".join(f"{r.code}: {r.observed} (baseline {r.baseline})" for r in f.reasons[:3])
+        table.add_row(f.time.strftime("%Y-%m-%d %H:%M:%S"), f.severity,
+                      f.display_name or f.identity,
+                      f"{f.trigger.operation} {f.trigger.secret} from {f.segment}", why)
+    console.print(table)
+    if len(findings) > limit:
+        console.print(f"... and {len(findings) - limit} more (see the alerts file or store)")
+
+
+@app.command()
+def replay(
+    files: list[str] = typer.Argument(..., help="Audit files (.gz accepted; '-' for stdin)."),
+    alerts_out: Optional[Path] = typer.Option(None, "--alerts-out", help="Write OCSF findings here (JSONL)."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+    table: bool = typer.Option(True, "--table/--no-table", help="Print a table of findings."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+) -> None:
+    """Run the whole pipeline over audit files, in event-time order."""
+    settings = _settings(config, store)
+    _check_inputs(files)
+    collected: list[Finding] = []
+    with ExitStack() as stack:
+        out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
+        stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+    err.print(f"replayed {counters.lines:,} lines -> {stats.events:,} calls in {stats.seconds:.1f}s "
+              f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings; "
+              f"{stats.dead_letters:,} dead letters; {counters.duplicates:,} duplicate entries dropped"
+              + (f"; {stats.truncated_fields:,} fields cut" if stats.truncated_fields else ""))
+    if table:
+        _print_findings(collected)
+
+
+@app.command()
+def simulate(
+    out: Path = typer.Argument(..., help="Where to write the simulated Vault audit log (.gz ok)."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Attack labels (JSONL); default OUT.labels.jsonl"),
+    days: int = typer.Option(7, min=1, max=366),
+    seed: int = typer.Option(7),
+    calls: Optional[int] = typer.Option(None, "--calls", help="Scale the fleet to about this many calls."),
+    attacks: bool = typer.Option(True, "--attacks/--no-attacks"),
+) -> None:
+    """Write a labelled, simulated Vault audit log of a company fleet."""
+    from pipeline.simulate import SimulationSpec, simulate as run_simulation
+
+    labels = labels or out.with_name(out.name.removesuffix(".gz") + ".labels.jsonl")
+    summary = run_simulation(SimulationSpec(days=days, seed=seed, attacks=attacks,
+                                            target_calls=calls), out, labels)
+    classes = ", ".join(f"{k} {v}" for k, v in sorted(summary.episodes.items()))
+    err.print(f"wrote {summary.calls:,} calls ({summary.lines:,} lines) to {out}; "
+              f"{summary.attack_calls:,} attack calls in episodes: {classes or 'none'}; labels in {labels}")
+
+
+@app.command()
+def evaluate(
+    log_file: Path = typer.Argument(..., help="Simulated audit log."),
+    labels: Optional[Path] = typer.Option(None, "--labels", help="Labels (default LOG.labels.jsonl)."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = typer.Option("sqlite://", "--store", help="SQLAlchemy URL (default in-memory)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q"),
+) -> None:
+    """Replay a labelled log; print recall per attack class, precision and false findings."""
+    from models.evaluation import evaluate as score, load_episodes
+
+    labels = labels or log_file.with_name(log_file.name.removesuffix(".gz") + ".labels.jsonl")
+    _check_inputs([str(log_file), str(labels)])
+    settings = _settings(config, store)
+    collected: list[Finding] = []
+    stats, _, _ = _run_replay([str(log_file)], settings, None, quiet, collected)
+    report = score(collected, load_episodes(labels), stats.events)
+    table = Table(title="detection by attack class")
+    for col in ("class", "episodes", "detected", "recall", "median delay"):
+        table.add_column(col)
+    for c in report.classes:
+        delay = f"{c.median_delay_seconds:.0f}s" if c.median_delay_seconds is not None else "-"
+        table.add_row(c.attack_class, str(c.episodes), str(c.detected), f"{c.recall:.2f}", delay)
+    console = _console()
+    console.print(table)
+    console.print(
+        f"recall {report.recall:.3f} | precision {report.precision:.3f} "
+        f"({report.true_findings}/{report.findings} findings) | "
+        f"false findings per 10k benign events {report.false_per_10k_benign:.2f} "
+        f"({report.false_findings} over {report.benign_events:,} benign calls)")
+
+
+@app.command()
+def validate(config: Optional[Path] = typer.Argument(None, help="Config file (default: embedded).")) -> None:
+    """Check a config file and its rules; exit 2 with the problem if invalid."""
+    from models.rules import load_rules
+
+    settings = load_settings(config)
+    rules = load_rules(settings.rules_dir())
+    err.print(f"ok: {len(settings.segments)} segments, {len(rules)} rules, "
+              f"{len(settings.detectors)} streaming detectors")
+
+
+@app.command()
+def alerts(
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+    limit: int = typer.Option(20, min=1),
+) -> None:
+    """List the most recent stored findings."""
+    from pipeline.store import Store
+
+    settings = _settings(config, store)
+    st = Store(settings.store.url)
+    try:
+        rows = st.recent_findings(limit)
+    finally:
+        st.close()
+    table = Table(title=f"latest {len(rows)} findings in {settings.store.url}")
+    for col in ("id", "severity", "identity", "title"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["finding_info"]["uid"], r["severity"],
+                      r["actor"]["user"]["name"] or r["actor"]["user"]["uid"], r["finding_info"]["title"])
+    _console().print(table)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    try:
+        app()
+    except SecretscopeError as exc:
+        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(2)

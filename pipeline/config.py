@@ -1,0 +1,119 @@
+"""Configuration: YAML into validated, frozen settings.
+
+Unknown keys are errors, and every error names the file and the key. Detector ``type`` values
+are looked up in :data:`DETECTOR_TYPES`. Secrets never live in the YAML; they come from the
+environment when sinks need them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from pipeline.errors import ConfigError
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StoreSettings(_Strict):
+    url: str = "sqlite:///secretscope.db"
+
+
+class InputSettings(_Strict):
+    max_record_bytes: int = Field(1 << 20, gt=0)
+    max_field_chars: int = Field(1024, gt=0)
+    max_depth: int = Field(64, gt=1)
+    join_timeout_seconds: float = Field(30.0, ge=0)
+
+
+class Segment(_Strict):
+    name: str = Field(min_length=1)
+    cidr: str
+
+    @field_validator("cidr")
+    @classmethod
+    def _valid_cidr(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"not a CIDR network: {exc}") from None
+        return value
+
+
+class RulesSettings(_Strict):
+    directory: str = "rules"
+
+
+class HalfSpaceTreesSettings(_Strict):
+    type: Literal["halfspacetrees"]
+    name: str = "hst"
+    n_trees: int = Field(10, ge=1, le=100)
+    height: int = Field(8, ge=1, le=16)
+    window_size: int = Field(250, ge=2)
+    seed: int = 42
+    threshold: float = Field(0.75, gt=0, le=1)
+    high_threshold: float = Field(0.9, gt=0, le=1)
+    min_history: int = Field(50, ge=0)
+
+
+# The registry of detector types: add a settings model here and a factory in models/registry.
+DETECTOR_TYPES = {"halfspacetrees": HalfSpaceTreesSettings}
+DetectorSettings = Annotated[Union[HalfSpaceTreesSettings], Field(discriminator="type")]
+
+
+class TriageSettings(_Strict):
+    suppress_minutes: float = Field(60, ge=0)
+    max_related_events: int = Field(25, ge=1, le=1000)
+
+
+class RunnerSettings(_Strict):
+    batch_size: int = Field(256, ge=1, le=100_000)
+    progress_seconds: float = Field(5, ge=0)
+
+
+class Settings(_Strict):
+    store: StoreSettings = StoreSettings()
+    input: InputSettings = InputSettings()
+    segments: tuple[Segment, ...] = ()
+    rules: RulesSettings = RulesSettings()
+    detectors: tuple[DetectorSettings, ...] = ()
+    triage: TriageSettings = TriageSettings()
+    runner: RunnerSettings = RunnerSettings()
+    base_dir: str = Field("", exclude=True)  # directory of the config file; relative paths start here
+
+    def rules_dir(self) -> Path:
+        path = Path(self.rules.directory)
+        return path if path.is_absolute() else Path(self.base_dir) / path
+
+
+def load_settings(path: str | Path | None = None, **overrides: object) -> Settings:
+    """Load and validate a config file (the embedded default when ``path`` is None)."""
+    path = Path(path) if path else DEFAULT_CONFIG
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    if "base_dir" in doc:
+        raise ConfigError(f"{path}: base_dir: not a configurable key")
+    doc = {**doc, "base_dir": str(path.resolve().parent)}
+    for dotted, value in overrides.items():
+        section, _, key = dotted.partition("__")
+        doc[section] = {**doc.get(section, {}), key: value}
+    try:
+        return Settings.model_validate(doc)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
+        raise ConfigError(f"{path}: {problems}") from None

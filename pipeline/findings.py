@@ -1,0 +1,144 @@
+"""The alert model and its OCSF rendering.
+
+A :class:`Finding` says who did what, why that is unusual for that identity (reasons with
+observed vs. baseline values), how severe, which ATT&CK techniques, and which source events it is
+about. Its id is deterministic (detectors + identity + triggering event id), so a replay yields
+the same ids and downstream systems can dedupe on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pipeline import __version__
+from pipeline.events import AccessEvent
+
+OCSF_VERSION = "1.3.0"
+SEVERITY_NAMES = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High",
+                  5: "Critical", 6: "Fatal", 99: "Other"}
+# Names of the techniques secretscope maps to (MITRE ATT&CK Enterprise).
+TECHNIQUES = {
+    "T1078": ("Valid Accounts", "TA0001", "Initial Access"),
+    "T1098": ("Account Manipulation", "TA0003", "Persistence"),
+    "T1110": ("Brute Force", "TA0006", "Credential Access"),
+    "T1555": ("Credentials from Password Stores", "TA0006", "Credential Access"),
+    "T1552": ("Unsecured Credentials", "TA0006", "Credential Access"),
+    "T1083": ("File and Directory Discovery", "TA0007", "Discovery"),
+    "T1562.008": ("Impair Defenses: Disable or Modify Cloud Logs", "TA0005", "Defense Evasion"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """One reason a finding was raised: a code, what was observed, what is usual."""
+
+    code: str
+    detector: str
+    text: str
+    observed: str
+    baseline: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    id: str
+    time: datetime
+    identity: str
+    display_name: str
+    title: str
+    severity_id: int
+    score: float  # 0..1, higher = more anomalous
+    detectors: tuple[str, ...]
+    reasons: tuple[Reason, ...]
+    techniques: tuple[str, ...]
+    related_event_ids: tuple[str, ...]
+    trigger: AccessEvent
+    segment: str
+
+    @property
+    def severity(self) -> str:
+        return SEVERITY_NAMES[self.severity_id]
+
+
+def finding_id(detectors: tuple[str, ...], identity: str, trigger_event_id: str) -> str:
+    """Deterministic UUID-shaped id: same detectors, identity and trigger -> same id."""
+    key = "\x1f".join((",".join(sorted(detectors)), identity, trigger_event_id))
+    return str(uuid.UUID(bytes=hashlib.sha256(key.encode()).digest()[:16], version=5))
+
+
+def _epoch_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def to_ocsf(f: Finding) -> dict[str, Any]:
+    """OCSF Detection Finding (class 2004), activity Create."""
+    e = f.trigger
+    attacks = []
+    for tid in f.techniques:
+        name, tactic_uid, tactic = TECHNIQUES.get(tid, ("", "", ""))
+        attack: dict[str, Any] = {"technique": {"uid": tid, "name": name}}
+        if tactic_uid:
+            attack["tactic"] = {"uid": tactic_uid, "name": tactic}
+        attacks.append(attack)
+    rule_names = ", ".join(f.detectors)
+    desc = "; ".join(f"{r.text} (observed {r.observed}; baseline {r.baseline})" for r in f.reasons)
+    return {
+        "activity_id": 1,
+        "activity_name": "Create",
+        "category_uid": 2,
+        "category_name": "Findings",
+        "class_uid": 2004,
+        "class_name": "Detection Finding",
+        "type_uid": 200401,
+        "type_name": "Detection Finding: Create",
+        "severity_id": f.severity_id,
+        "severity": f.severity,
+        "status_id": 1,
+        "status": "New",
+        "time": _epoch_ms(f.time),
+        "confidence_score": round(f.score * 100),
+        "message": f"{f.title}: {f.display_name or f.identity} {e.operation} {e.secret}",
+        "metadata": {
+            "version": OCSF_VERSION,
+            "uid": f.id,
+            "product": {"name": "secretscope", "vendor_name": "secretscope",
+                        "version": __version__},
+            "log_name": e.source,
+        },
+        "finding_info": {
+            "uid": f.id,
+            "title": f.title,
+            "desc": desc,
+            "types": [r.code for r in f.reasons],
+            "analytic": {"name": rule_names, "type_id": 1 if "hst" not in f.detectors else 4,
+                         "type": "Rule" if "hst" not in f.detectors else "Learning"},
+            "attacks": attacks,
+            "first_seen_time": _epoch_ms(f.time),
+            "last_seen_time": _epoch_ms(f.time),
+            "related_events": [{"uid": uid} for uid in f.related_event_ids],
+        },
+        "actor": {"user": {"uid": f.identity, "name": f.display_name}},
+        "src_endpoint": {"ip": e.remote_address} if e.remote_address else {},
+        "resources": [{"name": e.secret, "type": "secret", "namespace": e.namespace or "root"}],
+        "unmapped": {
+            "secretscope": {
+                "detectors": list(f.detectors),
+                "score": round(f.score, 4),
+                "segment": f.segment,
+                "operation": e.operation,
+                "path": e.path,
+                "outcome": e.outcome,
+                "user_agent": e.user_agent,
+                "trigger_event_uid": e.event_id,
+                "reasons": [
+                    {"code": r.code, "detector": r.detector, "text": r.text,
+                     "observed": r.observed, "baseline": r.baseline}
+                    for r in f.reasons
+                ],
+            }
+        },
+    }

@@ -1,0 +1,100 @@
+"""SQL storage through SQLAlchemy: findings and dead letters (SQLite file by default).
+
+Writes are idempotent on the finding id, so a replay after a crash does not duplicate findings.
+Nothing stored here holds a secret value: findings carry identifiers and reasons, dead letters a
+digest of the bad record rather than the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+
+import orjson
+from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text,
+                        create_engine, func, select)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+
+from pipeline.events import DeadLetter
+from pipeline.findings import Finding, to_ocsf
+
+metadata = MetaData()
+
+findings = Table(
+    "findings", metadata,
+    Column("id", String(36), primary_key=True),
+    Column("time", DateTime(timezone=True), nullable=False, index=True),
+    Column("identity", String(512), nullable=False, index=True),
+    Column("display_name", String(512), nullable=False),
+    Column("title", String(512), nullable=False),
+    Column("severity_id", Integer, nullable=False),
+    Column("score", Float, nullable=False),
+    Column("detectors", String(512), nullable=False),
+    Column("trigger_event_id", String(128), nullable=False),
+    Column("ocsf", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+dead_letters = Table(
+    "dead_letters", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("origin", String(1024), nullable=False),
+    Column("reason", String(64), nullable=False, index=True),
+    Column("detail", String(512), nullable=False),
+    Column("field", String(128), nullable=False),
+    Column("digest", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.engine: Engine = create_engine(url)
+        metadata.create_all(self.engine)
+
+    def _insert_ignore(self, table: Table):
+        dialect = self.engine.dialect.name
+        if dialect == "sqlite":
+            return sqlite.insert(table).on_conflict_do_nothing()
+        if dialect == "postgresql":
+            return postgresql.insert(table).on_conflict_do_nothing()
+        return table.insert()
+
+    def add_findings(self, items: Sequence[Finding]) -> None:
+        if not items:
+            return
+        now = datetime.now(timezone.utc)
+        rows = [
+            {"id": f.id, "time": f.time, "identity": f.identity[:512],
+             "display_name": f.display_name[:512], "title": f.title[:512],
+             "severity_id": f.severity_id, "score": f.score,
+             "detectors": ",".join(f.detectors)[:512], "trigger_event_id": f.trigger.event_id,
+             "ocsf": orjson.dumps(to_ocsf(f)).decode(), "created_at": now}
+            for f in items
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(self._insert_ignore(findings), rows)
+
+    def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
+        now = datetime.now(timezone.utc)
+        rows = [{"origin": d.origin[:1024], "reason": d.reason, "detail": d.detail[:512],
+                 "field": d.field[:128], "digest": d.digest, "size": d.size, "created_at": now}
+                for d in items]
+        if rows:
+            with self.engine.begin() as conn:
+                conn.execute(dead_letters.insert(), rows)
+
+    def count(self, table: Table) -> int:
+        with self.engine.connect() as conn:
+            return conn.execute(select(func.count()).select_from(table)).scalar_one()
+
+    def recent_findings(self, limit: int = 50) -> list[dict]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(findings.c.ocsf).order_by(findings.c.time.desc()).limit(limit)).all()
+        return [orjson.loads(r.ocsf) for r in rows]
+
+    def close(self) -> None:
+        self.engine.dispose()
