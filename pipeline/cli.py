@@ -18,7 +18,7 @@ from pipeline.findings import Finding
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="secretscope: anomaly detection for secret-store audit logs.")
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
@@ -195,5 +195,5 @@ def main() -> None:
     try:
         app()
     except SecretscopeError as exc:
-        err.print(f"[bold red]error:[/] {exc}", highlight=False)
+        print(f"error: {exc}", file=sys.stderr)
         sys.exit(2)

@@ -1,0 +1,49 @@
+"""Config is validated data: unknown keys and bad values fail at load, naming file and key."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.config import DEFAULT_CONFIG, load_settings
+from pipeline.errors import ConfigError
+
+
+def test_default_config_is_valid():
+    s = load_settings()
+    assert s.store.url.startswith("sqlite") and s.detectors[0].type == "halfspacetrees"
+    assert s.rules_dir().is_dir()
+    with pytest.raises(Exception):
+        s.runner.batch_size = 3  # frozen
+
+
+@pytest.mark.parametrize("text, key", [
+    ("runner: {batch_sise: 10}\n", "runner.batch_sise"),
+    ("segments: [{name: x, cidr: 10.0.0.300/8}]\n", "segments.0.cidr"),
+    ("detectors: [{type: magic}]\n", "detectors.0"),
+    ("detectors: [{type: halfspacetrees, threshold: 3}]\n", "detectors.0.halfspacetrees.threshold"),
+    ("colour: red\n", "colour"),
+])
+def test_bad_config_names_file_and_key(tmp_path, text, key):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path)
+    assert str(path) in str(info.value) and key in str(info.value)
+
+
+def test_cli_reports_bad_config_and_exits_2(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("store: {uri: x}\n")
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "store.uri" in proc.stderr and str(path) in proc.stderr.replace("\n", "")
+
+
+def test_cli_validate_default():
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(DEFAULT_CONFIG)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0 and "5 rules" in proc.stderr
