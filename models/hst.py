@@ -311,7 +311,7 @@ class HalfSpaceTrees:
         self,
         X: np.ndarray,
         skip: np.ndarray | None = None,
-        threshold: float | None = None,
+        threshold: float | np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score each row, then learn it unless excluded; identical to the sequential loop::
 
@@ -322,7 +322,8 @@ class HalfSpaceTrees:
 
         A row is excluded from learning if ``skip[i]`` is True, or if ``threshold`` is not None,
         the model is ready when the row is scored, and its score is ``>= threshold`` (never learn
-        from an event that raised a finding).
+        from an event that raised a finding). ``threshold`` may also be an array with one value
+        per row (``np.inf`` for rows that may not fire, e.g. identities still warming up).
 
         Returns ``(scores, learned_mask)``: float64 (n,) and bool (n,).
 
@@ -345,6 +346,8 @@ class HalfSpaceTrees:
             if skip.shape != (n,):
                 raise ValueError(f"skip must have shape ({n},), got {skip.shape}")
             allowed = ~skip
+        if threshold is not None:
+            threshold = np.broadcast_to(np.asarray(threshold, dtype=np.float64), (n,))
         leaves = self._leaves(X)
 
         pos = 0
@@ -361,7 +364,7 @@ class HalfSpaceTrees:
             else:
                 # Score everything left against the current reference masses, then find the pivot.
                 seg_scores = self._score_leaves(leaves[pos:])
-                seg_learn = allowed[pos:] & ~(seg_scores >= threshold)
+                seg_learn = allowed[pos:] & ~(seg_scores >= threshold[pos:])
                 csum = np.cumsum(seg_learn, dtype=np.int64)
                 hit = int(np.searchsorted(csum, need))
                 end = pos + hit + 1 if hit < csum.size else n

@@ -42,8 +42,11 @@ def hst_inputs(values: np.ndarray) -> np.ndarray:
     v = values
     out = np.empty((v.shape[0], len(HST_INPUTS)))
     # A 3-hour window holds 3/168 of a uniform week and 3/24 of a uniform day.
-    out[:, 0] = 1.0 - np.minimum(1.0, v[:, _I["hour_of_week_share"]] * 56.0)
-    out[:, 1] = 1.0 - np.minimum(1.0, v[:, _I["hour_of_day_share"]] * 8.0)
+    day_rarity = 1.0 - np.minimum(1.0, v[:, _I["hour_of_day_share"]] * 8.0)
+    week_rarity = 1.0 - np.minimum(1.0, v[:, _I["hour_of_week_share"]] * 56.0)
+    # An hour-of-week profile means something only once a whole week is in it.
+    out[:, 0] = np.where(v[:, _I["history_days"]] >= 7.0, week_rarity, day_rarity)
+    out[:, 1] = day_rarity
     out[:, 2] = 1.0 - np.sqrt(v[:, _I["segment_share"]])
     out[:, 3] = v[:, _I["segment_first_seen"]]
     out[:, 4] = v[:, _I["secret_first_seen"]]
@@ -60,12 +63,14 @@ class HalfSpaceTreesDetector:
     first window, and ``min_history`` baseline events for each identity."""
 
     def __init__(self, name: str = "hst", n_trees: int = 10, height: int = 8,
-                 window_size: int = 250, seed: int = 42, threshold: float = 0.75,
-                 high_threshold: float = 0.9, min_history: int = 50) -> None:
+                 window_size: int = 250, seed: int = 42, threshold: float = 0.97,
+                 high_threshold: float = 0.99, min_history: int = 50,
+                 min_history_days: float = 1.0) -> None:
         self.name = name
         self.threshold = threshold
         self.high_threshold = high_threshold
         self.min_history = min_history
+        self.min_history_days = min_history_days
         self.model = HalfSpaceTrees(list(HST_INPUTS), n_trees=n_trees, height=height,
                                     window_size=window_size, seed=seed)
 
@@ -74,10 +79,14 @@ class HalfSpaceTreesDetector:
         if values is None:
             values = np.array([fv.values for fv in batch], dtype=np.float64)
         X = hst_inputs(values)
-        warm = values[:, _I["history_events"]] >= self.min_history
+        warm = ((values[:, _I["history_events"]] >= self.min_history)
+                & (values[:, _I["history_days"]] >= self.min_history_days))
         # Rows of the batch in which the forest finishes its first window count as warm-up too.
         forest_ready = self.model.ready
-        scores, _learned = self.model.score_then_learn(X, skip=exclude, threshold=self.threshold)
+        # Only rows that can fire are kept out of the forest: excluding cold identities' rows
+        # too would freeze a forest whose first window was all newcomers.
+        thresholds = np.where(warm, self.threshold, np.inf)
+        scores, _learned = self.model.score_then_learn(X, skip=exclude, threshold=thresholds)
         ready = warm if forest_ready else np.zeros(len(batch), dtype=bool)
         fired = ready & (scores >= self.threshold)
         return ScoreBatch(self.name, scores, ready, fired)

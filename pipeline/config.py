@@ -59,9 +59,10 @@ class HalfSpaceTreesSettings(_Strict):
     height: int = Field(8, ge=1, le=16)
     window_size: int = Field(250, ge=2)
     seed: int = 42
-    threshold: float = Field(0.75, gt=0, le=1)
-    high_threshold: float = Field(0.9, gt=0, le=1)
+    threshold: float = Field(0.97, gt=0, le=1)
+    high_threshold: float = Field(0.99, gt=0, le=1)
     min_history: int = Field(50, ge=0)
+    min_history_days: float = Field(1.0, ge=0)
 
 
 # The registry of detector types: add a settings model here and a factory in models/registry.

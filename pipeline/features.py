@@ -35,6 +35,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "requests_count_24h",
     "secrets_distinct_1h",
     "secrets_distinct_24h",
+    "secrets_ratio_1h",  # secrets_distinct_1h over the identity's usual (secrets_baseline_1h + 1)
     "denied_count_5m",
     "denied_ratio_1h",
     "login_failed_count_5m",
@@ -48,8 +49,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "requests_baseline_1h",  # usual requests_count_1h for the identity (EWMA over its history)
     "secrets_baseline_1h",  # usual secrets_distinct_1h for the identity
     "history_events",  # events already in the identity's baseline
+    "history_days",  # event time since the identity's first baseline event
 )
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
+_REQUESTS_1H = INDEX["requests_count_1h"]
+_SECRETS_1H = INDEX["secrets_distinct_1h"]
 
 _EWMA_ALPHA = 0.02
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
@@ -169,7 +173,8 @@ class IdentityState:
     __slots__ = (
         "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
         "secrets_1h", "secrets_24h", "recent", "how", "hod", "history", "segments", "secrets_seen",
-        "agents_seen", "policy_writer", "requests_baseline", "secrets_baseline", "last_seen",
+        "agents_seen", "policy_writer", "requests_baseline", "secrets_baseline", "first_seen",
+        "last_seen",
     )
 
     def __init__(self) -> None:
@@ -192,6 +197,7 @@ class IdentityState:
         self.policy_writer = False
         self.requests_baseline = 0.0
         self.secrets_baseline = 0.0
+        self.first_seen = 0.0
         self.last_seen = 0.0
 
     def usual_hours(self, top: int = 6) -> list[int]:
@@ -280,6 +286,7 @@ class FeatureExtractor:
             float(st.requests_24h.count(ts)),
             float(distinct_1h),
             float(distinct_24h),
+            distinct_1h / (st.secrets_baseline + 1.0),
             float(st.denied_5m.count(ts)),
             st.denied_1h.count(ts) / requests_1h if requests_1h else 0.0,
             float(st.login_failed_5m.count(ts)),
@@ -293,6 +300,7 @@ class FeatureExtractor:
             st.requests_baseline,
             st.secrets_baseline,
             float(history),
+            (ts - st.first_seen) / 86400.0 if history else 0.0,
         )
         return FeatureVector(event, segment, values)
 
@@ -311,11 +319,13 @@ class FeatureExtractor:
         if is_policy_write(event):
             st.policy_writer = True
         values = fv.values
-        if st.history:
-            st.requests_baseline += _EWMA_ALPHA * (values[1] - st.requests_baseline)
-            st.secrets_baseline += _EWMA_ALPHA * (values[3] - st.secrets_baseline)
-        else:
-            st.requests_baseline, st.secrets_baseline = values[1], values[3]
+        # Running mean over the first events, then an EWMA: a fixed small alpha would start
+        # from the first event's value and take hundreds of events to forget it.
+        alpha = max(_EWMA_ALPHA, 1.0 / (st.history + 1))
+        st.requests_baseline += alpha * (values[_REQUESTS_1H] - st.requests_baseline)
+        st.secrets_baseline += alpha * (values[_SECRETS_1H] - st.secrets_baseline)
+        if not st.history:
+            st.first_seen = event.ts
         st.history += 1
         if event.ts > st.last_seen:
             st.last_seen = event.ts

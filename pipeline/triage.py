@@ -123,8 +123,8 @@ def _baseline_of(feature: str, state: IdentityState | None) -> str:
         return "no history"
     if feature == "requests_count_1h":
         return f"usual {state.requests_baseline:.1f}/h"
-    if feature == "secrets_distinct_1h":
-        return f"usual {state.secrets_baseline:.1f}/h"
+    if feature in ("secrets_distinct_1h", "secrets_ratio_1h"):
+        return f"usual {state.secrets_baseline:.1f} distinct secrets/h"
     if feature == "history_events":
         return "never did this before"
     return f"{state.history} events of history"

@@ -46,4 +46,4 @@ def test_cli_reports_bad_config_and_exits_2(tmp_path):
 def test_cli_validate_default():
     proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(DEFAULT_CONFIG)],
                           capture_output=True, text=True)
-    assert proc.returncode == 0 and "5 rules" in proc.stderr
+    assert proc.returncode == 0 and "6 rules" in proc.stderr

@@ -80,7 +80,10 @@ def test_same_input_same_findings_and_ids():
 
 
 def test_findings_explain_observed_vs_baseline():
-    p = Pipeline(load_settings())
+    settings = load_settings()
+    # one identity's history is a tiny forest; a lower threshold lets it fire on the first event
+    hst = settings.detectors[0].model_copy(update={"threshold": 0.9})
+    p = Pipeline(settings.model_copy(update={"detectors": (hst,)}))
     events = benign_history(400)
     t = events[-1].time + timedelta(hours=12)
     attack = [make_event(at=t + timedelta(seconds=20 * i), remote_address="203.0.113.7",
@@ -89,6 +92,7 @@ def test_findings_explain_observed_vs_baseline():
     findings = run(p, events + attack)
     assert findings, "off-hours bulk reads from a new network must raise a finding"
     f = findings[0]
+    assert f.detectors == ("hst",) and f.trigger.remote_address == "203.0.113.7"
     codes = {r.code for r in f.reasons}
     assert "SEGMENT_FIRST_SEEN" in codes or "HOUR_UNUSUAL" in codes
     seg = [r for r in f.reasons if r.code == "SEGMENT_FIRST_SEEN"]
