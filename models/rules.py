@@ -32,7 +32,7 @@ from pipeline.features import INDEX, FeatureVector
 
 SEVERITIES = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 RELATED = ("trigger", "denied_5m", "login_failed_5m", "recent_1h")
-_EVENT_FIELDS = set(AccessEvent.__dataclass_fields__) | {"is_root"}
+_EVENT_FIELDS = set(AccessEvent.__struct_fields__) | {"is_root"}
 _RULE_KEYS = {"id", "title", "description", "severity", "reason", "attack", "false_positives",
               "when", "related", "explain", "tests"}
 Predicate = Callable[[FeatureVector], bool]

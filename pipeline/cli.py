@@ -47,8 +47,7 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
         pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
                             on_finding=collect.append if collect is not None else None)
         counters = ReplayCounters(_total_size(files))
-        limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars,
-                             settings.input.max_depth)
+        limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
         items = replay(files, limits, settings.input.join_timeout_seconds, counters)
         stats = pipeline.run(items, None if quiet else stderr_progress(counters))
     finally:

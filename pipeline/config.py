@@ -30,7 +30,6 @@ class StoreSettings(_Strict):
 class InputSettings(_Strict):
     max_record_bytes: int = Field(1 << 20, gt=0)
     max_field_chars: int = Field(1024, gt=0)
-    max_depth: int = Field(64, gt=1)
     join_timeout_seconds: float = Field(30.0, ge=0)
 
 

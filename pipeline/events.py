@@ -7,8 +7,10 @@ here and nothing else, so a value cannot leak downstream by accident.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+import msgspec
 
 # Outcome of one call, from the store's own verdict (Vault: the top-level ``error`` string).
 SUCCESS = "success"
@@ -16,14 +18,17 @@ DENIED = "denied"  # authorization refused (permission denied, 403)
 FAILED = "failed"  # any other error, including bad credentials on login
 
 
-@dataclass(frozen=True, slots=True)
-class AccessEvent:
-    """One call against the secret store, request and response joined."""
+class AccessEvent(msgspec.Struct, frozen=True, gc=False):
+    """One call against the secret store, request and response joined.
+
+    A frozen struct rather than a frozen dataclass: one is built per call on the hot path, and a
+    frozen dataclass spends ~2.7 us on 22 ``object.__setattr__`` calls where this takes 0.1 us.
+    Immutable all the same, and it holds no references that could form a cycle (``gc=False``).
+    """
 
     source: str  # audit format, e.g. "vault"
     event_id: str  # the store's request id (Vault request.id), or a derived "sha256:..." id
-    time: datetime  # UTC-aware event time of the request
-    ts: float  # the same instant as POSIX seconds, for cheap window arithmetic
+    ts: float  # event time of the request as POSIX seconds (microsecond precision)
     identity: str  # stable key: "entity:<id>", "accessor:<hmac>", "name:<display>", "login:<...>"
     display_name: str
     policies: tuple[str, ...]
@@ -41,7 +46,12 @@ class AccessEvent:
     token_type: str
     phases: str  # which audit entries were seen: "request+response", "request" or "response"
     origin: str  # where the first entry came from: "file:line" or "topic/partition/offset"
-    truncated: tuple[str, ...] = field(default=())  # names of fields cut to the size limit
+    truncated: tuple[str, ...] = ()  # names of fields cut to the size limit
+
+    @property
+    def time(self) -> datetime:
+        """UTC-aware event time (derived from ``ts``; windows use ``ts`` directly)."""
+        return datetime.fromtimestamp(self.ts, timezone.utc)
 
     @property
     def is_root(self) -> bool:

@@ -16,7 +16,7 @@ def make_event(at: datetime | None = None, **fields) -> AccessEvent:
     at = at or T0
     path = fields.pop("path", "secret/data/team/app")
     defaults = dict(
-        source="vault", event_id=f"ev-{_counter}", time=at, ts=at.timestamp(),
+        source="vault", event_id=f"ev-{_counter}", ts=at.timestamp(),
         identity="entity:svc-1", display_name="svc-1", policies=("default",), operation="read",
         path=path, secret=path.replace("/data/", "/", 1), namespace="", mount_type="kv",
         remote_address="10.20.1.5", user_agent="vault-agent/1.19.2", outcome=SUCCESS, error="",
@@ -24,8 +24,6 @@ def make_event(at: datetime | None = None, **fields) -> AccessEvent:
         phases="request+response", origin="test:0",
     )
     defaults.update(fields)
-    if "time" in fields and "ts" not in fields:
-        defaults["ts"] = fields["time"].timestamp()
     return AccessEvent(**defaults)
 
 

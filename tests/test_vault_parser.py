@@ -178,18 +178,21 @@ def test_bad_lines_name_origin_reason_and_field(raw, reason, field):
 
 
 def test_bounds_oversize_deep_and_long_fields():
-    limits = InputLimits(max_record_bytes=2000, max_field_chars=50, max_depth=16)
-    big = b'{"time":"2026-03-04T10:00:00Z","type":"request","request":{"id":"' + b"x" * 3000 + b'"}}'
+    limits = InputLimits(max_record_bytes=200_000, max_field_chars=50)
+    big = b'{"time":"2026-03-04T10:00:00Z","type":"request","request":{"id":"' + b"x" * 300_000 + b'"}}'
     with pytest.raises(ParseError, match="oversize"):
         parse_entry(big, "f:1", limits)
     deep = (b'{"time":"2026-03-04T10:00:00Z","type":"request","request":{"id":"x"},"d":'
-            + b"[" * 40 + b"]" * 40 + b"}")
+            + b"[" * 5000 + b"]" * 5000 + b"}")
     with pytest.raises(ParseError, match="too_deep"):
         parse_entry(deep, "f:2", limits)
     long_path = ('{"time":"2026-03-04T10:00:00Z","type":"request","request":{"id":"x","path":"secret/'
                  + "a" * 200 + '"}}').encode()
-    entry = parse_entry(long_path, "f:3", limits)
-    assert len(entry.path) == 50 and entry.truncated == ("request.path",)
+    joiner = VaultJoiner(max_field_chars=50)
+    joiner.feed(parse_entry(long_path, "f:3", limits))
+    (event,) = joiner.flush()
+    assert len(event.path) == 50 and len(event.secret) == 50
+    assert event.truncated == ("path", "secret")
 
 
 def test_bad_lines_become_dead_letters_and_replay_continues(samples, tmp_path):

@@ -13,14 +13,15 @@ secret values when a device runs with ``log_raw``) are never touched.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections import OrderedDict
 from datetime import datetime, timezone
 
-import orjson
+import msgspec
 
 from pipeline.errors import ParseError
 from pipeline.events import DENIED, FAILED, SUCCESS, AccessEvent
-from pipeline.parsers.limits import InputLimits, check_depth
+from pipeline.parsers.limits import InputLimits
 
 SOURCE = "vault"
 _UTC = timezone.utc
@@ -32,18 +33,61 @@ _KNOWN_METHODS = frozenset(
 )
 
 
+class _Namespace(msgspec.Struct, gc=False):
+    path: str | None = None
+
+
+class _Request(msgspec.Struct, gc=False):
+    id: str | None = None
+    operation: str | None = None
+    path: str | None = None
+    mount_point: str | None = None
+    mount_type: str | None = None
+    remote_address: str | None = None
+    namespace: _Namespace | None = None
+    headers: dict[str, list[str] | str] | None = None
+
+
+class _Auth(msgspec.Struct, gc=False):
+    entity_id: str | None = None
+    accessor: str | None = None
+    display_name: str | None = None
+    token_type: str | None = None
+    policies: list[str] | None = None
+
+
+class _Response(msgspec.Struct, gc=False):
+    auth: _Auth | None = None  # a login's new token; nothing else of the response is decoded
+
+
+class _Line(msgspec.Struct, gc=False):
+    """The fields secretscope reads. The decoder skips everything else without building Python
+    objects for it, so request/response ``data`` (secret values under ``log_raw``) is never
+    materialized, and a wrong type in a field we use fails with its JSON path."""
+
+    time: str
+    type: str
+    request: _Request
+    auth: _Auth | None = None
+    response: _Response | None = None
+    error: str | None = None
+
+
+_DECODER = msgspec.json.Decoder(_Line)
+_FIELD_AT = re.compile(r" - at `\$\.?([^`]*)`")
+
+
 class VaultEntry:
-    """One audit entry (request or response half), reduced to the fields secretscope uses."""
+    """One audit entry (request or response half) with its event time and origin."""
 
-    __slots__ = (
-        "kind", "ts", "time", "request_id", "entity_id", "accessor", "display_name", "policies",
-        "token_type", "operation", "path", "mount_point", "mount_type", "namespace",
-        "remote_address", "user_agent", "error", "origin", "truncated", "login_identity",
-    )
+    __slots__ = ("kind", "ts", "request_id", "line", "origin")
 
-    def __init__(self) -> None:
-        self.truncated: tuple[str, ...] = ()
-        self.login_identity: tuple[str, str, str, tuple[str, ...]] | None = None
+    def __init__(self, line: _Line, ts: float, origin: str) -> None:
+        self.kind = line.type
+        self.line = line
+        self.ts = ts
+        self.request_id = line.request.id or ""
+        self.origin = origin
 
 
 def looks_like(record: object) -> bool:
@@ -64,85 +108,43 @@ def parse_entry(raw: bytes, origin: str, limits: InputLimits = InputLimits()) ->
         raise ParseError("not_json", "no JSON object on the line", origin)
     body = raw[start:] if start else raw
     try:
-        record = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ParseError("not_json", str(exc).split(":", 1)[0], origin) from None
-    if body.count(b"{") + body.count(b"[") > limits.max_depth:
-        depth = check_depth(body, limits.max_depth)
-        if depth:
-            raise ParseError("too_deep", f"nesting depth > {limits.max_depth}", origin)
-    if not isinstance(record, dict):
-        raise ParseError("not_object", f"top level is {type(record).__name__}", origin)
-    return _entry_from_record(record, origin, limits)
+        line = _DECODER.decode(body)
+    except msgspec.ValidationError as exc:
+        raise _validation_error(str(exc), origin) from None
+    except msgspec.DecodeError as exc:
+        raise ParseError("not_json", str(exc), origin) from None
+    except RecursionError:
+        # Only fixed-depth fields are built as objects; anything nested deeper than the
+        # decoder's guard (about 1,000 levels) is rejected instead of skipped.
+        raise ParseError("too_deep", "JSON nested too deeply", origin) from None
+    if line.type not in ("request", "response"):
+        raise ParseError("not_vault", f"type is {line.type[:40]!r}, expected request or response",
+                         origin, "type")
+    return VaultEntry(line, _timestamp(line.time, origin), origin)
 
 
-def _entry_from_record(record: dict, origin: str, limits: InputLimits) -> VaultEntry:
-    kind = record.get("type")
-    if kind not in ("request", "response"):
-        raise ParseError("not_vault", f"type is {kind!r}, expected request or response", origin, "type")
-    request = _obj(record, "request", origin, required=True)
-    auth = _obj(record, "auth", origin)
-    e = VaultEntry()
-    e.kind = kind
-    e.origin = origin
-    e.time, e.ts = _time(record.get("time"), origin)
-    cut: list[str] = []
-    e.request_id = _str(request, "id", "request.id", origin, limits, cut)
-    e.operation = _str(request, "operation", "request.operation", origin, limits, cut)
-    e.path = _str(request, "path", "request.path", origin, limits, cut)
-    e.mount_point = _str(request, "mount_point", "request.mount_point", origin, limits, cut)
-    e.mount_type = _str(request, "mount_type", "request.mount_type", origin, limits, cut)
-    e.remote_address = _address(_str(request, "remote_address", "request.remote_address", origin, limits, cut))
-    e.namespace = _namespace(request, origin, limits, cut)
-    e.user_agent = _user_agent(request, origin, limits, cut)
-    e.entity_id = _str(auth, "entity_id", "auth.entity_id", origin, limits, cut)
-    e.accessor = _str(auth, "accessor", "auth.accessor", origin, limits, cut)
-    e.display_name = _str(auth, "display_name", "auth.display_name", origin, limits, cut)
-    e.token_type = _str(auth, "token_type", "auth.token_type", origin, limits, cut)
-    e.policies = _policies(auth, "auth.policies", origin)
-    e.error = _error(record, origin, limits, cut)
-    if kind == "response":
-        e.login_identity = _login_identity(record, origin, limits, cut)
-    e.truncated = tuple(cut)
-    return e
+def _validation_error(message: str, origin: str) -> ParseError:
+    match = _FIELD_AT.search(message)
+    field = match.group(1) if match else ""
+    detail = message[: match.start()] if match else message
+    if detail.startswith("Object missing required field"):
+        return ParseError("missing_field", detail, origin, detail.split("`")[1] if "`" in detail else field)
+    if detail.startswith("Expected `object`, got `"):
+        reason = "not_object" if not field else "wrong_type"
+        return ParseError(reason, detail, origin, field)
+    return ParseError("wrong_type", detail, origin, field)
 
 
-def _obj(parent: dict, key: str, origin: str, required: bool = False) -> dict:
-    value = parent.get(key)
-    if value is None:
-        if required:
-            raise ParseError("missing_field", "required object absent", origin, key)
-        return {}
-    if not isinstance(value, dict):
-        raise ParseError("wrong_type", f"expected object, got {type(value).__name__}", origin, key)
-    return value
-
-
-def _str(obj: dict, key: str, name: str, origin: str, limits: InputLimits, cut: list[str]) -> str:
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ParseError("wrong_type", f"expected string, got {type(value).__name__}", origin, name)
-    if len(value) > limits.max_field_chars:
-        cut.append(name)
-        return value[: limits.max_field_chars]
-    return value
-
-
-def _time(value: object, origin: str) -> tuple[datetime, float]:
-    if not isinstance(value, str) or not value:
-        raise ParseError("missing_field", "no timestamp", origin, "time")
+def _timestamp(value: str, origin: str) -> float:
+    """RFC 3339 time -> POSIX seconds. Python 3.11's parser accepts 'Z', UTC offsets and 0-9
+    fractional digits (truncated to microseconds); a time without a zone is taken as UTC."""
     try:
-        # Python 3.11 accepts 'Z', offsets and 0-9 fractional digits (truncated to microseconds).
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise ParseError("bad_time", f"not RFC 3339: {value[:40]!r}", origin, "time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_UTC)
-    elif parsed.utcoffset():
-        parsed = parsed.astimezone(_UTC)
-    return parsed, parsed.timestamp()
+    return parsed.timestamp()
 
 
 def _address(value: str) -> str:
@@ -155,70 +157,23 @@ def _address(value: str) -> str:
     return value
 
 
-def _namespace(request: dict, origin: str, limits: InputLimits, cut: list[str]) -> str:
-    ns = request.get("namespace")
-    if ns is None:
-        return ""
-    if not isinstance(ns, dict):
-        raise ParseError("wrong_type", f"expected object, got {type(ns).__name__}", origin, "request.namespace")
-    return _str(ns, "path", "request.namespace.path", origin, limits, cut).strip("/")
-
-
-def _user_agent(request: dict, origin: str, limits: InputLimits, cut: list[str]) -> str:
-    headers = request.get("headers")
+def _user_agent(request: _Request) -> str:
+    headers = request.headers
     if not headers:
         return ""
-    if not isinstance(headers, dict):
-        raise ParseError("wrong_type", "expected object", origin, "request.headers")
     value = headers.get("user-agent")
     if isinstance(value, list):
         value = value[0] if value else ""
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise ParseError("wrong_type", "expected string", origin, "request.headers.user-agent")
-    if len(value) > 256:
-        cut.append("request.headers.user-agent")
-        return value[:256]
-    return value
+    return value[:256] if isinstance(value, str) else ""
 
 
-def _policies(auth: dict, name: str, origin: str) -> tuple[str, ...]:
-    value = auth.get("policies")
-    if value is None:
-        return ()
-    if not isinstance(value, list) or not all(isinstance(p, str) for p in value):
-        raise ParseError("wrong_type", "expected a list of strings", origin, name)
-    return tuple(value[:64])
-
-
-def _error(record: dict, origin: str, limits: InputLimits, cut: list[str]) -> str:
+def _error(error: str | None) -> str:
     """Vault's only outcome signal; multierror text is reduced to its first item."""
-    value = record.get("error")
-    if not value:
+    if not error:
         return ""
-    if not isinstance(value, str):
-        raise ParseError("wrong_type", "expected string", origin, "error")
-    star = value.find("* ")
-    text = value[star + 2:].split("\n", 1)[0] if star >= 0 else value.strip()
-    if len(text) > 200:
-        cut.append("error")
-        text = text[:200]
-    return text
-
-
-def _login_identity(record: dict, origin: str, limits: InputLimits, cut: list[str]):
-    """A login response names the new token's identity in ``response.auth``."""
-    response = _obj(record, "response", origin)
-    auth = _obj(response, "auth", origin) if response else {}
-    if not auth:
-        return None
-    return (
-        _str(auth, "entity_id", "response.auth.entity_id", origin, limits, cut),
-        _str(auth, "accessor", "response.auth.accessor", origin, limits, cut),
-        _str(auth, "display_name", "response.auth.display_name", origin, limits, cut),
-        _policies(auth, "response.auth.policies", origin),
-    )
+    star = error.find("* ")
+    text = error[star + 2:].split("\n", 1)[0] if star >= 0 else error.strip()
+    return text[:200]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -244,9 +199,10 @@ class VaultJoiner:
     copies from another audit device and are dropped (``duplicates`` counts them).
     """
 
-    def __init__(self, join_timeout: float = 30.0, max_pending: int = 100_000,
-                 remember: int = 200_000) -> None:
+    def __init__(self, join_timeout: float = 30.0, max_field_chars: int = 1024,
+                 max_pending: int = 100_000, remember: int = 200_000) -> None:
         self.join_timeout = join_timeout
+        self.max_field_chars = max_field_chars
         self.max_pending = max_pending
         self.remember = remember
         self.duplicates = 0
@@ -304,64 +260,78 @@ class VaultJoiner:
             released[key] = None
             if len(released) > self.remember:
                 released.popitem(last=False)
-        return build_event(call.request, call.response)
+        return build_event(call.request, call.response, self.max_field_chars)
 
 
-def build_event(request: VaultEntry | None, response: VaultEntry | None) -> AccessEvent:
-    """Merge the halves of one call; either may be missing."""
+_FIELDS = ("event_id", "identity", "display_name", "operation", "path", "secret", "namespace",
+           "mount_type", "remote_address")
+
+
+def build_event(request: VaultEntry | None, response: VaultEntry | None,
+                max_field_chars: int = 1024) -> AccessEvent:
+    """Merge the halves of one call; either may be missing. Fields longer than
+    ``max_field_chars`` are cut and named in ``truncated``."""
     first = request or response
     assert first is not None
     last = response or request
-    phases = "request+response" if request and response else first.kind
-    identity, display, policies = _identity(first, response)
-    event_id = first.request_id or _derived_id(first)
-    is_login = _is_login(first.path)
+    req = first.line.request
+    path = req.path or ""
+    is_login = _is_login(path)
+    identity, display, policies, token_type = _identity(first, response, is_login)
+    error = _error(last.line.error)
+    values = [
+        first.request_id or _derived_id(first), identity, display, req.operation or "", path,
+        _secret_name(req, path), (req.namespace.path or "").strip("/") if req.namespace else "",
+        req.mount_type or "", _address(req.remote_address or ""),
+    ]
+    truncated: tuple[str, ...] = ()
+    if max(map(len, values)) > max_field_chars:
+        truncated = tuple(n for n, v in zip(_FIELDS, values) if len(v) > max_field_chars)
+        values = [v[:max_field_chars] for v in values]
+    if len(policies) > 64 or (policies and max(map(len, policies)) > max_field_chars):
+        policies = tuple(p[:max_field_chars] for p in policies[:64])
+        truncated += ("policies",)
+    event_id, identity, display, operation, path, secret, namespace, mount_type, address = values
     return AccessEvent(
-        source=SOURCE,
-        event_id=event_id,
-        time=first.time,
-        ts=first.ts,
-        identity=identity,
-        display_name=display,
-        policies=policies,
-        operation=first.operation,
-        path=first.path,
-        secret=_secret_name(first),
-        namespace=first.namespace,
-        mount_type=first.mount_type,
-        remote_address=first.remote_address,
-        user_agent=first.user_agent,
-        outcome=_outcome(last.error),
-        error=last.error,
-        is_login=is_login,
-        auth_method=_auth_method(first, display, is_login),
-        token_type=first.token_type,
-        phases=phases,
-        origin=first.origin,
-        truncated=first.truncated + (response.truncated if response and request else ()),
+        SOURCE, event_id, first.ts, identity, display, policies, operation, path, secret,
+        namespace, mount_type, address, _user_agent(req), _outcome(error), error, is_login,
+        _auth_method(req, path, display, is_login), token_type,
+        "request+response" if request and response else first.kind, first.origin, truncated,
     )
 
 
-def _identity(first: VaultEntry, response: VaultEntry | None) -> tuple[str, str, tuple[str, ...]]:
+def _identity(first: VaultEntry, response: VaultEntry | None,
+              is_login: bool) -> tuple[str, str, tuple[str, ...], str]:
     """entity_id, then token accessor, then display name; login responses carry the new identity."""
-    if response is not None and response.login_identity is not None:
-        entity_id, accessor, display, policies = response.login_identity
-    else:
-        entity_id, accessor, display, policies = (
-            first.entity_id, first.accessor, first.display_name, first.policies)
-    if entity_id:
-        return f"entity:{entity_id}", display, policies
-    if accessor:
-        return f"accessor:{accessor}", display, policies
+    auth = None
+    if response is not None and response.line.response is not None:
+        auth = response.line.response.auth
+    if auth is None:
+        auth = first.line.auth
+    if auth is None:
+        auth = _NO_AUTH
+    display = auth.display_name or ""
+    policies = tuple(auth.policies) if auth.policies else ()
+    token_type = auth.token_type or ""
+    if auth.entity_id:
+        return f"entity:{auth.entity_id}", display, policies, token_type
+    if auth.accessor:
+        return f"accessor:{auth.accessor}", display, policies, token_type
     if display:
-        return f"name:{display}", display, policies
-    if _is_login(first.path):
+        return f"name:{display}", display, policies, token_type
+    req = first.line.request
+    path = req.path or ""
+    if is_login:
         # A failed or request-only login: key on the account being tried, not on the caller.
-        target = first.path.split("/login", 1)
-        parts = first.path.split("/")
-        who = target[1].strip("/") if len(target) > 1 and target[1].strip("/") else f"@{first.remote_address}"
-        return f"login:{parts[1] if len(parts) > 1 else ''}/{who}", who, ()
-    return f"anonymous:{first.remote_address}", "", ()
+        parts = path.split("/")
+        tail = path.split("/login", 1)
+        who = tail[1].strip("/") if len(tail) > 1 and tail[1].strip("/") else ""
+        who = who or f"@{_address(req.remote_address or '')}"
+        return f"login:{parts[1] if len(parts) > 1 else ''}/{who}", who, (), token_type
+    return f"anonymous:{_address(req.remote_address or '')}", "", (), token_type
+
+
+_NO_AUTH = _Auth()
 
 
 def _is_login(path: str) -> bool:
@@ -373,27 +343,28 @@ def _is_login(path: str) -> bool:
     return tail == "login" or tail.startswith("login/") or tail.endswith("/callback")
 
 
-def _auth_method(first: VaultEntry, display: str, is_login: bool) -> str:
+def _auth_method(req: _Request, path: str, display: str, is_login: bool) -> str:
     if is_login:
-        return first.mount_type or first.path.split("/")[1]
+        return req.mount_type or path.split("/")[1]
     head = display.split("-", 1)[0]
     return head if head in _KNOWN_METHODS else "token"
 
 
-def _secret_name(e: VaultEntry) -> str:
+def _secret_name(req: _Request, path: str) -> str:
     """namespace/mount/key, without the KV v2 verb: ``secret/data/a/b`` -> ``secret/a/b``."""
-    path = e.path
-    mount = e.mount_point
+    mount = req.mount_point or ""
+    mount_type = req.mount_type or ""
     if not mount or not path.startswith(mount):
         slash = path.find("/")
         mount = path[: slash + 1] if slash >= 0 else path
     rest = path[len(mount):]
-    if e.mount_type in ("kv", "kv-v2", "") and rest:
+    if mount_type in ("kv", "kv-v2", "") and rest:
         verb, _, key = rest.partition("/")
-        if verb in _KV2_VERBS and (e.mount_type or key):
+        if verb in _KV2_VERBS and (mount_type or key):
             rest = key
     name = mount + rest
-    return f"{e.namespace}/{name}" if e.namespace else name
+    ns = (req.namespace.path or "").strip("/") if req.namespace else ""
+    return f"{ns}/{name}" if ns else name
 
 
 def _outcome(error: str) -> str:
@@ -406,5 +377,8 @@ def _outcome(error: str) -> str:
 
 def _derived_id(e: VaultEntry) -> str:
     """Stable id for entries Vault logged without one (help requests, very old versions)."""
-    key = "\x1f".join((e.kind, repr(e.ts), e.operation, e.path, e.accessor, e.remote_address))
+    req = e.line.request
+    auth = e.line.auth or _NO_AUTH
+    key = "\x1f".join((e.kind, repr(e.ts), req.operation or "", req.path or "",
+                        auth.accessor or "", req.remote_address or ""))
     return "derived:" + hashlib.sha256(key.encode()).hexdigest()[:32]

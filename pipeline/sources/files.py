@@ -92,7 +92,8 @@ def replay(paths: Iterable[str | Path], limits: InputLimits = InputLimits(),
         counters = ReplayCounters(_total_size(paths))
     streams = [_file_entries(p, limits, counters) for p in paths]
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda item: item[0])
-    joiners = {name: fmt.joiner(join_timeout=join_timeout) for name, fmt in FORMATS.items()}
+    joiners = {name: fmt.joiner(join_timeout=join_timeout, max_field_chars=limits.max_field_chars)
+               for name, fmt in FORMATS.items()}
     for _ts, _seq, fmt_name, item in merged:
         if isinstance(item, DeadLetter):
             yield item
