@@ -151,9 +151,8 @@ def stderr_progress(counters) -> Callable[[RunStats], None]:
     """Progress lines for long replays: how far through the input, rate, findings so far."""
 
     def report(stats: RunStats) -> None:
-        done = ""
-        if counters is not None and counters.total_bytes:
-            done = f" ({min(100.0, 100.0 * counters.bytes_read / counters.total_bytes):.0f}% of input)"
+        fraction = counters.fraction_done() if counters is not None else None
+        done = f" ({100 * fraction:.0f}% of input)" if fraction is not None else ""
         print(f"secretscope: {stats.events:,} calls{done}, {stats.events_per_second:,.0f} calls/s, "
               f"{stats.findings:,} findings, {stats.dead_letters:,} dead letters",
               file=sys.stderr, flush=True)

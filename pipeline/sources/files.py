@@ -34,14 +34,28 @@ def dead_letter(raw: bytes, error: ParseError) -> DeadLetter:
 class ReplayCounters:
     """What a replay has read so far; read by progress output and the run summary."""
 
-    __slots__ = ("lines", "bytes_read", "dead_letters", "duplicates", "total_bytes")
+    __slots__ = ("lines", "dead_letters", "duplicates", "total_bytes", "_finished_bytes", "_open")
 
     def __init__(self, total_bytes: int) -> None:
         self.lines = 0
-        self.bytes_read = 0
         self.dead_letters = 0
         self.duplicates = 0
         self.total_bytes = total_bytes
+        self._finished_bytes = 0
+        self._open: dict[str, BinaryIO] = {}
+
+    def fraction_done(self) -> float | None:
+        """Share of the input files' bytes on disk consumed so far (compressed bytes for .gz),
+        or None when the size is unknown (stdin)."""
+        if not self.total_bytes:
+            return None
+        done = self._finished_bytes
+        for raw in self._open.values():
+            try:
+                done += raw.tell()
+            except (OSError, ValueError):
+                pass
+        return min(1.0, done / self.total_bytes)
 
 
 def _open(path: str) -> BinaryIO:
@@ -59,10 +73,12 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
     fmt = None
     last_ts = float("-inf")
     with _open(path) as fh:
+        if path != STDIN:
+            # the on-disk position: a gzip reader's own tell() counts decompressed bytes
+            counters._open[path] = getattr(fh, "fileobj", None) or fh
         for lineno, raw in enumerate(fh, 1):
             counters.lines += 1
-            counters.bytes_read += len(raw)
-            if not raw.strip():
+            if raw.isspace():
                 continue
             origin = f"{name}:{lineno}"
             if fmt is None:
@@ -72,7 +88,7 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
                     log.error("skipping %s: %s", name, exc)
                     counters.dead_letters += 1
                     yield last_ts, lineno, None, dead_letter(raw, exc)
-                    return
+                    break
             try:
                 entry = fmt.parse_entry(raw, origin, limits)
             except ParseError as exc:
@@ -81,6 +97,9 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
                 continue
             last_ts = entry.ts
             yield last_ts, lineno, fmt.name, entry
+    if path != STDIN:
+        counters._open.pop(path, None)
+        counters._finished_bytes += _total_size([path])
 
 
 def replay(paths: Iterable[str | Path], limits: InputLimits = InputLimits(),
