@@ -96,6 +96,9 @@ class Settings(_Strict):
 
 def load_settings(path: str | Path | None = None, **overrides: object) -> Settings:
     """Load and validate a config file (the embedded default when ``path`` is None)."""
+    if path is None and not DEFAULT_CONFIG.is_file():
+        raise ConfigError(f"embedded default config not found at {DEFAULT_CONFIG}: install "
+                          "secretscope from its checkout (pip install -e .) or pass --config")
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         doc = yaml.safe_load(path.read_text()) or {}

@@ -35,6 +35,7 @@ from pipeline.store import Store
 from pipeline.triage import StreamingDetectorInfo, Triage
 
 log = logging.getLogger(__name__)
+_LOGGED_DEAD_LETTERS = 20  # a file of garbage must not flood the log
 
 
 @dataclass
@@ -107,10 +108,14 @@ class Pipeline:
 
     def dead_letter(self, items: list[DeadLetter]) -> None:
         for d in items:
-            log.warning("dead letter: %s: %s%s: %s", d.origin, d.reason,
-                        f" (field {d.field})" if d.field else "", d.detail)
+            logged = self.stats.dead_letters
+            if logged < _LOGGED_DEAD_LETTERS:
+                log.warning("dead letter: %s: %s%s: %s", d.origin, d.reason,
+                            f" (field {d.field})" if d.field else "", d.detail)
+            elif logged == _LOGGED_DEAD_LETTERS:
+                log.warning("more dead letters: counted and stored, no longer logged one by one")
+            self.stats.dead_letters += 1
             self.stats.dead_letter_reasons[d.reason] = self.stats.dead_letter_reasons.get(d.reason, 0) + 1
-        self.stats.dead_letters += len(items)
         if self.store is not None:
             self.store.add_dead_letters(items)
 

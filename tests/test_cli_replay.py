@@ -85,3 +85,22 @@ def test_replay_reads_stdin_and_gzip(tmp_path, samples):
 def test_missing_file_is_a_clear_error(tmp_path):
     proc = secretscope("replay", tmp_path / "nope.jsonl", "--alerts-out", tmp_path / "x", cwd=tmp_path)
     assert proc.returncode == 2 and "nope.jsonl: no such file" in proc.stderr
+
+
+def test_bad_lines_are_counted_stored_and_logged_without_flooding(tmp_path, samples):
+    good = (SAMPLES / "vault_audit_reference.jsonl").read_bytes().splitlines()
+    bad = [b"not json %d" % i for i in range(300)]
+    path = tmp_path / "mixed.jsonl"
+    path.write_bytes(b"\n".join(good[:6] + bad + good[6:]) + b"\n")
+    db = tmp_path / "s.db"
+    proc = secretscope("replay", path, "--alerts-out", tmp_path / "a.jsonl", "--store",
+                       f"sqlite:///{db}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "11 calls" in proc.stderr and "300 dead letters" in proc.stderr
+    assert f"{path}:7: not_json" in proc.stderr  # the first bad line is named, with its origin
+    assert proc.stderr.count("dead letter:") == 20 and "no longer logged" in proc.stderr
+    with sqlite3.connect(db) as conn:
+        rows = conn.execute("select origin, reason from dead_letters order by id").fetchall()
+    assert len(rows) == 300 and rows[0] == (f"{path}:7", "not_json")
+    listed = secretscope("alerts", "--store", f"sqlite:///{db}", cwd=tmp_path)
+    assert listed.returncode == 0 and "Audit device disabled" in listed.stdout
