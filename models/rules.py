@@ -12,7 +12,8 @@ Condition clauses (all must hold)::
       - {field: denied_count_5m, gte: 20}
 
 ``field`` is an :class:`~pipeline.events.AccessEvent` attribute (``operation``, ``path``,
-``outcome``, ``is_root``, ``is_login``, ...), ``segment``, or a feature name. Operators:
+``outcome``, ``is_root``, ``is_login``, ...), ``segment``, ``secret_access`` (true for calls on
+secrets, false for ``sys/``, ``auth/`` and other control paths), or a feature name. Operators:
 ``equals``, ``in``, ``not_in``, ``prefix``, ``matches`` (regex search), ``gte``, ``gt``, ``lte``.
 """
 
@@ -28,7 +29,7 @@ import yaml
 
 from pipeline.errors import ConfigError
 from pipeline.events import AccessEvent
-from pipeline.features import INDEX, FeatureVector
+from pipeline.features import INDEX, FeatureVector, is_secret_access
 
 SEVERITIES = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 RELATED = ("trigger", "denied_5m", "login_failed_5m", "recent_1h")
@@ -63,9 +64,12 @@ def _getter(name: str, where: str) -> Callable[[FeatureVector], Any]:
         return lambda fv: fv.values[i]
     if name == "segment":
         return lambda fv: fv.segment
+    if name == "secret_access":
+        return lambda fv: is_secret_access(fv.event)
     if name in _EVENT_FIELDS:
         return lambda fv: getattr(fv.event, name)
-    raise ConfigError(f"{where}: unknown field {name!r} (an event field, 'segment' or a feature)")
+    raise ConfigError(f"{where}: unknown field {name!r} (an event field, 'segment', "
+                      "'secret_access' or a feature)")
 
 
 def _clause(spec: Any, where: str) -> Predicate:

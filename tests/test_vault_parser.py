@@ -74,7 +74,6 @@ def test_display_name_is_last_resort(samples):
     line["auth"]["entity_id"] = ""
     line["auth"].pop("accessor")
     entry = parse_entry(orjson.dumps(line), "t:1")
-    event = VaultJoiner(join_timeout=0).flush() or None
     joiner = VaultJoiner()
     joiner.feed(entry)
     (event,) = joiner.flush()
@@ -220,3 +219,23 @@ def test_format_detection_names_file_and_format(samples):
 def test_secret_values_never_reach_the_event(samples):
     for e in events_of(*VAULT_SAMPLES):
         assert CANARY not in repr(e)
+
+
+@pytest.mark.parametrize("digits", range(10))
+def test_fractional_seconds_of_any_width(digits):
+    fraction = "123456789"[:digits]
+    stamp = "2026-03-04T10:00:01" + (f".{fraction}" if digits else "") + "Z"
+    rec = {"time": stamp, "type": "response", "auth": {"entity_id": "e"},
+           "request": {"id": f"r{digits}", "operation": "read", "path": "secret/data/a"}}
+    joiner = VaultJoiner()
+    (event,) = joiner.feed(parse_entry(orjson.dumps(rec), "t:1")) + joiner.flush()
+    micros = int(fraction[:6].ljust(6, "0")) if digits else 0
+    assert event.time == datetime(2026, 3, 4, 10, 0, 1, micros, tzinfo=timezone.utc)
+
+
+def test_utc_offsets_are_normalized():
+    rec = {"time": "2026-03-04T11:00:01.5+01:00", "type": "response", "auth": {"entity_id": "e"},
+           "request": {"id": "r", "operation": "read", "path": "secret/data/a"}}
+    joiner = VaultJoiner()
+    (event,) = joiner.feed(parse_entry(orjson.dumps(rec), "t:1")) + joiner.flush()
+    assert event.time == datetime(2026, 3, 4, 10, 0, 1, 500000, tzinfo=timezone.utc)
