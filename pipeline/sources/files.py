@@ -7,7 +7,6 @@ Each file's format is detected from its first record. Lines that fail to parse b
 from __future__ import annotations
 
 import gzip
-import hashlib
 import heapq
 import logging
 import sys
@@ -19,16 +18,10 @@ from pipeline.errors import ParseError
 from pipeline.events import AccessEvent, DeadLetter
 from pipeline.parsers import FORMATS, detect_format
 from pipeline.parsers.limits import InputLimits
+from pipeline.sources.decode import dead_letter
 
 log = logging.getLogger(__name__)
 STDIN = "-"
-
-
-def dead_letter(raw: bytes, error: ParseError) -> DeadLetter:
-    return DeadLetter(
-        origin=error.origin, reason=error.reason, detail=error.detail, field=error.field,
-        digest=hashlib.sha256(raw).hexdigest(), size=len(raw),
-    )
 
 
 class ReplayCounters:

@@ -1,0 +1,71 @@
+"""Raw records -> events: the parse and join step every source shares.
+
+A :class:`Decoder` takes one record at a time (``bytes`` plus where it came from) and returns the
+events it completes and the dead letters for records it could not parse. Sources differ only in
+where records come from: files (see :mod:`pipeline.sources.files`, which also merges several
+files by event time), Vault's socket audit device, Kafka.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from pipeline.errors import ParseError
+from pipeline.events import AccessEvent, DeadLetter
+from pipeline.parsers import FORMATS, detect_format
+from pipeline.parsers.limits import InputLimits
+
+Item = AccessEvent | DeadLetter
+
+
+def dead_letter(raw: bytes, error: ParseError) -> DeadLetter:
+    """A dead letter names origin and reason, and keeps a digest of the record, not the record."""
+    return DeadLetter(
+        origin=error.origin, reason=error.reason, detail=error.detail, field=error.field,
+        digest=hashlib.sha256(raw).hexdigest(), size=len(raw),
+    )
+
+
+class Decoder:
+    """Parses and joins one stream of records of one audit format.
+
+    ``fmt`` names the format, or None to detect it from the first record (a stream whose first
+    record is of no supported format has every record dead-lettered, each with the reason).
+    """
+
+    def __init__(self, fmt: str | None = None, limits: InputLimits = InputLimits(),
+                 join_timeout: float = 30.0) -> None:
+        self.limits = limits
+        self.join_timeout = join_timeout
+        self.format = FORMATS[fmt] if fmt else None
+        self.joiner = self.format.joiner(join_timeout=join_timeout,
+                                         max_field_chars=limits.max_field_chars) if fmt else None
+        self._refusal: ParseError | None = None
+        self.dead_letters = 0
+
+    @property
+    def duplicates(self) -> int:
+        return self.joiner.duplicates if self.joiner is not None else 0
+
+    def feed(self, raw: bytes, origin: str) -> list[Item]:
+        if self.format is None and self._refusal is None:
+            try:
+                self.format = FORMATS[detect_format(raw, origin)]
+                self.joiner = self.format.joiner(join_timeout=self.join_timeout,
+                                                 max_field_chars=self.limits.max_field_chars)
+            except ParseError as exc:
+                self._refusal = exc
+        if self.format is None:
+            assert self._refusal is not None
+            self.dead_letters += 1
+            error = ParseError(self._refusal.reason, self._refusal.detail, origin)
+            return [dead_letter(raw, error)]
+        try:
+            entry = self.format.parse_entry(raw, origin, self.limits)
+        except ParseError as exc:
+            self.dead_letters += 1
+            return [dead_letter(raw, exc)]
+        return self.joiner.feed(entry)
+
+    def flush(self) -> list[Item]:
+        return self.joiner.flush() if self.joiner is not None else []
