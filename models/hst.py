@@ -384,6 +384,19 @@ class HalfSpaceTrees:
             pos = end
         return scores, learned
 
+    def checkpoint(self) -> tuple:
+        """The mutable state, cheaply: what ``restore`` needs to go back to this point.
+
+        Pivots replace ``r_mass_`` and the leaf score table rather than changing them in place,
+        so only the latest-window leaf counts are copied.
+        """
+        return (self.leaf_l_mass_.copy(), self.r_mass_, self._leaf_score, self.counter_,
+                self.first_window_)
+
+    def restore(self, checkpoint: tuple) -> None:
+        leaf_l_mass, self.r_mass_, self._leaf_score, self.counter_, self.first_window_ = checkpoint
+        self.leaf_l_mass_ = leaf_l_mass.copy()
+
     # ------------------------------------------------------------------ persistence
 
     def state_dict(self) -> dict[str, Any]:

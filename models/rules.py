@@ -171,5 +171,7 @@ class RuleSet:
         self.rules = list(rules)
 
     def evaluate(self, batch: Sequence[FeatureVector]) -> list[tuple[Rule, ...]]:
-        rules = self.rules
-        return [tuple(r for r in rules if r.predicate(fv)) for fv in batch]
+        return [self.evaluate_one(fv) for fv in batch]
+
+    def evaluate_one(self, fv: FeatureVector) -> tuple[Rule, ...]:
+        return tuple(r for r in self.rules if r.predicate(fv))

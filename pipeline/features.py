@@ -56,7 +56,7 @@ INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REQUESTS_1H = INDEX["requests_count_1h"]
 _SECRETS_1H = INDEX["secrets_distinct_1h"]
 
-_EWMA_ALPHA = 0.02
+_EWMA_ALPHA = 0.1  # per completed hour of activity
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
 _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
@@ -75,6 +75,38 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
 
     def as_dict(self) -> dict[str, float]:
         return dict(zip(FEATURE_NAMES, self.values))
+
+
+class Windows(msgspec.Struct, frozen=True, gc=False):
+    """The window part of an event's features (what ``observe_windows`` measured)."""
+
+    segment: str
+    requests_1m: float
+    requests_1h: float
+    requests_24h: float
+    secrets_1h: float
+    secrets_24h: float
+    denied_5m: float
+    denied_ratio_1h: float
+    login_failed_5m: float
+
+
+class Undo:
+    """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back."""
+
+    __slots__ = ("how", "hod", "secret_added", "agent_added", "policy_writer", "first_seen",
+                 "last_seen", "rates")
+
+    def __init__(self, how: int, hod: int, policy_writer: bool, first_seen: float,
+                 last_seen: float, rates: tuple) -> None:
+        self.how = how
+        self.hod = hod
+        self.secret_added = False
+        self.agent_added = False
+        self.policy_writer = policy_writer
+        self.first_seen = first_seen
+        self.last_seen = last_seen
+        self.rates = rates
 
 
 class WindowCounter:
@@ -175,7 +207,7 @@ class IdentityState:
         "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
         "secrets_1h", "secrets_24h", "recent", "how", "hod", "history", "segments", "secrets_seen",
         "agents_seen", "policy_writer", "requests_baseline", "secrets_baseline", "first_seen",
-        "last_seen",
+        "last_seen", "baseline_hour", "hour_n", "hour_requests", "hour_secrets", "hours_seen",
     )
 
     def __init__(self) -> None:
@@ -200,6 +232,13 @@ class IdentityState:
         self.secrets_baseline = 0.0
         self.first_seen = 0.0
         self.last_seen = 0.0
+        # The usual rates move once per hour of event time, from the hour's learned events, so a
+        # burst inside the current hour cannot drag its own baseline up.
+        self.baseline_hour = -1
+        self.hour_n = 0
+        self.hour_requests = 0.0
+        self.hour_secrets = 0.0
+        self.hours_seen = 0
 
     def usual_hours(self, top: int = 6) -> list[int]:
         """Hours of the day (UTC) this identity is most active in, most active first."""
@@ -210,6 +249,34 @@ class IdentityState:
         total = self.history or 1
         ranked = sorted(self.segments.items(), key=lambda kv: -kv[1])[:top]
         return [(name, count / total) for name, count in ranked]
+
+
+def _rates(st: IdentityState) -> tuple:
+    return (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
+            st.requests_baseline, st.secrets_baseline)
+
+
+def _learn_rates(st: IdentityState, ts: float, values: tuple[float, ...]) -> None:
+    """Fold the usual hourly request count and breadth forward by one learned event.
+
+    The hour's mean is folded into an EWMA when the next hour starts (a running mean over the
+    first hours); until an identity has a completed hour, its baseline is the current hour's
+    running mean, so newcomers do not look like bursts against a zero baseline.
+    """
+    hour = int(ts // 3600)
+    if hour > st.baseline_hour:
+        if st.hour_n:
+            st.hours_seen += 1
+            alpha = max(_EWMA_ALPHA, 1.0 / st.hours_seen)
+            st.requests_baseline += alpha * (st.hour_requests / st.hour_n - st.requests_baseline)
+            st.secrets_baseline += alpha * (st.hour_secrets / st.hour_n - st.secrets_baseline)
+        st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets = hour, 0, 0.0, 0.0
+    st.hour_n += 1
+    st.hour_requests += values[_REQUESTS_1H]
+    st.hour_secrets += values[_SECRETS_1H]
+    if not st.hours_seen:
+        st.requests_baseline = st.hour_requests / st.hour_n
+        st.secrets_baseline = st.hour_secrets / st.hour_n
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -240,33 +307,54 @@ class FeatureExtractor:
 
     def observe(self, event: AccessEvent) -> FeatureVector:
         """Update the windows with ``event`` and return its features against the baseline."""
+        return self.derive(event, self.observe_windows(event))
+
+    def observe_windows(self, event: AccessEvent) -> Windows:
+        """Record ``event`` in its identity's windows; return the window part of its features.
+
+        Windows do not depend on the baseline, so this is done once per event even when the
+        pipeline has to derive the baseline features again (see ``Pipeline.process_batch``).
+        """
         st = self.identities.get(event.identity)
         if st is None:
             st = self.identities[event.identity] = IdentityState()
         ts = event.ts
-        segment = self.segments.lookup(event.remote_address)
-        denied = event.outcome == DENIED
-
         st.recent.append((ts, event.event_id))
         st.requests_1m.add(ts, event.event_id)
         st.requests_1h.add(ts)
         st.requests_24h.add(ts)
-        if denied:
+        if event.outcome == DENIED:
             st.denied_1h.add(ts)
             st.denied_5m.add(ts, event.event_id)
         if event.is_login and event.outcome != SUCCESS:
             st.login_failed_5m.add(ts, event.event_id)
-        secret_access = is_secret_access(event)
-        if secret_access:
+        if is_secret_access(event):
             distinct_1h = st.secrets_1h.add(event.secret, ts)
             distinct_24h = st.secrets_24h.add(event.secret, ts)
         else:
             distinct_1h = len(st.secrets_1h.last)
             distinct_24h = len(st.secrets_24h.last)
         requests_1h = st.requests_1h.count(ts)
+        return Windows(
+            self.segments.lookup(event.remote_address),
+            float(st.requests_1m.count(ts)),
+            float(requests_1h),
+            float(st.requests_24h.count(ts)),
+            float(distinct_1h),
+            float(distinct_24h),
+            float(st.denied_5m.count(ts)),
+            st.denied_1h.count(ts) / requests_1h if requests_1h else 0.0,
+            float(st.login_failed_5m.count(ts)),
+        )
 
+    def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
+        """The features of an event whose windows are ``w``, against the current baseline."""
+        st = self.identities[event.identity]
+        ts = event.ts
+        segment = w.segment
         history = st.history
         how, hod = hour_slots(ts)
+        secret_access = is_secret_access(event)
         if history:
             h_week, h_day = st.how, st.hod
             how_share = (h_week[how - 1] + h_week[how] + h_week[(how + 1) % 168]) / history
@@ -280,17 +368,16 @@ class FeatureExtractor:
             how_share = hod_share = seg_share = 0.0
             seg_new = secret_new = agent_new = 1.0
         policy_new = 1.0 if is_policy_write(event) and not st.policy_writer else 0.0
-
         values = (
-            float(st.requests_1m.count(ts)),
-            float(requests_1h),
-            float(st.requests_24h.count(ts)),
-            float(distinct_1h),
-            float(distinct_24h),
-            distinct_1h / (st.secrets_baseline + 1.0),
-            float(st.denied_5m.count(ts)),
-            st.denied_1h.count(ts) / requests_1h if requests_1h else 0.0,
-            float(st.login_failed_5m.count(ts)),
+            w.requests_1m,
+            w.requests_1h,
+            w.requests_24h,
+            w.secrets_1h,
+            w.secrets_24h,
+            w.secrets_1h / (st.secrets_baseline + 1.0),
+            w.denied_5m,
+            w.denied_ratio_1h,
+            w.login_failed_5m,
             how_share,
             hod_share,
             seg_share,
@@ -305,31 +392,57 @@ class FeatureExtractor:
         )
         return FeatureVector(event, segment, values)
 
-    def learn(self, fv: FeatureVector) -> None:
-        """Fold an event that raised no finding into its identity's baseline."""
+    def learn(self, fv: FeatureVector) -> Undo:
+        """Fold an event that raised no finding into its identity's baseline.
+
+        Returns what ``unlearn`` needs to take it out again exactly: the pipeline learns
+        optimistically before its detectors have scored a batch, and backs out the few events
+        they then flag.
+        """
         event = fv.event
         st = self.identities[event.identity]
         how, hod = hour_slots(event.ts)
+        undo = Undo(how, hod, st.policy_writer, st.first_seen, st.last_seen, _rates(st))
         st.how[how] += 1
         st.hod[hod] += 1
         st.segments[fv.segment] = st.segments.get(fv.segment, 0) + 1
-        if is_secret_access(event):
+        if is_secret_access(event) and event.secret not in st.secrets_seen:
             st.secrets_seen.add(event.secret)
-        if event.user_agent:
+            undo.secret_added = True
+        if event.user_agent and event.user_agent not in st.agents_seen:
             st.agents_seen.add(event.user_agent)
+            undo.agent_added = True
         if is_policy_write(event):
             st.policy_writer = True
-        values = fv.values
-        # Running mean over the first events, then an EWMA: a fixed small alpha would start
-        # from the first event's value and take hundreds of events to forget it.
-        alpha = max(_EWMA_ALPHA, 1.0 / (st.history + 1))
-        st.requests_baseline += alpha * (values[_REQUESTS_1H] - st.requests_baseline)
-        st.secrets_baseline += alpha * (values[_SECRETS_1H] - st.secrets_baseline)
+        _learn_rates(st, event.ts, fv.values)
         if not st.history:
             st.first_seen = event.ts
         st.history += 1
         if event.ts > st.last_seen:
             st.last_seen = event.ts
+        return undo
+
+    def unlearn(self, fv: FeatureVector, undo: Undo) -> None:
+        """Exactly reverse ``learn(fv)``; learns must be undone newest first."""
+        event = fv.event
+        st = self.identities[event.identity]
+        st.how[undo.how] -= 1
+        st.hod[undo.hod] -= 1
+        left = st.segments[fv.segment] - 1
+        if left:
+            st.segments[fv.segment] = left
+        else:
+            del st.segments[fv.segment]
+        if undo.secret_added:
+            st.secrets_seen.discard(event.secret)
+        if undo.agent_added:
+            st.agents_seen.discard(event.user_agent)
+        st.policy_writer = undo.policy_writer
+        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
+         st.requests_baseline, st.secrets_baseline) = undo.rates
+        st.first_seen = undo.first_seen
+        st.last_seen = undo.last_seen
+        st.history -= 1
 
 
 def feature_frame(events: Iterable[AccessEvent], segments: SegmentTable,

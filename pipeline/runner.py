@@ -18,17 +18,19 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
 import numpy as np
 import orjson
 
+from models.base import ScoreBatch
 from models.registry import build_detectors
 from models.rules import RuleSet, load_rules
 from pipeline.config import Settings
 from pipeline.events import AccessEvent, DeadLetter
-from pipeline.features import FeatureExtractor
+from pipeline.features import FeatureExtractor, FeatureVector, Undo, Windows
 from pipeline.findings import Finding, to_ocsf
 from pipeline.segments import SegmentTable
 from pipeline.store import Store
@@ -52,6 +54,38 @@ class RunStats:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+class _Batch:
+    """Per-row working state of one batch: windows, features, rule hits, learn undo records."""
+
+    def __init__(self, events: list[AccessEvent], windows: list[Windows]) -> None:
+        n = len(events)
+        self.events = events
+        self.windows = windows
+        self.vectors: list[FeatureVector] = [None] * n  # type: ignore[list-item]
+        self.hits: list[tuple] = [()] * n
+        self.undo: list[Undo | None] = [None] * n
+
+    def unlearn(self, extractor: FeatureExtractor, i: int) -> None:
+        if self.undo[i] is not None:
+            extractor.unlearn(self.vectors[i], self.undo[i])
+            self.undo[i] = None
+
+    @contextmanager
+    def baseline_as_of(self, extractor: FeatureExtractor, i: int):
+        """Temporarily take out the learns of the identity's later rows, so row i's finding is
+        explained against the baseline it was scored with."""
+        identity = self.events[i].identity
+        later = [j for j in range(i + 1, len(self.events))
+                 if self.events[j].identity == identity and self.undo[j] is not None]
+        for j in reversed(later):
+            extractor.unlearn(self.vectors[j], self.undo[j])
+        try:
+            yield
+        finally:
+            for j in later:
+                self.undo[j] = extractor.learn(self.vectors[j])
+
+
 class Pipeline:
     """Everything between an event and a stored finding, for one stream of events."""
 
@@ -73,25 +107,97 @@ class Pipeline:
         self.stats = RunStats()
 
     def process_batch(self, events: list[AccessEvent]) -> list[Finding]:
-        batch = [self.extractor.observe(e) for e in events]
-        rule_hits = self.rules.evaluate(batch)
-        exclude = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
-        values = np.array([fv.values for fv in batch], dtype=np.float64)
-        scores = []
-        for detector in self.detectors:
-            sb = detector.score_then_learn(batch, exclude, values)
-            exclude = exclude | sb.fired
-            scores.append(sb)
-        findings, flagged = self.triage.decide(batch, rule_hits, scores)
-        learn = self.extractor.learn
-        for fv, raised in zip(batch, flagged.tolist()):
-            if not raised:
-                learn(fv)
+        """Process events in order; return (and emit) the findings they raised.
+
+        The result is exactly that of handling the events one at a time (so findings do not
+        depend on how the stream was batched), while detectors score whole batches:
+
+        * windows are recorded for every event first (they do not depend on the baseline);
+        * baseline features, rules and an *optimistic* learn follow event by event: an event no
+          rule flagged is folded into its identity's baseline at once;
+        * detectors then score the batch vectorized, learning only rows nothing fired on;
+        * a row a detector flagged was learned too early: it is unlearned, and if its identity
+          has later rows in the batch (whose features saw that learn) those rows are derived
+          again and the detectors re-run from a checkpoint. Flagged rows are rare, so this
+          costs little.
+        """
+        n = len(events)
+        if not n:
+            return []
+        batch = _Batch(events, [self.extractor.observe_windows(e) for e in events])
+        for i in range(n):
+            self._derive(batch, i)
+        findings: list[Finding] = []
+        start = 0
+        while start < n:
+            checkpoints = [d.checkpoint() for d in self.detectors]
+            scores = self._score(batch, start)
+            redo_at = self._settle(batch, start, scores)
+            if redo_at is None:
+                findings += self._triage(batch, start, n, scores)
+                break
+            # Rows after `redo_at` of its identity saw a learn that must not have happened.
+            identity = events[redo_at].identity
+            later = [j for j in range(redo_at + 1, n) if events[j].identity == identity]
+            for j in reversed([redo_at] + later):
+                batch.unlearn(self.extractor, j)
+            for detector, checkpoint in zip(self.detectors, checkpoints):
+                detector.restore(checkpoint)
+            scores = self._score(batch, start, redo_at + 1)
+            findings += self._triage(batch, start, redo_at + 1, scores)
+            for j in later:
+                self._derive(batch, j)
+            start = redo_at + 1
+        for fv in batch.vectors:
             if fv.event.truncated:
                 self.stats.truncated_fields += len(fv.event.truncated)
-        self.stats.events += len(events)
+        self.stats.events += n
         self._emit(findings)
         return findings
+
+    def _derive(self, batch: "_Batch", i: int) -> None:
+        """Baseline features and rules of row i, then learn it unless a rule fired."""
+        fv = self.extractor.derive(batch.events[i], batch.windows[i])
+        hits = self.rules.evaluate_one(fv)
+        batch.vectors[i] = fv
+        batch.hits[i] = hits
+        batch.undo[i] = None if hits else self.extractor.learn(fv)
+
+    def _score(self, batch: "_Batch", start: int, end: int | None = None) -> list[ScoreBatch]:
+        rows = batch.vectors[start:end]
+        exclude = np.fromiter((bool(h) for h in batch.hits[start:end]), dtype=bool,
+                              count=len(rows))
+        values = np.array([fv.values for fv in rows], dtype=np.float64)
+        scores = []
+        for detector in self.detectors:
+            sb = detector.score_then_learn(rows, exclude, values)
+            exclude = exclude | sb.fired
+            scores.append(sb)
+        return scores
+
+    def _settle(self, batch: "_Batch", start: int, scores: list[ScoreBatch]) -> int | None:
+        """Unlearn rows detectors flagged; return the first such row whose identity has later
+        rows in the batch (those need deriving again), or None."""
+        fired = np.zeros(len(batch.events) - start, dtype=bool)
+        for sb in scores:
+            fired |= sb.fired
+        events = batch.events
+        for offset in np.flatnonzero(fired).tolist():
+            k = start + offset
+            if batch.undo[k] is None:
+                continue  # a rule had already kept it out of the baseline
+            identity = events[k].identity
+            if any(events[j].identity == identity for j in range(k + 1, len(events))):
+                return k
+            batch.unlearn(self.extractor, k)
+        return None
+
+    def _triage(self, batch: "_Batch", start: int, end: int,
+                scores: list[ScoreBatch]) -> list[Finding]:
+        def as_of(offset: int):
+            return batch.baseline_as_of(self.extractor, start + offset)
+
+        return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores, as_of)
 
     def _emit(self, findings: list[Finding]) -> None:
         if not findings:

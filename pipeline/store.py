@@ -11,8 +11,8 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
 import orjson
-from sqlalchemy import (Column, DateTime, Float, Integer, MetaData, String, Table, Text,
-                        create_engine, func, select)
+from sqlalchemy import (BigInteger, Column, DateTime, Float, Integer, LargeBinary, MetaData,
+                        String, Table, Text, create_engine, func, select)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -46,6 +46,17 @@ dead_letters = Table(
     Column("digest", String(64), nullable=False),
     Column("size", Integer, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+# Per-partition processing state (identity baselines, model, suppression) with the input offset
+# it covers; written in the same transaction as the findings of the batches it covers.
+snapshots = Table(
+    "snapshots", metadata,
+    Column("key", String(512), primary_key=True),
+    Column("next_offset", BigInteger, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("data", LargeBinary, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
 

@@ -8,13 +8,15 @@ firings are still counted and their events still kept out of the baseline.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import numpy as np
 
 from models.base import ScoreBatch
 from models.rules import Rule
+from pipeline.events import AccessEvent
 from pipeline.features import FeatureExtractor, FeatureVector, IdentityState
 from pipeline.findings import Finding, Reason, finding_id
 
@@ -40,20 +42,29 @@ class Triage:
         self.suppressed = 0
 
     def decide(self, batch: Sequence[FeatureVector], rule_hits: Sequence[tuple[Rule, ...]],
-               scores: Sequence[ScoreBatch]) -> tuple[list[Finding], np.ndarray]:
-        """Findings for the batch, and the mask of rows on which any detector fired."""
+               scores: Sequence[ScoreBatch],
+               as_of: Callable[[int], AbstractContextManager] | None = None) -> list[Finding]:
+        """Findings for the rows of a batch on which something fired, in row order.
+
+        ``as_of(i)``, if given, is entered while row ``i``'s finding is explained, so the
+        explanation sees the identity's baseline as it was at that row.
+        """
         fired_any = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
         for sb in scores:
             fired_any |= sb.fired
         findings = []
-        for i in np.flatnonzero(fired_any):
+        for i in np.flatnonzero(fired_any).tolist():
             fv = batch[i]
             rules = [r for r in rule_hits[i] if self._open(fv, r.id)]
             streaming = [(sb.detector, float(sb.scores[i])) for sb in scores
                          if sb.fired[i] and self._open(fv, sb.detector)]
             if rules or streaming:
-                findings.append(self._finding(fv, rules, streaming))
-        return findings, fired_any
+                if as_of is None:
+                    findings.append(self._finding(fv, rules, streaming))
+                else:
+                    with as_of(i):
+                        findings.append(self._finding(fv, rules, streaming))
+        return findings
 
     def _open(self, fv: FeatureVector, detector: str) -> bool:
         """True if ``detector`` may raise for this identity now (and note that it does)."""
@@ -80,14 +91,14 @@ class Triage:
             techniques.extend(rule.attack)
             severity = max(severity, rule.severity_id)
             score = max(score, 1.0)
-            related.extend(_related(rule.related, state, self.max_related))
+            related.extend(_related(rule.related, state, self.max_related, event))
         for name, value in streaming:
             info = self.streaming[name]
             reasons.extend(explain_streaming(name, fv, state))
             techniques.extend(info.techniques)
             severity = max(severity, 4 if value >= info.high_threshold else 3)
             score = max(score, value)
-            related.extend(_related("recent_1h", state, self.max_related))
+            related.extend(_related("recent_1h", state, self.max_related, event))
         related.append(event.event_id)
         related_ids = tuple(dict.fromkeys(related))[-self.max_related:]
         if event.event_id not in related_ids:
@@ -104,18 +115,28 @@ class Triage:
         )
 
 
-def _related(kind: str, state: IdentityState | None, limit: int) -> list[str]:
+def _related(kind: str, state: IdentityState | None, limit: int, trigger: AccessEvent) -> list[str]:
+    """Ids of the identity's recent events of ``kind`` up to and including the trigger.
+
+    Windows of a whole batch are recorded before it is scored, so entries after the trigger are
+    cut off here; entries the window has since dropped (older than its horizon relative to later
+    events of the batch) are not recovered.
+    """
     if state is None or kind == "trigger":
         return []
     if kind == "denied_5m":
-        return state.denied_5m.ids(limit)
-    if kind == "login_failed_5m":
-        return state.login_failed_5m.ids(limit)
-    recent = list(state.recent)
-    if not recent:
-        return []
-    floor = recent[-1][0] - 3600.0
-    return [eid for ts, eid in recent[-limit:] if ts >= floor]
+        items, horizon = list(state.denied_5m.items), state.denied_5m.horizon
+    elif kind == "login_failed_5m":
+        items, horizon = list(state.login_failed_5m.items), state.login_failed_5m.horizon
+    else:
+        items, horizon = list(state.recent), 3600.0
+    end = len(items)
+    for pos in range(len(items) - 1, -1, -1):
+        if items[pos][1] == trigger.event_id:
+            end = pos + 1
+            break
+    floor = trigger.ts - horizon
+    return [eid for ts, eid in items[:end][-limit:] if floor < ts <= trigger.ts]
 
 
 def _baseline_of(feature: str, state: IdentityState | None) -> str:

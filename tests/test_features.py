@@ -130,3 +130,51 @@ def test_feature_frame_is_the_streaming_code():
     for row, fv in zip(frame[list(FEATURE_NAMES)].itertuples(index=False), streamed):
         assert tuple(row) == fv.values
     assert list(frame.index) == [e.event_id for e in events]
+
+
+def _state_snapshot(st):
+    import copy
+    return {name: copy.deepcopy(getattr(st, name)) for name in
+            ("how", "hod", "history", "segments", "secrets_seen", "agents_seen", "policy_writer",
+             "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "baseline_hour",
+             "hour_n", "hour_requests", "hour_secrets", "hours_seen")}
+
+
+def test_unlearn_exactly_reverses_learn():
+    fx = FeatureExtractor(SEGMENTS)
+    history = [make_event(at=t, path=f"secret/data/team/s{i % 4}")
+               for i, t in enumerate(every(T0, timedelta(minutes=13), 200))]
+    observe_all(fx, history)
+    st = fx.state("entity:svc-1")
+    before = _state_snapshot(st)
+    # events that touch every part of the baseline: new hour, segment, secret, agent, policy
+    odd = [make_event(at=T0 + timedelta(days=3, hours=1), remote_address="203.0.113.9",
+                      path="secret/data/x/new", user_agent="curl/8"),
+           make_event(at=T0 + timedelta(days=3, hours=2), operation="update",
+                      path="sys/policies/acl/p")]
+    fvs = [fx.observe(e) for e in odd]
+    undos = []
+    for fv in fvs:
+        undos.append(fx.learn(fv))
+    assert _state_snapshot(st) != before
+    for fv, undo in reversed(list(zip(fvs, undos))):
+        fx.unlearn(fv, undo)
+    assert _state_snapshot(st) == before
+
+
+def test_usual_rate_moves_per_completed_hour_not_per_event():
+    fx = FeatureExtractor(SEGMENTS)
+    # a quiet week: two reads an hour
+    quiet = [make_event(at=t, path=f"secret/data/team/s{i % 2}")
+             for i, t in enumerate(every(T0, timedelta(minutes=30), 7 * 48))]
+    observe_all(fx, quiet)
+    st = fx.state("entity:svc-1")
+    start = T0 + timedelta(days=7, minutes=1)
+    burst = [make_event(at=start + timedelta(seconds=10 * i), path=f"secret/data/other/s{i}")
+             for i in range(120)]
+    fvs = observe_all(fx, burst[:1])  # the first event of the hour folds the previous hour in
+    usual = st.secrets_baseline
+    assert 1.5 < usual < 2.5
+    fvs = observe_all(fx, burst[1:])  # learned, yet the baseline holds until the hour is over
+    assert st.secrets_baseline == usual
+    assert fvs[-1]["secrets_ratio_1h"] > 30

@@ -276,3 +276,20 @@ def test_far_outlier_scores_higher_than_inliers():
 def test_module_doctests():
     result = doctest.testmod(hst_module)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_checkpoint_restore_replays_identically():
+    from models.hst import HalfSpaceTrees as NumpyHST
+    rng = np.random.default_rng(3)
+    X = rng.random((900, 4))
+    model = NumpyHST(["a", "b", "c", "d"], n_trees=5, height=4, window_size=50, seed=9)
+    model.learn_many(X[:120])
+    cp = model.checkpoint()
+    first, _ = model.score_then_learn(X[120:700], threshold=0.6)  # crosses several pivots
+    model.restore(cp)
+    again, _ = model.score_then_learn(X[120:700], threshold=0.6)
+    assert np.array_equal(first, again)
+    model.restore(cp)
+    model.restore(cp)  # a checkpoint can be restored more than once
+    third, _ = model.score_then_learn(X[120:700], threshold=0.6)
+    assert np.array_equal(first, third)

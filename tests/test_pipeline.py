@@ -101,3 +101,39 @@ def test_findings_explain_observed_vs_baseline():
     assert f.techniques and f.trigger.event_id in f.related_event_ids
     assert all(rid.startswith("ev-") for rid in f.related_event_ids)
     assert np.isfinite(f.score) and 0 < f.score <= 1
+
+
+def test_findings_do_not_depend_on_batching(tmp_path):
+    """Kafka polls and file replays cut the stream differently; the findings must not change."""
+    from pipeline.findings import to_ocsf
+    from pipeline.simulate import SimulationSpec, simulate
+    from pipeline.sources.files import replay
+
+    log = tmp_path / "fleet.log"
+    simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log, tmp_path / "labels.jsonl")
+    events = list(replay([log]))
+
+    def findings(batch_size):
+        p = Pipeline(load_settings())
+        out = []
+        for i in range(0, len(events), batch_size):
+            out += p.process_batch(events[i:i + batch_size])
+        return [to_ocsf(f) for f in out]
+
+    def without_related(found):
+        return [{**f, "finding_info": {k: v for k, v in f["finding_info"].items()
+                                       if k != "related_events"}} for f in found]
+
+    one_by_one = findings(1)
+    assert one_by_one
+    for size in (7, 256, 5000):
+        batched = findings(size)
+        # ids, scores, severities and explanations are identical
+        assert without_related(batched) == without_related(one_by_one)
+        # related events: the trigger and a subset of what one-by-one processing lists (a
+        # window may have dropped its oldest entries while later rows of the batch were recorded)
+        for b, o in zip(batched, one_by_one):
+            b_ids = [r["uid"] for r in b["finding_info"]["related_events"]]
+            o_ids = [r["uid"] for r in o["finding_info"]["related_events"]]
+            assert b["unmapped"]["secretscope"]["trigger_event_uid"] in b_ids
+            assert set(b_ids) <= set(o_ids)

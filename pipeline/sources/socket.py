@@ -1,0 +1,263 @@
+"""Vault's ``socket`` audit device as a live source.
+
+Vault connects to us as a TCP client and writes one JSON audit entry per line, request and
+response entries, from every node that has the device enabled, reconnecting when a connection
+drops. One server thread accepts and reads every connection (a selector, so one slow or silent
+node costs nothing) and splits bytes into lines; the iterating thread parses and joins them
+through a single :class:`~pipeline.sources.decode.Decoder`, so a request logged by one node and
+its response by another are joined, and copies from several nodes collapse.
+
+Between the two threads sits a bounded queue: when the consumer falls behind, the server thread
+blocks on it and stops reading, and TCP flow control slows Vault down instead of memory growing.
+Vault's device gives up on a write after its ``write_timeout`` (2 s by default), so a consumer
+that stays behind turns into audit write errors on the Vault side, not into lost lines here.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import selectors
+import socket
+import threading
+from collections.abc import Iterator
+
+from pipeline.errors import ParseError
+from pipeline.events import AccessEvent, DeadLetter
+from pipeline.parsers.limits import InputLimits
+from pipeline.sources.decode import Decoder, dead_letter
+
+log = logging.getLogger(__name__)
+
+QUEUE_LINES = 1024  # lines read but not yet parsed; bounds memory at QUEUE_LINES * max line
+_RECV_BYTES = 1 << 16
+_END = object()  # put by the server thread after its last line: the stream is over
+_Read = tuple[bytes, str] | DeadLetter  # a line to parse with its origin, or one already refused
+
+
+class SocketCounters:
+    """What the source has seen so far; each counter has one writing thread."""
+
+    __slots__ = ("lines", "connections", "disconnects_mid_line", "dead_letters")
+
+    def __init__(self) -> None:
+        self.lines = 0  # lines received, blank, oversize and cut-off ones included
+        self.connections = 0  # connections accepted
+        self.disconnects_mid_line = 0  # connections that ended inside a line
+        self.dead_letters = 0  # dead letters yielded, from the socket and from the decoder
+
+
+class _Connection:
+    """Splits one connection's bytes into lines, never holding more than ``limit`` bytes of one:
+    the rest of an oversize line is counted and dropped as it arrives."""
+
+    __slots__ = ("origin", "limit", "counters", "line_no", "buf", "skipped")
+
+    def __init__(self, peer: tuple, limit: int, counters: SocketCounters) -> None:
+        self.origin = f"socket:{peer[0]}:{peer[1]}"
+        self.limit = limit
+        self.counters = counters
+        self.line_no = 0
+        self.buf = bytearray()
+        self.skipped = 0  # bytes of the current line dropped because it is over the limit
+
+    def feed(self, data: bytes) -> list[_Read]:
+        """Lines completed by ``data``, as (raw, origin) to parse or as a dead letter."""
+        out: list[_Read] = []
+        start = 0
+        while (end := data.find(b"\n", start)) >= 0:
+            item = self._line(data[start:end])
+            if item is not None:
+                out.append(item)
+            start = end + 1
+        self._keep(data[start:])
+        return out
+
+    def close(self) -> DeadLetter | None:
+        """End of the connection: bytes after the last newline are a cut-off line. It is not
+        parsed, because a prefix of an entry can still parse as something it was not."""
+        if self.skipped == 0 and (not self.buf or self.buf.isspace()):
+            return None
+        origin = self._next_origin()
+        self.counters.disconnects_mid_line += 1
+        size = len(self.buf) + self.skipped
+        return dead_letter(bytes(self.buf), ParseError(
+            "truncated", f"connection closed {size} bytes into a line, before its newline", origin))
+
+    def _next_origin(self) -> str:
+        self.line_no += 1
+        self.counters.lines += 1
+        return f"{self.origin}:{self.line_no}"
+
+    def _keep(self, piece: bytes) -> None:
+        if self.skipped:
+            self.skipped += len(piece)
+            return
+        self.buf += piece
+        if len(self.buf) > self.limit:
+            self.skipped = len(self.buf) - self.limit
+            del self.buf[self.limit:]
+
+    def _line(self, tail: bytes) -> _Read | None:
+        origin = self._next_origin()
+        size = len(self.buf) + self.skipped + len(tail)
+        if size > self.limit:
+            # the digest covers the first `limit` bytes: all that was ever held of the line
+            prefix = bytes((self.buf + tail)[:self.limit])
+            self.buf.clear()
+            self.skipped = 0
+            return dead_letter(prefix, ParseError(
+                "oversize", f"{size} bytes > {self.limit} (digest of the first {len(prefix)})",
+                origin))
+        raw = bytes(self.buf + tail) if self.buf else tail
+        self.buf.clear()
+        if not raw or raw.isspace():
+            return None
+        return raw, origin
+
+
+class SocketAuditSource:
+    """TCP listener for Vault's socket audit device. Iterating yields AccessEvent | DeadLetter.
+
+    ``start()`` binds and listens (port 0 picks a free port, see ``address``); iteration blocks
+    while Vault is quiet and ends after ``stop()``, once every line already read is parsed and
+    the calls still waiting for their other half are released. Idle time releases nothing:
+    the join timeout runs in event time, and a request whose response is late must not be
+    emitted without it. A line longer than ``max_line_bytes`` (default
+    ``limits.max_record_bytes``) is dropped as it arrives and becomes an "oversize" dead letter;
+    a connection that ends inside a line (including connections cut by ``stop()``) leaves a
+    "truncated" one. Origins read ``socket:<peer ip>:<peer port>:<line on that connection>``.
+    """
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 9090,
+                 limits: InputLimits = InputLimits(), join_timeout: float = 30.0,
+                 max_line_bytes: int | None = None) -> None:
+        self.host = host
+        self.port = port
+        self.max_line_bytes = limits.max_record_bytes if max_line_bytes is None else max_line_bytes
+        self.counters = SocketCounters()
+        self._decoder = Decoder("vault", limits, join_timeout)
+        self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_LINES)
+        self._address: tuple[str, int] | None = None
+        self._wake: socket.socket | None = None  # closed by stop() to wake the server thread
+        self._stopping = threading.Event()
+        self._failure: Exception | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._address is None:
+            raise RuntimeError("the socket source is not started")
+        return self._address
+
+    def start(self) -> None:
+        if self._address is not None:
+            raise RuntimeError("the socket source was already started")
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            self.host, self.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        server = socket.socket(family, kind, proto)
+        try:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind(addr)
+            server.listen()
+            server.setblocking(False)
+        except OSError:
+            server.close()
+            raise
+        wake_in, self._wake = socket.socketpair()
+        self._address = server.getsockname()[:2]
+        threading.Thread(target=self._serve, args=(server, wake_in), daemon=True,
+                         name=f"vault-socket-audit:{self._address[1]}").start()
+
+    def stop(self) -> None:
+        """Stop accepting and close every connection; iteration ends once the lines already
+        read are through. Safe to call more than once, and from the iterating thread."""
+        if self._wake is None or self._stopping.is_set():
+            return
+        self._stopping.set()
+        self._wake.close()
+
+    def __enter__(self) -> SocketAuditSource:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def __iter__(self) -> Iterator[AccessEvent | DeadLetter]:
+        if self._address is None:
+            raise RuntimeError("start() the socket source before iterating it")
+        decoder = self._decoder  # fed from this thread only: it is not thread-safe
+        counters = self.counters
+        while (item := self._queue.get()) is not _END:
+            if isinstance(item, DeadLetter):
+                counters.dead_letters += 1
+                yield item
+                continue
+            for out in decoder.feed(*item):
+                if isinstance(out, DeadLetter):
+                    counters.dead_letters += 1
+                yield out
+        self._queue.put(_END)  # a later iteration ends at once instead of waiting forever
+        yield from decoder.flush()
+        if self._failure is not None:
+            raise RuntimeError("the socket audit listener failed") from self._failure
+
+    def _serve(self, server: socket.socket, wake_in: socket.socket) -> None:
+        """Server thread: accept, read and split lines until stop(); then end the stream."""
+        connections: dict[socket.socket, _Connection] = {}
+        put = self._queue.put
+        with selectors.DefaultSelector() as selector:
+            selector.register(server, selectors.EVENT_READ)
+            selector.register(wake_in, selectors.EVENT_READ)
+            try:
+                while not self._stopping.is_set():
+                    for key, _ in selector.select():
+                        sock = key.fileobj
+                        if sock is server:
+                            self._accept(server, selector, connections)
+                        elif sock is not wake_in:
+                            for item in self._read(sock, selector, connections):
+                                put(item)
+            except Exception as exc:  # re-raised in the iterating thread once it has drained
+                log.exception("socket audit listener failed")
+                self._failure = exc
+            finally:
+                for sock, conn in connections.items():
+                    sock.close()
+                    cut = conn.close()
+                    if cut is not None:
+                        put(cut)
+                server.close()
+                wake_in.close()
+                put(_END)
+
+    def _accept(self, server: socket.socket, selector: selectors.BaseSelector,
+                connections: dict[socket.socket, _Connection]) -> None:
+        try:
+            sock, peer = server.accept()
+        except OSError as exc:  # the client gave up before we got to it, or out of descriptors
+            log.warning("socket audit: accept failed: %s", exc)
+            return
+        sock.setblocking(False)
+        connections[sock] = _Connection(peer, self.max_line_bytes, self.counters)
+        selector.register(sock, selectors.EVENT_READ)
+        self.counters.connections += 1
+        log.info("socket audit: connection from %s:%s", peer[0], peer[1])
+
+    def _read(self, sock: socket.socket, selector: selectors.BaseSelector,
+              connections: dict[socket.socket, _Connection]) -> list[_Read]:
+        conn = connections[sock]
+        try:
+            data = sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return []
+        except OSError as exc:  # reset by the peer: as good as a close
+            log.info("socket audit: %s: %s", conn.origin, exc)
+            data = b""
+        if data:
+            return conn.feed(data)
+        selector.unregister(sock)
+        sock.close()
+        del connections[sock]
+        cut = conn.close()
+        return [cut] if cut is not None else []
