@@ -240,6 +240,39 @@ class IdentityState:
         self.hour_secrets = 0.0
         self.hours_seen = 0
 
+    def to_state(self) -> list:
+        """Plain lists and numbers, for snapshots (see ``pipeline.snapshot``)."""
+        return [
+            list(self.requests_1m.items), list(self.denied_5m.items),
+            list(self.login_failed_5m.items), list(self.recent),
+            [[c.counts, c.ids, c.total, c.newest]
+             for c in (self.requests_1h, self.requests_24h, self.denied_1h)],
+            list(self.secrets_1h.last.items()), list(self.secrets_24h.last.items()),
+            self.how, self.hod, self.history, self.segments, sorted(self.secrets_seen),
+            sorted(self.agents_seen), self.policy_writer, self.first_seen, self.last_seen,
+            list(_rates(self)),
+        ]
+
+    @classmethod
+    def from_state(cls, state: list) -> "IdentityState":
+        st = cls()
+        (requests_1m, denied_5m, login_failed_5m, recent, counters, secrets_1h, secrets_24h,
+         st.how, st.hod, st.history, st.segments, secrets_seen, agents_seen, st.policy_writer,
+         st.first_seen, st.last_seen, rates) = state
+        st.requests_1m.items.extend(tuple(i) for i in requests_1m)
+        st.denied_5m.items.extend(tuple(i) for i in denied_5m)
+        st.login_failed_5m.items.extend(tuple(i) for i in login_failed_5m)
+        st.recent.extend(tuple(i) for i in recent)
+        for counter, (counts, ids, total, newest) in zip(
+                (st.requests_1h, st.requests_24h, st.denied_1h), counters):
+            counter.counts, counter.ids, counter.total, counter.newest = counts, ids, total, newest
+        st.secrets_1h.last.update(secrets_1h)
+        st.secrets_24h.last.update(secrets_24h)
+        st.secrets_seen, st.agents_seen = set(secrets_seen), set(agents_seen)
+        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
+         st.requests_baseline, st.secrets_baseline) = rates
+        return st
+
     def usual_hours(self, top: int = 6) -> list[int]:
         """Hours of the day (UTC) this identity is most active in, most active first."""
         ranked = sorted(range(24), key=lambda h: -self.hod[h])

@@ -7,6 +7,7 @@ digest of the bad record rather than the record.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
 
@@ -16,6 +17,7 @@ from sqlalchemy import (BigInteger, Column, DateTime, Float, Integer, LargeBinar
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
+from pipeline.errors import ModelIntegrityError
 from pipeline.events import DeadLetter
 from pipeline.findings import Finding, to_ocsf
 
@@ -96,6 +98,24 @@ class Store:
         if rows:
             with self.engine.begin() as conn:
                 conn.execute(dead_letters.insert(), rows)
+
+    def save_snapshot(self, key: str, next_offset: int, blob: bytes) -> None:
+        """Replace the snapshot under ``key`` (with the input offset it covers)."""
+        row = {"key": key, "next_offset": next_offset, "checksum": hashlib.sha256(blob).hexdigest(),
+               "data": blob, "updated_at": datetime.now(timezone.utc)}
+        with self.engine.begin() as conn:
+            conn.execute(snapshots.delete().where(snapshots.c.key == key))
+            conn.execute(snapshots.insert(), [row])
+
+    def load_snapshot(self, key: str) -> tuple[int, bytes] | None:
+        """(next_offset, blob) of the snapshot under ``key``, checksum verified; None if none."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(snapshots).where(snapshots.c.key == key)).first()
+        if row is None:
+            return None
+        if hashlib.sha256(row.data).hexdigest() != row.checksum:
+            raise ModelIntegrityError(f"snapshot {key}: checksum mismatch, refusing to load it")
+        return row.next_offset, bytes(row.data)
 
     def count(self, table: Table) -> int:
         with self.engine.connect() as conn:

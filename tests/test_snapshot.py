@@ -1,0 +1,58 @@
+"""State snapshots: stop anywhere, restore into a fresh process, and continue identically."""
+
+from __future__ import annotations
+
+import pytest
+
+from pipeline import snapshot
+from pipeline.config import load_settings
+from pipeline.errors import ModelIntegrityError
+from pipeline.findings import to_ocsf
+from pipeline.runner import Pipeline
+from pipeline.simulate import SimulationSpec, simulate
+from pipeline.sources.files import replay
+from pipeline.store import Store
+
+
+@pytest.fixture(scope="module")
+def events(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("snap")
+    log = tmp / "fleet.log"
+    simulate(SimulationSpec(days=4, seed=8, target_calls=15000), log, tmp / "labels.jsonl")
+    return list(replay([log]))
+
+
+def run(pipeline, events, size=200):
+    out = []
+    for i in range(0, len(events), size):
+        out += pipeline.process_batch(events[i:i + size])
+    return [to_ocsf(f) for f in out]
+
+
+def test_restored_pipeline_continues_exactly(events, tmp_path):
+    cut = len(events) * 3 // 5
+    uninterrupted = Pipeline(load_settings())
+    whole = run(uninterrupted, events[:cut]) + run(uninterrupted, events[cut:])
+    assert len(whole) >= 5
+    first = Pipeline(load_settings())
+    before = run(first, events[:cut])
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.save_snapshot("test/0", cut, snapshot.dump(first, {"note": "x"}))
+    offset, blob = store.load_snapshot("test/0")
+    second = Pipeline(load_settings())
+    assert snapshot.load(second, blob) == {"note": "x"} and offset == cut
+    after = run(second, events[cut:])
+    assert before + after == whole
+
+
+def test_tampered_snapshot_is_refused(events, tmp_path):
+    p = Pipeline(load_settings())
+    run(p, events[:2000])
+    store = Store(f"sqlite:///{tmp_path / 's.db'}")
+    store.save_snapshot("k", 2000, snapshot.dump(p))
+    with store.engine.begin() as conn:
+        conn.exec_driver_sql("update snapshots set data = x'00112233'")
+    with pytest.raises(ModelIntegrityError, match="checksum mismatch"):
+        store.load_snapshot("k")
+    with pytest.raises(ModelIntegrityError, match="not readable"):
+        snapshot.load(Pipeline(load_settings()), b"not a snapshot")
