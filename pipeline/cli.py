@@ -154,6 +154,15 @@ def evaluate(
 
 
 @app.command()
+def run(config: Path = typer.Option(..., "--config", "-c", help="Service config (YAML).")) -> None:
+    """The long-running service: Kafka audit topics (or Vault's socket audit device) in,
+    findings to the store."""
+    from pipeline.service import run_service
+
+    run_service(load_settings(config))
+
+
+@app.command()
 def validate(config: Optional[Path] = typer.Argument(None, help="Config file (default: embedded).")) -> None:
     """Check a config file and its rules; exit 2 with the problem if invalid."""
     from models.rules import load_rules

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
+                      model_validator)
 
 from pipeline.errors import ConfigError
 
@@ -79,6 +80,69 @@ class RunnerSettings(_Strict):
     progress_seconds: float = Field(5, ge=0)
 
 
+class KafkaSettings(_Strict):
+    """Kafka in (audit topics) and between the stages. Credentials come from the environment
+    or a file named here, never from the YAML itself."""
+
+    bootstrap_servers: tuple[str, ...] = ("127.0.0.1:9092",)
+    audit_topics: tuple[str, ...] = ("vault-audit",)
+    events_topic: str = "secretscope.events"  # stage 1 -> stage 2, keyed by identity
+    dead_letter_topic: str = "secretscope.dead-letters"
+    parse_group: str = "secretscope-parse"
+    score_group: str = "secretscope-score"
+    client_id: str = "secretscope"
+    events_partitions: int = Field(4, ge=1)  # created if missing; the unit of scale-out for scoring
+    replication_factor: int = Field(1, ge=1)
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password_env: str | None = None  # name of the environment variable holding it
+    sasl_password_file: str | None = None
+    ssl_cafile: str | None = None
+    ssl_certfile: str | None = None
+    ssl_keyfile: str | None = None
+    ssl_check_hostname: bool = True
+    max_poll_records: int = Field(500, ge=1, le=10_000)
+    poll_timeout_ms: int = Field(200, ge=1)
+    session_timeout_ms: int = Field(10_000, ge=1000)
+    heartbeat_interval_ms: int = Field(3_000, ge=100)
+    allowed_lateness_seconds: float = Field(5.0, gt=0)  # disorder tolerated within one partition
+    idle_seconds: float = Field(2.0, gt=0)  # a caught-up partition this quiet releases its calls
+    snapshot_seconds: float = Field(5.0, ge=0)  # how often stage 2 saves state and commits
+
+    @model_validator(mode="after")
+    def _security_is_consistent(self) -> "KafkaSettings":
+        sasl = self.security_protocol.startswith("SASL_")
+        if sasl:
+            if self.sasl_mechanism is None:
+                raise ValueError("sasl_mechanism is required with security_protocol "
+                                 f"{self.security_protocol}")
+            if not self.sasl_username:
+                raise ValueError("sasl_username is required with SASL")
+            if bool(self.sasl_password_env) == bool(self.sasl_password_file):
+                raise ValueError("set exactly one of sasl_password_env or sasl_password_file")
+        elif self.sasl_mechanism or self.sasl_username or self.sasl_password_env \
+                or self.sasl_password_file:
+            raise ValueError(f"sasl_* keys need a SASL security_protocol, not {self.security_protocol}")
+        if not self.security_protocol.endswith("SSL") and (self.ssl_cafile or self.ssl_certfile
+                                                           or self.ssl_keyfile):
+            raise ValueError(f"ssl_* keys need security_protocol SSL or SASL_SSL, "
+                             f"not {self.security_protocol}")
+        return self
+
+
+class SocketSettings(_Strict):
+    """Vault's socket audit device connects here."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(9090, ge=0, le=65535)
+
+
+class RunSettings(_Strict):
+    source: Literal["kafka", "socket"] = "kafka"
+    stages: Literal["both", "parse", "score"] = "both"  # which Kafka stages this process runs
+
+
 class Settings(_Strict):
     store: StoreSettings = StoreSettings()
     input: InputSettings = InputSettings()
@@ -87,6 +151,9 @@ class Settings(_Strict):
     detectors: tuple[DetectorSettings, ...] = ()
     triage: TriageSettings = TriageSettings()
     runner: RunnerSettings = RunnerSettings()
+    run: RunSettings = RunSettings()
+    kafka: KafkaSettings = KafkaSettings()
+    socket: SocketSettings = SocketSettings()
     base_dir: str = Field("", exclude=True)  # directory of the config file; relative paths start here
 
     def rules_dir(self) -> Path:

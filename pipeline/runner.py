@@ -225,9 +225,10 @@ class Pipeline:
         if self.store is not None:
             self.store.add_dead_letters(items)
 
-    def run(self, items: Iterable[AccessEvent | DeadLetter],
+    def run(self, items: Iterable[AccessEvent | DeadLetter | None],
             progress: Callable[[RunStats], None] | None = None) -> RunStats:
-        """Consume a stream of events and dead letters to its end."""
+        """Consume a stream of events and dead letters to its end. A ``None`` item means the
+        source is idle: the events held so far are processed without waiting for a full batch."""
         size = self.settings.runner.batch_size
         interval = self.settings.runner.progress_seconds
         started = last_report = time.perf_counter()
@@ -236,20 +237,24 @@ class Pipeline:
         for item in items:
             if type(item) is AccessEvent:
                 events.append(item)
-                if len(events) >= size:
-                    self.process_batch(events)
-                    events = []
-                    if letters:
-                        self.dead_letter(letters)
-                        letters = []
-                    if progress is not None:
-                        now = time.perf_counter()
-                        if now - last_report >= interval:
-                            last_report = now
-                            self.stats.seconds = now - started
-                            progress(self.stats)
-            else:
+                if len(events) < size:
+                    continue
+            elif item is not None:
                 letters.append(item)
+                continue
+            # a full batch, or None: the source is idle, so process what is held now
+            if events:
+                self.process_batch(events)
+                events = []
+            if letters:
+                self.dead_letter(letters)
+                letters = []
+            if progress is not None:
+                now = time.perf_counter()
+                if now - last_report >= interval:
+                    last_report = now
+                    self.stats.seconds = now - started
+                    progress(self.stats)
         if events:
             self.process_batch(events)
         if letters:

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timezone
+from pathlib import Path
 
 import orjson
 from sqlalchemy import (BigInteger, Column, DateTime, Float, Integer, LargeBinary, MetaData,
                         String, Table, Text, create_engine, func, select)
+from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
@@ -62,10 +64,35 @@ snapshots = Table(
 )
 
 
+# Alembic migrations for the tables above ship inside the package (pipeline/migrations).
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+_MIGRATION_LOCK_ID = 0x5EC5_C09E  # pg_advisory_xact_lock key: one migrating process at a time
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database behind ``engine`` to the newest schema (``alembic upgrade head``).
+
+    A no-op when it is already current. Runs in one transaction on the caller's engine, so an
+    in-memory SQLite database sees the tables afterwards; on PostgreSQL concurrent callers wait
+    for each other instead of racing to create the same tables.
+    """
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR).replace("%", "%%"))
+    cfg.set_main_option("path_separator", "os")
+    with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _MIGRATION_LOCK_ID})
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
 class Store:
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(url)
-        metadata.create_all(self.engine)
+        migrate(self.engine)
 
     def _insert_ignore(self, table: Table):
         dialect = self.engine.dialect.name

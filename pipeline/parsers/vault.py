@@ -209,8 +209,18 @@ class VaultJoiner:
         self._pending: OrderedDict[str, _Call] = OrderedDict()
         self._released: OrderedDict[str, None] = OrderedDict()
         self._anonymous = 0
+        self.latest_ts = float("-inf")  # newest event time fed so far
+
+    def oldest_pending(self) -> VaultEntry | None:
+        """The earliest entry still waiting for its other half (it holds back commits and
+        watermarks: its call has not been emitted yet)."""
+        for call in self._pending.values():
+            return call.request or call.response
+        return None
 
     def feed(self, entry: VaultEntry) -> list[AccessEvent]:
+        if entry.ts > self.latest_ts:
+            self.latest_ts = entry.ts
         key = entry.request_id
         if not key:
             # No id to join on (e.g. help requests): the entry is a call of its own.

@@ -67,5 +67,13 @@ class Decoder:
             return [dead_letter(raw, exc)]
         return self.joiner.feed(entry)
 
+    def oldest_pending(self):
+        """The earliest entry not yet emitted as part of an event, or None."""
+        return self.joiner.oldest_pending() if self.joiner is not None else None
+
+    @property
+    def latest_ts(self) -> float:
+        return self.joiner.latest_ts if self.joiner is not None else float("-inf")
+
     def flush(self) -> list[Item]:
         return self.joiner.flush() if self.joiner is not None else []

@@ -131,7 +131,10 @@ class SocketAuditSource:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9090,
                  limits: InputLimits = InputLimits(), join_timeout: float = 30.0,
-                 max_line_bytes: int | None = None) -> None:
+                 max_line_bytes: int | None = None, idle_tick_seconds: float = 1.0) -> None:
+        # When no line arrives for idle_tick_seconds the iterator yields None, so a consumer
+        # that batches (Pipeline.run) processes what it holds instead of waiting for more.
+        self.idle_tick_seconds = idle_tick_seconds
         self.host = host
         self.port = port
         self.max_line_bytes = limits.max_record_bytes if max_line_bytes is None else max_line_bytes
@@ -183,12 +186,19 @@ class SocketAuditSource:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def __iter__(self) -> Iterator[AccessEvent | DeadLetter]:
+    def __iter__(self) -> Iterator[AccessEvent | DeadLetter | None]:
         if self._address is None:
             raise RuntimeError("start() the socket source before iterating it")
         decoder = self._decoder  # fed from this thread only: it is not thread-safe
         counters = self.counters
-        while (item := self._queue.get()) is not _END:
+        while True:
+            try:
+                item = self._queue.get(timeout=self.idle_tick_seconds)
+            except queue.Empty:
+                yield None  # quiet for a while: tell the consumer to process what it holds
+                continue
+            if item is _END:
+                break
             if isinstance(item, DeadLetter):
                 counters.dead_letters += 1
                 yield item

@@ -1,0 +1,80 @@
+"""Kafka clients for the two stages (the only module that imports kafka-python).
+
+Builds consumers and producers from :class:`~pipeline.config.KafkaSettings`: security options
+are passed through to kafka-python, and a SASL password is read from the environment variable or
+file the config names, at start-up, with an error that says which one is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import TopicAlreadyExistsError
+from kafka.structs import OffsetAndMetadata
+
+from pipeline.config import KafkaSettings
+from pipeline.errors import ConfigError
+
+__all__ = ["ConsumerRebalanceListener", "OffsetAndMetadata", "TopicPartition", "client_options",
+           "consumer", "ensure_topics", "producer"]
+
+
+def _password(k: KafkaSettings) -> str:
+    if k.sasl_password_env:
+        value = os.environ.get(k.sasl_password_env)
+        if value is None:
+            raise ConfigError(f"kafka.sasl_password_env: environment variable "
+                              f"{k.sasl_password_env} is not set")
+        return value
+    assert k.sasl_password_file
+    try:
+        return Path(k.sasl_password_file).read_text().strip()
+    except OSError as exc:
+        raise ConfigError(f"kafka.sasl_password_file: cannot read {k.sasl_password_file}: "
+                          f"{exc.strerror}") from None
+
+
+def client_options(k: KafkaSettings) -> dict:
+    """Connection and security options common to consumers, producers and the admin client."""
+    options: dict = {"bootstrap_servers": list(k.bootstrap_servers), "client_id": k.client_id,
+                     "security_protocol": k.security_protocol}
+    if k.security_protocol.startswith("SASL_"):
+        options.update(sasl_mechanism=k.sasl_mechanism, sasl_plain_username=k.sasl_username,
+                       sasl_plain_password=_password(k))
+    if k.security_protocol.endswith("SSL"):
+        options.update(ssl_cafile=k.ssl_cafile, ssl_certfile=k.ssl_certfile,
+                       ssl_keyfile=k.ssl_keyfile, ssl_check_hostname=k.ssl_check_hostname)
+    return options
+
+
+def consumer(k: KafkaSettings, group: str) -> KafkaConsumer:
+    return KafkaConsumer(
+        **client_options(k), group_id=group, enable_auto_commit=False,
+        auto_offset_reset="earliest", max_poll_records=k.max_poll_records,
+        session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
+    )
+
+
+def producer(k: KafkaSettings) -> KafkaProducer:
+    # acks=all and idempotence: an event stage 1 produced is on the broker before its input
+    # offset is committed, and retries do not write it twice.
+    return KafkaProducer(**client_options(k), acks="all", linger_ms=5,
+                         enable_idempotence=True)
+
+
+def ensure_topics(k: KafkaSettings, partitions: int, replication: int) -> None:
+    """Create the internal topics if they do not exist (the events topic's partition count is
+    the unit of scale-out for stage 2)."""
+    admin = KafkaAdminClient(**client_options(k))
+    try:
+        for name in (k.events_topic, k.dead_letter_topic):
+            try:
+                admin.create_topics([NewTopic(name, partitions, replication)])
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

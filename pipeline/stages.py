@@ -1,0 +1,360 @@
+"""The two Kafka stages of ``secretscope run``.
+
+**Parse** (consumer group ``kafka.parse_group`` on the audit topics): records are parsed and
+joined per audit partition and produced to ``kafka.events_topic`` keyed by identity; bad records
+go to ``kafka.dead_letter_topic`` with headers naming reason and origin. After each poll it
+produces a *watermark* per audit partition to every events partition: the event time below
+which that audit partition will produce nothing more. Offsets are committed after the producer
+has flushed, and never past an entry still waiting for its other half.
+
+**Score** (group ``kafka.score_group`` on the events topic): each events partition is owned by
+one :class:`PartitionWorker` with its own pipeline state. Events wait in a buffer until every
+audit partition's watermark has passed them and are then processed in event-time order, so the
+findings do not depend on how many processes ran or how their polls interleaved. The worker's
+state (baselines, model, buffer, watermarks) is saved with the offset it covers every
+``kafka.snapshot_seconds``, and the offset is committed only after that. On a rebalance, or a
+restart after a crash, the new owner restores the snapshot and continues from its offset;
+events stage 1 produced twice after a crash fall below their partition's watermark or into the
+buffer next to their twin, and are dropped.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from pipeline import snapshot
+from pipeline.config import Settings
+from pipeline.events import AccessEvent, DeadLetter
+from pipeline.parsers.limits import InputLimits
+from pipeline.runner import Pipeline
+from pipeline.sources import kafka as kafka_io
+from pipeline.sources.decode import Decoder
+from pipeline.store import Store
+
+log = logging.getLogger(__name__)
+WATERMARK = b"watermark"
+_EVENT_ENCODER = msgspec.msgpack.Encoder()
+_EVENT_DECODER = msgspec.msgpack.Decoder(AccessEvent)
+
+
+class Watermark(msgspec.Struct, frozen=True):
+    source: str  # "topic/partition" of the audit input
+    ts: float  # no event from ``source`` at or below this event time will follow
+    idle: bool  # the source is caught up and quiet; do not wait for it
+
+
+def _origin_offset(origin: str) -> int:
+    return int(origin.rsplit("/", 1)[1])
+
+
+@dataclass
+class ParseCounters:
+    records: int = 0
+    events: int = 0
+    dead_letters: int = 0
+    duplicates: int = 0
+    dead_letter_reasons: dict[str, int] = field(default_factory=dict)
+
+
+class ParseStage:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.k = settings.kafka
+        self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
+        self.consumer = kafka_io.consumer(self.k, self.k.parse_group)
+        self.producer = kafka_io.producer(self.k)
+        self.decoders: dict = {}
+        self.last_record_at: dict = {}
+        self.idle: set = set()
+        self.sent: dict = {}
+        self.counters = ParseCounters()
+        self.consumer.subscribe(list(self.k.audit_topics), listener=_Listener(
+            revoked=self._on_revoked, assigned=lambda tps: None))
+
+    def _decoder(self, tp) -> Decoder:
+        decoder = self.decoders.get(tp)
+        if decoder is None:
+            decoder = self.decoders[tp] = Decoder(None, self.limits,
+                                                  self.settings.input.join_timeout_seconds)
+        return decoder
+
+    def poll_once(self) -> None:
+        batches = self.consumer.poll(timeout_ms=self.k.poll_timeout_ms,
+                                     max_records=self.k.max_poll_records)
+        now = time.monotonic()
+        for tp, records in batches.items():
+            decoder = self._decoder(tp)
+            self.idle.discard(tp)
+            self.last_record_at[tp] = now
+            for record in records:
+                self.counters.records += 1
+                origin = f"{tp.topic}/{tp.partition}/{record.offset}"
+                self._emit(decoder.feed(record.value or b"", origin))
+        self._release_idle(now, batches)
+        self._send_watermarks()
+        self.producer.flush()
+        self._commit(self.consumer.assignment())
+
+    def _emit(self, items) -> None:
+        for item in items:
+            if type(item) is AccessEvent:
+                self.counters.events += 1
+                self.producer.send(self.k.events_topic, key=item.identity.encode(),
+                                   value=_EVENT_ENCODER.encode(item))
+            else:
+                self._dead_letter(item)
+
+    def _dead_letter(self, d: DeadLetter) -> None:
+        self.counters.dead_letters += 1
+        reasons = self.counters.dead_letter_reasons
+        reasons[d.reason] = reasons.get(d.reason, 0) + 1
+        # The record itself stays at its origin: a malformed line may still carry a secret.
+        headers = [("secretscope-reason", d.reason.encode()),
+                   ("secretscope-origin", d.origin.encode()),
+                   ("secretscope-field", d.field.encode()),
+                   ("secretscope-detail", d.detail[:200].encode()),
+                   ("secretscope-sha256", d.digest.encode())]
+        self.producer.send(self.k.dead_letter_topic, key=d.origin.encode(), value=None,
+                           headers=headers)
+
+    def _release_idle(self, now: float, batches) -> None:
+        """A caught-up partition quiet for ``idle_seconds`` emits its waiting calls and stops
+        holding back the score stage."""
+        for tp in self.consumer.assignment():
+            if tp in batches or tp in self.idle:
+                continue
+            if now - self.last_record_at.setdefault(tp, now) < self.k.idle_seconds:
+                continue
+            end = self.consumer.end_offsets([tp]).get(tp)
+            if end is not None and self.consumer.position(tp) >= end:
+                self._emit(self._decoder(tp).flush())
+                self.idle.add(tp)
+
+    def _watermark(self, tp) -> Watermark:
+        decoder = self._decoder(tp)
+        source = f"{tp.topic}/{tp.partition}"
+        latest = decoder.latest_ts
+        if tp in self.idle:
+            return Watermark(source, latest, True)
+        pending = decoder.oldest_pending()
+        low = min(latest, pending.ts) if pending is not None else latest
+        return Watermark(source, low - self.k.allowed_lateness_seconds, False)
+
+    def _send_watermarks(self) -> None:
+        partitions = self.producer.partitions_for(self.k.events_topic)
+        for tp in self.consumer.assignment():
+            mark = self._watermark(tp)
+            if mark.ts == float("-inf") and not mark.idle:
+                continue
+            if self.sent.get(tp) == mark:
+                continue
+            value = _EVENT_ENCODER.encode(mark)
+            for partition in partitions:
+                self.producer.send(self.k.events_topic, value=value, partition=partition,
+                                   headers=[("secretscope-kind", WATERMARK)])
+            self.sent[tp] = mark
+
+    def _commit(self, tps) -> None:
+        offsets = {}
+        for tp in tps:
+            position = self.consumer.position(tp)
+            if position is None:
+                continue
+            pending = self.decoders[tp].oldest_pending() if tp in self.decoders else None
+            safe = _origin_offset(pending.origin) if pending is not None else position
+            offsets[tp] = kafka_io.OffsetAndMetadata(min(safe, position), None, -1)
+        if offsets:
+            self.consumer.commit(offsets)
+
+    def _on_revoked(self, tps) -> None:
+        # Runs on kafka-python's IO thread, where consumer calls (commit) may not block. Offsets
+        # were committed after the last poll; the next owner re-reads anything after them, and
+        # the score stage drops the copies.
+        self.producer.flush()
+        for tp in tps:
+            self.decoders.pop(tp, None)
+            self.idle.discard(tp)
+            self.sent.pop(tp, None)
+
+    def close(self) -> None:
+        self.producer.flush()
+        self._commit(self.consumer.assignment())
+        self.consumer.close()
+        self.producer.close()
+        for d in self.decoders.values():
+            self.counters.duplicates += d.duplicates
+
+
+class PartitionWorker:
+    """One events partition: its pipeline state, reorder buffer and source watermarks."""
+
+    def __init__(self, pipeline: Pipeline, sources: set[str]) -> None:
+        self.pipeline = pipeline
+        self.sources = sources
+        self.marks: dict[str, list] = {}  # source -> [ts, idle]
+        self.buffer: list[tuple[float, str, AccessEvent]] = []
+        self.buffered: set[str] = set()
+        self.next_offset = 0
+        self.late = 0
+        self.dirty = False
+
+    def add_event(self, event: AccessEvent) -> None:
+        source = event.origin.rsplit("/", 1)[0]
+        mark = self.marks.get(source)
+        if (mark is not None and event.ts <= mark[0]) or event.event_id in self.buffered:
+            self.late += 1  # a copy stage 1 produced again after a restart (or data too late)
+            return
+        heapq.heappush(self.buffer, (event.ts, event.event_id, event))
+        self.buffered.add(event.event_id)
+
+    def add_watermark(self, mark: Watermark) -> None:
+        current = self.marks.get(mark.source)
+        ts = max(mark.ts, current[0]) if current else mark.ts
+        self.marks[mark.source] = [ts, mark.idle]
+
+    def release(self) -> list[AccessEvent]:
+        """Buffered events every audit partition has moved past, in event-time order."""
+        active = [m[0] for s, m in self.marks.items() if not m[1]]
+        waiting = self.sources - set(self.marks)
+        if waiting:
+            return []
+        limit = min(active) if active else float("inf")
+        out = []
+        buffer = self.buffer
+        while buffer and buffer[0][0] <= limit:
+            _, event_id, event = heapq.heappop(buffer)
+            self.buffered.discard(event_id)
+            out.append(event)
+        return out
+
+    def dump(self) -> bytes:
+        extra = {"next_offset": self.next_offset, "marks": self.marks, "late": self.late,
+                 "buffer": [_EVENT_ENCODER.encode(e) for _, _, e in self.buffer]}
+        return snapshot.dump(self.pipeline, extra)
+
+    def load(self, blob: bytes) -> None:
+        extra = snapshot.load(self.pipeline, blob)
+        self.next_offset = extra["next_offset"]
+        self.marks = extra["marks"]
+        self.late = extra["late"]
+        events = [_EVENT_DECODER.decode(b) for b in extra["buffer"]]
+        self.buffer = [(e.ts, e.event_id, e) for e in events]
+        heapq.heapify(self.buffer)
+        self.buffered = {e.event_id for e in events}
+
+
+class ScoreStage:
+    def __init__(self, settings: Settings, store: Store,
+                 make_pipeline: Callable[[], Pipeline]) -> None:
+        self.settings = settings
+        self.k = settings.kafka
+        self.store = store
+        self.make_pipeline = make_pipeline
+        self.consumer = kafka_io.consumer(self.k, self.k.score_group)
+        self.workers: dict = {}
+        self.assigned: set = set()
+        self.sources = self._sources()
+        self.last_snapshot = time.monotonic()
+        self.events = 0
+        self.consumer.subscribe([self.k.events_topic], listener=_Listener(
+            revoked=self._on_revoked, assigned=self._on_assigned))
+
+    def _sources(self) -> set[str]:
+        sources = set()
+        for topic in self.k.audit_topics:
+            partitions = self.consumer.partitions_for_topic(topic) or set()
+            sources.update(f"{topic}/{p}" for p in partitions)
+        if not sources:
+            raise RuntimeError(f"audit topics {list(self.k.audit_topics)} have no partitions")
+        return sources
+
+    def _key(self, tp) -> str:
+        return f"score/{tp.topic}/{tp.partition}"
+
+    def _on_assigned(self, tps) -> None:
+        # On kafka-python's IO thread: only note the partitions; building a worker (and its
+        # detectors) takes long enough to starve the consumer's heartbeats.
+        self.assigned.update(tps)
+
+    def _worker(self, tp) -> PartitionWorker:
+        """The worker of a partition, restored from its snapshot the first time it is needed."""
+        worker = self.workers.get(tp)
+        if worker is None:
+            worker = self.workers[tp] = PartitionWorker(self.make_pipeline(), self.sources)
+            saved = self.store.load_snapshot(self._key(tp))
+            if saved is not None:
+                worker.load(saved[1])
+                log.info("score: %s restored at offset %d", self._key(tp), worker.next_offset)
+            self.consumer.seek(tp, worker.next_offset)
+        return worker
+
+    def _on_revoked(self, tps) -> None:
+        # On kafka-python's IO thread: save state (the store is the source of truth for the
+        # offset the next owner resumes from) but do not commit here, which would block.
+        for tp in tps:
+            self.assigned.discard(tp)
+            worker = self.workers.pop(tp, None)
+            if worker is not None and worker.dirty:
+                self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump())
+
+    def poll_once(self) -> None:
+        for tp in self.assigned - set(self.workers):
+            self._worker(tp)
+        batches = self.consumer.poll(timeout_ms=self.k.poll_timeout_ms,
+                                     max_records=self.k.max_poll_records)
+        for tp, records in batches.items():
+            if tp not in self.assigned:
+                continue
+            worker = self._worker(tp)
+            for record in records:
+                if record.offset < worker.next_offset:
+                    continue  # fetched from the committed offset; the snapshot is further on
+                if any(k == "secretscope-kind" for k, _ in record.headers or ()):
+                    worker.add_watermark(_EVENT_DECODER_WM.decode(record.value))
+                else:
+                    worker.add_event(_EVENT_DECODER.decode(record.value))
+                worker.next_offset = record.offset + 1
+            worker.dirty = True
+            events = worker.release()
+            if events:
+                self.events += len(events)
+                worker.pipeline.process_batch(events)
+        if time.monotonic() - self.last_snapshot >= self.k.snapshot_seconds:
+            self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
+
+    def _checkpoint(self, tps) -> None:
+        """Findings are already stored; save each worker's state with its offset, then commit."""
+        offsets = {}
+        for tp in tps:
+            worker = self.workers[tp]
+            self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump())
+            offsets[tp] = kafka_io.OffsetAndMetadata(worker.next_offset, None, -1)
+            worker.dirty = False
+        if offsets:
+            self.consumer.commit(offsets)
+        self.last_snapshot = time.monotonic()
+
+    def close(self) -> None:
+        self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
+        self.consumer.close()
+
+
+_EVENT_DECODER_WM = msgspec.msgpack.Decoder(Watermark)
+
+
+class _Listener(kafka_io.ConsumerRebalanceListener):
+    def __init__(self, revoked, assigned) -> None:
+        self._revoked = revoked
+        self._assigned = assigned
+
+    def on_partitions_revoked(self, revoked) -> None:
+        self._revoked(list(revoked))
+
+    def on_partitions_assigned(self, assigned) -> None:
+        self._assigned(list(assigned))
