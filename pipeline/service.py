@@ -59,44 +59,71 @@ def _run_socket(settings: Settings, store: Store, stop: threading.Event) -> dict
 
 def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
     from pipeline.sources import kafka as kafka_io
-    from pipeline.stages import ParseStage, ScoreStage
+    from pipeline.stages import ParseCounters, ParseStage, ScoreCounters, ScoreStage
+
+    from kafka.errors import KafkaError
 
     k = settings.kafka
     kafka_io.ensure_topics(k, k.events_partitions, k.replication_factor)
-    stages = []
+    parse_counters, score_counters = ParseCounters(), ScoreCounters()
+    factories = []
     if settings.run.stages in ("both", "parse"):
-        stages.append(ParseStage(settings))
+        factories.append(lambda: ParseStage(settings, parse_counters))
     if settings.run.stages in ("both", "score"):
-        stages.append(ScoreStage(settings, store, lambda: Pipeline(settings, store=store)))
+        factories.append(lambda: ScoreStage(
+            settings, store, lambda: Pipeline(settings, store=store), score_counters))
+    stages: list = [None] * len(factories)
     failures: list[BaseException] = []
 
-    def loop(stage) -> None:
+    def loop(i: int) -> None:
+        """Run one stage; on a Kafka error (broker down, coordinator moved, ...) drop it and
+        build it again, as a restarted process would: it resumes from committed offsets and
+        saved snapshots, and the score stage drops what is read twice."""
+        delay = 0.5
+        stage = None
         try:
             while not stop.is_set():
-                stage.poll_once()
-        except BaseException as exc:  # one stage failing stops the process: restart is safe
-            log.exception("%s failed", type(stage).__name__)
+                try:
+                    if stage is None:
+                        stage = stages[i] = factories[i]()
+                    stage.poll_once()
+                    delay = 0.5
+                except KafkaError as exc:
+                    log.warning("%s: %s; reconnecting in %.1fs", _name(factories[i], stage),
+                                exc, delay)
+                    if stage is not None:
+                        stage.abandon()
+                        stage = None
+                    stop.wait(delay)
+                    delay = min(delay * 2, 10.0)
+        except BaseException as exc:  # anything else stops the process: a restart is safe
+            log.exception("stage failed")
             failures.append(exc)
             stop.set()
         finally:
-            stage.close()
+            if stage is not None:
+                stage.close()
 
-    threads = [threading.Thread(target=loop, args=(s,), name=type(s).__name__) for s in stages]
+    threads = [threading.Thread(target=loop, args=(i,), name=f"stage-{i}")
+               for i in range(len(factories))]
     for t in threads:
         t.start()
     while any(t.is_alive() for t in threads):
         for t in threads:
             t.join(timeout=0.5)
     summary: dict = {}
-    for stage in stages:
-        if hasattr(stage, "counters"):
-            c = stage.counters
-            summary["parse"] = {"records": c.records, "events": c.events,
-                                "dead_letters": c.dead_letters, "duplicates": c.duplicates,
-                                "dead_letter_reasons": c.dead_letter_reasons}
-        else:
-            summary["score"] = {"events": stage.events,
-                                "late_or_duplicate": sum(w.late for w in stage.workers.values())}
+    if settings.run.stages in ("both", "parse"):
+        c = parse_counters
+        summary["parse"] = {"records": c.records, "events": c.events,
+                            "dead_letters": c.dead_letters, "duplicates": c.duplicates,
+                            "dead_letter_reasons": c.dead_letter_reasons}
+    if settings.run.stages in ("both", "score"):
+        summary["score"] = {"events": score_counters.events,
+                            "dropped_copies": score_counters.dropped}
     if failures:
         raise failures[0]
     return summary
+
+
+def _name(factory, stage) -> str:
+    return type(stage).__name__ if stage is not None else "stage"

@@ -62,8 +62,14 @@ class ParseCounters:
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass
+class ScoreCounters:
+    events: int = 0  # events scored
+    dropped: int = 0  # copies stage 1 produced again after a restart, or data later than allowed
+
+
 class ParseStage:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, counters: ParseCounters | None = None) -> None:
         self.settings = settings
         self.k = settings.kafka
         self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
@@ -73,7 +79,7 @@ class ParseStage:
         self.last_record_at: dict = {}
         self.idle: set = set()
         self.sent: dict = {}
-        self.counters = ParseCounters()
+        self.counters = counters if counters is not None else ParseCounters()
         self.consumer.subscribe(list(self.k.audit_topics), listener=_Listener(
             revoked=self._on_revoked, assigned=lambda tps: None))
 
@@ -190,6 +196,15 @@ class ParseStage:
         for d in self.decoders.values():
             self.counters.duplicates += d.duplicates
 
+    def abandon(self) -> None:
+        """Give up without committing (after a Kafka error): what was read since the last
+        commit is read again by the next consumer."""
+        for client in (self.consumer, self.producer):
+            try:
+                client.close(timeout=5) if client is self.producer else client.close()
+            except Exception:  # already broken; nothing more to save
+                log.debug("closing after an error", exc_info=True)
+
 
 class PartitionWorker:
     """One events partition: its pipeline state, reorder buffer and source watermarks."""
@@ -250,8 +265,8 @@ class PartitionWorker:
 
 
 class ScoreStage:
-    def __init__(self, settings: Settings, store: Store,
-                 make_pipeline: Callable[[], Pipeline]) -> None:
+    def __init__(self, settings: Settings, store: Store, make_pipeline: Callable[[], Pipeline],
+                 counters: ScoreCounters | None = None) -> None:
         self.settings = settings
         self.k = settings.kafka
         self.store = store
@@ -261,7 +276,7 @@ class ScoreStage:
         self.assigned: set = set()
         self.sources = self._sources()
         self.last_snapshot = time.monotonic()
-        self.events = 0
+        self.counters = counters if counters is not None else ScoreCounters()
         self.consumer.subscribe([self.k.events_topic], listener=_Listener(
             revoked=self._on_revoked, assigned=self._on_assigned))
 
@@ -312,6 +327,7 @@ class ScoreStage:
             if tp not in self.assigned:
                 continue
             worker = self._worker(tp)
+            late = worker.late
             for record in records:
                 if record.offset < worker.next_offset:
                     continue  # fetched from the committed offset; the snapshot is further on
@@ -321,9 +337,10 @@ class ScoreStage:
                     worker.add_event(_EVENT_DECODER.decode(record.value))
                 worker.next_offset = record.offset + 1
             worker.dirty = True
+            self.counters.dropped += worker.late - late
             events = worker.release()
             if events:
-                self.events += len(events)
+                self.counters.events += len(events)
                 worker.pipeline.process_batch(events)
         if time.monotonic() - self.last_snapshot >= self.k.snapshot_seconds:
             self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
@@ -343,6 +360,13 @@ class ScoreStage:
     def close(self) -> None:
         self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
         self.consumer.close()
+
+    def abandon(self) -> None:
+        """After a Kafka error: findings are stored, snapshots are the truth for offsets."""
+        try:
+            self.consumer.close()
+        except Exception:
+            log.debug("closing after an error", exc_info=True)
 
 
 _EVENT_DECODER_WM = msgspec.msgpack.Decoder(Watermark)

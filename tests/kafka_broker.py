@@ -19,6 +19,13 @@ is used instead and nothing is started; it cannot be restarted (``broker.managed
     with KafkaBroker(tmp_path / "kafka") as broker:
         ...
         broker.restart()   # stop + start on the same dir and ports: topics and data survive
+
+A private broker can also have secured client listeners (the session broker never does)::
+
+    with KafkaBroker(tmp_path / "kafka", sasl=True, ssl=True) as broker:
+        broker.sasl_bootstrap       # SASL_PLAINTEXT: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512
+        broker.ssl_bootstrap        # SASL_SSL, same mechanisms, server cert signed by broker.ca_file
+        broker.sasl_username, broker.sasl_password_file, broker.ca_file
 """
 
 from __future__ import annotations
@@ -41,6 +48,7 @@ BOOTSTRAP_ENV = "SECRETSCOPE_KAFKA_BOOTSTRAP"
 FETCH_TIMEOUT = 1200  # s: the first fetch downloads ~45 jars (and Maven's plugins) from Central
 START_TIMEOUT = 180  # s: subprocess limit; the script itself gives up after KAFKA_START_TIMEOUT
 STOP_TIMEOUT = 60  # s: the script waits 30 s for SIGTERM, then SIGKILLs
+SASL_USERNAME = "secretscope"  # the one user scripts/kafka creates for --sasl-port / --ssl-port
 
 
 class KafkaBrokerError(RuntimeError):
@@ -94,12 +102,23 @@ class KafkaBroker:
 
     ``port`` (client port) and ``controller_port`` default to free ports picked at the first
     ``start()`` and kept for every later start, so ``restart()`` comes back on the same address.
+
+    ``sasl=True`` (or a ``sasl_port``) adds a SASL_PLAINTEXT listener, ``ssl=True`` (or an
+    ``ssl_port``) a SASL_SSL one (``scripts/kafka start --sasl-port/--ssl-port``); their ports are
+    picked like ``port``. Both are off by default. SCRAM logins only work if the secured listeners
+    were on when ``workdir`` was first started (the script adds SCRAM users at format time).
     """
 
-    def __init__(self, workdir: Path, port: int | None = None, controller_port: int | None = None):
+    def __init__(self, workdir: Path, port: int | None = None, controller_port: int | None = None,
+                 *, sasl: bool = False, ssl: bool = False, sasl_port: int | None = None,
+                 ssl_port: int | None = None):
         self.workdir = Path(workdir)
         self.port = port
         self.controller_port = controller_port
+        self.sasl_port = sasl_port
+        self.ssl_port = ssl_port
+        self._sasl = sasl or sasl_port is not None
+        self._ssl = ssl or ssl_port is not None
         self.managed = True
         self._external_bootstrap: str | None = None
         self._running = False
@@ -113,6 +132,8 @@ class KafkaBroker:
         port = bootstrap.rpartition(":")[2]
         broker.port = int(port) if port.isdigit() else None
         broker.controller_port = None
+        broker.sasl_port = broker.ssl_port = None
+        broker._sasl = broker._ssl = False
         broker.managed = False
         broker._external_bootstrap = bootstrap
         broker._running = True
@@ -130,6 +151,38 @@ class KafkaBroker:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def sasl_bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` of the SASL_PLAINTEXT listener (``sasl=True``)."""
+        if self.sasl_port is None:
+            raise KafkaBrokerError("this broker has no SASL_PLAINTEXT listener (KafkaBroker(..., sasl=True))")
+        return f"127.0.0.1:{self.sasl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        """``127.0.0.1:PORT`` of the SASL_SSL listener (``ssl=True``)."""
+        if self.ssl_port is None:
+            raise KafkaBrokerError("this broker has no SASL_SSL listener (KafkaBroker(..., ssl=True))")
+        return f"127.0.0.1:{self.ssl_port}"
+
+    @property
+    def sasl_username(self) -> str:
+        return SASL_USERNAME
+
+    @property
+    def sasl_password_file(self) -> Path:
+        """The test user's password (one line, mode 600), made by the first secured start."""
+        return self.workdir / "sasl-password"
+
+    @property
+    def sasl_password(self) -> str:
+        return self.sasl_password_file.read_text().strip()
+
+    @property
+    def ca_file(self) -> Path:
+        """PEM certificate of the test CA that signed the SASL_SSL listener's certificate."""
+        return self.workdir / "tls" / "ca.pem"
+
+    @property
     def log_file(self) -> Path:
         return self.workdir / "logs" / "server.log"
 
@@ -142,27 +195,39 @@ class KafkaBroker:
         self._require_managed("start")
         fetch()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        auto = self.port is None or self.controller_port is None
+        wanted = ["port", "controller_port"] + ["sasl_port"] * self._sasl + ["ssl_port"] * self._ssl
+        auto = [name for name in wanted if getattr(self, name) is None]
         attempts = 3 if auto else 1
         for attempt in range(attempts):
-            if self.port is None:
-                self.port = free_port({self.controller_port} if self.controller_port else set())
-            if self.controller_port is None:
-                self.controller_port = free_port({self.port})
+            for name in auto:
+                if getattr(self, name) is None:
+                    setattr(self, name, free_port({getattr(self, n) for n in wanted} - {None}))
             args = ["start", "--dir", str(self.workdir), "--port", str(self.port),
                     "--controller-port", str(self.controller_port)]
+            if self._sasl:
+                args += ["--sasl-port", str(self.sasl_port)]
+            if self._ssl:
+                args += ["--ssl-port", str(self.ssl_port)]
             try:
                 proc = _run(args, START_TIMEOUT)
                 break
             except KafkaBrokerError as e:
                 # Another process may have taken a freshly picked port between pick and bind.
                 if attempt + 1 < attempts and "is using it" in str(e):
-                    self.port = self.controller_port = None
+                    for name in auto:
+                        setattr(self, name, None)
                     continue
                 raise
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("bootstrap=")]
-        if not lines or lines[-1] != f"bootstrap={self.bootstrap}":
+        out = dict(ln.split("=", 1) for ln in proc.stdout.splitlines() if "=" in ln)
+        if out.get("bootstrap") != self.bootstrap:
             raise KafkaBrokerError(f"unexpected output from scripts/kafka start: {proc.stdout!r}")
+        # A dir started with secured listeners keeps them on a plain restart: report what runs.
+        for key, name in (("sasl_bootstrap", "sasl_port"), ("ssl_bootstrap", "ssl_port")):
+            listening = out.get(key, "").rpartition(":")[2]
+            if getattr(self, name) is not None and listening != str(getattr(self, name)):
+                raise KafkaBrokerError(f"scripts/kafka start printed no {key}=127.0.0.1:"
+                                       f"{getattr(self, name)}: {proc.stdout!r}")
+            setattr(self, name, int(listening) if listening.isdigit() else None)
         self._running = True
         if not self._atexit_registered:
             atexit.register(self._stop_at_exit)

@@ -46,6 +46,8 @@ def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
 
 def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str) -> Path:
     doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    # below the broker's 1 MB message limit, so the tests can put oversize records on the topic
+    doc["input"]["max_record_bytes"] = 65536
     doc["rules"]["directory"] = str(ROOT / "config" / "rules")
     doc["store"]["url"] = store
     doc["kafka"] = {
@@ -61,8 +63,10 @@ def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str) -> Path:
 
 
 def start(cfg: Path, log: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    _started.append(proc)
+    return proc
 
 
 def lag(bootstrap: str, group: str, topic: str) -> int | None:
@@ -94,7 +98,9 @@ def wait_done(bootstrap: str, audit: str, tag: str, procs, timeout: float = 240)
             if lag(bootstrap, f"score-{tag}", f"events-{tag}") == 0:
                 return
         time.sleep(1)
-    raise AssertionError("the service did not finish in time")
+    raise AssertionError(f"the service did not finish in time: parse lag "
+                         f"{lag(bootstrap, f'parse-{tag}', audit)}, score lag "
+                         f"{lag(bootstrap, f'score-{tag}', f'events-{tag}')}")
 
 
 def stop(procs, logs) -> list[dict]:
@@ -118,6 +124,19 @@ def snapshots_written(db: Path) -> int:
             return conn.execute("select count(*) from snapshots").fetchone()[0]
     except sqlite3.Error:
         return 0
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_services():
+    yield
+    for p in _started:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    _started.clear()
+
+
+_started: list = []
 
 
 def run_once(tmp, broker, audit, tag, processes=1, kill=False):
@@ -152,3 +171,96 @@ def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lin
     assert pair == single
     # the survivor took over the killed process's audit partitions (it read more than its half)
     assert summaries[0]["parse"]["records"] > len(fleet_lines) // 2
+
+
+def mutate(lines: list[bytes], n: int, seed: int = 4) -> list[bytes]:
+    """``n`` malformed records of every kind a shipper or an attacker could put on the topic."""
+    import random
+
+    rng = random.Random(seed)
+    kinds = [
+        lambda l: l[: len(l) // 2],  # truncated
+        lambda l: b"not json at all " + l[:20],
+        lambda l: bytes(rng.getrandbits(8) for _ in range(64)),  # binary
+        lambda l: l.replace(b'"path":"', b'"path":42,"x":"', 1),  # wrong type
+        lambda l: l.replace(b'"time":"', b'"time":1700000000,"x":"', 1),
+        lambda l: l.replace(b'"request":{', b'"request":"oops","x":{', 1),
+        lambda l: b'{"time":"2026-03-04T10:00:00Z","type":"request","request":{"id":"x"},"d":'
+                  + b"[" * 3000 + b"]" * 3000 + b"}",  # nested deeper than the decoder allows
+        lambda l: l[:-2] + b',"pad":"' + b"x" * 100_000 + b'"}',  # oversize
+        lambda l: b'{"hello":"world"}',  # JSON, not an audit entry
+        lambda l: b"",  # empty record
+    ]
+    return [kinds[i % len(kinds)](rng.choice(lines)) for i in range(n)]
+
+
+def consume_all(bootstrap: str, topic: str, expect: int, timeout: float = 60) -> list:
+    consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                             enable_auto_commit=False, consumer_timeout_ms=3000)
+    records, deadline = [], time.time() + timeout
+    while len(records) < expect and time.time() < deadline:
+        records += list(consumer)
+    consumer.close()
+    return records
+
+
+def test_malformed_records_are_dead_lettered_and_the_rest_processed(kafka_broker, fleet_lines,
+                                                                    tmp_path):
+    import random
+
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    good = fleet_lines[:4000]
+    calls = {orjson.loads(l)["request"]["id"] for l in good}
+    bad = mutate(good, 1200)
+    mixed = good + bad
+    random.Random(9).shuffle(bad)
+    # interleave: the bad records land between good ones, in every partition
+    mixed = [x for pair in zip(good[:1200], bad) for x in pair] + good[1200:]
+    produce(kafka_broker.bootstrap, audit, mixed)
+    tag = unique_topic("dlq")
+    found, (summary,) = run_once(tmp_path, kafka_broker, audit, tag)
+    parse = summary["parse"]
+    assert parse["records"] == len(mixed)
+    assert parse["dead_letters"] == len(bad)
+    assert parse["events"] == len(calls)  # every good call, once
+    assert parse["records"] == 2 * parse["events"] + parse["dead_letters"]  # nothing lost
+    assert summary["score"]["events"] == parse["events"]
+    assert {"not_json", "wrong_type", "too_deep", "oversize", "missing_field"} <= \
+        set(parse["dead_letter_reasons"])
+    letters = consume_all(kafka_broker.bootstrap, f"dlq-{tag}", len(bad))
+    assert len(letters) == len(bad)
+    for record in letters:
+        headers = dict(record.headers)
+        origin = headers["secretscope-origin"].decode()
+        assert origin.startswith(f"{audit}/") and origin.rsplit("/", 1)[1].isdigit()
+        assert headers["secretscope-reason"] and record.value is None
+        assert len(headers["secretscope-sha256"]) == 64
+
+
+def test_broker_restart_mid_stream(kafka_broker, fleet_lines, tmp_path):
+    if not kafka_broker.managed:
+        pytest.skip("an external broker cannot be restarted by the tests")
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    lines = fleet_lines
+    half = len(lines) // 2
+    produce(kafka_broker.bootstrap, audit, lines[:half])
+    tag = unique_topic("restart")
+    db = tmp_path / f"{tag}.db"
+    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, f"sqlite:///{db}")
+    log = tmp_path / f"{tag}.log"
+    proc = start(cfg, log)
+    deadline = time.time() + 120
+    while snapshots_written(db) == 0 and time.time() < deadline:
+        time.sleep(0.2)
+    kafka_broker.restart()  # the service keeps running across the outage
+    produce(kafka_broker.bootstrap, audit, lines[half:])
+    wait_done(kafka_broker.bootstrap, audit, tag, [proc], timeout=300)
+    (summary,) = stop([proc], [log])
+    calls = {orjson.loads(l)["request"]["id"] for l in lines}
+    parse = summary["parse"]
+    assert parse["dead_letters"] == 0 and parse["events"] >= len(calls)
+    assert summary["score"]["events"] == len(calls)  # every call scored once; copies dropped
+    ids = [f[0] for f in findings(db)]
+    assert ids and len(ids) == len(set(ids))

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
+from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from alembic.config import Config
 from helpers import T0, make_event
 from postgres_server import postgres_url  # noqa: F401
 from sqlalchemy import create_engine, inspect, select, text

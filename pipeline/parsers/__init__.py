@@ -47,7 +47,7 @@ def detect_format(raw: bytes, origin: str) -> str:
     except orjson.JSONDecodeError:
         record = None
     if not isinstance(record, dict):
-        raise ParseError("unknown_format", "first record is not a JSON object", origin)
+        raise ParseError("not_json", "not a JSON object, so its audit format is unknown", origin)
     if vault.looks_like(record):
         return "vault"
     for name, test in _RECOGNIZED:

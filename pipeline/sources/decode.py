@@ -29,8 +29,9 @@ def dead_letter(raw: bytes, error: ParseError) -> DeadLetter:
 class Decoder:
     """Parses and joins one stream of records of one audit format.
 
-    ``fmt`` names the format, or None to detect it from the first record (a stream whose first
-    record is of no supported format has every record dead-lettered, each with the reason).
+    ``fmt`` names the format, or None to detect it from the first record that is of a
+    supported format; records before that one are dead-lettered with the reason detection gave
+    (so one garbled record at the head of a stream does not condemn the rest).
     """
 
     def __init__(self, fmt: str | None = None, limits: InputLimits = InputLimits(),
@@ -40,7 +41,6 @@ class Decoder:
         self.format = FORMATS[fmt] if fmt else None
         self.joiner = self.format.joiner(join_timeout=join_timeout,
                                          max_field_chars=limits.max_field_chars) if fmt else None
-        self._refusal: ParseError | None = None
         self.dead_letters = 0
 
     @property
@@ -48,18 +48,14 @@ class Decoder:
         return self.joiner.duplicates if self.joiner is not None else 0
 
     def feed(self, raw: bytes, origin: str) -> list[Item]:
-        if self.format is None and self._refusal is None:
+        if self.format is None:
             try:
                 self.format = FORMATS[detect_format(raw, origin)]
-                self.joiner = self.format.joiner(join_timeout=self.join_timeout,
-                                                 max_field_chars=self.limits.max_field_chars)
             except ParseError as exc:
-                self._refusal = exc
-        if self.format is None:
-            assert self._refusal is not None
-            self.dead_letters += 1
-            error = ParseError(self._refusal.reason, self._refusal.detail, origin)
-            return [dead_letter(raw, error)]
+                self.dead_letters += 1
+                return [dead_letter(raw, exc)]
+            self.joiner = self.format.joiner(join_timeout=self.join_timeout,
+                                             max_field_chars=self.limits.max_field_chars)
         try:
             entry = self.format.parse_entry(raw, origin, self.limits)
         except ParseError as exc:
