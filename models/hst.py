@@ -36,6 +36,9 @@ _PADDING = 0.15  # river's hard-coded padding for make_padded_tree
 _STATE_VERSION = 1
 
 
+_STRUCTURES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
 class HalfSpaceTrees:
     """Half-Space Trees anomaly detector for micro-batches, identical to river's scores.
 
@@ -118,7 +121,20 @@ class HalfSpaceTrees:
             raise ValueError("window_size must be >= 1")
 
     def _build_trees(self) -> None:
-        """Build the trees with river's own builder and rng sequence, then flatten them."""
+        """Build the trees with river's own builder and rng sequence, then flatten them.
+
+        The structure depends only on the arguments, and a scoring process builds one forest
+        per partition it owns, so structures are cached (callers get their own copies).
+        """
+        key = (tuple(self.features), int(self.n_trees), int(self.height), self.seed)
+        cached = _STRUCTURES.get(key)
+        if cached is None:
+            self._build_trees_uncached()
+            _STRUCTURES[key] = (self.feature_.copy(), self.threshold_.copy())
+        else:
+            self.feature_, self.threshold_ = cached[0].copy(), cached[1].copy()
+
+    def _build_trees_uncached(self) -> None:
         from river.tree.padded import PaddedBranch, make_padded_tree
 
         feats = list(self.features)

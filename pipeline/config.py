@@ -102,13 +102,14 @@ class KafkaSettings(_Strict):
     ssl_certfile: str | None = None
     ssl_keyfile: str | None = None
     ssl_check_hostname: bool = True
-    max_poll_records: int = Field(500, ge=1, le=10_000)
+    max_poll_records: int = Field(2000, ge=1, le=10_000)
     poll_timeout_ms: int = Field(200, ge=1)
     session_timeout_ms: int = Field(10_000, ge=1000)
     heartbeat_interval_ms: int = Field(3_000, ge=100)
     allowed_lateness_seconds: float = Field(5.0, gt=0)  # disorder tolerated within one partition
     idle_seconds: float = Field(2.0, gt=0)  # a caught-up partition this quiet releases its calls
     snapshot_seconds: float = Field(5.0, ge=0)  # how often stage 2 saves state and commits
+    commit_seconds: float = Field(1.0, ge=0)  # how often stage 1 flushes, sends watermarks, commits
 
     @model_validator(mode="after")
     def _security_is_consistent(self) -> "KafkaSettings":
@@ -121,13 +122,18 @@ class KafkaSettings(_Strict):
                 raise ValueError("sasl_username is required with SASL")
             if bool(self.sasl_password_env) == bool(self.sasl_password_file):
                 raise ValueError("set exactly one of sasl_password_env or sasl_password_file")
-        elif self.sasl_mechanism or self.sasl_username or self.sasl_password_env \
-                or self.sasl_password_file:
-            raise ValueError(f"sasl_* keys need a SASL security_protocol, not {self.security_protocol}")
-        if not self.security_protocol.endswith("SSL") and (self.ssl_cafile or self.ssl_certfile
-                                                           or self.ssl_keyfile):
-            raise ValueError(f"ssl_* keys need security_protocol SSL or SASL_SSL, "
-                             f"not {self.security_protocol}")
+        else:
+            given = [name for name in ("sasl_mechanism", "sasl_username", "sasl_password_env",
+                                       "sasl_password_file") if getattr(self, name)]
+            if given:
+                raise ValueError(f"{', '.join(given)} need(s) security_protocol SASL_PLAINTEXT "
+                                 f"or SASL_SSL, not {self.security_protocol}")
+        if not self.security_protocol.endswith("SSL"):
+            given = [name for name in ("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+                     if getattr(self, name)]
+            if given:
+                raise ValueError(f"{', '.join(given)} need(s) security_protocol SSL or SASL_SSL, "
+                                 f"not {self.security_protocol}")
         return self
 
 

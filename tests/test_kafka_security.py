@@ -235,8 +235,6 @@ def test_inconsistent_kafka_security_is_a_config_error(tmp_path, case):
         assert text in message, f"{text!r} not in {message!r}"
 
 
-@pytest.mark.xfail(strict=True, reason="pipeline/config.py says 'sasl_* keys' / 'ssl_* keys' "
-                                       "instead of naming the key that is set")
 @pytest.mark.parametrize("body, key", [("sasl_username: u", "sasl_username"),
                                        ("ssl_cafile: /etc/ca.pem", "ssl_cafile")])
 def test_security_key_without_its_protocol_is_named(tmp_path, body, key):

@@ -1,0 +1,75 @@
+"""secretscope run with Vault's socket audit device as its source, end to end."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+
+import yaml
+
+from conftest import ROOT, SAMPLES, CANARY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_run_listens_for_vault_socket_device(tmp_path):
+    port = free_port()
+    db = tmp_path / "store.db"
+    doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    doc["rules"]["directory"] = str(ROOT / "config" / "rules")
+    doc["store"]["url"] = f"sqlite:///{db}"
+    doc["run"] = {"source": "socket"}
+    doc["socket"] = {"host": "127.0.0.1", "port": port}
+    cfg = tmp_path / "socket.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        deadline = time.time() + 30
+        while True:
+            try:
+                client = socket.create_connection(("127.0.0.1", port), timeout=2)
+                break
+            except OSError:
+                assert time.time() < deadline and proc.poll() is None, log.read_text()
+                time.sleep(0.2)
+        lines = (SAMPLES / "vault_audit_reference.jsonl").read_bytes()
+        client.sendall(lines)
+        client.close()
+        # a second node that drops its connection in the middle of a line
+        broken = socket.create_connection(("127.0.0.1", port))
+        broken.sendall(b'{"time":"2026-03-04T11:06:00Z","type":"request","request":{"id":"cut')
+        broken.close()
+        # findings arrive while the service runs (an idle source flushes its batch)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with sqlite3.connect(db) as conn:
+                    if conn.execute("select count(*) from findings").fetchone()[0] >= 2:
+                        break
+            except sqlite3.Error:
+                pass
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    summary = json.loads([l for l in log.read_text().splitlines() if '"stopped"' in l][-1])
+    assert summary["events"] == 11 and summary["dead_letters"] == 1
+    with sqlite3.connect(db) as conn:
+        titles = [r[0] for r in conn.execute("select title from findings")]
+        (reason,) = conn.execute("select reason from dead_letters").fetchone()
+        dump = "\n".join(conn.iterdump())
+    assert any("Audit device" in t for t in titles) and reason == "truncated"
+    assert CANARY not in dump and CANARY not in log.read_text()
