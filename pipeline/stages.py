@@ -54,6 +54,25 @@ def _origin_offset(origin: str) -> int:
     return int(origin.rsplit("/", 1)[1])
 
 
+def wait_for_topics(consumer, topics, timeout: float = 60.0) -> dict[str, set[int]]:
+    """Partitions of each topic, once the client has metadata for all of them.
+
+    Subscribing before that lets the group leader assign nothing for a topic it has no metadata
+    for yet, and kafka-python does not rebalance when the metadata arrives later.
+    """
+    deadline = time.monotonic() + timeout
+    found: dict[str, set[int]] = {}
+    while True:
+        for topic in topics:
+            found[topic] = consumer.partitions_for_topic(topic) or set()
+        missing = [t for t, parts in found.items() if not parts]
+        if not missing:
+            return found
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {missing} have no partitions (do they exist?)")
+        time.sleep(0.2)
+
+
 @dataclass
 class ParseCounters:
     records: int = 0
@@ -83,6 +102,7 @@ class ParseStage:
         self.counters = counters if counters is not None else ParseCounters()
         self.last_commit = time.monotonic()
         self.event_partitions = sorted(self.producer.partitions_for(self.k.events_topic))
+        wait_for_topics(self.consumer, self.k.audit_topics)
         self.consumer.subscribe(list(self.k.audit_topics), listener=_Listener(
             revoked=self._on_revoked, assigned=lambda tps: None))
 
@@ -291,13 +311,8 @@ class ScoreStage:
             revoked=self._on_revoked, assigned=self._on_assigned))
 
     def _sources(self) -> set[str]:
-        sources = set()
-        for topic in self.k.audit_topics:
-            partitions = self.consumer.partitions_for_topic(topic) or set()
-            sources.update(f"{topic}/{p}" for p in partitions)
-        if not sources:
-            raise RuntimeError(f"audit topics {list(self.k.audit_topics)} have no partitions")
-        return sources
+        found = wait_for_topics(self.consumer, [*self.k.audit_topics, self.k.events_topic])
+        return {f"{topic}/{p}" for topic in self.k.audit_topics for p in found[topic]}
 
     def _key(self, tp) -> str:
         return f"score/{tp.topic}/{tp.partition}"

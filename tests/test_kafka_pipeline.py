@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -16,8 +15,12 @@ import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import SQLAlchemyError
+
 from conftest import ROOT
 from kafka_broker import kafka_broker, unique_topic  # noqa: F401
+from postgres_server import postgres_url  # noqa: F401
 from pipeline.simulate import SimulationSpec, simulate
 
 AUDIT_PARTITIONS = 4
@@ -113,17 +116,29 @@ def stop(procs, logs) -> list[dict]:
     return summaries
 
 
-def findings(db: Path) -> list[tuple]:
-    with sqlite3.connect(db) as conn:
-        return sorted(conn.execute("select id, detectors, trigger_event_id from findings"))
+def _url(store) -> str:
+    return store if isinstance(store, str) else f"sqlite:///{store}"
 
 
-def snapshots_written(db: Path) -> int:
+def findings(store) -> list[tuple]:
+    engine = create_engine(_url(store))
     try:
-        with sqlite3.connect(db) as conn:
-            return conn.execute("select count(*) from snapshots").fetchone()[0]
-    except sqlite3.Error:
+        with engine.connect() as conn:
+            return sorted(tuple(r) for r in conn.execute(
+                text("select id, detectors, trigger_event_id from findings")))
+    finally:
+        engine.dispose()
+
+
+def snapshots_written(store) -> int:
+    engine = create_engine(_url(store))
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text("select count(*) from snapshots")).scalar_one()
+    except SQLAlchemyError:
         return 0
+    finally:
+        engine.dispose()
 
 
 @pytest.fixture(autouse=True)
@@ -139,9 +154,9 @@ def _no_stray_services():
 _started: list = []
 
 
-def run_once(tmp, broker, audit, tag, processes=1, kill=False):
-    db = tmp / f"{tag}.db"
-    cfg = config(tmp, broker.bootstrap, audit, tag, f"sqlite:///{db}")
+def run_once(tmp, broker, audit, tag, processes=1, kill=False, store=None):
+    db = store or tmp / f"{tag}.db"
+    cfg = config(tmp, broker.bootstrap, audit, tag, _url(db))
     logs = [tmp / f"{tag}-{i}.log" for i in range(processes)]
     procs = [start(cfg, log) for log in logs]
     if kill:
@@ -158,7 +173,26 @@ def run_once(tmp, broker, audit, tag, processes=1, kill=False):
     return findings(db), stop(procs, logs)
 
 
-def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lines, tmp_path):
+@pytest.fixture
+def postgres_store(postgres_url):
+    """An empty schema of its own on the test PostgreSQL server."""
+    import uuid
+
+    from sqlalchemy.engine import make_url
+
+    schema = f"k_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(postgres_url)
+    with engine.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield make_url(postgres_url).update_query_dict(
+        {"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
+    with engine.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    engine.dispose()
+
+
+def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lines, tmp_path,
+                                                         postgres_store):
     audit = unique_topic("audit")
     kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
     produce(kafka_broker.bootstrap, audit, fleet_lines)
@@ -166,8 +200,9 @@ def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lin
     assert len(single) >= 5
     ids = [f[0] for f in single]
     assert len(ids) == len(set(ids))
+    # the two processes share a PostgreSQL store, as a deployment would
     pair, summaries = run_once(tmp_path, kafka_broker, audit, unique_topic("two"), processes=2,
-                               kill=True)
+                               kill=True, store=postgres_store)
     assert pair == single
     # the survivor took over the killed process's audit partitions (it read more than its half)
     assert summaries[0]["parse"]["records"] > len(fleet_lines) // 2
