@@ -154,21 +154,40 @@ def _no_stray_services():
 _started: list = []
 
 
-def run_once(tmp, broker, audit, tag, processes=1, kill=False, store=None):
+def quiet_point(lines: list[bytes]) -> int:
+    """An index near the middle where no call is open (its request read, its response not)."""
+    open_calls: set[str] = set()
+    for i, line in enumerate(lines):
+        entry = orjson.loads(line)
+        rid = entry["request"].get("id")
+        if entry["type"] == "request":
+            open_calls.add(rid)
+        else:
+            open_calls.discard(rid)
+        if i >= len(lines) // 2 and not open_calls:
+            return i + 1
+    return len(lines)
+
+
+def run_once(tmp, broker, audit, tag, processes=1, kill=False, store=None, later=()):
+    """Run the service until everything is scored. With ``kill``, SIGKILL the first process
+    once scoring has saved state, then produce ``later`` (the rest of the stream) for the
+    survivor."""
     db = store or tmp / f"{tag}.db"
     cfg = config(tmp, broker.bootstrap, audit, tag, _url(db))
     logs = [tmp / f"{tag}-{i}.log" for i in range(processes)]
     procs = [start(cfg, log) for log in logs]
     if kill:
-        # mid-stream: once scoring has saved state, while the audit topic is not yet consumed
         deadline = time.time() + 120
         while snapshots_written(db) == 0 and time.time() < deadline:
             time.sleep(0.2)
         assert procs[0].poll() is None, logs[0].read_text()[-3000:]
-        assert lag(broker.bootstrap, f"parse-{tag}", audit) > 0, "too late to kill mid-stream"
+        assert lag(broker.bootstrap, f"score-{tag}", f"events-{tag}") != 0 or later
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
         procs, logs = procs[1:], logs[1:]
+    if later:
+        produce(broker.bootstrap, audit, later)
     wait_done(broker.bootstrap, audit, tag, procs)
     return findings(db), stop(procs, logs)
 
@@ -193,19 +212,25 @@ def postgres_store(postgres_url):
 
 def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lines, tmp_path,
                                                          postgres_store):
-    audit = unique_topic("audit")
-    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
-    produce(kafka_broker.bootstrap, audit, fleet_lines)
-    single, _ = run_once(tmp_path, kafka_broker, audit, unique_topic("one"))
+    split = quiet_point(fleet_lines)
+    single_audit = unique_topic("audit")
+    kafka_broker.create_topic(single_audit, partitions=AUDIT_PARTITIONS)
+    produce(kafka_broker.bootstrap, single_audit, fleet_lines)
+    single, _ = run_once(tmp_path, kafka_broker, single_audit, unique_topic("one"))
     assert len(single) >= 5
     ids = [f[0] for f in single]
     assert len(ids) == len(set(ids))
-    # the two processes share a PostgreSQL store, as a deployment would
+    # two processes share a PostgreSQL store, as a deployment would; the stream arrives in two
+    # parts and one process is killed between them, holding state and partitions of both stages
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    produce(kafka_broker.bootstrap, audit, fleet_lines[:split])
     pair, summaries = run_once(tmp_path, kafka_broker, audit, unique_topic("two"), processes=2,
-                               kill=True, store=postgres_store)
+                               kill=True, store=postgres_store, later=fleet_lines[split:])
     assert pair == single
-    # the survivor took over the killed process's audit partitions (it read more than its half)
-    assert summaries[0]["parse"]["records"] > len(fleet_lines) // 2
+    # the survivor took over the killed process's partitions: it parsed all of the second part
+    assert summaries[0]["parse"]["records"] >= len(fleet_lines) - split
+    assert summaries[0]["score"]["events"] > 0
 
 
 def mutate(lines: list[bytes], n: int, seed: int = 4) -> list[bytes]:
