@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -103,8 +104,8 @@ class ParseStage:
         self.last_commit = time.monotonic()
         self.event_partitions = sorted(self.producer.partitions_for(self.k.events_topic))
         wait_for_topics(self.consumer, self.k.audit_topics)
-        self.consumer.subscribe(list(self.k.audit_topics), listener=_Listener(
-            revoked=self._on_revoked, assigned=lambda tps: None))
+        self.rebalances = _Listener()
+        self.consumer.subscribe(list(self.k.audit_topics), listener=self.rebalances)
 
     def _decoder(self, tp) -> Decoder:
         decoder = self.decoders.get(tp)
@@ -114,10 +115,15 @@ class ParseStage:
         return decoder
 
     def poll_once(self) -> None:
+        self._apply_rebalances()
         batches = self.consumer.poll(timeout_ms=self.k.poll_timeout_ms,
                                      max_records=self.k.max_poll_records)
+        self._apply_rebalances()
         now = time.monotonic()
+        assigned = self.consumer.assignment()
         for tp, records in batches.items():
+            if tp not in assigned:
+                continue  # fetched before a rebalance took it away
             decoder = self._decoder(tp)
             self.idle.discard(tp)
             self.last_record_at[tp] = now
@@ -208,15 +214,15 @@ class ParseStage:
         if offsets:
             self.consumer.commit(offsets)
 
-    def _on_revoked(self, tps) -> None:
-        # Runs on kafka-python's IO thread, where consumer calls (commit) may not block. Offsets
-        # were committed after the last poll; the next owner re-reads anything after them, and
-        # the score stage drops the copies.
-        self.producer.flush()
-        for tp in tps:
-            self.decoders.pop(tp, None)
-            self.idle.discard(tp)
-            self.sent.pop(tp, None)
+    def _apply_rebalances(self) -> None:
+        """Forget revoked partitions. Offsets were committed after the last poll; the next owner
+        re-reads anything after them, and the score stage drops the copies."""
+        for kind, tps in self.rebalances.drain():
+            if kind == "revoked":
+                for tp in tps:
+                    self.decoders.pop(tp, None)
+                    self.idle.discard(tp)
+                    self.sent.pop(tp, None)
 
     def close(self) -> None:
         self.producer.flush()
@@ -307,8 +313,8 @@ class ScoreStage:
         self.sources = self._sources()
         self.last_snapshot = time.monotonic()
         self.counters = counters if counters is not None else ScoreCounters()
-        self.consumer.subscribe([self.k.events_topic], listener=_Listener(
-            revoked=self._on_revoked, assigned=self._on_assigned))
+        self.rebalances = _Listener()
+        self.consumer.subscribe([self.k.events_topic], listener=self.rebalances)
 
     def _sources(self) -> set[str]:
         found = wait_for_topics(self.consumer, [*self.k.audit_topics, self.k.events_topic])
@@ -317,10 +323,20 @@ class ScoreStage:
     def _key(self, tp) -> str:
         return f"score/{tp.topic}/{tp.partition}"
 
-    def _on_assigned(self, tps) -> None:
-        # On kafka-python's IO thread: only note the partitions; building a worker (and its
-        # detectors) takes long enough to starve the consumer's heartbeats.
-        self.assigned.update(tps)
+    def _apply_rebalances(self) -> None:
+        """Act on rebalances in this thread, between polls, so a snapshot is never taken while
+        a batch is half processed. A revoked partition's state is saved (the store, not the
+        committed offset, is where its next owner resumes); an assigned one gets its worker
+        when first polled."""
+        for kind, tps in self.rebalances.drain():
+            if kind == "assigned":
+                self.assigned.update(tps)
+                continue
+            for tp in tps:
+                self.assigned.discard(tp)
+                worker = self.workers.pop(tp, None)
+                if worker is not None and worker.dirty:
+                    self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump())
 
     def _worker(self, tp) -> PartitionWorker:
         """The worker of a partition, restored from its snapshot the first time it is needed."""
@@ -334,20 +350,13 @@ class ScoreStage:
             self.consumer.seek(tp, worker.next_offset)
         return worker
 
-    def _on_revoked(self, tps) -> None:
-        # On kafka-python's IO thread: save state (the store is the source of truth for the
-        # offset the next owner resumes from) but do not commit here, which would block.
-        for tp in tps:
-            self.assigned.discard(tp)
-            worker = self.workers.pop(tp, None)
-            if worker is not None and worker.dirty:
-                self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump())
-
     def poll_once(self) -> None:
+        self._apply_rebalances()
         for tp in self.assigned - set(self.workers):
             self._worker(tp)
         batches = self.consumer.poll(timeout_ms=self.k.poll_timeout_ms,
                                      max_records=self.k.max_poll_records)
+        self._apply_rebalances()
         for tp, records in batches.items():
             if tp not in self.assigned:
                 continue
@@ -398,12 +407,25 @@ _EVENT_DECODER_WM = msgspec.msgpack.Decoder(Watermark)
 
 
 class _Listener(kafka_io.ConsumerRebalanceListener):
-    def __init__(self, revoked, assigned) -> None:
-        self._revoked = revoked
-        self._assigned = assigned
+    """Queues rebalance notices for the stage's own thread.
+
+    kafka-python calls these on its IO thread, concurrently with the stage's processing, and
+    forbids blocking consumer calls there; state is only touched by the stage between polls.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._notices: list[tuple[str, list]] = []
 
     def on_partitions_revoked(self, revoked) -> None:
-        self._revoked(list(revoked))
+        with self._lock:
+            self._notices.append(("revoked", list(revoked)))
 
     def on_partitions_assigned(self, assigned) -> None:
-        self._assigned(list(assigned))
+        with self._lock:
+            self._notices.append(("assigned", list(assigned)))
+
+    def drain(self) -> list[tuple[str, list]]:
+        with self._lock:
+            notices, self._notices = self._notices, []
+        return notices
