@@ -47,3 +47,16 @@ def test_cli_validate_default():
     proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(DEFAULT_CONFIG)],
                           capture_output=True, text=True)
     assert proc.returncode == 0 and "6 rules" in proc.stderr
+
+
+@pytest.mark.parametrize("name", ["kafka.yaml", "socket.yaml"])
+def test_example_configs_are_valid(name):
+    from models.rules import load_rules
+
+    settings = load_settings(DEFAULT_CONFIG.parent / "examples" / name)
+    assert load_rules(settings.rules_dir())
+    if name == "kafka.yaml":
+        k = settings.kafka
+        assert (k.security_protocol, k.sasl_password_env) == ("SASL_SSL", "SECRETSCOPE_KAFKA_PASSWORD")
+    else:
+        assert settings.run.source == "socket"
