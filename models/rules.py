@@ -170,8 +170,5 @@ class RuleSet:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
 
-    def evaluate(self, batch: Sequence[FeatureVector]) -> list[tuple[Rule, ...]]:
-        return [self.evaluate_one(fv) for fv in batch]
-
     def evaluate_one(self, fv: FeatureVector) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.predicate(fv))

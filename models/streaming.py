@@ -96,7 +96,3 @@ class HalfSpaceTreesDetector:
 
     def restore(self, checkpoint: tuple) -> None:
         self.model.restore(checkpoint)
-
-    def contributions(self, values: np.ndarray) -> dict[str, float]:
-        """Scaled inputs of one row by name, for explanations."""
-        return dict(zip(HST_INPUTS, hst_inputs(values.reshape(1, -1))[0].tolist()))

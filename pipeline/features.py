@@ -170,9 +170,6 @@ class _Recent:
             items.popleft()
         return len(items)
 
-    def ids(self, limit: int) -> list[str]:
-        return [eid for _, eid in list(self.items)[-limit:]]
-
 
 class _Distinct:
     """Distinct keys seen within a horizon (last-seen order, oldest first)."""

@@ -89,8 +89,8 @@ def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
                     stage.poll_once()
                     delay = 0.5
                 except KafkaError as exc:
-                    log.warning("%s: %s; reconnecting in %.1fs", _name(factories[i], stage),
-                                exc, delay)
+                    log.warning("%s: %s; reconnecting in %.1fs",
+                                type(stage).__name__ if stage else "stage", exc, delay)
                     if stage is not None:
                         stage.abandon()
                         stage = None
@@ -123,7 +123,3 @@ def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
     if failures:
         raise failures[0]
     return summary
-
-
-def _name(factory, stage) -> str:
-    return type(stage).__name__ if stage is not None else "stage"

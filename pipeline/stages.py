@@ -51,6 +51,9 @@ class Watermark(msgspec.Struct, frozen=True):
     idle: bool  # the source is caught up and quiet; do not wait for it
 
 
+_WATERMARK_DECODER = msgspec.msgpack.Decoder(Watermark)
+
+
 def _origin_offset(origin: str) -> int:
     return int(origin.rsplit("/", 1)[1])
 
@@ -366,7 +369,7 @@ class ScoreStage:
                 if record.offset < worker.next_offset:
                     continue  # fetched from the committed offset; the snapshot is further on
                 if any(k == "secretscope-kind" for k, _ in record.headers or ()):
-                    worker.add_watermark(_EVENT_DECODER_WM.decode(record.value))
+                    worker.add_watermark(_WATERMARK_DECODER.decode(record.value))
                 else:
                     worker.add_event(_EVENT_DECODER.decode(record.value))
                 worker.next_offset = record.offset + 1
@@ -401,9 +404,6 @@ class ScoreStage:
             self.consumer.close()
         except Exception:
             log.debug("closing after an error", exc_info=True)
-
-
-_EVENT_DECODER_WM = msgspec.msgpack.Decoder(Watermark)
 
 
 class _Listener(kafka_io.ConsumerRebalanceListener):
