@@ -43,3 +43,18 @@ class Detector(Protocol):
         """Score every row, then learn from the rows that neither fired nor are in ``exclude``
         (rows another detector already flagged)."""
         ...
+
+    def checkpoint(self) -> object:
+        """A cheap token of the current learned state, for ``restore`` within one batch (the
+        runner re-scores a batch tail when a flagged row had been learned optimistically)."""
+        ...
+
+    def restore(self, checkpoint: object) -> None:
+        ...
+
+    def state_dict(self) -> dict:
+        """Learned state as plain lists, numbers and strings (for msgpack snapshots)."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None:
+        ...

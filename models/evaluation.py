@@ -47,6 +47,12 @@ class EvaluationReport:
     true_findings: int
     benign_events: int
     attack_events: int
+    delays: tuple[float, ...] = ()  # seconds to detection of every detected episode
+
+    @property
+    def median_delay_seconds(self) -> float | None:
+        d = sorted(self.delays)
+        return d[len(d) // 2] if d else None
 
     @property
     def recall(self) -> float:
@@ -83,27 +89,63 @@ def load_episodes(path: str | Path) -> list[Episode]:
 
 def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],
              total_events: int) -> EvaluationReport:
+    """``findings`` may hold several versions of one finding (an incident that grew by merged
+    firings, same id): a finding counts once, as true if any version names an attack event, and
+    an episode is detected at the earliest version naming one of its events (a merge's time is
+    the merged firing's, ``last_time``)."""
     owner = {rid: ep for ep in episodes for rid in ep.request_ids}
     first_detection: dict[str, datetime] = {}
-    n_findings = n_true = 0
+    true_ids: set[str] = set()
+    all_ids: set[str] = set()
     for f in findings:
-        n_findings += 1
+        all_ids.add(f.id)
         hit = {owner[r].episode for r in f.related_event_ids if r in owner}
         if hit:
-            n_true += 1
+            true_ids.add(f.id)
+        at = f.last_time or f.time
         for name in hit:
-            if name not in first_detection or f.time < first_detection[name]:
-                first_detection[name] = f.time
+            if name not in first_detection or at < first_detection[name]:
+                first_detection[name] = at
+    n_findings, n_true = len(all_ids), len(true_ids)
     by_class: dict[str, list[Episode]] = defaultdict(list)
     for ep in episodes:
         by_class[ep.attack_class].append(ep)
     results = []
+    all_delays: list[float] = []
     for cls in sorted(by_class):
         eps = by_class[cls]
         delays = sorted(max(0.0, (first_detection[e.episode] - e.start).total_seconds())
                         for e in eps if e.episode in first_detection)
+        all_delays += delays
         results.append(ClassResult(cls, len(eps), len(delays),
                                    delays[len(delays) // 2] if delays else None))
     attack_events = len(owner)
     return EvaluationReport(tuple(results), n_findings, n_true,
-                            max(0, total_events - attack_events), attack_events)
+                            max(0, total_events - attack_events), attack_events,
+                            tuple(all_delays))
+
+
+def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path | None = None,
+                 progress=None) -> EvaluationReport:
+    """Replay a simulated log through the pipeline of ``settings`` and score it against its
+    labels (default ``LOG.labels.jsonl``). A change-window feed (default ``LOG.windows.jsonl``
+    if it exists; pass a missing path for none) is given to triage, as a deploy system would."""
+    from pipeline.runner import Pipeline
+    from pipeline.sources.files import replay
+    from pipeline.store import Store
+
+    stem = log.name.removesuffix(".gz")
+    labels = labels or log.with_name(stem + ".labels.jsonl")
+    windows = windows or log.with_name(stem + ".windows.jsonl")
+    if windows.is_file():
+        settings = settings.model_copy(update={"triage": settings.triage.model_copy(
+            update={"change_window_feed": str(windows.resolve())})})
+    collected: list[Finding] = []
+    store = Store(settings.store.url)
+    try:
+        pipeline = Pipeline(settings, store=store, on_finding=collected.append,
+                            on_update=collected.append)
+        stats = pipeline.run(replay([str(log)]), progress)
+    finally:
+        store.close()
+    return evaluate(collected, load_episodes(labels), stats.events)

@@ -19,6 +19,7 @@ secrets, false for ``sys/``, ``auth/`` and other control paths), or a feature na
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ class Rule:
     predicate: Predicate = field(repr=False, compare=False)
     tests: dict[str, list[dict[str, Any]]] = field(default_factory=dict, repr=False, compare=False)
     source: str = ""
+    # The rule's first "feature >= number" (or >) clause as (column, threshold): checked inline
+    # before the predicate, since most events fail it and a call costs more than a comparison.
+    gate: tuple[int, float] | None = field(default=None, compare=False)
 
     def matches(self, fv: FeatureVector) -> bool:
         return self.predicate(fv)
@@ -135,7 +139,17 @@ def compile_rule(doc: Any, source: str) -> Rule:
                 return False
         return True
 
+    gate = None
+    for c in when:
+        op = next((k for k in c if k != "field"), None)
+        if c.get("field") in INDEX and op in ("gte", "gt"):
+            value = float(c[op])
+            # x > v is x >= the next float above v
+            gate = (INDEX[c["field"]], value if op == "gte" else math.nextafter(value, math.inf))
+            break
+
     return Rule(
+        gate=gate,
         id=str(doc["id"]), title=str(doc["title"]), description=str(doc.get("description", "")),
         severity_id=SEVERITIES[doc["severity"]], reason=str(doc["reason"]),
         attack=tuple(doc.get("attack", ())), false_positives=str(doc.get("false_positives", "")),
@@ -169,6 +183,16 @@ class RuleSet:
 
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
+        self._gated = [(r, r.gate[0], r.gate[1]) for r in self.rules if r.gate is not None]
+        self._ungated = [r for r in self.rules if r.gate is None]
+        self._order = {r.id: i for i, r in enumerate(self.rules)}
 
     def evaluate_one(self, fv: FeatureVector) -> tuple[Rule, ...]:
-        return tuple(r for r in self.rules if r.predicate(fv))
+        values = fv.values
+        hits = [r for r, col, floor in self._gated if values[col] >= floor and r.predicate(fv)]
+        for r in self._ungated:
+            if r.predicate(fv):
+                hits.append(r)
+        if len(hits) > 1:
+            hits.sort(key=lambda r: self._order[r.id])  # file order, as before gating
+        return tuple(hits)

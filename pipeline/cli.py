@@ -1,10 +1,13 @@
-"""Command line: ``secretscope replay | simulate | evaluate | validate | alerts``."""
+"""Command line: ``secretscope replay | simulate | evaluate | run | validate | train | alerts``."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import time
 from contextlib import ExitStack
+from datetime import datetime, timezone
+from enum import Enum
 from pathlib import Path
 from typing import Optional
 
@@ -44,8 +47,9 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
 
     store = Store(settings.store.url)
     try:
-        pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
-                            on_finding=collect.append if collect is not None else None)
+        keep = collect.append if collect is not None else None
+        pipeline = Pipeline(settings, store=store, alerts_out=alerts_out, on_finding=keep,
+                            on_update=keep)
         counters = ReplayCounters(_total_size(files))
         limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
         items = replay(files, limits, settings.input.join_timeout_seconds, counters)
@@ -105,6 +109,7 @@ def replay(
 def simulate(
     out: Path = typer.Argument(..., help="Where to write the simulated Vault audit log (.gz ok)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Attack labels (JSONL); default OUT.labels.jsonl"),
+    windows: Optional[Path] = typer.Option(None, "--windows", help="Expected-burst windows (rotations, deploys; JSONL); default OUT.windows.jsonl"),
     days: int = typer.Option(7, min=1, max=366),
     seed: int = typer.Option(7),
     calls: Optional[int] = typer.Option(None, "--calls", help="Scale the fleet to about this many calls."),
@@ -114,11 +119,13 @@ def simulate(
     from pipeline.simulate import SimulationSpec, simulate as run_simulation
 
     labels = labels or out.with_name(out.name.removesuffix(".gz") + ".labels.jsonl")
+    windows = windows or out.with_name(out.name.removesuffix(".gz") + ".windows.jsonl")
     summary = run_simulation(SimulationSpec(days=days, seed=seed, attacks=attacks,
-                                            target_calls=calls), out, labels)
+                                            target_calls=calls), out, labels, windows)
     classes = ", ".join(f"{k} {v}" for k, v in sorted(summary.episodes.items()))
     err.print(f"wrote {summary.calls:,} calls ({summary.lines:,} lines) to {out}; "
-              f"{summary.attack_calls:,} attack calls in episodes: {classes or 'none'}; labels in {labels}")
+              f"{summary.attack_calls:,} attack calls in episodes: {classes or 'none'}; labels in {labels}; "
+              f"change windows in {windows}")
 
 
 @app.command()
@@ -127,17 +134,23 @@ def evaluate(
     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels (default LOG.labels.jsonl)."),
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = typer.Option("sqlite://", "--store", help="SQLAlchemy URL (default in-memory)."),
+    windows: Optional[Path] = typer.Option(None, "--windows", help="Change windows feed (default LOG.windows.jsonl if present)."),
+    use_windows: bool = typer.Option(True, "--use-windows/--no-windows", help="Let the change windows explain expected bursts."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
 ) -> None:
-    """Replay a labelled log; print recall per attack class, precision and false findings."""
-    from models.evaluation import evaluate as score, load_episodes
+    """Replay a labelled log; print recall per attack class, precision, false findings per 10k
+    benign calls and detection delay. Incident updates count: an episode merged into a finding
+    is detected at the time of the merge."""
+    from models.evaluation import evaluate_log
+    from pipeline.runner import stderr_progress
 
-    labels = labels or log_file.with_name(log_file.name.removesuffix(".gz") + ".labels.jsonl")
+    stem = log_file.name.removesuffix(".gz")
+    labels = labels or log_file.with_name(stem + ".labels.jsonl")
     _check_inputs([str(log_file), str(labels)])
-    settings = _settings(config, store)
-    collected: list[Finding] = []
-    stats, _, _ = _run_replay([str(log_file)], settings, None, quiet, collected)
-    report = score(collected, load_episodes(labels), stats.events)
+    if not use_windows:
+        windows = log_file.with_name(stem + ".no-windows")  # a path that does not exist
+    report = evaluate_log(log_file, _settings(config, store), labels, windows,
+                          None if quiet else stderr_progress(None))
     table = Table(title="detection by attack class")
     for col in ("class", "episodes", "detected", "recall", "median delay"):
         table.add_column(col)
@@ -146,11 +159,13 @@ def evaluate(
         table.add_row(c.attack_class, str(c.episodes), str(c.detected), f"{c.recall:.2f}", delay)
     console = _console()
     console.print(table)
+    delay = report.median_delay_seconds
     console.print(
         f"recall {report.recall:.3f} | precision {report.precision:.3f} "
         f"({report.true_findings}/{report.findings} findings) | "
         f"false findings per 10k benign events {report.false_per_10k_benign:.2f} "
-        f"({report.false_findings} over {report.benign_events:,} benign calls)")
+        f"({report.false_findings} over {report.benign_events:,} benign calls) | "
+        f"median detection delay {'-' if delay is None else f'{delay:.0f}s'}")
 
 
 @app.command()
@@ -173,28 +188,127 @@ def validate(config: Optional[Path] = typer.Argument(None, help="Config file (de
               f"{len(settings.detectors)} streaming detectors")
 
 
+def _utc_option(value: Optional[str], option: str) -> Optional[datetime]:
+    if value is None:
+        return None
+    try:
+        dt = datetime.fromisoformat(value)
+    except ValueError:
+        raise SecretscopeError(f"{option}: not an ISO date or time: {value!r}") from None
+    return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
+
+
 @app.command()
+def train(
+    out: Path = typer.Option(..., "--out", "-o", help="Model file to write (.skops); the "
+                             "manifest goes beside it as OUT.manifest.json."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+    since: Optional[str] = typer.Option(None, "--since", help="Only history from this time "
+                                        "(ISO 8601; UTC if no offset)."),
+    until: Optional[str] = typer.Option(None, "--until", help="Only history before this time."),
+    max_rows: Optional[int] = typer.Option(None, "--max-rows", min=1,
+                                           help="Use at most the newest N rows."),
+    n_estimators: int = typer.Option(100, "--n-estimators", min=1, max=5000),
+    contamination: str = typer.Option("auto", "--contamination",
+                                      help="'auto' or a share in (0, 0.5]; only scikit-learn's "
+                                      "own offset, the detector is calibrated."),
+    min_history: int = typer.Option(50, "--min-history", min=0,
+                                    help="Skip rows of identities with fewer baseline events."),
+    min_rows: int = typer.Option(1000, "--min-rows", min=1, help="Refuse to train on fewer."),
+    seed: int = typer.Option(42, "--seed"),
+) -> None:
+    """Train the IsolationForest detector on the feature history in the store."""
+    from models.batch import manifest_path, save_model, train_isolation_forest
+    from pipeline.store import Store
+
+    settings = _settings(config, store)
+    if contamination != "auto":
+        try:
+            share = float(contamination)
+        except ValueError:
+            share = -1.0
+        if not 0.0 < share <= 0.5:
+            raise SecretscopeError(f"--contamination: 'auto' or a number in (0, 0.5], "
+                                   f"not {contamination!r}")
+    started = time.perf_counter()
+    st = Store(settings.store.url)
+    try:
+        frame = st.feature_history(_utc_option(since, "--since"), _utc_option(until, "--until"),
+                                   max_rows)
+    finally:
+        st.close()
+    trained = train_isolation_forest(
+        frame, n_estimators=n_estimators,
+        contamination=contamination if contamination == "auto" else float(contamination),
+        seed=seed, min_history=min_history, min_rows=min_rows)
+    saved = save_model(trained, out)
+    m = saved.manifest
+    err.print(f"trained on {m['rows']:,} of {len(frame):,} history rows "
+              f"({m['trained_from']} .. {m['trained_until']}) in "
+              f"{time.perf_counter() - started:.1f}s; wrote {out} and {manifest_path(out)} "
+              f"(sha256 {m['sha256'][:16]}...)")
+
+
+class Verdict(str, Enum):
+    tp = "tp"
+    fp = "fp"
+
+
+alerts_app = typer.Typer(help="Stored findings: list them (no sub-command) or label them.")
+app.add_typer(alerts_app, name="alerts")
+
+
+@alerts_app.callback(invoke_without_command=True)
 def alerts(
+    ctx: typer.Context,
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
     limit: int = typer.Option(20, min=1),
 ) -> None:
-    """List the most recent stored findings."""
+    """List the most recent stored findings, with analysts' labels."""
+    ctx.obj = {"config": config, "store": store}
+    if ctx.invoked_subcommand is not None:
+        return
     from pipeline.store import Store
 
     settings = _settings(config, store)
     st = Store(settings.store.url)
     try:
         rows = st.recent_findings(limit)
+        verdicts = st.labels_of(r["finding_info"]["uid"] for r in rows)
     finally:
         st.close()
     table = Table(title=f"latest {len(rows)} findings in {settings.store.url}")
-    for col in ("id", "severity", "identity", "title"):
+    for col in ("id", "severity", "identity", "title", "label"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r["finding_info"]["uid"], r["severity"],
-                      r["actor"]["user"]["name"] or r["actor"]["user"]["uid"], r["finding_info"]["title"])
+        uid = r["finding_info"]["uid"]
+        table.add_row(uid, r["severity"], r["actor"]["user"]["name"] or r["actor"]["user"]["uid"],
+                      r["finding_info"]["title"], verdicts.get(uid, ""))
     _console().print(table)
+
+
+@alerts_app.command("label")
+def alerts_label(
+    ctx: typer.Context,
+    finding_id: str = typer.Argument(..., help="Finding id (finding_info.uid)."),
+    verdict: Verdict = typer.Argument(..., help="tp (true positive) or fp (false positive)."),
+    note: str = typer.Option("", "--note", help="Why; kept with the label."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Label a stored finding a true or false positive (a new label replaces the old one)."""
+    from pipeline.store import Store
+
+    group = ctx.obj or {}
+    settings = _settings(config or group.get("config"), store or group.get("store"))
+    st = Store(settings.store.url)
+    try:
+        identity = st.label_finding(finding_id, verdict.value, note)
+    finally:
+        st.close()
+    err.print(f"labelled {finding_id} ({identity}) {verdict.value}")
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, field_validator,
-                      model_validator)
+from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError,
+                      field_validator, model_validator)
 
 from pipeline.errors import ConfigError
+from pipeline.features import FEATURE_NAMES
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
 
@@ -26,6 +27,8 @@ class _Strict(BaseModel):
 
 class StoreSettings(_Strict):
     url: str = "sqlite:///secretscope.db"
+    # Share of baseline (non-flagged) feature vectors kept for `secretscope train`; 0 disables.
+    feature_history_sample: float = Field(0.05, ge=0, le=1)
 
 
 class InputSettings(_Strict):
@@ -52,7 +55,14 @@ class RulesSettings(_Strict):
     directory: str = "rules"
 
 
-class HalfSpaceTreesSettings(_Strict):
+class _DetectorBase(_Strict):
+    # What a firing exactly at ``threshold`` counts as before the ensemble combines it with the
+    # other detectors (models/ensemble.py): "low" makes a detector corroborating evidence that
+    # raises a finding on its own only well above its threshold.
+    severity_at_threshold: Literal["low", "medium"] = "medium"
+
+
+class HalfSpaceTreesSettings(_DetectorBase):
     type: Literal["halfspacetrees"]
     name: str = "hst"
     n_trees: int = Field(10, ge=1, le=100)
@@ -63,16 +73,132 @@ class HalfSpaceTreesSettings(_Strict):
     high_threshold: float = Field(0.99, gt=0, le=1)
     min_history: int = Field(50, ge=0)
     min_history_days: float = Field(1.0, ge=0)
+    # Cold start: a new identity is scored once its peer group has this much history and members.
+    min_peer_history: int = Field(1000, ge=0)
+    min_peer_members: int = Field(2, ge=1)
+
+
+class RobustBaselineSettings(_DetectorBase):
+    """Per-identity rolling median and MAD of hourly peaks (models/baseline.py)."""
+
+    type: Literal["robustbaseline"]
+    name: str = "baseline"
+    measures: tuple[str, ...] = ("requests_count_1m", "requests_count_1h",
+                                 "secrets_distinct_1h", "denied_count_5m")  # feature names
+    window_hours: int = Field(168, ge=3, le=24 * 366)  # active hours kept per identity
+    min_hours: int = Field(24, ge=1)  # active hours in the window before it may fire
+    threshold: float = Field(0.95, gt=0, lt=1)  # score = 1 - exp(-z / z_scale)
+    high_threshold: float = Field(0.99, gt=0, lt=1)
+    z_floor: float = Field(0.3, gt=0)  # added to 1.4826 * MAD (log1p scale)
+    z_scale: float = Field(2.0, gt=0)
+
+    @field_validator("measures")
+    @classmethod
+    def _known_measures(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one measure is needed")
+        unknown = [m for m in value if m not in FEATURE_NAMES]
+        if unknown:
+            raise ValueError(f"unknown feature(s) {', '.join(map(repr, unknown))}")
+        if len(set(value)) != len(value):
+            raise ValueError("measures must be distinct")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "RobustBaselineSettings":
+        if self.min_hours > self.window_hours:
+            raise ValueError(f"min_hours ({self.min_hours}) exceeds window_hours "
+                             f"({self.window_hours})")
+        if self.high_threshold < self.threshold:
+            raise ValueError("high_threshold is below threshold")
+        return self
+
+
+class IsolationForestSettings(_DetectorBase):
+    """A scikit-learn IsolationForest trained by ``secretscope train`` (models/batch.py)."""
+
+    type: Literal["isolationforest"]
+    name: str = "iforest"
+    model_path: str  # the .skops file; relative to the config file's directory
+    threshold: float = Field(0.999, gt=0, le=1)  # calibrated: share of training rows below
+    high_threshold: float = Field(0.9999, gt=0, le=1)
+    min_history: int = Field(50, ge=0)
+
+    def model_file(self, base_dir: str | Path) -> Path:
+        path = Path(self.model_path)
+        return path if path.is_absolute() else Path(base_dir) / path
 
 
 # The registry of detector types: add a settings model here and a factory in models/registry.
-DETECTOR_TYPES = {"halfspacetrees": HalfSpaceTreesSettings}
-DetectorSettings = Annotated[Union[HalfSpaceTreesSettings], Field(discriminator="type")]
+DETECTOR_TYPES = {"halfspacetrees": HalfSpaceTreesSettings,
+                  "robustbaseline": RobustBaselineSettings,
+                  "isolationforest": IsolationForestSettings}
+DetectorSettings = Annotated[Union[HalfSpaceTreesSettings, RobustBaselineSettings,
+                                   IsolationForestSettings],
+                             Field(discriminator="type")]
+
+
+class _IdentityMatch(_Strict):
+    """Which identities an entry covers: exact ids, display-name globs, or holders of a policy."""
+
+    identities: tuple[str, ...] = ()
+    display_names: tuple[str, ...] = ()  # fnmatch globs, e.g. "kubernetes-payments-*"
+    policies: tuple[str, ...] = ()  # any identity holding one of these
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> "_IdentityMatch":
+        if not (self.identities or self.display_names or self.policies):
+            raise ValueError("name at least one of identities, display_names or policies")
+        return self
+
+
+# Detectors whose firings a deploy or rotation window explains away: the volume and novelty
+# models and the breadth rules. Rules about control-plane changes (root, audit, policies) and
+# attacks on authentication still fire inside a window.
+WINDOW_DETECTORS = ("hst", "baseline", "iforest", "vault-bulk-read",
+                    "vault-dynamic-credential-burst", "vault-peer-new-folder-read")
+
+
+class AllowEntry(_IdentityMatch):
+    """Findings of these identities by these detectors are expected until ``expires``."""
+
+    detectors: tuple[str, ...] = ("*",)  # globs over detector names and rule ids
+    expires: AwareDatetime  # an allowlist entry must end; compared with event time
+    note: str = Field(min_length=1)  # why it is allowed, and who said so
+
+
+class ChangeWindow(_IdentityMatch):
+    """A deploy, rotation or maintenance window: an expected burst for these identities."""
+
+    start: AwareDatetime
+    end: AwareDatetime
+    kind: Literal["deploy", "rotation", "maintenance"] = "maintenance"
+    detectors: tuple[str, ...] = WINDOW_DETECTORS
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "ChangeWindow":
+        if self.end <= self.start:
+            raise ValueError("end must be after start")
+        return self
 
 
 class TriageSettings(_Strict):
-    suppress_minutes: float = Field(60, ge=0)
-    max_related_events: int = Field(25, ge=1, le=1000)
+    # One finding per identity per incident: later firings within this much event time of the
+    # incident's last one are merged into it (unless they are more severe).
+    incident_minutes: float = Field(60, ge=0)
+    max_related_events: int = Field(100, ge=1, le=10_000)
+    # Findings below this severity are counted but not raised (a low rule on its own is a
+    # signal; it still adds to the calibrated score of an event other detectors flag).
+    min_severity: Literal["informational", "low", "medium", "high", "critical"] = "medium"
+    allowlist: tuple[AllowEntry, ...] = ()
+    change_windows: tuple[ChangeWindow, ...] = ()
+    # JSON lines of change windows (the fields of ChangeWindow) from a deploy or rotation system;
+    # relative to the config file's directory.
+    change_window_feed: str | None = None
+    # A finding labelled false positive suppresses findings of the same identity with the same
+    # leading reason for this long (event time) after it.
+    false_positive_days: float = Field(7, ge=0)
 
 
 class RunnerSettings(_Strict):
@@ -161,6 +287,11 @@ class Settings(_Strict):
     kafka: KafkaSettings = KafkaSettings()
     socket: SocketSettings = SocketSettings()
     base_dir: str = Field("", exclude=True)  # directory of the config file; relative paths start here
+
+    def resolve(self, path: str) -> Path:
+        """A path from the config, relative to the config file's directory."""
+        p = Path(path)
+        return p if p.is_absolute() else Path(self.base_dir) / p
 
     def rules_dir(self) -> Path:
         path = Path(self.rules.directory)

@@ -7,7 +7,9 @@ either the project base or the usual Python category::
     ├── ParseError(ValueError)        one input record could not become an AccessEvent;
     │                                 names its origin (file:line, topic/partition/offset) and field
     ├── ConfigError(ValueError)       configuration is invalid; raised at start-up, names the key
-    └── ModelIntegrityError(ValueError)  a model file failed its integrity check
+    ├── ModelIntegrityError(ValueError)  a model file failed its integrity check
+    ├── TrainingError(ValueError)     a batch model cannot be trained on the data given
+    └── UnknownFindingError(LookupError) no stored finding has the id given (e.g. to label)
 """
 
 from __future__ import annotations
@@ -36,3 +38,11 @@ class ConfigError(SecretscopeError, ValueError):
 
 class ModelIntegrityError(SecretscopeError, ValueError):
     """A saved model does not match its recorded checksum or holds untrusted types."""
+
+
+class UnknownFindingError(SecretscopeError, LookupError):
+    """No stored finding has the id that was given."""
+
+
+class TrainingError(SecretscopeError, ValueError):
+    """A batch model cannot be trained on the data given (too few rows, features missing)."""

@@ -8,8 +8,10 @@ Two kinds of state per identity:
 
 * **windows** (request counts, distinct secrets, denials) describe what the identity is doing
   now; ``observe`` updates them for every event, anomalous or not.
-* **baseline** (hour-of-week profile, known segments, secrets and user agents, usual rates)
-  describes what is normal for it; only ``learn`` updates it, and the pipeline calls ``learn``
+* **baseline** (hour-of-week profile, how often it used each secret, folder, segment, address,
+  user agent, auth method and mount, usual rates and gaps) describes what is normal for it, and
+  its **peer group** (identities with the same policies, ``pipeline.novelty``) what is normal for
+  its role; only ``learn`` updates it, and the pipeline calls ``learn``
   only for events that raised no finding, so an attacker never becomes the baseline.
 
 Windows use event time (``AccessEvent.ts``), never the wall clock, so a replay of last month
@@ -18,19 +20,25 @@ gives the features the live run saw.
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import math
+from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from pipeline.events import DENIED, SUCCESS, AccessEvent
+from pipeline.novelty import (DIMENSIONS, FREQUENT, INFREQUENT, INFREQUENT_SHARE, PEER_DIMENSIONS,
+                              FOLDER, RARE, RARE_SHARE, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup,
+                              decrement, dimension_keys, peer_key)
 from pipeline.segments import SegmentTable
+from pipeline.windows import Distinct, Recent, WindowCounter
 
 if TYPE_CHECKING:
     import pandas as pd
 
 FEATURE_NAMES: tuple[str, ...] = (
+    # windows: what the identity is doing now
     "requests_count_1m",
     "requests_count_1h",
     "requests_count_24h",
@@ -39,36 +47,82 @@ FEATURE_NAMES: tuple[str, ...] = (
     "secrets_ratio_1h",  # secrets_distinct_1h over the identity's usual (secrets_baseline_1h + 1)
     "denied_count_5m",
     "denied_ratio_1h",
+    "denied_distinct_1h",  # distinct secrets denied in the last hour
     "login_failed_count_5m",
+    "list_to_read_ratio_1h",  # lists per successful read in the last hour (discovery vs. use)
+    "dynamic_creds_count_10m",  # requests for dynamic credentials (*/creds/*) in 10 minutes
+    # time of day and week against the identity's (and its peers') profile
     "hour_of_week_share",  # share of the identity's history in this hour of the week (+-1 h)
     "hour_of_day_share",  # share in this hour of the day (+-1 h), any weekday
+    "hour_of_day_peer_share",  # the same share among the identity's peers
+    "working_hours_distance",  # hours to the nearest learned working hour (0 inside them)
+    # novelty for the identity: first seen flags and frequency classes (0 frequent .. 3 unseen)
     "segment_share",  # share of the identity's history from this network segment
-    "segment_first_seen",  # 1.0 if the identity was never seen in this segment
-    "secret_first_seen",  # 1.0 if the identity never accessed this secret
-    "user_agent_first_seen",  # 1.0 if the identity never used this user agent
+    "segment_first_seen",
+    "secret_first_seen",
+    "user_agent_first_seen",  # user-agent family, so version upgrades are not new
     "policy_write_first_seen",  # 1.0 if this writes an ACL policy and the identity never did
+    "policy_write_peer_first_seen",  # ... and no identity with the same policies ever did
+    "policy_write_own",  # 1.0 if this writes an ACL policy the identity itself holds
+    "secret_freq_class",
+    "folder_freq_class",
+    "operation_freq_class",
+    "segment_freq_class",
+    "ip_freq_class",
+    "user_agent_freq_class",
+    "auth_method_freq_class",
+    "mount_freq_class",
+    "novelty_score",  # strongest unseen value, discounted by the identity's rate of new values
+    # novelty against the peer group (identities with the same policies)
+    "secret_peer_freq_class",
+    "folder_peer_freq_class",
+    "segment_peer_freq_class",
+    "user_agent_peer_freq_class",
+    "peer_novelty_score",  # unseen by the identity AND its peers, discounted by the peers' rate
+    "folders_known",  # distinct secret folders in the identity's baseline (breadth of its work)
+    "peer_folders_known",  # ... in its peer group's (a platform role reads everyone's)
+    # sequences: this event completes a suspicious pair within its window
+    "seq_list_then_read",  # a read within 15 min after a burst of lists
+    "seq_policy_change_then_read",  # a read within 1 h after a policy write
+    "seq_denied_then_success",  # a success within 15 min after a burst of denials/failed logins
+    "seq_token_create_then_read",  # a read within 1 h after creating a token
+    "seq_new_segment_login_then_read",  # a read within 1 h after a login from a new segment
+    # the baseline itself
     "requests_baseline_1h",  # usual requests_count_1h for the identity (EWMA over its history)
     "secrets_baseline_1h",  # usual secrets_distinct_1h for the identity
     "history_events",  # events already in the identity's baseline
     "history_days",  # event time since the identity's first baseline event
+    "idle_days",  # event time since the identity's last baseline event (dormancy)
+    "periodicity",  # 1 for a clockwork caller, towards 0 for an irregular one
+    "interval_deviation",  # how far this gap is from the identity's usual gap (robust z, log)
+    "peer_history",  # events in the peer group's baseline
+    "peer_members",  # identities in the peer group
 )
 INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REQUESTS_1H = INDEX["requests_count_1h"]
 _SECRETS_1H = INDEX["secrets_distinct_1h"]
 
 _EWMA_ALPHA = 0.1  # per completed hour of activity
+_GAP_ALPHA = 0.05  # per learned event, for the usual gap between calls
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
 _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
+_LIST_BURST = 3  # lists in 10 minutes
+_DENIED_BURST = 5  # denials or failed logins in 5 minutes
+_LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
+_NEVER = -1e18
+_WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a working hour
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     """An event with its features; ``values`` is aligned with :data:`FEATURE_NAMES`.
+    ``keys`` are its values per novelty dimension (see ``pipeline.novelty``).
     (A frozen struct for the same reason as AccessEvent: one per event on the hot path.)"""
 
     event: AccessEvent
     segment: str
     values: tuple[float, ...]
+    keys: tuple = ()
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -81,6 +135,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     """The window part of an event's features (what ``observe_windows`` measured)."""
 
     segment: str
+    secret_access: bool
     requests_1m: float
     requests_1h: float
     requests_24h: float
@@ -88,147 +143,71 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     secrets_24h: float
     denied_5m: float
     denied_ratio_1h: float
+    denied_distinct_1h: float
     login_failed_5m: float
+    list_to_read_ratio_1h: float
+    creds_10m: float
+    since_list_burst: float
+    since_policy_write: float
+    since_denied_burst: float
+    since_token_create: float
 
 
 class Undo:
     """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back."""
 
-    __slots__ = ("how", "hod", "secret_added", "agent_added", "policy_writer", "first_seen",
-                 "last_seen", "rates")
+    __slots__ = ("how", "hod", "scalars", "rates")
 
-    def __init__(self, how: int, hod: int, policy_writer: bool, first_seen: float,
-                 last_seen: float, rates: tuple) -> None:
+    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple) -> None:
         self.how = how
         self.hod = hod
-        self.secret_added = False
-        self.agent_added = False
-        self.policy_writer = policy_writer
-        self.first_seen = first_seen
-        self.last_seen = last_seen
+        self.scalars = scalars
         self.rates = rates
 
 
-class WindowCounter:
-    """Count of events in the last ``n`` buckets of ``width`` seconds (a ring of buckets)."""
-
-    __slots__ = ("width", "n", "counts", "ids", "total", "newest")
-
-    def __init__(self, width: int, n: int) -> None:
-        self.width = width
-        self.n = n
-        self.counts = [0] * n
-        self.ids = [-1] * n
-        self.total = 0
-        self.newest = -1
-
-    def _advance(self, bucket: int) -> None:
-        if bucket <= self.newest:
-            return
-        if bucket - self.newest >= self.n:
-            self.counts = [0] * self.n
-            self.ids = [-1] * self.n
-            self.ids[bucket % self.n] = bucket
-            self.total = 0
-        else:
-            counts, ids, n = self.counts, self.ids, self.n
-            for b in range(self.newest + 1, bucket + 1):
-                i = b % n
-                self.total -= counts[i]
-                counts[i] = 0
-                ids[i] = b
-        self.newest = bucket
-
-    def add(self, ts: float) -> None:
-        bucket = int(ts // self.width)
-        self._advance(bucket)
-        i = bucket % self.n
-        if self.ids[i] == bucket:  # late events older than the window are dropped
-            self.counts[i] += 1
-            self.total += 1
-
-    def count(self, ts: float) -> int:
-        self._advance(int(ts // self.width))
-        return self.total
-
-
-class _Recent:
-    """Timestamps (and ids) of the last events of one kind within a horizon, for bursts."""
-
-    __slots__ = ("horizon", "items")
-
-    def __init__(self, horizon: float, maxlen: int = 256) -> None:
-        self.horizon = horizon
-        self.items: deque[tuple[float, str]] = deque(maxlen=maxlen)
-
-    def add(self, ts: float, event_id: str) -> None:
-        self.items.append((ts, event_id))
-
-    def count(self, ts: float) -> int:
-        items, floor = self.items, ts - self.horizon
-        while items and items[0][0] <= floor:
-            items.popleft()
-        return len(items)
-
-
-class _Distinct:
-    """Distinct keys seen within a horizon (last-seen order, oldest first)."""
-
-    __slots__ = ("horizon", "last")
-
-    def __init__(self, horizon: float) -> None:
-        self.horizon = horizon
-        self.last: OrderedDict[str, float] = OrderedDict()
-
-    def add(self, key: str, ts: float) -> int:
-        last = self.last
-        if key in last:
-            if ts >= last[key]:
-                last[key] = ts
-                last.move_to_end(key)
-        else:
-            last[key] = ts
-        floor = ts - self.horizon
-        while last:
-            oldest = next(iter(last.values()))
-            if oldest > floor:
-                break
-            last.popitem(last=False)
-        return len(last)
-
-
 class IdentityState:
-    """Everything secretscope keeps about one identity (about 2 KB for a typical one)."""
+    """Everything secretscope keeps about one identity (a few KB for a typical one)."""
 
     __slots__ = (
         "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
-        "secrets_1h", "secrets_24h", "recent", "how", "hod", "history", "segments", "secrets_seen",
-        "agents_seen", "policy_writer", "requests_baseline", "secrets_baseline", "first_seen",
-        "last_seen", "baseline_hour", "hour_n", "hour_requests", "hour_secrets", "hours_seen",
+        "secrets_1h", "secrets_24h", "denied_secrets_1h", "lists_1h", "reads_1h", "lists_10m",
+        "creds_10m",
+        "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
+        "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
+        "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
+        "hours_seen", "peer",
     )
 
     def __init__(self) -> None:
-        self.requests_1m = _Recent(60.0, maxlen=100_000)
+        self.requests_1m = Recent(60.0, maxlen=100_000)
         self.requests_1h = WindowCounter(60, 60)
         self.requests_24h = WindowCounter(900, 96)
         self.denied_1h = WindowCounter(60, 60)
-        self.denied_5m = _Recent(300.0)
-        self.login_failed_5m = _Recent(300.0)
-        self.secrets_1h = _Distinct(3600.0)
-        self.secrets_24h = _Distinct(86400.0)
+        self.lists_1h = WindowCounter(60, 60)
+        self.reads_1h = WindowCounter(60, 60)
+        self.denied_5m = Recent(300.0)
+        self.login_failed_5m = Recent(300.0)
+        self.lists_10m = Recent(600.0)
+        self.creds_10m = Recent(600.0, maxlen=10_000)
+        self.secrets_1h = Distinct(3600.0)
+        self.secrets_24h = Distinct(86400.0)
+        self.denied_secrets_1h = Distinct(3600.0)
+        # event time of the last list burst, policy write, denial burst, token creation
+        self.marks = [_NEVER, _NEVER, _NEVER, _NEVER]
         self.recent: deque[tuple[float, str]] = deque(maxlen=64)
         # baseline, changed only by learn()
         self.how = [0] * 168
         self.hod = [0] * 24
         self.history = 0
-        self.segments: dict[str, int] = {}
-        self.secrets_seen: set[str] = set()
-        self.agents_seen: set[str] = set()
+        self.counts: list[defaultdict[str, int]] = [defaultdict(int) for _ in DIMENSIONS]
         self.policy_writer = False
         self.requests_baseline = 0.0
         self.secrets_baseline = 0.0
         self.first_seen = 0.0
         self.last_seen = 0.0
+        self.gap_mean = 0.0  # EWMA of log1p(seconds between learned events)
+        self.gap_var = 0.0
+        self.new_segment_login = _NEVER  # time of the last learned login from a new segment
         # The usual rates move once per hour of event time, from the hour's learned events, so a
         # burst inside the current hour cannot drag its own baseline up.
         self.baseline_hour = -1
@@ -236,44 +215,73 @@ class IdentityState:
         self.hour_requests = 0.0
         self.hour_secrets = 0.0
         self.hours_seen = 0
+        self.peer: PeerGroup | None = None
+
+    @property
+    def segments(self) -> dict[str, int]:
+        return self.counts[SEGMENT]
+
+    @property
+    def secrets_seen(self) -> dict[str, int]:
+        return self.counts[SECRET]
+
+    @property
+    def agents_seen(self) -> dict[str, int]:
+        return self.counts[USER_AGENT]
+
+    def _scalars(self) -> tuple:
+        return (self.policy_writer, self.first_seen, self.last_seen, self.gap_mean, self.gap_var,
+                self.new_segment_login)
+
+    def _set_scalars(self, scalars) -> None:
+        (self.policy_writer, self.first_seen, self.last_seen, self.gap_mean, self.gap_var,
+         self.new_segment_login) = scalars
 
     def to_state(self) -> list:
         """Plain lists and numbers, for snapshots (see ``pipeline.snapshot``)."""
         return [
-            list(self.requests_1m.items), list(self.denied_5m.items),
-            list(self.login_failed_5m.items), list(self.recent),
-            [[c.counts, c.ids, c.total, c.newest]
-             for c in (self.requests_1h, self.requests_24h, self.denied_1h)],
-            list(self.secrets_1h.last.items()), list(self.secrets_24h.last.items()),
-            self.how, self.hod, self.history, self.segments, sorted(self.secrets_seen),
-            sorted(self.agents_seen), self.policy_writer, self.first_seen, self.last_seen,
-            list(_rates(self)),
+            [list(r.items) for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
+                                     self.lists_10m, self.creds_10m)],
+            list(self.recent),
+            [c.to_state() for c in (self.requests_1h, self.requests_24h, self.denied_1h,
+                                    self.lists_1h, self.reads_1h)],
+            [list(d.last.items()) for d in (self.secrets_1h, self.secrets_24h,
+                                            self.denied_secrets_1h)],
+            self.marks, self.how, self.hod, self.history, self.counts,
+            list(self._scalars()), list(_rates(self)),
+            self.peer.key if self.peer is not None else None,
         ]
 
     @classmethod
-    def from_state(cls, state: list) -> "IdentityState":
+    def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
         st = cls()
-        (requests_1m, denied_5m, login_failed_5m, recent, counters, secrets_1h, secrets_24h,
-         st.how, st.hod, st.history, st.segments, secrets_seen, agents_seen, st.policy_writer,
-         st.first_seen, st.last_seen, rates) = state
-        st.requests_1m.items.extend(tuple(i) for i in requests_1m)
-        st.denied_5m.items.extend(tuple(i) for i in denied_5m)
-        st.login_failed_5m.items.extend(tuple(i) for i in login_failed_5m)
+        (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
+         scalars, rates, peer) = state
+        st.counts = [defaultdict(int, c) for c in counts]
+        for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
+                             st.creds_10m), recents):
+            r.items.extend(tuple(i) for i in items)
         st.recent.extend(tuple(i) for i in recent)
-        for counter, (counts, ids, total, newest) in zip(
-                (st.requests_1h, st.requests_24h, st.denied_1h), counters):
-            counter.counts, counter.ids, counter.total, counter.newest = counts, ids, total, newest
-        st.secrets_1h.last.update(secrets_1h)
-        st.secrets_24h.last.update(secrets_24h)
-        st.secrets_seen, st.agents_seen = set(secrets_seen), set(agents_seen)
+        for counter, saved in zip((st.requests_1h, st.requests_24h, st.denied_1h, st.lists_1h,
+                                   st.reads_1h), counters):
+            counter.load_state(saved)
+        for d, items in zip((st.secrets_1h, st.secrets_24h, st.denied_secrets_1h), distincts):
+            d.last.update(items)
+        st._set_scalars(scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = rates
+        st.peer = peers.get(peer) if peer is not None else None
         return st
 
     def usual_hours(self, top: int = 6) -> list[int]:
         """Hours of the day (UTC) this identity is most active in, most active first."""
         ranked = sorted(range(24), key=lambda h: -self.hod[h])
         return [h for h in ranked[:top] if self.hod[h]]
+
+    def working_hours(self) -> list[int]:
+        """Hours of the day (UTC) that hold at least 3% of the identity's history."""
+        floor = max(1.0, _WORKING_SHARE * self.history)
+        return [h for h in range(24) if self.hod[h] >= floor]
 
     def usual_segments(self, top: int = 3) -> list[tuple[str, float]]:
         total = self.history or 1
@@ -325,15 +333,44 @@ def is_policy_write(event: AccessEvent) -> bool:
     return event.operation in _WRITE_OPS and event.path.startswith(_POLICY_PREFIXES)
 
 
+def is_dynamic_credential(event: AccessEvent) -> bool:
+    """Database, cloud and PKI engines issue credentials on read of ``<mount>/creds/<role>``."""
+    return "/creds/" in event.path or "/issue/" in event.path
+
+
+def _learned_keys(fv: FeatureVector) -> tuple:
+    """The dimension values ``learn`` counts: a secret (and its folder) only once it was used
+    successfully, so denied probes and typos do not widen what the identity is known to use."""
+    if fv.event.outcome == SUCCESS:
+        return fv.keys
+    return (None, None) + fv.keys[2:]
+
+
+def _hours_to(hod: list[int], hour: int, floor: float) -> float:
+    """Circular distance from ``hour`` to the nearest hour holding at least ``floor`` events."""
+    for d in range(13):
+        if hod[(hour + d) % 24] >= floor or hod[hour - d] >= floor:
+            return float(d)
+    return 12.0
+
+
 class FeatureExtractor:
     """Per-identity state and the feature functions; see the module docstring."""
 
     def __init__(self, segments: SegmentTable) -> None:
         self.segments = segments
         self.identities: dict[str, IdentityState] = {}
+        self.peers: dict[str, PeerGroup] = {}
 
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
+
+    def peer_group(self, policies: tuple[str, ...]) -> PeerGroup:
+        key = peer_key(policies)
+        group = self.peers.get(key)
+        if group is None:
+            group = self.peers[key] = PeerGroup(key)
+        return group
 
     def observe(self, event: AccessEvent) -> FeatureVector:
         """Update the windows with ``event`` and return its features against the baseline."""
@@ -348,56 +385,138 @@ class FeatureExtractor:
         st = self.identities.get(event.identity)
         if st is None:
             st = self.identities[event.identity] = IdentityState()
+            st.peer = self.peer_group(event.policies)
         ts = event.ts
-        st.recent.append((ts, event.event_id))
-        st.requests_1m.add(ts, event.event_id)
-        st.requests_1h.add(ts)
-        st.requests_24h.add(ts)
+        eid = event.event_id
+        st.recent.append((ts, eid))
+        requests_1m = st.requests_1m.add_count(ts, eid)
+        requests_1h = st.requests_1h.add_count(ts)
+        requests_24h = st.requests_24h.add_count(ts)
+        marks = st.marks
+        op = event.operation
+        secret_access = is_secret_access(event)
         if event.outcome == DENIED:
             st.denied_1h.add(ts)
-            st.denied_5m.add(ts, event.event_id)
+            st.denied_5m.add(ts, eid)
+            if secret_access:
+                st.denied_secrets_1h.add(event.secret, ts)
+            if st.denied_5m.count(ts) >= _DENIED_BURST:
+                marks[2] = ts
         if event.is_login and event.outcome != SUCCESS:
-            st.login_failed_5m.add(ts, event.event_id)
-        if is_secret_access(event):
+            st.login_failed_5m.add(ts, eid)
+            if st.login_failed_5m.count(ts) >= _DENIED_BURST:
+                marks[2] = ts
+        if op == "list":
+            st.lists_1h.add(ts)
+            st.lists_10m.add(ts, eid)
+            if st.lists_10m.count(ts) >= _LIST_BURST:
+                marks[0] = ts
+        if op == "read" and event.outcome == SUCCESS:
+            st.reads_1h.add(ts)
+        if secret_access:
             distinct_1h = st.secrets_1h.add(event.secret, ts)
             distinct_24h = st.secrets_24h.add(event.secret, ts)
+            if is_dynamic_credential(event):
+                st.creds_10m.add(ts, eid)
         else:
-            distinct_1h = len(st.secrets_1h.last)
-            distinct_24h = len(st.secrets_24h.last)
-        requests_1h = st.requests_1h.count(ts)
+            distinct_1h = st.secrets_1h.count(ts)
+            distinct_24h = st.secrets_24h.count(ts)
+            if event.outcome == SUCCESS:
+                if is_policy_write(event):
+                    marks[1] = ts
+                elif event.path.startswith("auth/token/create"):
+                    marks[3] = ts
         return Windows(
             self.segments.lookup(event.remote_address),
-            float(st.requests_1m.count(ts)),
+            secret_access,
+            float(requests_1m),
             float(requests_1h),
-            float(st.requests_24h.count(ts)),
+            float(requests_24h),
             float(distinct_1h),
             float(distinct_24h),
             float(st.denied_5m.count(ts)),
             st.denied_1h.count(ts) / requests_1h if requests_1h else 0.0,
+            float(st.denied_secrets_1h.count(ts)),
             float(st.login_failed_5m.count(ts)),
+            st.lists_1h.count(ts) / max(1, st.reads_1h.count(ts)),
+            float(st.creds_10m.count(ts)),
+            ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
         """The features of an event whose windows are ``w``, against the current baseline."""
         st = self.identities[event.identity]
+        peer = st.peer
         ts = event.ts
         segment = w.segment
         history = st.history
         how, hod = hour_slots(ts)
-        secret_access = is_secret_access(event)
+        secret_access = w.secret_access
+        keys = dimension_keys(event, segment, secret_access)
+        counts = st.counts
         if history:
             h_week, h_day = st.how, st.hod
             how_share = (h_week[how - 1] + h_week[how] + h_week[(how + 1) % 168]) / history
-            hod_share = (h_day[hod - 1] + h_day[hod] + h_day[(hod + 1) % 24]) / history
-            seg_count = st.segments.get(segment, 0)
-            seg_share = seg_count / history
-            seg_new = 0.0 if seg_count else 1.0
-            secret_new = 1.0 if secret_access and event.secret not in st.secrets_seen else 0.0
-            agent_new = 1.0 if event.user_agent and event.user_agent not in st.agents_seen else 0.0
+            hod_count = h_day[hod - 1] + h_day[hod] + h_day[(hod + 1) % 24]
+            hod_share = hod_count / history
+            floor = max(1.0, _WORKING_SHARE * history)
+            work_distance = 0.0 if h_day[hod] >= floor else _hours_to(h_day, hod, floor)
+            # frequency classes inlined (0 frequent, 1 infrequent, 2 rare, 3 unseen): hot path
+            rare, infrequent = RARE_SHARE * history, INFREQUENT_SHARE * history
+            classes = []
+            novelty = 0.0
+            for key, seen in zip(keys, counts):
+                if key is None:
+                    classes.append(FREQUENT)
+                    continue
+                n = seen.get(key)
+                if n is None:
+                    classes.append(UNSEEN)
+                    surprise = 1.0 - len(seen) / history
+                    if surprise > novelty:
+                        novelty = surprise
+                else:
+                    classes.append(FREQUENT if n >= infrequent else
+                                   (INFREQUENT if n >= rare else RARE))
+            seg_share = counts[SEGMENT].get(segment, 0) / history if classes[SEGMENT] < UNSEEN \
+                else 0.0
+            idle = (ts - st.last_seen) / 86400.0
+            gap_std = st.gap_var ** 0.5
+            periodicity = 1.0 / (1.0 + gap_std) if history >= 10 else 0.0
+            deviation = (abs(math.log1p(max(0.0, ts - st.last_seen)) - st.gap_mean)
+                         / (gap_std + 0.5)) if history >= 10 else 0.0
         else:
-            how_share = hod_share = seg_share = 0.0
-            seg_new = secret_new = agent_new = 1.0
-        policy_new = 1.0 if is_policy_write(event) and not st.policy_writer else 0.0
+            how_share = hod_share = seg_share = idle = periodicity = deviation = 0.0
+            work_distance = 0.0
+            classes = [FREQUENT if k is None else UNSEEN for k in keys]
+            novelty = 1.0
+        p_history = peer.history
+        peer_classes = []
+        peer_novelty = 0.0
+        if p_history:
+            p_day = peer.hod
+            peer_hod_share = (p_day[hod - 1] + p_day[hod] + p_day[(hod + 1) % 24]) / p_history
+            rare, infrequent = RARE_SHARE * p_history, INFREQUENT_SHARE * p_history
+            for counts_p, key in zip(peer.counts, (keys[0], keys[1], keys[3], keys[5])):
+                if key is None:
+                    peer_classes.append(FREQUENT)
+                    continue
+                n = counts_p.get(key)
+                if n is None:
+                    peer_classes.append(UNSEEN)
+                    surprise = 1.0 - len(counts_p) / p_history
+                    if surprise > peer_novelty:
+                        peer_novelty = surprise
+                else:
+                    peer_classes.append(FREQUENT if n >= infrequent else
+                                        (INFREQUENT if n >= rare else RARE))
+        else:
+            peer_hod_share = 0.0
+            peer_classes = [FREQUENT if keys[d] is None else UNSEEN for d in PEER_DIMENSIONS]
+            peer_novelty = 1.0
+        reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
+        policy_write = not secret_access and is_policy_write(event)
+        succeeded = event.outcome == SUCCESS and (secret_access or event.is_login)
         values = (
             w.requests_1m,
             w.requests_1h,
@@ -407,23 +526,46 @@ class FeatureExtractor:
             w.secrets_1h / (st.secrets_baseline + 1.0),
             w.denied_5m,
             w.denied_ratio_1h,
+            w.denied_distinct_1h,
             w.login_failed_5m,
+            w.list_to_read_ratio_1h,
+            w.creds_10m,
             how_share,
             hod_share,
+            peer_hod_share,
+            work_distance,
             seg_share,
-            seg_new,
-            secret_new,
-            agent_new,
-            policy_new,
+            1.0 if classes[SEGMENT] == UNSEEN else 0.0,
+            1.0 if classes[SECRET] == UNSEEN else 0.0,
+            1.0 if classes[USER_AGENT] == UNSEEN else 0.0,
+            1.0 if policy_write and not st.policy_writer else 0.0,
+            1.0 if policy_write and not peer.policy_writes else 0.0,
+            1.0 if policy_write and event.path.rpartition("/")[2] in event.policies else 0.0,
+            *classes,
+            novelty,
+            *peer_classes,
+            peer_novelty,
+            float(len(counts[FOLDER])),
+            float(len(peer.counts[1])),  # PEER_DIMENSIONS[1] is FOLDER
+            1.0 if reading and w.since_list_burst <= _LIST_FOLLOW else 0.0,
+            1.0 if reading and w.since_policy_write <= _CHANGE_FOLLOW else 0.0,
+            1.0 if succeeded and w.since_denied_burst <= _DENIED_FOLLOW else 0.0,
+            1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
+            1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
             st.requests_baseline,
             st.secrets_baseline,
             float(history),
             (ts - st.first_seen) / 86400.0 if history else 0.0,
+            idle,
+            periodicity,
+            deviation,
+            float(p_history),
+            float(len(peer.members)),
         )
-        return FeatureVector(event, segment, values)
+        return FeatureVector(event, segment, values, keys)
 
     def learn(self, fv: FeatureVector) -> Undo:
-        """Fold an event that raised no finding into its identity's baseline.
+        """Fold an event that raised no finding into its identity's (and peers') baseline.
 
         Returns what ``unlearn`` needs to take it out again exactly: the pipeline learns
         optimistically before its detectors have scored a batch, and backs out the few events
@@ -431,25 +573,35 @@ class FeatureExtractor:
         """
         event = fv.event
         st = self.identities[event.identity]
-        how, hod = hour_slots(event.ts)
-        undo = Undo(how, hod, st.policy_writer, st.first_seen, st.last_seen, _rates(st))
+        ts = event.ts
+        how, hod = hour_slots(ts)
+        undo = Undo(how, hod, st._scalars(), _rates(st))
+        keys = _learned_keys(fv)
+        if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
+            st.new_segment_login = ts
         st.how[how] += 1
         st.hod[hod] += 1
-        st.segments[fv.segment] = st.segments.get(fv.segment, 0) + 1
-        if is_secret_access(event) and event.secret not in st.secrets_seen:
-            st.secrets_seen.add(event.secret)
-            undo.secret_added = True
-        if event.user_agent and event.user_agent not in st.agents_seen:
-            st.agents_seen.add(event.user_agent)
-            undo.agent_added = True
-        if is_policy_write(event):
+        for seen, key in zip(st.counts, keys):
+            if key is not None:
+                seen[key] += 1
+        policy_write = is_policy_write(event)
+        st.peer.learn(event.identity, keys, hod, policy_write)
+        if policy_write:
             st.policy_writer = True
-        _learn_rates(st, event.ts, fv.values)
-        if not st.history:
-            st.first_seen = event.ts
+        _learn_rates(st, ts, fv.values)
+        if st.history:
+            gap = math.log1p(max(0.0, ts - st.last_seen))
+            if st.history == 1:
+                st.gap_mean = gap
+            else:
+                diff = gap - st.gap_mean
+                st.gap_mean += _GAP_ALPHA * diff
+                st.gap_var = (1.0 - _GAP_ALPHA) * (st.gap_var + _GAP_ALPHA * diff * diff)
+        else:
+            st.first_seen = ts
         st.history += 1
-        if event.ts > st.last_seen:
-            st.last_seen = event.ts
+        if ts > st.last_seen:
+            st.last_seen = ts
         return undo
 
     def unlearn(self, fv: FeatureVector, undo: Undo) -> None:
@@ -458,20 +610,14 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         st.how[undo.how] -= 1
         st.hod[undo.hod] -= 1
-        left = st.segments[fv.segment] - 1
-        if left:
-            st.segments[fv.segment] = left
-        else:
-            del st.segments[fv.segment]
-        if undo.secret_added:
-            st.secrets_seen.discard(event.secret)
-        if undo.agent_added:
-            st.agents_seen.discard(event.user_agent)
-        st.policy_writer = undo.policy_writer
+        keys = _learned_keys(fv)
+        for seen, key in zip(st.counts, keys):
+            if key is not None:
+                decrement(seen, key)
+        st.peer.unlearn(event.identity, keys, undo.hod, is_policy_write(event))
+        st._set_scalars(undo.scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = undo.rates
-        st.first_seen = undo.first_seen
-        st.last_seen = undo.last_seen
         st.history -= 1
 
 

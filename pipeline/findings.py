@@ -28,6 +28,8 @@ TECHNIQUES = {
     "T1555": ("Credentials from Password Stores", "TA0006", "Credential Access"),
     "T1552": ("Unsecured Credentials", "TA0006", "Credential Access"),
     "T1083": ("File and Directory Discovery", "TA0007", "Discovery"),
+    "T1528": ("Steal Application Access Token", "TA0006", "Credential Access"),
+    "T1550": ("Use Alternate Authentication Material", "TA0008", "Lateral Movement"),
     "T1562.008": ("Impair Defenses: Disable or Modify Cloud Logs", "TA0005", "Defense Evasion"),
 }
 
@@ -41,6 +43,25 @@ class Reason:
     text: str
     observed: str
     baseline: str
+
+
+@dataclass(frozen=True, slots=True)
+class Factor:
+    """A value of one dimension that is rare or unseen for the identity (and maybe its peers)."""
+
+    dimension: str  # secret, folder, operation, segment, ip, user_agent, auth_method, mount
+    value: str
+    frequency: str  # for the identity: frequent, infrequent, rare, unseen
+    peer_frequency: str | None  # for its peer group; None where peers are not compared
+
+
+@dataclass(frozen=True, slots=True)
+class PeerComparison:
+    """The peer group (identities with the same policies) the identity was compared with."""
+
+    group: str
+    members: int
+    history: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +79,11 @@ class Finding:
     related_event_ids: tuple[str, ...]
     trigger: AccessEvent
     segment: str
+    factors: tuple[Factor, ...] = ()
+    peers: PeerComparison | None = None
+    last_time: datetime | None = None  # last event merged into this incident (None: trigger)
+    merged: int = 0  # later firings of the same incident merged into this finding
+    learning: bool = False  # a learned model (not only rules) contributed
 
     @property
     def severity(self) -> str:
@@ -114,11 +140,11 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             "title": f.title,
             "desc": desc,
             "types": [r.code for r in f.reasons],
-            "analytic": {"name": rule_names, "type_id": 1 if "hst" not in f.detectors else 4,
-                         "type": "Rule" if "hst" not in f.detectors else "Learning"},
+            "analytic": {"name": rule_names, "type_id": 4 if f.learning else 1,
+                         "type": "Learning" if f.learning else "Rule"},
             "attacks": attacks,
             "first_seen_time": _epoch_ms(f.time),
-            "last_seen_time": _epoch_ms(f.time),
+            "last_seen_time": _epoch_ms(f.last_time or f.time),
             "related_events": [{"uid": uid} for uid in f.related_event_ids],
         },
         "actor": {"user": {"uid": f.identity, "name": f.display_name}},
@@ -139,6 +165,14 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
                      "observed": r.observed, "baseline": r.baseline}
                     for r in f.reasons
                 ],
+                "factors": [
+                    {"dimension": x.dimension, "value": x.value, "frequency": x.frequency,
+                     "peer_frequency": x.peer_frequency}
+                    for x in f.factors
+                ],
+                "peer_group": ({"policies": f.peers.group, "members": f.peers.members,
+                                "history_events": f.peers.history} if f.peers else None),
+                "merged_firings": f.merged,
             }
         },
     }

@@ -26,14 +26,18 @@ import numpy as np
 import orjson
 
 from models.base import ScoreBatch
+from models.ensemble import SEVERITY_SCORE
 from models.registry import build_detectors
-from models.rules import RuleSet, load_rules
+from models.rules import SEVERITIES, RuleSet, load_rules
 from pipeline.config import Settings
 from pipeline.events import AccessEvent, DeadLetter
 from pipeline.features import FeatureExtractor, FeatureVector, Undo, Windows
 from pipeline.findings import Finding, to_ocsf
+from pipeline.history import HistoryRecorder
 from pipeline.segments import SegmentTable
 from pipeline.store import Store
+from pipeline.explain import explainer
+from pipeline.suppression import Suppressions, false_positive_patterns
 from pipeline.triage import StreamingDetectorInfo, Triage
 
 log = logging.getLogger(__name__)
@@ -45,6 +49,7 @@ class RunStats:
     events: int = 0
     dead_letters: int = 0
     findings: int = 0
+    updates: int = 0  # findings that grew by incident merges
     truncated_fields: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -57,10 +62,14 @@ class RunStats:
 class _Batch:
     """Per-row working state of one batch: windows, features, rule hits, learn undo records."""
 
-    def __init__(self, events: list[AccessEvent], windows: list[Windows]) -> None:
+    def __init__(self, events: list[AccessEvent], windows: list[Windows],
+                 groups: list) -> None:
         n = len(events)
         self.events = events
         self.windows = windows
+        # A learn changes its identity's baseline and its peer group's: rows of the same group
+        # are the ones that see each other's learns.
+        self.groups = groups
         self.vectors: list[FeatureVector] = [None] * n  # type: ignore[list-item]
         self.hits: list[tuple] = [()] * n
         self.undo: list[Undo | None] = [None] * n
@@ -72,11 +81,11 @@ class _Batch:
 
     @contextmanager
     def baseline_as_of(self, extractor: FeatureExtractor, i: int):
-        """Temporarily take out the learns of the identity's later rows, so row i's finding is
-        explained against the baseline it was scored with."""
-        identity = self.events[i].identity
+        """Temporarily take out the learns of later rows of the identity's peer group, so row
+        i's finding is explained against the baseline it was scored with."""
+        group = self.groups[i]
         later = [j for j in range(i + 1, len(self.events))
-                 if self.events[j].identity == identity and self.undo[j] is not None]
+                 if self.groups[j] is group and self.undo[j] is not None]
         for j in reversed(later):
             extractor.unlearn(self.vectors[j], self.undo[j])
         try:
@@ -91,19 +100,27 @@ class Pipeline:
 
     def __init__(self, settings: Settings, store: Store | None = None,
                  alerts_out: TextIO | None = None,
-                 on_finding: Callable[[Finding], None] | None = None) -> None:
+                 on_finding: Callable[[Finding], None] | None = None,
+                 on_update: Callable[[Finding], None] | None = None) -> None:
         self.settings = settings
         self.segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
         self.extractor = FeatureExtractor(self.segments)
         self.rules = RuleSet(load_rules(settings.rules_dir()))
-        self.detectors = build_detectors(settings.detectors)
+        self.detectors = build_detectors(settings.detectors, settings.base_dir)
+        false_positives = store.false_positive_labels() if store is not None else []
         self.triage = Triage(
-            self.extractor, settings.triage.suppress_minutes, settings.triage.max_related_events,
-            [StreamingDetectorInfo(d.name, d.threshold, d.high_threshold) for d in self.detectors],
+            self.extractor, settings.triage,
+            [StreamingDetectorInfo(d.name, d.threshold, d.high_threshold, explain=explainer(d),
+                                   at_threshold=SEVERITY_SCORE[SEVERITIES[s.severity_at_threshold]])
+             for d, s in zip(self.detectors, settings.detectors)],
+            Suppressions.from_settings(settings, false_positive_patterns(
+                false_positives, settings.triage.false_positive_days)),
         )
         self.store = store
+        self.history = HistoryRecorder(store, settings.store.feature_history_sample)
         self.alerts_out = alerts_out
         self.on_finding = on_finding
+        self.on_update = on_update
         self.stats = RunStats()
 
     def process_batch(self, events: list[AccessEvent]) -> list[Finding]:
@@ -116,15 +133,17 @@ class Pipeline:
         * baseline features, rules and an *optimistic* learn follow event by event: an event no
           rule flagged is folded into its identity's baseline at once;
         * detectors then score the batch vectorized, learning only rows nothing fired on;
-        * a row a detector flagged was learned too early: it is unlearned, and if its identity
-          has later rows in the batch (whose features saw that learn) those rows are derived
-          again and the detectors re-run from a checkpoint. Flagged rows are rare, so this
+        * a row a detector flagged was learned too early: it is unlearned, and if its peer group
+          (its identity included) has later rows in the batch (whose features saw that learn)
+          those rows are derived again and the detectors re-run from a checkpoint. Flagged rows are rare, so this
           costs little.
         """
         n = len(events)
         if not n:
             return []
-        batch = _Batch(events, [self.extractor.observe_windows(e) for e in events])
+        windows = [self.extractor.observe_windows(e) for e in events]
+        identities = self.extractor.identities
+        batch = _Batch(events, windows, [identities[e.identity].peer for e in events])
         for i in range(n):
             self._derive(batch, i)
         findings: list[Finding] = []
@@ -136,9 +155,9 @@ class Pipeline:
             if redo_at is None:
                 findings += self._triage(batch, start, n, scores)
                 break
-            # Rows after `redo_at` of its identity saw a learn that must not have happened.
-            identity = events[redo_at].identity
-            later = [j for j in range(redo_at + 1, n) if events[j].identity == identity]
+            # Rows after `redo_at` of its peer group saw a learn that must not have happened.
+            group = batch.groups[redo_at]
+            later = [j for j in range(redo_at + 1, n) if batch.groups[j] is group]
             for j in reversed([redo_at] + later):
                 batch.unlearn(self.extractor, j)
             for detector, checkpoint in zip(self.detectors, checkpoints):
@@ -152,6 +171,7 @@ class Pipeline:
             if fv.event.truncated:
                 self.stats.truncated_fields += len(fv.event.truncated)
         self.stats.events += n
+        self.history.record(batch.vectors, batch.undo)  # learned rows only: nothing fired
         self._emit(findings)
         return findings
 
@@ -176,18 +196,18 @@ class Pipeline:
         return scores
 
     def _settle(self, batch: "_Batch", start: int, scores: list[ScoreBatch]) -> int | None:
-        """Unlearn rows detectors flagged; return the first such row whose identity has later
+        """Unlearn rows detectors flagged; return the first such row whose peer group has later
         rows in the batch (those need deriving again), or None."""
         fired = np.zeros(len(batch.events) - start, dtype=bool)
         for sb in scores:
             fired |= sb.fired
-        events = batch.events
+        events, groups = batch.events, batch.groups
         for offset in np.flatnonzero(fired).tolist():
             k = start + offset
             if batch.undo[k] is None:
                 continue  # a rule had already kept it out of the baseline
-            identity = events[k].identity
-            if any(events[j].identity == identity for j in range(k + 1, len(events))):
+            group = groups[k]
+            if any(groups[j] is group for j in range(k + 1, len(events))):
                 return k
             batch.unlearn(self.extractor, k)
         return None
@@ -200,6 +220,16 @@ class Pipeline:
         return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores, as_of)
 
     def _emit(self, findings: list[Finding]) -> None:
+        """New findings go everywhere; findings that grew by incident merges replace their
+        stored version (the alerts file is append-only, one line per finding id)."""
+        updates = self.triage.take_updates()
+        if updates:
+            self.stats.updates += len(updates)
+            if self.store is not None:
+                self.store.update_findings(updates)
+            if self.on_update is not None:
+                for f in updates:
+                    self.on_update(f)
         if not findings:
             return
         self.stats.findings += len(findings)

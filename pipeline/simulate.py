@@ -18,6 +18,35 @@ How it is built, and why:
 * No plaintext value is ever produced: every string under ``request.data`` or ``response.data``
   is an ``hmac-sha256:<hex>`` digest, as an audit device without ``log_raw`` writes it.
 
+Benign traps (each a :func:`benign` generator; each looks like an attack to a naive detector):
+
+* nightly batch jobs (``batch_runs``) reading many secrets at 02:00 UTC;
+* humans in other time zones (``human_days``), including SREs' night incidents;
+* deploys (``service_logins``): every pod of a redeployed service logs in from a new address and
+  reads its secrets at once; a fifth of the services run 5-10 replicas, so some deploys are
+  bursts of 5-10 logins;
+* weekly rotation (``secret_rotation``): the ``secret-rotator`` AppRole writes new versions of
+  40-120 secrets across all teams within 10-20 minutes, once a week on a fixed weekday and hour.
+  On the six other days it rotates three fixed canary secrets at the same hour, so the
+  identity has a daily history and only the weekly volume is unusual;
+* dynamic database credentials (``dynamic_credentials``): some services fetch
+  ``database/creds/<team>-app`` at pod start and again when two thirds of the lease has run;
+* new services and new joiners (``World.new_services``, ``World.new_humans``): first seen on
+  day 2 or later, with the team and policies of existing identities (so they have peers);
+* legacy identities (``World.legacy_services``, ``World.legacy_humans``): active only in the
+  first one or two days, then silent (the victims of ``dormant_reactivated``).
+
+Attack classes (:data:`ATTACKS`): ``stolen_token_new_network``, ``offhours_bulk_read``,
+``enumeration_denied_burst``, ``policy_change_then_reads``, ``audit_device_tampering``,
+``root_token_use``, ``bruteforce_login``, ``slow_lateral_reads`` (the hard one: other teams'
+secrets read at the insider's own pace, place and hours), ``dormant_reactivated`` and
+``dynamic_credential_harvest``. Attackers and insiders are drawn from the steady fleet
+(``World.services``, ``World.humans``), never from the joiners or legacy identities, except the
+dormant victims.
+
+A change-window feed (``windows_out``) lists the expected bursts a change-management system
+would know of: each weekly rotation run and each planned deploy (not the rare reschedules).
+
 Simplification: a token is per identity (stable accessor and token HMAC), only its issue time
 changes with logins, so an identity keeps one accessor across the whole log.
 """
@@ -73,6 +102,12 @@ FIELDS = {
     "github-app": ("app_id", "private_key"),
 }
 SERVICE_APPS = ("api", "worker", "consumer", "web", "cron", "gateway", "scheduler", "indexer")
+NEW_SERVICE_APPS = ("notifier", "exporter", "sync", "backfill", "router", "ingest")
+LEGACY_APPS = ("migrator", "importer", "bridge", "poller")
+ROTATOR_POLICY = "secret-rotator"
+DB_LEASE_SECONDS = 4 * 3600  # default_ttl of the database roles
+# Identity lifetimes are [first, last) ns ranges; the steady fleet's covers any log.
+ALWAYS = (-(1 << 62), 1 << 62)
 FIRST_NAMES = ("alice", "bob", "carol", "dave", "erin", "frank", "grace", "heidi", "ivan",
                "judy", "mallory", "niaj", "olivia", "peggy", "rupert", "sybil", "trent",
                "uma", "victor", "walter", "xena", "yusuf", "zoe", "arjun", "mei", "lars",
@@ -139,9 +174,11 @@ class SimulationSummary:
 
 
 def simulate(spec: SimulationSpec, out: Path | TextIO,
-             labels_out: Path | TextIO | None = None) -> SimulationSummary:
+             labels_out: Path | TextIO | None = None,
+             windows_out: Path | TextIO | None = None) -> SimulationSummary:
     """Write the audit log to ``out`` (gzip if the path ends in ``.gz``) and, if given, one label
-    line per attack episode to ``labels_out``. Same spec, same bytes."""
+    line per attack episode to ``labels_out`` and one line per expected-burst window (rotation
+    runs, deploys) to ``windows_out``. Same spec, same bytes."""
     if spec.days < 1:
         raise ValueError("days must be at least 1")
     if spec.attacks and not (spec.services and spec.humans):
@@ -161,6 +198,8 @@ def simulate(spec: SimulationSpec, out: Path | TextIO,
         first, last = _render(world, calls, owner, streams, bulk, episode_ids, write)
     if labels_out is not None:
         _write_labels(episodes, episode_ids, labels_out)
+    if windows_out is not None:
+        _write_windows(_change_windows(world), windows_out)
     total = len(calls) + len(bulk.t)
     attack_calls = len(calls) - n_benign
     counts = dict.fromkeys(ATTACKS, 0) if spec.attacks else {}
@@ -199,9 +238,12 @@ class Mount:
         self.denied = self.response(data={"error": _hmac(seed, "error", "permission denied")})
         self.invalid = self.response(data={"error": _hmac(seed, "error", "invalid credentials")})
 
-    def response(self, data: dict | None = None, auth: dict | None = None) -> bytes:
+    def response(self, data: dict | None = None, auth: dict | None = None,
+                 secret: dict | None = None) -> bytes:
         """Serialized ``response`` object; ``data`` must already hold only HMAC'd strings."""
         body = dict(self.response_fields)
+        if secret is not None:
+            body["secret"] = secret
         if data is not None:
             body["data"] = data
         if auth is not None:
@@ -244,12 +286,16 @@ class Secret:
 
 @dataclass(frozen=True, eq=False)
 class Service:
-    """A Kubernetes workload. ``epochs`` are deploys: (token issue time, pod IPs)."""
+    """A Kubernetes workload. ``epochs`` are deploys and reschedules: (token issue time, pod IPs);
+    ``deploys`` the issue times of the planned ones (what a change-window feed lists)."""
 
     actor: Actor
     secrets: tuple[Secret, ...]
     ua: str
     epochs: tuple[tuple[int, tuple[str, ...]], ...]
+    deploys: frozenset[int] = frozenset()
+    db_role: str | None = None  # database/creds/<db_role> fetched by every pod
+    active: tuple[int, int] = ALWAYS
 
     def epoch_at(self, t: int) -> tuple[int, tuple[str, ...]]:
         current = self.epochs[0]
@@ -268,6 +314,19 @@ class Human:
     uas: tuple[str, str]  # usual and occasional user agent
     office_ip: str | None
     sre: bool
+    active: tuple[int, int] = ALWAYS
+
+
+@dataclass(frozen=True, eq=False)
+class Rotator:
+    """The secret-rotation AppRole: a weekly mass rotation and a daily canary rotation."""
+
+    actor: Actor
+    host: str
+    ua: str
+    weekday: int
+    hour: float  # UTC
+    canaries: tuple[Secret, ...]
 
 
 @dataclass(frozen=True, eq=False)
@@ -327,7 +386,12 @@ class World:
         self._secrets: dict[tuple[str, str], Secret] = {}
         # Keys of actors an episode made write a policy, so the next episode picks a first-timer.
         self.policy_writers: set[str] = set()
+        self.reactivated: set[str] = set()  # dormant identities an episode already used
+        # Legacy identities go silent after at most this many days, early enough that a dormant
+        # episode on the last days follows at least 3 silent days (when the log is long enough).
+        self.legacy_days = max(1, min(2, spec.days - 4))
         self.kv = self._mount("secret/", "kv", "secret", "v0.21.0+builtin")
+        self.database = self._mount("database/", "database", "secret", "v1.19.2+builtin.vault")
         self.sys = self._mount("sys/", "system", None)
         self.token_mount = self._mount("auth/token/", "token", "auth")
         self.auth_mounts = {t: self._mount(f"auth/{t}/", t, "auth")
@@ -341,6 +405,23 @@ class World:
         self.humans = [self._human(i) for i in range(spec.humans)]
         self.ci = [self._ci_job(i) for i in range(spec.ci_jobs)]
         self.batch = [self._batch_job(i) for i in range(spec.batch_jobs)]
+        self._extra_identities(spec)
+        self.rotator = self._rotator()
+
+    def _extra_identities(self, spec: SimulationSpec) -> None:
+        """Joiners and legacy identities, a few per size of the fleet, kept apart from the steady
+        fleet so that attack generators never pick someone who is not there."""
+        n_new_s, n_old_s = -(-spec.services // 12), -(-spec.services // 20)
+        n_new_h, n_old_h = -(-spec.humans // 10), -(-spec.humans // 12)
+        self.new_services = [self._new_service(k) for k in range(n_new_s if self.services else 0)]
+        self.legacy_services = [self._legacy_service(k) for k in range(n_old_s)]
+        peers = [h for h in self.humans if not h.sre]
+        self.new_humans = [self._new_human(spec.humans + k, k, peers)
+                           for k in range(n_new_h if peers else 0)]
+        first_legacy = spec.humans + len(self.new_humans)
+        self.legacy_humans = [self._legacy_human(first_legacy + k, k) for k in range(n_old_h)]
+        self.all_services = self.services + self.new_services + self.legacy_services
+        self.all_humans = self.humans + self.new_humans + self.legacy_humans
 
     def rand(self, *tag: object) -> random.Random:
         """An independent, reproducible stream per component, so adding one shifts no other."""
@@ -419,37 +500,85 @@ class World:
         app = SERVICE_APPS[(i // len(TEAMS)) % len(SERVICE_APPS)]
         round_ = i // (len(TEAMS) * len(SERVICE_APPS))
         name = f"{team}-{app}" + (f"-{round_ + 1}" if round_ else "")
-        staging = rng.random() < 0.2
+        return self._workload(rng, team, name, rng.random() < 0.2, self.teams[team])
+
+    def _new_service(self, k: int) -> Service:
+        """A service first deployed on day 2 or later, beside an existing one of the same team
+        and policy (its peers), reading the secrets its peers read."""
+        rng = self.rand("new-service", k)
+        peer = rng.choice(self.services)
+        staging = peer.actor.policies[-1].endswith("-staging-read")
+        team = peer.actor.team
+        app = NEW_SERVICE_APPS[k % len(NEW_SERVICE_APPS)]
+        name = f"{team}-{app}" + (f"-{k // len(NEW_SERVICE_APPS) + 1}"
+                                  if k >= len(NEW_SERVICE_APPS) else "")
+        pool = sorted({s.name for p in self.services if p.actor.policies == peer.actor.policies
+                       for s in p.secrets})
+        pool_secrets = [self.secret(team, n.removeprefix("staging/")) for n in pool]
+        first = self.start_ns + rng.randint(2, max(2, self.days - 2)) * DAY
+        first += int(rng.uniform(9, 17) * HOUR)
+        return self._workload(rng, team, name, staging, pool_secrets, (first, ALWAYS[1]))
+
+    def _legacy_service(self, k: int) -> Service:
+        """A workload decommissioned after the first day or two: a dormant identity."""
+        rng = self.rand("legacy-service", k)
+        team = rng.choice(PRODUCT_TEAMS)
+        name = f"{team}-{LEGACY_APPS[k % len(LEGACY_APPS)]}" + (
+            f"-{k // len(LEGACY_APPS) + 1}" if k >= len(LEGACY_APPS) else "")
+        last = self.start_ns + rng.randint(1, self.legacy_days) * DAY
+        last -= int(rng.uniform(0, 8) * HOUR)
+        return self._workload(rng, team, name, False, self.teams[team], (ALWAYS[0], last))
+
+    def _workload(self, rng: random.Random, team: str, name: str, staging: bool,
+                  pool: list[Secret] | tuple[Secret, ...],
+                  active: tuple[int, int] = ALWAYS) -> Service:
         ns = f"{team}-staging" if staging else team
         policy = f"{team}-staging-read" if staging else f"{team}-read"
         meta = {"role": name, "service_account_name": name, "service_account_namespace": ns,
                 "service_account_uid": _uuid(self.seed, "sa", ns, name)}
         actor = self._actor(f"k8s:{ns}/{name}", "service", team, f"kubernetes-{ns}-{name}",
                             ("default", policy), meta, "kubernetes", 3600, frozenset((team,)))
-        own = rng.sample(self.teams[team], rng.randint(1, 4))
+        own = rng.sample(pool, min(len(pool), rng.randint(1, 4)))
         secrets = tuple(self.secret(team, f"staging/{s.name}") if staging else s for s in own)
         ua = rng.choices(SERVICE_UAS, SERVICE_UA_WEIGHTS)[0]
-        return Service(actor, secrets, ua, self._deploys(rng, staging))
+        epochs, planned = self._deploys(rng, staging, active)
+        # Own stream: choosing database users shifts no other draw of the service.
+        db_role = f"{team}-app" if self.rand("db-role", actor.key).random() < 0.35 else None
+        return Service(actor, secrets, ua, epochs, planned, db_role, active)
 
-    def _deploys(self, rng: random.Random, staging: bool) -> tuple:
-        """Pod IPs change at deploys (weekday working hours) and rare reschedules (any time)."""
+    def _deploys(self, rng: random.Random, staging: bool,
+                 active: tuple[int, int]) -> tuple[tuple, frozenset[int]]:
+        """Pod IPs change at deploys (weekday working hours) and rare reschedules (any time). A
+        fifth of the services run 5-10 replicas, so their deploys are bursts of logins. A service
+        that appears mid-log starts with a deploy; one that is decommissioned stops deploying."""
         net = K8S_STAGING if staging else K8S_PROD
-        pods = rng.randint(1, 3)
-        times = [self.start_ns - int(rng.uniform(1, 30) * HOUR)]
+        pods = rng.randint(5, 10) if rng.random() < 0.2 else rng.randint(1, 3)
+        first = active[0] if active[0] > self.start_ns else (
+            self.start_ns - int(rng.uniform(1, 30) * HOUR))
+        times, planned = [first], [first] if first > self.start_ns else []
         for day in range(self.days):
             base = self.start_ns + day * DAY
             if self.weekday(day) < 5 and rng.random() < 0.35:
-                times.append(base + int(rng.uniform(8, 17) * HOUR))
+                t = base + int(rng.uniform(8, 17) * HOUR)
+                if first < t < active[1]:
+                    times.append(t)
+                    planned.append(t)
             if rng.random() < 0.05:
-                times.append(base + int(rng.uniform(0, 24) * HOUR))
-        return tuple((t, tuple(_ip(rng, net) for _ in range(pods))) for t in sorted(times))
+                t = base + int(rng.uniform(0, 24) * HOUR)
+                if first < t < active[1]:
+                    times.append(t)
+        epochs = tuple((t, tuple(_ip(rng, net) for _ in range(pods))) for t in sorted(times))
+        return epochs, frozenset(planned)
 
-    def _human(self, i: int) -> Human:
+    def _human(self, i: int, team: str | None = None,
+               active: tuple[int, int] = ALWAYS) -> Human:
+        """Engineer ``i``; with ``team`` given, a non-SRE member of that team."""
         rng = self.rand("human", i)
         username = FIRST_NAMES[i % len(FIRST_NAMES)] + (
             str(i // len(FIRST_NAMES) + 1) if i >= len(FIRST_NAMES) else "")
-        sre = i % 8 == 0  # one engineer in eight is an SRE who may read every team's secrets
-        team = SRE_TEAM if sre else rng.choice(PRODUCT_TEAMS)
+        # One engineer in eight is an SRE who may read every team's secrets.
+        sre = team is None and i % 8 == 0
+        team = team or (SRE_TEAM if sre else rng.choice(PRODUCT_TEAMS))
         policies = (("default", "platform-admin", "sre-read-all") if sre
                     else ("default", f"{team}-dev"))
         readable = frozenset("*") if sre else frozenset((team,))
@@ -465,7 +594,30 @@ class World:
         in_office = tz in (0, 60) and rng.random() < 0.6  # the office is in Europe
         office = f"{OFFICE}.{rng.randint(10, 250)}" if in_office else None
         return Human(userpass if rng.random() < 0.2 else oidc, userpass, tz, uas,
-                     office, sre)
+                     office, sre, active)
+
+    def _new_human(self, i: int, k: int, peers: list[Human]) -> Human:
+        """A joiner, first seen on day 2 or later, in the team (and policies) of a colleague."""
+        rng = self.rand("new-human", k)
+        team = rng.choice(peers).actor.team
+        first = self.start_ns + rng.randint(2, max(2, self.days - 2)) * DAY
+        return self._human(i, team, (first, ALWAYS[1]))
+
+    def _legacy_human(self, i: int, k: int) -> Human:
+        """Someone who used Vault in the first day or two only (moved on, left)."""
+        rng = self.rand("legacy-human", k)
+        last = self.start_ns + rng.randint(1, self.legacy_days) * DAY
+        return self._human(i, rng.choice(PRODUCT_TEAMS), (ALWAYS[0], last))
+
+    def _rotator(self) -> Rotator:
+        """Weekly mass rotation mid-week in the early UTC morning (a look-alike of an off-hours
+        bulk operation); a fixed set of canary secrets rotated at that hour on other days."""
+        rng = self.rand("rotator")
+        actor = self._approle("secret-rotator", SRE_TEAM, ROTATOR_POLICY, 3600, frozenset("*"))
+        every = [s for t in TEAMS for s in self.teams[t]]
+        return Rotator(actor, _ip(rng, BATCH), rng.choice(BATCH_UAS), rng.randint(1, 3),
+                       rng.randint(1, 5) + rng.choice((0, 0.25, 0.5)),
+                       tuple(rng.sample(every, 3)))
 
     def _approle(self, role: str, team: str, policy: str, ttl: int,
                  readable: frozenset[str]) -> Actor:
@@ -539,6 +691,21 @@ def kv_write(w: World, s: Session, t: int, rng: random.Random, secret: Secret, o
             "deletion_time": w.hmac(""), "destroyed": False, "version": 1}
     return _call(s, t, rng, op, secret.path, w.kv, OK if s.actor.may(secret.team) else DENIED,
                  data=data, response=w.kv.response(data=meta))
+
+
+def db_creds(w: World, s: Session, t: int, rng: random.Random, team: str,
+             force: bool = False) -> Call:
+    """Read of dynamic database credentials for ``<team>-app``: a new lease and a new user each
+    time. Vault's audit device keeps ``secret.lease_id`` in clear (it is no credential); the
+    lease length is added beside it so a replay can tell how long the credentials live."""
+    role = f"{team}-app"
+    lease = f"database/creds/{role}/{_digest(w.seed, 'lease', s.actor.key, t)[:24]}"
+    data = {"username": w.hmac("db-user", lease), "password": w.hmac("db-password", lease)}
+    response = w.database.response(data=data, secret={
+        "lease_id": lease, "lease_duration": DB_LEASE_SECONDS, "renewable": True})
+    ok = force or s.actor.may(team)
+    return _call(s, t, rng, "read", f"database/creds/{role}", w.database, OK if ok else DENIED,
+                 response=response)
 
 
 def sys_call(w: World, s: Session, t: int, rng: random.Random, op: str, path: str,
@@ -620,10 +787,13 @@ def benign(fn: BenignGen) -> BenignGen:
 
 @benign
 def service_logins(w: World) -> Iterator[Call]:
-    """Each pod of a redeployed service logs in and renders its secrets once at start-up."""
-    for svc in w.services:
+    """Each pod of a redeployed (or newly deployed) service logs in and renders its secrets once
+    at start-up; the first epoch of the steady fleet began before the log."""
+    for svc in w.all_services:
         rng = w.rand("service-login", svc.actor.key)
-        for issued, ips in svc.epochs[1:]:
+        for issued, ips in svc.epochs:
+            if issued < w.start_ns:
+                continue
             for ip in ips:
                 t = issued + _seconds(rng, 0.5, 30)
                 yield from login(w, svc.actor, t, rng, ip, svc.ua)
@@ -637,15 +807,31 @@ def service_logins(w: World) -> Iterator[Call]:
 def human_days(w: World) -> Iterator[Call]:
     """Weekday sessions in local working hours, rare weekend check-ins, and (SREs on call)
     occasional night incidents: benign look-alikes of off-hours reads."""
-    for h in w.humans:
-        rng = w.rand("human-days", h.actor.key)
-        for day in range(-1, w.days + 1):
-            midnight = w.start_ns + day * DAY - h.tz_min * MINUTE
-            weekend = w.weekday(day) >= 5
-            if rng.random() < (0.06 if weekend else 0.92):
-                yield from _human_day(w, h, rng, midnight, weekend)
-            if h.sre and rng.random() < 0.1:
-                yield from _night_incident(w, h, rng, midnight)
+    for h in w.all_humans:
+        yield from _human_calls(w, h)
+
+
+def _human_calls(w: World, h: Human) -> Iterator[Call]:
+    """One engineer's sessions; a pure function of (world, engineer), so that an insider episode
+    can slip into a real session of theirs."""
+    rng = w.rand("human-days", h.actor.key)
+    for day in range(-1, w.days + 1):
+        midnight = w.start_ns + day * DAY - h.tz_min * MINUTE
+        weekend = w.weekday(day) >= 5
+        # A legacy identity surely worked on the first day: it must be dormant, not absent.
+        sure = day == 0 and h.active[1] < w.end_ns
+        if rng.random() < (0.06 if weekend else 0.92) or sure:
+            yield from _active(h.active, list(_human_day(w, h, rng, midnight, weekend)))
+        if h.sre and rng.random() < 0.1:
+            yield from _active(h.active, list(_night_incident(w, h, rng, midnight)))
+
+
+def _active(active: tuple[int, int], session: list[Call]) -> list[Call]:
+    """A session of someone who has joined (none that began earlier: a joiner's first event is
+    a login) and has not yet left (cut at the moment they did)."""
+    if not session or session[0].t < active[0]:
+        return []
+    return [c for c in session if c.t < active[1]]
 
 
 def _human_day(w: World, h: Human, rng: random.Random, midnight: int,
@@ -744,6 +930,53 @@ def _job_run(w: World, job: Job, rng: random.Random, t: int, addr: str,
         yield kv_read(w, s, t, rng, secret)
 
 
+@benign
+def dynamic_credentials(w: World) -> Iterator[Call]:
+    """Pods of database users fetch credentials at start and again when about two thirds of the
+    lease has run (as Vault Agent does), so each pod reads its role every ~2.5 hours."""
+    for svc in w.all_services:
+        if svc.db_role is None:
+            continue
+        rng = w.rand("db-creds", svc.actor.key)
+        ends = [e[0] for e in svc.epochs[1:]] + [min(svc.active[1], w.end_ns)]
+        for (issued, ips), end in zip(svc.epochs, ends):
+            for ip in ips:
+                s = Session(svc.actor, issued, ip, svc.ua)
+                t = issued + _seconds(rng, 1, 40)
+                while t < end:
+                    if t >= w.start_ns:
+                        yield db_creds(w, s, t, rng, svc.actor.team)
+                    t += _seconds(rng, 0.6 * DB_LEASE_SECONDS, 0.72 * DB_LEASE_SECONDS)
+
+
+@benign
+def secret_rotation(w: World) -> Iterator[Call]:
+    """The rotator's weekly mass rotation and its daily canary rotation (see the module doc)."""
+    for day in range(w.days):
+        yield from _rotation_run(w, day)
+
+
+def _rotation_run(w: World, day: int) -> list[Call]:
+    """One day's rotation, a pure function of (world, day) so the change-window feed can
+    recompute the weekly runs' exact extent."""
+    rot = w.rotator
+    rng = w.rand("rotation", day)
+    t = w.start_ns + day * DAY + int(rot.hour * HOUR) + _seconds(rng, 0, 90)
+    calls = login(w, rot.actor, t, rng, rot.host, rot.ua)
+    s = Session(rot.actor, calls[-1].t, rot.host, rot.ua)
+    if w.weekday(day) == rot.weekday:
+        every = [x for team in TEAMS for x in w.teams[team]]
+        secrets = rng.sample(every, min(len(every), rng.randint(40, 120)))
+        step = rng.uniform(10, 18) * 60 / len(secrets)
+    else:
+        secrets, step = list(rot.canaries), rng.uniform(1, 5)
+    t = calls[-1].t
+    for secret in secrets:
+        t += _seconds(rng, 0.5 * step, 1.5 * step)
+        calls.append(kv_write(w, s, t, rng, secret, "update"))
+    return calls
+
+
 class _Bulk(NamedTuple):
     t: np.ndarray  # int64 ns
     stream: np.ndarray
@@ -757,20 +990,26 @@ def _service_reads(w: World, budget: int | None) -> tuple[list[tuple[Service, Se
 
     With a ``budget`` (calls left for services after everything else) every period is divided
     by the same factor so the expected number of reads matches it."""
-    streams = [(svc, sec) for svc in w.services for sec in svc.secrets]
+    streams = [(svc, sec) for svc in w.all_services for sec in svc.secrets]
     rngs = [np.random.default_rng([w.seed, 101, i]) for i in range(len(streams))]
     periods = [r.uniform(30, 300) for r in rngs]
     duration = w.days * 86400.0
+    # Seconds of the log each stream's service is there (joiners and legacy ones: part of it).
+    # A joiner's reads start a minute after its first deploy, once its pods have logged in.
+    spans = [(max(0.0, (svc.active[0] - w.start_ns) / NS + 60),
+              min(duration, (svc.active[1] - w.start_ns) / NS)) for svc, _ in streams]
     scale = 1.0
     if budget is not None and streams:
-        scale = max(budget, len(streams)) / sum(duration / p for p in periods)
+        scale = max(budget, len(streams)) / sum(max(0.0, hi - lo) / p
+                                                for (lo, hi), p in zip(spans, periods))
     parts = []
     for i, ((svc, _), rng, period) in enumerate(zip(streams, rngs, periods)):
         p = period / scale
         n = int(duration / (0.8 * p)) + 2
         gaps = rng.uniform(0.8 * p, 1.2 * p, n)
         times = rng.uniform(0, p) + np.cumsum(gaps) - gaps[0]
-        times = times[times < duration]
+        lo, hi = spans[i]
+        times = times[(times >= lo) & (times < hi)]
         t = w.start_ns + (times * NS).astype(np.int64)
         starts = np.array([e[0] for e in svc.epochs], dtype=np.int64)
         k = len(t)
@@ -814,11 +1053,11 @@ def _attack_episodes(w: World) -> list[Episode]:
 
 
 def _when(w: World, rng: random.Random, day: int, lo_h: float, hi_h: float,
-          tz_min: int = 0) -> int:
+          tz_min: int = 0, span: int = 2 * HOUR) -> int:
     """A time on local day ``day`` between the given hours, moved by whole days into the attack
-    window so the episode (at most ~2 h) ends before the log does."""
+    window so the episode (at most ``span`` long) ends before the log does."""
     t = w.start_ns + day * DAY - tz_min * MINUTE + int(rng.uniform(lo_h, hi_h) * HOUR)
-    lo, hi = w.start_ns + w.attack_day0 * DAY, w.end_ns - 2 * HOUR
+    lo, hi = w.start_ns + w.attack_day0 * DAY, w.end_ns - span
     while t < lo:
         t += DAY
     while t > hi:
@@ -997,6 +1236,108 @@ def offhours_bulk_read(w: World, rng: random.Random, day: int) -> tuple[str, lis
     return h.actor.display_name, calls
 
 
+@attack("slow_lateral_reads")
+def slow_lateral_reads(w: World, rng: random.Random, day: int) -> tuple[str, list[Call]]:
+    """An insider with an over-broad policy reads 6-20 other teams' secrets over 1-4 hours, at
+    its own pace, from its usual place and client, in its usual hours. Nothing but the secrets
+    is new, and they are new to its peers too (same policies), so the insider is picked among
+    identities that have peers."""
+    n = rng.randint(6, 20)
+    span = int(rng.uniform(1, 4) * HOUR)
+    offsets = sorted([0, span] + [rng.randrange(span) for _ in range(n - 2)])
+    human = rng.random() < 0.5
+    humans = _with_peers([h for h in w.humans if not h.sre])
+    services = _with_peers(w.services)
+    if human and humans or not services:
+        h = rng.choice(humans or [h for h in w.humans if not h.sre] or w.humans)
+        t = _when(w, rng, day, 9.5, max(9.6, 17 - span / HOUR), h.tz_min, span + HOUR)
+        s, t = _work_session(w, h, t, span, rng)
+        sessions = [s] * n
+    else:
+        svc = rng.choice(services)
+        t = _when(w, rng, day, 0, 24, span=span + HOUR)
+        sessions = [_service_session(svc, t + dt, rng) for dt in offsets]
+    others = _other_team_secrets(w, sessions[0].actor.team)
+    picked = rng.sample(others, min(len(others), n))
+    calls = [kv_read(w, s, t + dt, rng, secret, force=True)
+             for s, dt, secret in zip(sessions, offsets, picked)]
+    return sessions[0].actor.display_name, calls
+
+
+def _work_session(w: World, h: Human, t: int, span: int,
+                  rng: random.Random) -> tuple[Session, int]:
+    """The engineer's own session (token, address, client) next after ``t``, or the last one
+    before it, with a start for reads that fits ``span`` before the log ends."""
+    lo, hi = w.start_ns + w.attack_day0 * DAY, w.end_ns - span - 10 * MINUTE
+    own = [c for c in _human_calls(w, h) if c.kind == TOKEN and lo <= c.t <= hi]
+    if not own:
+        return _human_session(w, h, t, rng), t
+    later = [c for c in own if c.t >= t]
+    c = later[0] if later else own[-1]
+    return Session(c.actor, c.issued, c.addr, c.ua), c.t + _seconds(rng, 30, 300)
+
+
+def _with_peers(idents: list) -> list:
+    """The identities (services or humans) that share their policies with another one."""
+    count: dict[tuple[str, ...], int] = {}
+    for x in idents:
+        count[x.actor.policies] = count.get(x.actor.policies, 0) + 1
+    return [x for x in idents if count[x.actor.policies] > 1]
+
+
+@attack("dormant_reactivated")
+def dormant_reactivated(w: World, rng: random.Random, day: int) -> tuple[str, list[Call]]:
+    """A legacy identity, silent since the first day or two, logs in again from outside with a
+    generic client and reads a few secrets, mostly its own team's. Episodes fall on the last
+    days, at least 3 days after the victim's last activity when the log is long enough."""
+    pool = w.legacy_services + w.legacy_humans
+    victim = rng.choice([x for x in pool if x.actor.key not in w.reactivated] or pool)
+    w.reactivated.add(victim.actor.key)
+    # Stretch the stratified day over the days left after the legacy identities went quiet.
+    first = min(w.days - 1, w.legacy_days + 3)
+    day = first + (day - w.attack_day0) * (w.days - first) // max(1, w.days - w.attack_day0)
+    t = w.start_ns + day * DAY + int(rng.uniform(0, 24) * HOUR)
+    t = max(t, victim.active[1] + 3 * DAY + _seconds(rng, 600, 6 * 3600))
+    t = min(t, w.end_ns - 2 * HOUR)
+    # Humans are reached through the password alias (no second factor), services by a leaked
+    # service-account token presented to the Kubernetes login.
+    actor = victim.userpass if isinstance(victim, Human) else victim.actor
+    addr, ua = _ip(rng, rng.choice(UNKNOWN_NETS)), rng.choice(ATTACKER_UAS)
+    calls = login(w, actor, t, rng, addr, ua)
+    s = Session(actor, calls[-1].t, addr, ua)
+    t = calls[-1].t
+    own = list(victim.secrets) if isinstance(victim, Service) else list(w.teams[actor.team])
+    others = _other_team_secrets(w, actor.team)
+    for _ in range(rng.randint(3, 10)):
+        t += _seconds(rng, 5, 90)
+        calls.append(kv_read(w, s, t, rng, rng.choice(own if rng.random() < 0.75 else others)))
+    return actor.display_name, calls
+
+
+@attack("dynamic_credential_harvest")
+def dynamic_credential_harvest(w: World, rng: random.Random, day: int) -> tuple[str, list[Call]]:
+    """30-120 database credentials across several roles within minutes: stockpiling logins. The
+    identity's policy grants ``database/creds/*`` (a common over-broad grant), so all succeed.
+    A database-using service's token (from its own pod) or a human on their usual network."""
+    db_users = [x for x in w.services if x.db_role]
+    if db_users and (rng.random() < 0.6 or not w.humans):
+        t = _when(w, rng, day, 0, 24)
+        s = _service_session(rng.choice(db_users), t, rng)
+    else:
+        h = rng.choice([x for x in w.humans if not x.sre] or w.humans)
+        t = _when(w, rng, day, 8, 20, h.tz_min)
+        s = _human_session(w, h, t, rng)
+    own = s.actor.team
+    teams = [own] + rng.sample([x for x in TEAMS if x != own], rng.randint(2, 5))
+    n = rng.randint(30, 120)
+    step = rng.uniform(2, 8) * 60 / n
+    calls = []
+    for _ in range(n):
+        t += _seconds(rng, 0.3 * step, 1.7 * step)
+        calls.append(db_creds(w, s, t, rng, rng.choice(teams), force=True))
+    return s.actor.display_name, calls
+
+
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
@@ -1114,6 +1455,36 @@ def _write_labels(episodes: list[Episode], ids: list[list[str]], out: Path | Tex
         write(lines)
 
 
+def _change_windows(w: World) -> list[dict]:
+    """Expected bursts a change-management feed would announce, with a little slack: every
+    weekly rotation run (by the rotator's policy) and every planned deploy (by the service's
+    display name; unplanned reschedules are not announced)."""
+    windows = []
+    for day in range(w.days):
+        if w.weekday(day) == w.rotator.weekday:
+            calls = _rotation_run(w, day)
+            windows.append((calls[0].t - 5 * MINUTE, calls[-1].t + 5 * MINUTE, "rotation",
+                            [ROTATOR_POLICY], [],
+                            f"weekly secret rotation ({len(calls) - 1} secrets)"))
+    for svc in w.all_services:
+        pods = {t: len(ips) for t, ips in svc.epochs}
+        name = svc.actor.metadata["role"] if svc.actor.metadata else svc.actor.key
+        for t in sorted(svc.deploys):
+            note = f"deploy of {name} ({pods[t]} pod{'s' if pods[t] > 1 else ''})"
+            # Pods log in within 30 s of the deploy and render their secrets right after.
+            windows.append((t - MINUTE, t + 5 * MINUTE, "deploy", [], [svc.actor.display_name],
+                            note))
+    return [{"start": _iso_seconds(lo), "end": _iso_seconds(hi + NS - 1), "kind": kind,
+             "policies": policies, "display_names": names, "note": note}
+            for lo, hi, kind, policies, names, note in sorted(windows)
+            if hi > w.start_ns and lo < w.end_ns]
+
+
+def _write_windows(windows: list[dict], out: Path | TextIO) -> None:
+    with _sink(out) as write:
+        write([orjson.dumps(x) for x in windows])
+
+
 @contextmanager
 def _sink(out: Path | TextIO) -> Iterator[Callable[[list[bytes]], None]]:
     """A writer of line batches. Gzip output has a zero mtime and no file name in its header so
@@ -1172,11 +1543,13 @@ def _iso_seconds(t: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.simulate --out log.jsonl.gz [--labels labels.jsonl] [--target-calls N]``
-    (prints the summary and the elapsed time, for benchmarks)."""
+    """``python -m pipeline.simulate --out log.jsonl.gz [--labels labels.jsonl]
+    [--windows windows.jsonl] [--target-calls N]`` (prints the summary and the elapsed time, for
+    benchmarks)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", type=Path)
+    p.add_argument("--windows", type=Path, help="expected-burst windows (JSONL)")
     p.add_argument("--days", type=int, default=SimulationSpec.days)
     p.add_argument("--seed", type=int, default=SimulationSpec.seed)
     p.add_argument("--target-calls", type=int)
@@ -1185,7 +1558,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = SimulationSpec(days=a.days, seed=a.seed, target_calls=a.target_calls,
                           attacks=not a.no_attacks)
     began = _time.perf_counter()
-    summary = simulate(spec, a.out, a.labels)
+    summary = simulate(spec, a.out, a.labels, a.windows)
     elapsed = _time.perf_counter() - began
     print(f"{summary.calls} calls, {summary.lines} lines ({summary.attack_calls} attack calls, "
           f"episodes {summary.episodes}) in {elapsed:.2f} s", file=sys.stderr)

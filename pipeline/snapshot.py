@@ -13,11 +13,11 @@ from typing import Any
 
 import msgspec
 
-from models.hst import HalfSpaceTrees
 from pipeline.errors import ModelIntegrityError
 from pipeline.features import IdentityState
+from pipeline.novelty import PeerGroup
 
-VERSION = 1
+VERSION = 2
 
 
 def _plain(value: Any) -> Any:
@@ -32,10 +32,10 @@ def _plain(value: Any) -> Any:
 def dump(pipeline, extra: dict | None = None) -> bytes:
     state = {
         "version": VERSION,
+        "peers": {k: g.to_state() for k, g in pipeline.extractor.peers.items()},
         "identities": {k: st.to_state() for k, st in pipeline.extractor.identities.items()},
-        "detectors": [_plain(d.model.state_dict()) for d in pipeline.detectors],
-        "suppression": [[ident, det, ts] for (ident, det), ts in
-                        pipeline.triage._last_raised.items()],
+        "detectors": [_plain(d.state_dict()) for d in pipeline.detectors],
+        "incidents": pipeline.triage.to_state(),
         "extra": extra or {},
     }
     return zlib.compress(msgspec.msgpack.encode(state), 3)
@@ -49,11 +49,13 @@ def load(pipeline, blob: bytes) -> dict:
         raise ModelIntegrityError(f"snapshot is not readable: {exc}") from None
     if state.get("version") != VERSION:
         raise ModelIntegrityError(f"snapshot version {state.get('version')} is not {VERSION}")
-    pipeline.extractor.identities = {k: IdentityState.from_state(v)
+    peers = {k: PeerGroup.from_state(k, v) for k, v in state["peers"].items()}
+    pipeline.extractor.peers = peers
+    pipeline.extractor.identities = {k: IdentityState.from_state(v, peers)
                                      for k, v in state["identities"].items()}
     if len(state["detectors"]) != len(pipeline.detectors):
         raise ModelIntegrityError("snapshot holds a different set of detectors than the config")
     for detector, saved in zip(pipeline.detectors, state["detectors"]):
-        detector.model = HalfSpaceTrees.from_state_dict(saved)
-    pipeline.triage._last_raised = {(i, d): ts for i, d, ts in state["suppression"]}
+        detector.load_state_dict(saved)
+    pipeline.triage.load_state(state["incidents"])
     return state["extra"]

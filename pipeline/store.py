@@ -1,27 +1,38 @@
-"""SQL storage through SQLAlchemy: findings and dead letters (SQLite file by default).
+"""SQL storage through SQLAlchemy: findings, dead letters, snapshots, feature history and
+analysts' labels (SQLite file by default).
 
-Writes are idempotent on the finding id, so a replay after a crash does not duplicate findings.
-Nothing stored here holds a secret value: findings carry identifiers and reasons, dead letters a
-digest of the bad record rather than the record.
+Writes are idempotent on the finding id (and feature history on the event id), so a replay after
+a crash does not duplicate them. Nothing stored here holds a secret value: findings carry
+identifiers and reasons, dead letters a digest of the bad record rather than the record, feature
+history numbers only.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import orjson
-from sqlalchemy import (BigInteger, Column, DateTime, Float, Integer, LargeBinary, MetaData,
-                        String, Table, Text, create_engine, func, select)
+from sqlalchemy import (BigInteger, CheckConstraint, Column, DateTime, Float, ForeignKey, Index,
+                        Integer, LargeBinary, MetaData, String, Table, Text, create_engine, func,
+                        select)
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
-from pipeline.errors import ModelIntegrityError
+from pipeline.errors import ModelIntegrityError, SecretscopeError, UnknownFindingError
 from pipeline.events import DeadLetter
+from pipeline.features import FEATURE_NAMES
 from pipeline.findings import Finding, to_ocsf
+from pipeline.history import NAMES_HASH, HistoryRow, decode_values
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 metadata = MetaData()
 
@@ -63,6 +74,59 @@ snapshots = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# Sampled baseline feature vectors for batch training (see pipeline/history.py); the values are
+# float64 packed little-endian, aligned with the names that `feature_sets` keeps for names_hash.
+feature_history = Table(
+    "feature_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("identity", String(512), nullable=False),
+    Column("event_id", String(128), nullable=False),
+    Column("event_time", DateTime(timezone=True), nullable=False, index=True),
+    Column("names_hash", String(16), nullable=False),
+    Column("feature_values", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_feature_history_event_id", "event_id", unique=True),
+)
+
+feature_sets = Table(
+    "feature_sets", metadata,
+    Column("names_hash", String(16), primary_key=True),
+    Column("names", Text, nullable=False),  # JSON list of feature names
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+LABELS = ("tp", "fp")
+labels = Table(
+    "labels", metadata,
+    Column("finding_id", String(36),
+           ForeignKey("findings.id", name="fk_labels_finding_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("identity", String(512), nullable=False, index=True),
+    Column("label", String(2), nullable=False),
+    Column("note", String(1024), nullable=False),
+    Column("labelled_at", DateTime(timezone=True), nullable=False),
+    CheckConstraint("label IN ('tp', 'fp')", name="ck_labels_label"),
+)
+
+_HISTORY_FLUSH_ROWS = 2000  # buffered history rows written on their own when nothing else is
+
+
+@dataclass(frozen=True, slots=True)
+class FalsePositiveLabel:
+    """A finding an analyst labelled a false positive, with what made it fire."""
+
+    finding_id: str
+    identity: str
+    detectors: tuple[str, ...]
+    reason_codes: tuple[str, ...]
+    finding_time: datetime
+    labelled_at: datetime
+
+
+def _utc(value: datetime) -> datetime:
+    """SQLite returns naive datetimes; everything stored is UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+
 
 # Alembic migrations for the tables above ship inside the package (pipeline/migrations).
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -93,6 +157,11 @@ class Store:
     def __init__(self, url: str) -> None:
         self.engine: Engine = create_engine(url)
         migrate(self.engine)
+        # Feature history is buffered and written in the transaction of the next findings or
+        # snapshot (so a snapshot never covers history that is not stored), or on close.
+        self._history: list[HistoryRow] = []
+        self._history_lock = threading.Lock()
+        self._sets_known = False
 
     def _insert_ignore(self, table: Table):
         dialect = self.engine.dialect.name
@@ -114,8 +183,22 @@ class Store:
              "ocsf": orjson.dumps(to_ocsf(f)).decode(), "created_at": now}
             for f in items
         ]
+        pending = self._take_history()
         with self.engine.begin() as conn:
             conn.execute(self._insert_ignore(findings), rows)
+            self._write_history(conn, pending)
+
+    def update_findings(self, items: Sequence[Finding]) -> None:
+        """Replace stored findings by their newer version (an incident that grew by merged
+        firings); same id, so delivery downstream can update rather than duplicate."""
+        if not items:
+            return
+        with self.engine.begin() as conn:
+            for f in items:
+                conn.execute(findings.update().where(findings.c.id == f.id).values(
+                    severity_id=f.severity_id, score=f.score,
+                    detectors=",".join(f.detectors)[:512],
+                    ocsf=orjson.dumps(to_ocsf(f)).decode()))
 
     def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
         now = datetime.now(timezone.utc)
@@ -130,7 +213,9 @@ class Store:
         """Replace the snapshot under ``key`` (with the input offset it covers)."""
         row = {"key": key, "next_offset": next_offset, "checksum": hashlib.sha256(blob).hexdigest(),
                "data": blob, "updated_at": datetime.now(timezone.utc)}
+        pending = self._take_history()
         with self.engine.begin() as conn:
+            self._write_history(conn, pending)
             conn.execute(snapshots.delete().where(snapshots.c.key == key))
             conn.execute(snapshots.insert(), [row])
 
@@ -154,5 +239,134 @@ class Store:
                 select(findings.c.ocsf).order_by(findings.c.time.desc()).limit(limit)).all()
         return [orjson.loads(r.ocsf) for r in rows]
 
+    # --- feature history ----------------------------------------------------------------
+
+    def add_feature_history(self, rows: Sequence[HistoryRow]) -> None:
+        """Queue sampled feature rows; they are written with the next findings or snapshot,
+        once enough are pending, or by ``flush``/``close``. Rows already stored are ignored."""
+        with self._history_lock:
+            self._history.extend(rows)
+            if len(self._history) < _HISTORY_FLUSH_ROWS:
+                return
+        self.flush()
+
+    def flush(self) -> None:
+        pending = self._take_history()
+        if pending:
+            with self.engine.begin() as conn:
+                self._write_history(conn, pending)
+
+    def _take_history(self) -> list[HistoryRow]:
+        with self._history_lock:
+            pending, self._history = self._history, []
+        return pending
+
+    def _write_history(self, conn: Connection, rows: list[HistoryRow]) -> None:
+        if not rows:
+            return
+        if any(r.names_hash != NAMES_HASH for r in rows):
+            raise SecretscopeError("feature history rows for a feature set this build does not "
+                                   "know; record them with pipeline.history.HistoryRecorder")
+        now = datetime.now(timezone.utc)
+        if not self._sets_known:
+            conn.execute(self._insert_ignore(feature_sets), [
+                {"names_hash": NAMES_HASH, "names": orjson.dumps(FEATURE_NAMES).decode(),
+                 "created_at": now}])
+            self._sets_known = True
+        conn.execute(self._insert_ignore(feature_history), [
+            {"identity": r.identity[:512], "event_id": r.event_id[:128], "event_time": r.time,
+             "names_hash": r.names_hash, "feature_values": r.values, "created_at": now}
+            for r in rows])
+
+    def feature_history(self, since: datetime | None = None, until: datetime | None = None,
+                        limit: int | None = None) -> "pd.DataFrame":
+        """Stored feature rows with ``since <= time < until`` (the newest ``limit`` of them), as
+        a DataFrame shaped like ``pipeline.features.feature_frame``: index ``event_id``, columns
+        ``time``, ``identity`` and one per feature name. Rows recorded under another feature
+        set are aligned by name; features they lack are NaN."""
+        import pandas as pd
+
+        self.flush()
+        query = select(feature_history.c.identity, feature_history.c.event_id,
+                       feature_history.c.event_time, feature_history.c.names_hash,
+                       feature_history.c.feature_values)
+        if since is not None:
+            query = query.where(feature_history.c.event_time >= since)
+        if until is not None:
+            query = query.where(feature_history.c.event_time < until)
+        query = query.order_by(feature_history.c.event_time.desc(), feature_history.c.id.desc())
+        if limit is not None:
+            query = query.limit(limit)
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+            sets = {r.names_hash: tuple(orjson.loads(r.names))
+                    for r in conn.execute(select(feature_sets))}
+        parts = []
+        for key in dict.fromkeys(r.names_hash for r in rows):
+            names = sets.get(key)
+            if names is None:
+                raise SecretscopeError(f"feature history: no names stored for feature set {key}")
+            block = [r for r in rows if r.names_hash == key]
+            frame = pd.DataFrame(decode_values([bytes(r.feature_values) for r in block],
+                                               len(names)), columns=list(names))
+            frame.insert(0, "identity", [r.identity for r in block])
+            frame.insert(0, "time", pd.to_datetime([_utc(r.event_time) for r in block], utc=True))
+            frame.index = pd.Index([r.event_id for r in block], name="event_id")
+            parts.append(frame)
+        if not parts:
+            empty = pd.DataFrame(columns=["time", "identity", *FEATURE_NAMES])
+            empty.index.name = "event_id"
+            return empty
+        frame = pd.concat(parts) if len(parts) > 1 else parts[0]
+        return frame.sort_values("time", kind="stable")
+
+    # --- labels --------------------------------------------------------------------------
+
+    def label_finding(self, finding_id: str, label: Literal["tp", "fp"], note: str = "") -> str:
+        """Store an analyst's verdict on a finding (replacing an earlier one); returns the
+        finding's identity."""
+        if label not in LABELS:
+            raise SecretscopeError(f"label must be one of {', '.join(LABELS)}, not {label!r}")
+        with self.engine.begin() as conn:
+            identity = conn.execute(select(findings.c.identity)
+                                    .where(findings.c.id == finding_id)).scalar_one_or_none()
+            if identity is None:
+                raise UnknownFindingError(f"no finding {finding_id!r} in the store")
+            conn.execute(labels.delete().where(labels.c.finding_id == finding_id))
+            conn.execute(labels.insert().values(
+                finding_id=finding_id, identity=identity, label=label, note=note[:1024],
+                labelled_at=datetime.now(timezone.utc)))
+        return identity
+
+    def labels_of(self, finding_ids: Iterable[str]) -> dict[str, str]:
+        """finding id -> "tp"/"fp" for those of ``finding_ids`` that are labelled."""
+        ids = list(finding_ids)
+        if not ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(labels.c.finding_id, labels.c.label)
+                                .where(labels.c.finding_id.in_(ids))).all()
+        return {r.finding_id: r.label for r in rows}
+
+    def false_positive_labels(self) -> list[FalsePositiveLabel]:
+        """Findings labelled "fp", oldest label first, with their detectors and reason codes."""
+        query = (select(labels.c.finding_id, labels.c.identity, labels.c.labelled_at,
+                        findings.c.time, findings.c.ocsf)
+                 .join(findings, findings.c.id == labels.c.finding_id)
+                 .where(labels.c.label == "fp")
+                 .order_by(labels.c.labelled_at, labels.c.finding_id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        out = []
+        for r in rows:
+            ocsf = orjson.loads(r.ocsf)
+            out.append(FalsePositiveLabel(
+                finding_id=r.finding_id, identity=r.identity,
+                detectors=tuple(ocsf["unmapped"]["secretscope"]["detectors"]),
+                reason_codes=tuple(ocsf["finding_info"].get("types") or ()),
+                finding_time=_utc(r.time), labelled_at=_utc(r.labelled_at)))
+        return out
+
     def close(self) -> None:
+        self.flush()
         self.engine.dispose()

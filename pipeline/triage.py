@@ -1,26 +1,43 @@
-"""Scores -> findings: suppression, explanations, severity, ATT&CK.
+"""Scores -> findings: suppression, incidents, explanations, calibrated severity, ATT&CK.
 
-One finding per event on which at least one detector fired and was not suppressed. A detector
-that already raised a finding for an identity is quiet for that identity for
-``suppress_minutes`` of event time, so a burst becomes one finding, not hundreds; suppressed
-firings are still counted and their events still kept out of the baseline.
+For each event on which a detector fired:
+
+1. firings an allowlist entry or a change window (deploy, rotation) expects are dropped;
+2. the rest are explained and combined into one candidate finding (``models.ensemble``: one
+   calibrated score, the severity read off it, a rule's own severity as a floor);
+3. a candidate below ``min_severity``, or whose leading reason was labelled false positive for
+   this identity, is dropped;
+4. one finding per identity per incident: if the identity has an open incident (its last firing
+   less than ``incident_minutes`` of event time ago) and the candidate is not more severe, it is
+   merged into the incident's finding (related events, reasons, detectors) and the finding is
+   reported as updated; otherwise the candidate opens a new incident and is emitted.
+
+Events of every firing, emitted, merged or dropped, stay out of the baseline (the runner sees
+to that): an expected burst is not evidence of normal behaviour either.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from models.base import ScoreBatch
-from models.rules import Rule
+from models.ensemble import combine, detector_score, rule_score, severity_of
+from models.rules import SEVERITIES, Rule
+from pipeline.config import TriageSettings
 from pipeline.events import AccessEvent
+from pipeline.explain import factors, peer_comparison, rule_reason, streaming_reasons
 from pipeline.features import FeatureExtractor, FeatureVector, IdentityState
 from pipeline.findings import Finding, Reason, finding_id
+from pipeline.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDOW, FALSE_POSITIVE,
+                                  INCIDENT, Suppressions)
 
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MAX_REASONS = 12
+# (detector name, feature vector, identity state, row index in the scored batch) -> reasons
+Explainer = Callable[[str, FeatureVector, IdentityState | None, int], list[Reason]]
 
 
 @dataclass(frozen=True)
@@ -29,25 +46,51 @@ class StreamingDetectorInfo:
     threshold: float
     high_threshold: float
     techniques: tuple[str, ...] = ("T1555", "T1078")
+    explain: Explainer | None = None
+    at_threshold: float = 0.5  # calibrated score of a firing at threshold (models.ensemble)  # detector-specific reasons; default: streaming_reasons
+
+
+class _Incident:
+    __slots__ = ("finding", "finding_id", "severity", "last_ts", "triggers")
+
+    def __init__(self, finding: Finding | None, finding_id: str, severity: int,
+                 last_ts: float) -> None:
+        self.finding = finding
+        self.finding_id = finding_id
+        self.severity = severity
+        self.last_ts = last_ts
+        self.triggers: list[str] = [finding.trigger.event_id] if finding is not None else []
 
 
 class Triage:
-    def __init__(self, extractor: FeatureExtractor, suppress_minutes: float = 60.0,
-                 max_related: int = 25, streaming: Sequence[StreamingDetectorInfo] = ()) -> None:
+    def __init__(self, extractor: FeatureExtractor, settings: TriageSettings | None = None,
+                 streaming: Sequence[StreamingDetectorInfo] = (),
+                 suppressions: Suppressions | None = None) -> None:
+        settings = settings or TriageSettings()
         self.extractor = extractor
-        self.suppress_seconds = suppress_minutes * 60.0
-        self.max_related = max_related
+        self.incident_seconds = settings.incident_minutes * 60.0
+        self.false_positive_seconds = settings.false_positive_days * 86400.0
+        self.max_related = settings.max_related_events
+        self.min_severity = SEVERITIES[settings.min_severity]
         self.streaming = {d.name: d for d in streaming}
-        self._last_raised: dict[tuple[str, str], float] = {}
-        self.suppressed = 0
+        self.suppressions = suppressions or Suppressions()
+        self.incidents: dict[str, _Incident] = {}
+        self.quieted = dict.fromkeys((ALLOWLIST, CHANGE_WINDOW, BELOW_MIN_SEVERITY, FALSE_POSITIVE,
+                                      INCIDENT), 0)
+        self._updated: dict[str, Finding] = {}
+
+    @property
+    def suppressed(self) -> int:
+        return sum(self.quieted.values())
 
     def decide(self, batch: Sequence[FeatureVector], rule_hits: Sequence[tuple[Rule, ...]],
                scores: Sequence[ScoreBatch],
                as_of: Callable[[int], AbstractContextManager] | None = None) -> list[Finding]:
-        """Findings for the rows of a batch on which something fired, in row order.
+        """New findings for the rows of a batch on which something fired, in row order; merges
+        into open incidents are collected for :meth:`take_updates`.
 
-        ``as_of(i)``, if given, is entered while row ``i``'s finding is explained, so the
-        explanation sees the identity's baseline as it was at that row.
+        ``as_of(i)``, if given, is entered while row ``i`` is explained, so the explanation sees
+        the identity's baseline as it was when that row was scored.
         """
         fired_any = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
         for sb in scores:
@@ -55,64 +98,146 @@ class Triage:
         findings = []
         for i in np.flatnonzero(fired_any).tolist():
             fv = batch[i]
-            rules = [r for r in rule_hits[i] if self._open(fv, r.id)]
+            rules = [r for r in rule_hits[i] if self._expected(fv.event, r.id)]
             streaming = [(sb.detector, float(sb.scores[i])) for sb in scores
-                         if sb.fired[i] and self._open(fv, sb.detector)]
-            if rules or streaming:
-                if as_of is None:
-                    findings.append(self._finding(fv, rules, streaming))
-                else:
-                    with as_of(i):
-                        findings.append(self._finding(fv, rules, streaming))
+                         if sb.fired[i] and self._expected(fv.event, sb.detector)]
+            if not (rules or streaming):
+                continue
+            if as_of is None:
+                candidate = self._candidate(fv, rules, streaming, i)
+            else:
+                with as_of(i):
+                    candidate = self._candidate(fv, rules, streaming, i)
+            if candidate.severity_id < self.min_severity:
+                self.quieted[BELOW_MIN_SEVERITY] += 1
+                continue
+            if self._labelled_false(candidate):
+                continue
+            opened = self._incident(candidate)
+            if opened is not None:
+                findings.append(opened)
         return findings
 
-    def _open(self, fv: FeatureVector, detector: str) -> bool:
-        """True if ``detector`` may raise for this identity now (and note that it does)."""
-        key = (fv.event.identity, detector)
-        last = self._last_raised.get(key)
-        if last is not None and 0 <= fv.event.ts - last < self.suppress_seconds:
-            self.suppressed += 1
-            return False
-        self._last_raised[key] = fv.event.ts
-        return True
+    def take_updates(self) -> list[Finding]:
+        """Findings that grew by merges since the last call (their newest version each)."""
+        updated, self._updated = list(self._updated.values()), {}
+        return updated
 
-    def _finding(self, fv: FeatureVector, rules: list[Rule],
-                 streaming: list[tuple[str, float]]) -> Finding:
+    def _expected(self, event: AccessEvent, detector: str) -> bool:
+        """False (and counted) if an allowlist entry or change window expects this firing."""
+        why = self.suppressions.why_quiet(event, detector)
+        if why is None:
+            return True
+        self.quieted[why] += 1
+        return False
+
+    def _labelled_false(self, candidate: Finding) -> bool:
+        if self.suppressions.labelled_false(candidate.trigger, candidate.reasons[0].code):
+            self.quieted[FALSE_POSITIVE] += 1
+            return True
+        return False
+
+    def _incident(self, candidate: Finding) -> Finding | None:
+        """Open a new incident with ``candidate`` (returned) or merge it into the open one."""
+        ts = candidate.trigger.ts
+        open_ = self.incidents.get(candidate.identity)
+        if (open_ is not None and 0.0 <= ts - open_.last_ts < self.incident_seconds
+                and candidate.severity_id <= open_.severity):
+            open_.last_ts = ts
+            self.quieted[INCIDENT] += 1
+            if open_.finding is not None:
+                open_.finding = self._merge(open_, candidate)
+                self._updated[open_.finding_id] = open_.finding
+            return None
+        self.incidents[candidate.identity] = _Incident(candidate, candidate.id,
+                                                       candidate.severity_id, ts)
+        return candidate
+
+    def _merge(self, incident: _Incident, candidate: Finding) -> Finding:
+        f = incident.finding
+        assert f is not None
+        incident.triggers.append(candidate.trigger.event_id)
+        triggers = set(incident.triggers)
+        related = list(dict.fromkeys(f.related_event_ids + candidate.related_event_ids))
+        if len(related) > self.max_related:
+            # keep every firing's trigger, then the newest of the rest
+            others = [r for r in related if r not in triggers]
+            keep = set(others[len(others) - max(0, self.max_related - len(triggers)):])
+            related = [r for r in related if r in triggers or r in keep]
+        reasons = {(r.code, r.detector): r for r in f.reasons + candidate.reasons}
+        return replace(
+            f, detectors=tuple(dict.fromkeys(f.detectors + candidate.detectors)),
+            reasons=tuple(reasons.values())[:_MAX_REASONS],
+            techniques=tuple(dict.fromkeys(f.techniques + candidate.techniques)),
+            related_event_ids=tuple(related[-self.max_related:]),
+            score=max(f.score, candidate.score), last_time=candidate.time,
+            merged=f.merged + 1, learning=f.learning or candidate.learning,
+            factors=tuple(dict.fromkeys(f.factors + candidate.factors)),
+        )
+
+    def _candidate(self, fv: FeatureVector, rules: list[Rule],
+                   streaming: list[tuple[str, float]], row: int) -> Finding:
         event = fv.event
         state = self.extractor.state(event.identity)
         detectors = tuple(r.id for r in rules) + tuple(name for name, _ in streaming)
         reasons: list[Reason] = []
         techniques: list[str] = []
-        severity = 1
-        score = 0.0
+        calibrated: list[float] = []
+        floor = 1
         related: list[str] = []
         for rule in rules:
-            reasons.append(_rule_reason(rule, fv, state))
+            reasons.append(rule_reason(rule, fv, state))
             techniques.extend(rule.attack)
-            severity = max(severity, rule.severity_id)
-            score = max(score, 1.0)
+            calibrated.append(rule_score(rule.severity_id))
+            floor = max(floor, rule.severity_id)
             related.extend(_related(rule.related, state, self.max_related, event))
         for name, value in streaming:
             info = self.streaming[name]
-            reasons.extend(explain_streaming(name, fv, state))
+            explain = info.explain or _default_explainer
+            reasons.extend(explain(name, fv, state, row))
             techniques.extend(info.techniques)
-            severity = max(severity, 4 if value >= info.high_threshold else 3)
-            score = max(score, value)
+            calibrated.append(detector_score(value, info.threshold, info.high_threshold,
+                                             info.at_threshold))
             related.extend(_related("recent_1h", state, self.max_related, event))
         related.append(event.event_id)
         related_ids = tuple(dict.fromkeys(related))[-self.max_related:]
         if event.event_id not in related_ids:
             related_ids = related_ids[1:] + (event.event_id,)
-        title = rules[0].title if rules else "Unusual secret access for this identity"
+        score = combine(calibrated)
+        title = rules[0].title if rules else _learned_title(fv, state)
         if len(detectors) > 1:
             title += f" (+{len(detectors) - 1} more)"
+        unique = {(r.code, r.detector): r for r in reasons}
         return Finding(
             id=finding_id(detectors, event.identity, event.event_id),
             time=event.time, identity=event.identity, display_name=event.display_name,
-            title=title, severity_id=severity, score=score, detectors=detectors,
-            reasons=tuple(reasons), techniques=tuple(dict.fromkeys(techniques)),
-            related_event_ids=related_ids, trigger=event, segment=fv.segment,
+            title=title, severity_id=max(floor, severity_of(score)), score=score,
+            detectors=detectors, reasons=tuple(unique.values())[:_MAX_REASONS],
+            techniques=tuple(dict.fromkeys(techniques)), related_event_ids=related_ids,
+            trigger=event, segment=fv.segment, factors=factors(fv),
+            peers=peer_comparison(state), learning=bool(streaming),
         )
+
+    def to_state(self) -> list:
+        """Open incidents (without their findings) and counters, for snapshots. After a restore
+        further firings of such an incident are still merged, but no longer reported as updates."""
+        return [[identity, inc.finding_id, inc.severity, inc.last_ts]
+                for identity, inc in self.incidents.items()]
+
+    def load_state(self, state: list) -> None:
+        self.incidents = {identity: _Incident(None, fid, severity, last_ts)
+                          for identity, fid, severity, last_ts in state}
+
+
+def _default_explainer(name: str, fv: FeatureVector, state: IdentityState | None,
+                       row: int) -> list[Reason]:
+    return streaming_reasons(name, fv, state)
+
+
+def _learned_title(fv: FeatureVector, state: IdentityState | None) -> str:
+    if state is not None and not state.history:
+        return "New identity acting unlike its peers"
+    return "Unusual secret access for this identity"
 
 
 def _related(kind: str, state: IdentityState | None, limit: int, trigger: AccessEvent) -> list[str]:
@@ -138,80 +263,3 @@ def _related(kind: str, state: IdentityState | None, limit: int, trigger: Access
     floor = trigger.ts - horizon
     return [eid for ts, eid in items[:end][-limit:] if floor < ts <= trigger.ts]
 
-
-def _baseline_of(feature: str, state: IdentityState | None) -> str:
-    if state is None or not state.history:
-        return "no history"
-    if feature == "requests_count_1h":
-        return f"usual {state.requests_baseline:.1f}/h"
-    if feature in ("secrets_distinct_1h", "secrets_ratio_1h"):
-        return f"usual {state.secrets_baseline:.1f} distinct secrets/h"
-    if feature == "history_events":
-        return "never did this before"
-    return f"{state.history} events of history"
-
-
-def _rule_reason(rule: Rule, fv: FeatureVector, state: IdentityState | None) -> Reason:
-    observed = [f"{fv.event.operation} {fv.event.path}"]
-    baseline = []
-    for name in rule.explain:
-        value = fv[name]
-        observed.append(f"{name}={value:g}")
-        baseline.append(_baseline_of(name, state))
-    return Reason(code=rule.reason, detector=rule.id, text=rule.title,
-                  observed=", ".join(observed),
-                  baseline="; ".join(dict.fromkeys(baseline)) or _baseline_of("", state))
-
-
-def _hour_label(ts: float) -> str:
-    hour = int(ts // 3600)
-    return f"{_DAYS[(hour // 24 + 3) % 7]} {hour % 24:02d}:00 UTC"
-
-
-def explain_streaming(detector: str, fv: FeatureVector,
-                      state: IdentityState | None) -> list[Reason]:
-    """The unusual factors of an event for its identity, strongest first."""
-    e = fv.event
-    candidates: list[tuple[float, Reason]] = []
-    if state is None or not state.history:
-        return [Reason("NO_BASELINE", detector, "Identity has no baseline yet", "first events",
-                       "none")]
-    if fv["segment_first_seen"]:
-        usual = ", ".join(f"{n} {s:.0%}" for n, s in state.usual_segments())
-        candidates.append((1.0, Reason("SEGMENT_FIRST_SEEN", detector,
-                                       "First access from this network segment",
-                                       f"{fv.segment} ({e.remote_address})", usual or "none")))
-    how_share = fv["hour_of_week_share"]
-    if how_share * 56.0 < 0.25:
-        hours = ", ".join(f"{h:02d}h" for h in sorted(state.usual_hours()))
-        candidates.append((1.0 - how_share * 56.0, Reason(
-            "HOUR_UNUSUAL", detector, "Active at an hour unusual for this identity",
-            f"{_hour_label(e.ts)} ({how_share:.1%} of history in this hour +-1h)",
-            f"usually {hours} UTC")))
-    rate, rate_base = fv["requests_count_1h"], fv["requests_baseline_1h"]
-    if rate > 3.0 * (rate_base + 1.0):
-        candidates.append((min(1.0, rate / (10.0 * (rate_base + 1.0))), Reason(
-            "RATE_ABOVE_BASELINE", detector, "Request rate far above this identity's usual",
-            f"{rate:g} requests in 1h", f"usual {rate_base:.1f}/h")))
-    breadth, breadth_base = fv["secrets_distinct_1h"], fv["secrets_baseline_1h"]
-    if breadth > 3.0 * (breadth_base + 1.0):
-        candidates.append((min(1.0, breadth / (10.0 * (breadth_base + 1.0))), Reason(
-            "BREADTH_ABOVE_BASELINE", detector, "Many more distinct secrets than usual",
-            f"{breadth:g} distinct secrets in 1h", f"usual {breadth_base:.1f}/h")))
-    if fv["denied_ratio_1h"] >= 0.3:
-        candidates.append((fv["denied_ratio_1h"], Reason(
-            "DENIED_RATIO_HIGH", detector, "Many requests denied",
-            f"{fv['denied_ratio_1h']:.0%} denied in 1h", "usually none")))
-    if fv["secret_first_seen"]:
-        candidates.append((0.5, Reason("SECRET_FIRST_SEEN", detector,
-                                       "Secret never accessed by this identity before",
-                                       e.secret, f"{len(state.secrets_seen)} known secrets")))
-    if fv["user_agent_first_seen"]:
-        candidates.append((0.5, Reason("USER_AGENT_FIRST_SEEN", detector,
-                                       "User agent never used by this identity",
-                                       e.user_agent, f"{len(state.agents_seen)} known agents")))
-    candidates.sort(key=lambda c: -c[0])
-    reasons = [r for _, r in candidates[:5]]
-    return reasons or [Reason("UNUSUAL_COMBINATION", detector,
-                              "Unusual combination of features for this identity",
-                              "see features", f"{state.history} events of history")]

@@ -92,12 +92,20 @@ def test_findings_explain_observed_vs_baseline():
     findings = run(p, events + attack)
     assert findings, "off-hours bulk reads from a new network must raise a finding"
     f = findings[0]
-    assert f.detectors == ("hst",) and f.trigger.remote_address == "203.0.113.7"
+    assert "hst" in f.detectors and f.trigger.remote_address == "203.0.113.7"
     codes = {r.code for r in f.reasons}
-    assert "SEGMENT_FIRST_SEEN" in codes or "HOUR_UNUSUAL" in codes
-    seg = [r for r in f.reasons if r.code == "SEGMENT_FIRST_SEEN"]
-    if seg:
-        assert "unknown" in seg[0].observed and "k8s-prod" in seg[0].baseline
+    assert "SEGMENT_UNSEEN_FOR_PEERS" in codes and "HOUR_UNUSUAL" in codes
+    (seg,) = [r for r in f.reasons if r.code == "SEGMENT_UNSEEN_FOR_PEERS" and r.detector == "hst"]
+    assert "unknown" in seg.observed and "k8s-prod 100%" in seg.baseline
+    hour = next(r for r in f.reasons if r.code == "HOUR_UNUSUAL")
+    assert "UTC" in hour.observed and "working hours" in hour.baseline
+    # the unusual factors carry their frequency class for the identity and for its peers
+    factors = {x.dimension: x for x in f.factors}
+    assert factors["segment"].frequency == "unseen" and factors["segment"].peer_frequency == "unseen"
+    assert factors["segment"].value == "unknown"
+    assert f.peers is not None and f.peers.members == 1 and f.peers.history == 400
+    # one finding for the whole burst: later firings merge into it
+    assert len(findings) == 1
     assert f.techniques and f.trigger.event_id in f.related_event_ids
     assert all(rid.startswith("ev-") for rid in f.related_event_ids)
     assert np.isfinite(f.score) and 0 < f.score <= 1

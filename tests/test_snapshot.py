@@ -41,6 +41,13 @@ def test_restored_pipeline_continues_exactly(events, tmp_path):
     offset, blob = store.load_snapshot("test/0")
     second = Pipeline(load_settings())
     assert snapshot.load(second, blob) == {"note": "x"} and offset == cut
+    # peer groups, every detector's state and open incidents came across
+    assert {k: g.to_state() for k, g in second.extractor.peers.items()} == \
+        {k: g.to_state() for k, g in first.extractor.peers.items()}
+    assert [d.name for d in second.detectors] == ["hst", "baseline"]
+    for mine, theirs in zip(second.detectors, first.detectors):
+        assert repr(mine.state_dict()) == repr(theirs.state_dict())
+    assert second.triage.to_state() == first.triage.to_state()
     after = run(second, events[cut:])
     assert before + after == whole
 

@@ -1,0 +1,130 @@
+"""Novelty: which values an identity (and its peers) has seen, and how often.
+
+For each event secretscope asks, per *dimension* (the secret, its folder, the operation, the
+network segment, the source address, the user-agent family, the auth method and the mount),
+how often this identity has used that value before, as a frequency class in the manner of
+GuardDuty's anomaly findings: frequent, infrequent, rare or unseen.
+
+An unseen value means little for an identity that sees new values all the time (a human on a
+VPN gets a new address every day) and a lot for one that never does (a service reading the same
+three secrets), so novelty is also *normalized* by the identity's own rate of new values.
+
+Peers are identities holding the same policies (the same role): a value unseen by an identity
+*and* by its peers is stronger evidence than one only the identity has not used, and a new
+identity is compared with its peers from its first event.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+from pipeline.events import AccessEvent
+
+DIMENSIONS: tuple[str, ...] = ("secret", "folder", "operation", "segment", "ip", "user_agent",
+                               "auth_method", "mount")
+SECRET, FOLDER, OPERATION, SEGMENT, IP, USER_AGENT, AUTH_METHOD, MOUNT = range(len(DIMENSIONS))
+# Dimensions compared with the peer group: the ones a role shares (addresses are per host).
+PEER_DIMENSIONS: tuple[int, ...] = (SECRET, FOLDER, SEGMENT, USER_AGENT)  # features.derive
+# unpacks these four by position on its hot path: keep them in sync
+
+FREQUENT, INFREQUENT, RARE, UNSEEN = 0, 1, 2, 3
+FREQUENCY_CLASSES = ("frequent", "infrequent", "rare", "unseen")
+RARE_SHARE = 0.01  # below 1% of the identity's history: rare
+INFREQUENT_SHARE = 0.10  # below 10%: infrequent
+
+_BROWSERS = (("Edg/", "edge"), ("Firefox/", "firefox"), ("Chrome/", "chrome"),
+             ("Safari/", "safari"))
+_FAMILY_CACHE: dict[str, str] = {}
+_FAMILY_CACHE_MAX = 10_000  # user agents are attacker-controlled: bound the cache
+
+
+def frequency_class(count: int, total: int) -> int:
+    if not count:
+        return UNSEEN
+    share = count / total
+    if share < RARE_SHARE:
+        return RARE
+    return INFREQUENT if share < INFREQUENT_SHARE else FREQUENT
+
+
+def agent_family(user_agent: str) -> str:
+    """The product of a user agent without its version: ``vault-agent/1.19.2`` -> ``vault-agent``,
+    browsers by engine brand, so an upgrade is not a new agent."""
+    family = _FAMILY_CACHE.get(user_agent)
+    if family is None:
+        if user_agent.startswith("Mozilla/"):
+            family = next((name for marker, name in _BROWSERS if marker in user_agent), "browser")
+        else:
+            family = user_agent.split("/", 1)[0].split(" ", 1)[0].lower() or "unknown"
+        if len(_FAMILY_CACHE) < _FAMILY_CACHE_MAX:
+            _FAMILY_CACHE[user_agent] = family
+    return family
+
+
+def dimension_keys(event: AccessEvent, segment: str, secret_access: bool) -> tuple:
+    """The value of each dimension for ``event``; None where a dimension does not apply."""
+    secret = event.secret if secret_access else None
+    folder = secret.rpartition("/")[0] if secret else None
+    ns = event.namespace
+    return (secret, folder, event.operation, segment, event.remote_address or None,
+            agent_family(event.user_agent) if event.user_agent else None,
+            event.auth_method or None,
+            f"{ns}/{event.mount_type}" if ns else event.mount_type)
+
+
+def peer_key(policies: tuple[str, ...]) -> str:
+    """Identities with the same policies (``default`` aside) are peers."""
+    return ",".join(sorted(p for p in policies if p != "default")) or "default"
+
+
+class PeerGroup:
+    """What the members of one peer group have done, learned from their baseline events."""
+
+    __slots__ = ("key", "history", "counts", "hod", "members", "policy_writes")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.history = 0
+        self.counts: list[defaultdict[str, int]] = [defaultdict(int) for _ in PEER_DIMENSIONS]
+        self.hod = [0] * 24
+        self.members: defaultdict[str, int] = defaultdict(int)  # identity -> its learned events
+        self.policy_writes = 0  # learned ACL policy writes by any member
+
+    def learn(self, identity: str, keys: tuple, hod: int, policy_write: bool) -> None:
+        self.history += 1
+        self.policy_writes += policy_write
+        self.hod[hod] += 1
+        self.members[identity] += 1
+        for counts, d in zip(self.counts, PEER_DIMENSIONS):
+            key = keys[d]
+            if key is not None:
+                counts[key] += 1
+
+    def unlearn(self, identity: str, keys: tuple, hod: int, policy_write: bool) -> None:
+        self.history -= 1
+        self.policy_writes -= policy_write
+        self.hod[hod] -= 1
+        decrement(self.members, identity)
+        for counts, d in zip(self.counts, PEER_DIMENSIONS):
+            key = keys[d]
+            if key is not None:
+                decrement(counts, key)
+
+    def to_state(self) -> list:
+        return [self.history, self.counts, self.hod, self.members, self.policy_writes]
+
+    @classmethod
+    def from_state(cls, key: str, state: list) -> "PeerGroup":
+        group = cls(key)
+        group.history, counts, group.hod, members, group.policy_writes = state
+        group.counts = [defaultdict(int, c) for c in counts]
+        group.members = defaultdict(int, members)
+        return group
+
+
+def decrement(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
