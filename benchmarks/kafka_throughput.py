@@ -74,8 +74,6 @@ def raw_consume(bootstrap: str, topic: str, expect: int) -> float:
 
 
 def stages(bootstrap: str, topic: str, calls: int, db: Path) -> float:
-    import yaml
-
     from pipeline.config import Settings, load_settings
     from pipeline.runner import Pipeline
     from pipeline.sources import kafka as kafka_io

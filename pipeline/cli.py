@@ -39,7 +39,8 @@ def _check_inputs(files: list[str]) -> None:
 
 
 def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
-                collect: list[Finding] | None = None):
+                collect: dict[str, Finding] | None = None):
+    """Replay ``files``; ``collect``, if given, receives the newest version of every finding."""
     from pipeline.runner import Pipeline, stderr_progress
     from pipeline.sources.files import ReplayCounters, _total_size, replay
     from pipeline.parsers.limits import InputLimits
@@ -47,9 +48,10 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
 
     store = Store(settings.store.url)
     try:
-        keep = collect.append if collect is not None else None
-        pipeline = Pipeline(settings, store=store, alerts_out=alerts_out, on_finding=keep,
-                            on_update=keep)
+        keep = collect.__setitem__ if collect is not None else None
+        pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
+                            on_finding=keep and (lambda f: keep(f.id, f)),
+                            on_update=keep and (lambda f: keep(f.id, f)))
         counters = ReplayCounters(_total_size(files))
         limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
         items = replay(files, limits, settings.input.join_timeout_seconds, counters)
@@ -89,11 +91,15 @@ def replay(
     store: Optional[str] = StoreOpt,
     table: bool = typer.Option(True, "--table/--no-table", help="Print a table of findings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
+    windows: Optional[Path] = typer.Option(None, "--windows", help="Change windows feed (JSONL), overrides triage.change_window_feed."),
 ) -> None:
     """Run the whole pipeline over audit files, in event-time order."""
     settings = _settings(config, store)
-    _check_inputs(files)
-    collected: list[Finding] = []
+    _check_inputs(files + ([str(windows)] if windows else []))
+    if windows:
+        settings = settings.model_copy(update={"triage": settings.triage.model_copy(
+            update={"change_window_feed": str(windows.resolve())})})
+    collected: dict[str, Finding] = {}
     with ExitStack() as stack:
         out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
         stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
@@ -102,7 +108,7 @@ def replay(
               f"{stats.dead_letters:,} dead letters; {counters.duplicates:,} duplicate entries dropped"
               + (f"; {stats.truncated_fields:,} fields cut" if stats.truncated_fields else ""))
     if table:
-        _print_findings(collected)
+        _print_findings(list(collected.values()))
 
 
 @app.command()
@@ -179,13 +185,19 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Service config 
 
 @app.command()
 def validate(config: Optional[Path] = typer.Argument(None, help="Config file (default: embedded).")) -> None:
-    """Check a config file and its rules; exit 2 with the problem if invalid."""
+    """Check a config file, its rules, model files and change-window feed; exit 2 with the
+    problem if anything is invalid."""
+    from models.registry import build_detectors
     from models.rules import load_rules
+    from pipeline.suppression import Suppressions
 
     settings = load_settings(config)
     rules = load_rules(settings.rules_dir())
+    detectors = build_detectors(settings.detectors, settings.base_dir)
+    suppressions = Suppressions.from_settings(settings)
     err.print(f"ok: {len(settings.segments)} segments, {len(rules)} rules, "
-              f"{len(settings.detectors)} streaming detectors")
+              f"{len(detectors)} detectors ({', '.join(d.name for d in detectors)}), "
+              f"{suppressions.windows} change windows, {suppressions.allowlisted} allowlist entries")
 
 
 def _utc_option(value: Optional[str], option: str) -> Optional[datetime]:

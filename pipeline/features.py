@@ -28,9 +28,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from pipeline.events import DENIED, SUCCESS, AccessEvent
-from pipeline.novelty import (DIMENSIONS, FREQUENT, INFREQUENT, INFREQUENT_SHARE, PEER_DIMENSIONS,
-                              FOLDER, RARE, RARE_SHARE, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup,
-                              decrement, dimension_keys, peer_key)
+from pipeline.novelty import (DIMENSIONS, FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup,
+                              decrement, dimension_keys, frequency_classes, peer_key)
 from pipeline.segments import SegmentTable
 from pipeline.windows import Distinct, Recent, WindowCounter
 
@@ -461,23 +460,7 @@ class FeatureExtractor:
             hod_share = hod_count / history
             floor = max(1.0, _WORKING_SHARE * history)
             work_distance = 0.0 if h_day[hod] >= floor else _hours_to(h_day, hod, floor)
-            # frequency classes inlined (0 frequent, 1 infrequent, 2 rare, 3 unseen): hot path
-            rare, infrequent = RARE_SHARE * history, INFREQUENT_SHARE * history
-            classes = []
-            novelty = 0.0
-            for key, seen in zip(keys, counts):
-                if key is None:
-                    classes.append(FREQUENT)
-                    continue
-                n = seen.get(key)
-                if n is None:
-                    classes.append(UNSEEN)
-                    surprise = 1.0 - len(seen) / history
-                    if surprise > novelty:
-                        novelty = surprise
-                else:
-                    classes.append(FREQUENT if n >= infrequent else
-                                   (INFREQUENT if n >= rare else RARE))
+            classes, novelty = frequency_classes(keys, counts, history)
             seg_share = counts[SEGMENT].get(segment, 0) / history if classes[SEGMENT] < UNSEEN \
                 else 0.0
             idle = (ts - st.last_seen) / 86400.0
@@ -488,32 +471,15 @@ class FeatureExtractor:
         else:
             how_share = hod_share = seg_share = idle = periodicity = deviation = 0.0
             work_distance = 0.0
-            classes = [FREQUENT if k is None else UNSEEN for k in keys]
-            novelty = 1.0
+            classes, novelty = frequency_classes(keys, counts, 0)
         p_history = peer.history
-        peer_classes = []
-        peer_novelty = 0.0
+        peer_classes, peer_novelty = frequency_classes(
+            (keys[0], keys[1], keys[3], keys[5]), peer.counts, p_history)  # PEER_DIMENSIONS
         if p_history:
             p_day = peer.hod
             peer_hod_share = (p_day[hod - 1] + p_day[hod] + p_day[(hod + 1) % 24]) / p_history
-            rare, infrequent = RARE_SHARE * p_history, INFREQUENT_SHARE * p_history
-            for counts_p, key in zip(peer.counts, (keys[0], keys[1], keys[3], keys[5])):
-                if key is None:
-                    peer_classes.append(FREQUENT)
-                    continue
-                n = counts_p.get(key)
-                if n is None:
-                    peer_classes.append(UNSEEN)
-                    surprise = 1.0 - len(counts_p) / p_history
-                    if surprise > peer_novelty:
-                        peer_novelty = surprise
-                else:
-                    peer_classes.append(FREQUENT if n >= infrequent else
-                                        (INFREQUENT if n >= rare else RARE))
         else:
             peer_hod_share = 0.0
-            peer_classes = [FREQUENT if keys[d] is None else UNSEEN for d in PEER_DIMENSIONS]
-            peer_novelty = 1.0
         reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
         policy_write = not secret_access and is_policy_write(event)
         succeeded = event.outcome == SUCCESS and (secret_access or event.is_login)

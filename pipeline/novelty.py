@@ -47,6 +47,31 @@ def frequency_class(count: int, total: int) -> int:
     return INFREQUENT if share < INFREQUENT_SHARE else FREQUENT
 
 
+def frequency_classes(keys: tuple, counts: list, total: int) -> tuple[list[int], float]:
+    """The frequency class of each key against its dimension's counts (``total`` events), and
+    the novelty score: for the strongest unseen value, 1 - (distinct values / events), the
+    chance that a call of this identity does *not* bring a new value. A key of None (dimension
+    not applicable) is frequent; with no history everything else is unseen, novelty 1."""
+    if not total:
+        return [FREQUENT if k is None else UNSEEN for k in keys], 1.0
+    rare, infrequent = RARE_SHARE * total, INFREQUENT_SHARE * total
+    classes = []
+    novelty = 0.0
+    for key, seen in zip(keys, counts):  # hot path: frequency_class inlined
+        if key is None:
+            classes.append(FREQUENT)
+            continue
+        n = seen.get(key)
+        if n is None:
+            classes.append(UNSEEN)
+            surprise = 1.0 - len(seen) / total
+            if surprise > novelty:
+                novelty = surprise
+        else:
+            classes.append(FREQUENT if n >= infrequent else (INFREQUENT if n >= rare else RARE))
+    return classes, novelty
+
+
 def agent_family(user_agent: str) -> str:
     """The product of a user agent without its version: ``vault-agent/1.19.2`` -> ``vault-agent``,
     browsers by engine brand, so an upgrade is not a new agent."""

@@ -3,7 +3,7 @@
 Order inside a batch (score, then learn):
 
 1. ``observe`` every event: windows updated, features read against the baseline;
-2. rules, then streaming detectors score the whole batch (vectorized) and learn only from rows
+2. rules, then the detectors score the whole batch (vectorized) and learn only from rows
    nothing fired on;
 3. triage turns firings into findings;
 4. events that raised nothing are folded into their identity's baseline;

@@ -124,6 +124,14 @@ class Suppressions:
             windows += load_change_window_feed(settings.resolve(triage.change_window_feed))
         return cls(triage.allowlist, windows, false_positives)
 
+    @property
+    def windows(self) -> int:
+        return len(self._windows)
+
+    @property
+    def allowlisted(self) -> int:
+        return len(self._allow)
+
     def why_quiet(self, event: AccessEvent, detector: str) -> str | None:
         """``ALLOWLIST`` or ``CHANGE_WINDOW`` if a firing of ``detector`` is expected."""
         for m in self._allow:

@@ -47,7 +47,7 @@ def test_cli_validate_default():
     proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(DEFAULT_CONFIG)],
                           capture_output=True, text=True)
     rules = len(list((DEFAULT_CONFIG.parent / "rules").glob("*.yaml")))
-    assert proc.returncode == 0 and f"{rules} rules, 2 streaming detectors" in proc.stderr
+    assert proc.returncode == 0 and f"{rules} rules, 2 detectors (hst, baseline)" in proc.stderr
 
 
 @pytest.mark.parametrize("name", ["kafka.yaml", "socket.yaml"])

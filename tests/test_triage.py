@@ -12,11 +12,11 @@ from typer.testing import CliRunner
 from models.base import ScoreBatch
 from models.ensemble import combine, detector_score, rule_score, severity_of
 from models.rules import load_rules
-from pipeline.config import AllowEntry, ChangeWindow, Settings, TriageSettings, load_settings
+from pipeline.config import AllowEntry, ChangeWindow, TriageSettings, load_settings
 from pipeline.errors import ConfigError
 from pipeline.features import FeatureExtractor
 from pipeline.segments import SegmentTable
-from pipeline.suppression import (FalsePositivePattern, Suppressions, load_change_window_feed)
+from pipeline.suppression import FalsePositivePattern, Suppressions, load_change_window_feed
 from pipeline.triage import StreamingDetectorInfo, Triage
 
 from helpers import T0, every, make_event
