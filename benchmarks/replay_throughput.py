@@ -2,8 +2,9 @@
 
     python benchmarks/replay_throughput.py --calls 200000
 
-Prints calls/s end to end (read, parse, join, features, rules, Half-Space Trees, triage, SQLite
-store) and per stage, and the peak resident memory. Exits 1 if calls/s is below
+Prints calls/s end to end (read, parse, join, features, rules, Half-Space Trees, robust
+baseline, triage, SQLite store with sampled feature history) and per stage, and the peak
+resident memory. Exits 1 if calls/s is below
 ``--min-calls-per-second`` (the target of the current stage of the project).
 """
 
@@ -97,7 +98,9 @@ def main() -> int:
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "secretscope-bench")
-    ap.add_argument("--min-calls-per-second", type=float, default=20_000)
+    # The target: at most 30% below the figure before per-identity novelty, peers, sequences and
+    # the robust baseline were added (26,000-26,900 calls/s on this machine kind, same session).
+    ap.add_argument("--min-calls-per-second", type=float, default=18_000)
     ap.add_argument("--all-cores", action="store_true", help="do not pin to one core")
     ap.add_argument("--repeat", type=int, default=3, help="replays to run; the median counts")
     args = ap.parse_args()
