@@ -159,12 +159,24 @@ WINDOW_DETECTORS = ("hst", "baseline", "iforest", "vault-bulk-read",
                     "vault-dynamic-credential-burst", "vault-peer-new-folder-read")
 
 
-class AllowEntry(_IdentityMatch):
-    """Findings of these identities by these detectors are expected until ``expires``."""
+class AllowEntry(_Strict):
+    """A suppression rule: firings of these detectors for the identities and/or network segments
+    named are expected until ``expires`` (event time)."""
 
+    identities: tuple[str, ...] = ()
+    display_names: tuple[str, ...] = ()  # fnmatch globs
+    policies: tuple[str, ...] = ()  # any identity holding one of these
+    segments: tuple[str, ...] = ()  # segment names from `segments`, e.g. a scanner's network
     detectors: tuple[str, ...] = ("*",)  # globs over detector names and rule ids
     expires: AwareDatetime  # an allowlist entry must end; compared with event time
     note: str = Field(min_length=1)  # why it is allowed, and who said so
+
+    @model_validator(mode="after")
+    def _names_someone(self) -> "AllowEntry":
+        if not (self.identities or self.display_names or self.policies or self.segments):
+            raise ValueError("name at least one of identities, display_names, policies or "
+                             "segments")
+        return self
 
 
 class ChangeWindow(_IdentityMatch):

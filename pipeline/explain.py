@@ -120,9 +120,9 @@ def _factor_reason(detector: str, f: Factor, fv: FeatureVector,
     code = f"{f.dimension.upper()}_{f.frequency.upper()}"
     if d in (SECRET, FOLDER, USER_AGENT, SEGMENT) and f.peer_frequency == "unseen":
         code += "_FOR_PEERS"
-    return strength, Reason(code, detector, f"{label.capitalize()} {f.frequency} for this identity{peers}",
-                            f"{f.value}" + (f" ({fv.event.remote_address})" if d == SEGMENT else ""),
-                            baseline)
+    observed = f"{f.value} ({fv.event.remote_address})" if d == SEGMENT else f.value
+    title = f"{label.capitalize()} {f.frequency} for this identity{peers}"
+    return strength, Reason(code, detector, title, observed, baseline)
 
 
 def streaming_reasons(detector: str, fv: FeatureVector,

@@ -48,7 +48,10 @@ def load(pipeline, blob: bytes) -> dict:
     except (zlib.error, msgspec.DecodeError) as exc:
         raise ModelIntegrityError(f"snapshot is not readable: {exc}") from None
     if state.get("version") != VERSION:
-        raise ModelIntegrityError(f"snapshot version {state.get('version')} is not {VERSION}")
+        raise ModelIntegrityError(
+            f"snapshot version {state.get('version')} is not {VERSION}: it was written by another "
+            "secretscope version. Run that version, or delete the snapshot row; the score stage "
+            "then starts from its group's committed offset with empty baselines")
     peers = {k: PeerGroup.from_state(k, v) for k, v in state["peers"].items()}
     pipeline.extractor.peers = peers
     pipeline.extractor.identities = {k: IdentityState.from_state(v, peers)

@@ -38,6 +38,7 @@ class _Matcher:
     identities: frozenset[str]
     display_names: re.Pattern | None
     policies: frozenset[str]
+    segments: frozenset[str]
     detectors: re.Pattern | None
     start: float
     end: float
@@ -47,13 +48,20 @@ class _Matcher:
     def of(cls, entry: AllowEntry | ChangeWindow, start: float, end: float,
            label: str) -> "_Matcher":
         return cls(frozenset(entry.identities), _globs(entry.display_names),
-                   frozenset(entry.policies), _globs(entry.detectors), start, end, label)
+                   frozenset(entry.policies), frozenset(getattr(entry, "segments", ())),
+                   _globs(entry.detectors), start, end, label)
 
-    def covers(self, event: AccessEvent, detector: str) -> bool:
+    def covers(self, event: AccessEvent, detector: str, segment: str) -> bool:
+        """In time, for this detector, and for the identities (any selector) and the segments
+        named; an entry naming only segments covers every identity there."""
         if not self.start <= event.ts < self.end:
             return False
         if self.detectors is not None and not self.detectors.match(detector):
             return False
+        if self.segments and segment not in self.segments:
+            return False
+        if not (self.identities or self.display_names is not None or self.policies):
+            return True
         return (event.identity in self.identities
                 or (self.display_names is not None
                     and self.display_names.match(event.display_name) is not None)
@@ -132,13 +140,13 @@ class Suppressions:
     def allowlisted(self) -> int:
         return len(self._allow)
 
-    def why_quiet(self, event: AccessEvent, detector: str) -> str | None:
+    def why_quiet(self, event: AccessEvent, detector: str, segment: str = "") -> str | None:
         """``ALLOWLIST`` or ``CHANGE_WINDOW`` if a firing of ``detector`` is expected."""
         for m in self._allow:
-            if m.covers(event, detector):
+            if m.covers(event, detector, segment):
                 return ALLOWLIST
         for m in self._windows:
-            if m.covers(event, detector):
+            if m.covers(event, detector, segment):
                 return CHANGE_WINDOW
         return None
 

@@ -46,8 +46,8 @@ class StreamingDetectorInfo:
     threshold: float
     high_threshold: float
     techniques: tuple[str, ...] = ("T1555", "T1078")
-    explain: Explainer | None = None
-    at_threshold: float = 0.5  # calibrated score of a firing at threshold (models.ensemble)  # detector-specific reasons; default: streaming_reasons
+    explain: Explainer | None = None  # detector-specific reasons; default: streaming_reasons
+    at_threshold: float = 0.5  # calibrated score of a firing at threshold (models.ensemble)
 
 
 class _Incident:
@@ -98,9 +98,9 @@ class Triage:
         findings = []
         for i in np.flatnonzero(fired_any).tolist():
             fv = batch[i]
-            rules = [r for r in rule_hits[i] if self._expected(fv.event, r.id)]
+            rules = [r for r in rule_hits[i] if self._expected(fv, r.id)]
             streaming = [(sb.detector, float(sb.scores[i])) for sb in scores
-                         if sb.fired[i] and self._expected(fv.event, sb.detector)]
+                         if sb.fired[i] and self._expected(fv, sb.detector)]
             if not (rules or streaming):
                 continue
             if as_of is None:
@@ -123,9 +123,9 @@ class Triage:
         updated, self._updated = list(self._updated.values()), {}
         return updated
 
-    def _expected(self, event: AccessEvent, detector: str) -> bool:
+    def _expected(self, fv: FeatureVector, detector: str) -> bool:
         """False (and counted) if an allowlist entry or change window expects this firing."""
-        why = self.suppressions.why_quiet(event, detector)
+        why = self.suppressions.why_quiet(fv.event, detector, fv.segment)
         if why is None:
             return True
         self.quieted[why] += 1

@@ -107,6 +107,20 @@ def test_allowlist_is_per_detector_and_needs_an_expiry_and_a_reason():
         AllowEntry(expires=T0, note="n")
 
 
+def test_suppression_rule_by_segment_covers_every_identity_there():
+    scanner = AllowEntry(segments=("corp-vpn",), detectors=("hst",),
+                         expires=T0 + timedelta(days=30),
+                         note="vulnerability scanner on the VPN, ticket SEC-7")
+    fx, triage = make_triage(suppressions=Suppressions(allowlist=[scanner]))
+    from_vpn = [observe(fx, T0 + timedelta(days=2), identity=f"entity:u{i}",
+                        remote_address="172.16.3.4") for i in range(3)]
+    assert triage.decide(from_vpn, [()] * 3, [hst_firing(from_vpn)]) == []
+    assert triage.quieted["allowlist"] == 3
+    elsewhere = [observe(fx, T0 + timedelta(days=2), identity="entity:u9",
+                         remote_address="203.0.113.4")]
+    assert len(triage.decide(elsewhere, [()], [hst_firing(elsewhere)])) == 1
+
+
 def test_change_window_quiets_volume_detectors_not_control_plane_rules():
     window = ChangeWindow(start=T0 + timedelta(days=2), end=T0 + timedelta(days=2, hours=1),
                           kind="rotation", display_names=("kubernetes-payments-api",))
