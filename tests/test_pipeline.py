@@ -145,3 +145,33 @@ def test_findings_do_not_depend_on_batching(tmp_path):
             o_ids = [r["uid"] for r in o["finding_info"]["related_events"]]
             assert b["unmapped"]["secretscope"]["trigger_event_uid"] in b_ids
             assert set(b_ids) <= set(o_ids)
+
+
+def test_a_new_identity_is_scored_against_its_peers_from_its_first_event():
+    settings = load_settings()
+    hst = settings.detectors[0].model_copy(update={"min_peer_history": 500})
+    p = Pipeline(settings.model_copy(update={"detectors": (hst,)}))
+    role = ("default", "payments-read")
+    history = []
+    for n, identity in enumerate(("entity:svc-1", "entity:svc-2")):
+        history += [make_event(at=e.time + timedelta(seconds=n), identity=identity, policies=role,
+                               path=e.path) for e in benign_history(400)]
+    history.sort(key=lambda e: e.ts)
+    assert run(p, history) == []
+    t = history[-1].time + timedelta(hours=14)  # at night, from outside, another team's secrets
+    newcomer = [make_event(at=t + timedelta(seconds=10 * i), identity="entity:svc-3",
+                           display_name="svc-3", policies=role, remote_address="203.0.113.7",
+                           path=f"secret/data/ledger/s{i}", user_agent="curl/8.5")
+                for i in range(5)]
+    loner = [make_event(at=e.time, identity="entity:loner", display_name="loner",
+                        policies=("default", "ledger-read"), remote_address=e.remote_address,
+                        path=e.path, user_agent=e.user_agent) for e in newcomer]
+    found = run(p, newcomer + loner)
+    by_identity = {f.identity: f for f in found if "hst" in f.detectors}
+    assert "entity:svc-3" in by_identity  # cold start: judged by its peers
+    assert "entity:loner" not in by_identity  # no peers, no history: not ready yet
+    f = by_identity["entity:svc-3"]
+    (new,) = [r for r in f.reasons if r.code == "NEW_IDENTITY"]
+    assert new.detector == "hst" and "payments-read" in new.baseline
+    assert "SEGMENT_UNSEEN_FOR_PEERS" in {r.code for r in f.reasons}
+    assert f.peers.members == 2
