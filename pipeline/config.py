@@ -211,6 +211,7 @@ class TriageSettings(_Strict):
     # A finding labelled false positive suppresses findings of the same identity with the same
     # leading reason for this long (event time) after it.
     false_positive_days: float = Field(7, ge=0)
+    labels_refresh_seconds: float = Field(60, ge=0)  # how often a running pipeline rereads labels
 
 
 class RunnerSettings(_Strict):

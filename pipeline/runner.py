@@ -107,16 +107,15 @@ class Pipeline:
         self.extractor = FeatureExtractor(self.segments)
         self.rules = RuleSet(load_rules(settings.rules_dir()))
         self.detectors = build_detectors(settings.detectors, settings.base_dir)
-        false_positives = store.false_positive_labels() if store is not None else []
+        self.store = store
+        self._labels_read = time.monotonic()
         self.triage = Triage(
             self.extractor, settings.triage,
             [StreamingDetectorInfo(d.name, d.threshold, d.high_threshold, explain=explainer(d),
                                    at_threshold=SEVERITY_SCORE[SEVERITIES[s.severity_at_threshold]])
              for d, s in zip(self.detectors, settings.detectors)],
-            Suppressions.from_settings(settings, false_positive_patterns(
-                false_positives, settings.triage.false_positive_days)),
+            Suppressions.from_settings(settings, self._false_positives()),
         )
-        self.store = store
         self.history = HistoryRecorder(store, settings.store.feature_history_sample)
         self.alerts_out = alerts_out
         self.on_finding = on_finding
@@ -141,6 +140,7 @@ class Pipeline:
         n = len(events)
         if not n:
             return []
+        self._refresh_labels()
         windows = [self.extractor.observe_windows(e) for e in events]
         identities = self.extractor.identities
         batch = _Batch(events, windows, [identities[e.identity].peer for e in events])
@@ -174,6 +174,23 @@ class Pipeline:
         self.history.record(batch.vectors, batch.undo)  # learned rows only: nothing fired
         self._emit(findings)
         return findings
+
+    def _false_positives(self) -> list:
+        if self.store is None:
+            return []
+        return false_positive_patterns(self.store.false_positive_labels(),
+                                       self.settings.triage.false_positive_days)
+
+    def _refresh_labels(self) -> None:
+        """Analysts label findings while the service runs: their verdicts are read again every
+        ``triage.labels_refresh_seconds`` of wall-clock time (it is about the store, not about
+        the events)."""
+        if self.store is None:
+            return
+        now = time.monotonic()
+        if now - self._labels_read >= self.settings.triage.labels_refresh_seconds:
+            self._labels_read = now
+            self.triage.suppressions.set_false_positives(self._false_positives())
 
     def _derive(self, batch: "_Batch", i: int) -> None:
         """Baseline features and rules of row i, then learn it unless a rule fired."""

@@ -119,9 +119,7 @@ class Suppressions:
         self._windows = [_Matcher.of(w, w.start.timestamp(), w.end.timestamp(),
                                      f"{w.kind}: {w.note}" if w.note else w.kind)
                          for w in windows]
-        self._false: dict[str, list[FalsePositivePattern]] = {}
-        for fp in false_positives:
-            self._false.setdefault(fp.identity, []).append(fp)
+        self.set_false_positives(false_positives)
 
     @classmethod
     def from_settings(cls, settings: Settings,
@@ -131,6 +129,12 @@ class Suppressions:
         if triage.change_window_feed:
             windows += load_change_window_feed(settings.resolve(triage.change_window_feed))
         return cls(triage.allowlist, windows, false_positives)
+
+    def set_false_positives(self, patterns: Sequence[FalsePositivePattern]) -> None:
+        by_identity: dict[str, list[FalsePositivePattern]] = {}
+        for fp in patterns:
+            by_identity.setdefault(fp.identity, []).append(fp)
+        self._false = by_identity
 
     @property
     def windows(self) -> int:

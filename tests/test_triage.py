@@ -229,3 +229,37 @@ def test_fp_label_in_the_store_suppresses_repeats_on_the_next_replay(tmp_path):
     others = {f["finding_info"]["uid"] for f in first if f["actor"]["user"]["uid"] != identity}
     assert others <= {f["finding_info"]["uid"] for f in second}
     Store(url).close()
+
+
+def test_a_running_pipeline_picks_up_new_labels(tmp_path):
+    from pipeline.events import DENIED
+    from pipeline.runner import Pipeline
+    from pipeline.store import Store
+
+    history = [make_event(at=t, path=f"secret/data/team/s{i % 3}")
+               for i, t in enumerate(every(T0, timedelta(minutes=10), 600))]
+
+    def burst(day):  # a deploy with a broken policy: many denials in a minute
+        start = T0 + timedelta(days=day, hours=3)
+        return [make_event(at=start + timedelta(seconds=5 * i), outcome=DENIED,
+                           path=f"secret/data/ledger/s{i}") for i in range(12)]
+
+    def run(label_in_between: bool):
+        store = Store(f"sqlite:///{tmp_path / f'store-{label_in_between}.db'}")
+        found = []
+        settings = load_settings(triage__labels_refresh_seconds=0)  # reread before every batch
+        pipeline = Pipeline(settings, store=store, on_finding=found.append)
+        pipeline.process_batch(history)
+        first = pipeline.process_batch(burst(5))
+        if label_in_between:
+            for f in first:
+                store.label_finding(f.id, "fp", "broken deploy, fixed")
+        second = pipeline.process_batch(burst(6))
+        store.close()
+        return first, second, pipeline.triage.quieted["false_positive"]
+
+    first, second, _ = run(False)
+    assert first and {f.reasons[0].code for f in second} == {f.reasons[0].code for f in first}
+    assert "DENIED_BURST" in {f.reasons[0].code for f in first}
+    first, second, quieted = run(True)
+    assert first and second == [] and quieted >= len(first)
