@@ -21,17 +21,16 @@ gives the features the live run saw.
 from __future__ import annotations
 
 import math
-from collections import defaultdict, deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 import msgspec
 
 from pipeline.events import DENIED, SUCCESS, AccessEvent
-from pipeline.novelty import (DIMENSIONS, FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup,
-                              decrement, dimension_keys, frequency_classes, peer_key)
+from pipeline.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
+from pipeline.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
+                              dimension_keys, frequency_classes, peer_key)
 from pipeline.segments import SegmentTable
-from pipeline.windows import Distinct, Recent, WindowCounter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -101,7 +100,6 @@ INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REQUESTS_1H = INDEX["requests_count_1h"]
 _SECRETS_1H = INDEX["secrets_distinct_1h"]
 
-_EWMA_ALPHA = 0.1  # per completed hour of activity
 _GAP_ALPHA = 0.05  # per learned event, for the usual gap between calls
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
@@ -109,8 +107,6 @@ _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
 _LIST_BURST = 3  # lists in 10 minutes
 _DENIED_BURST = 5  # denials or failed logins in 5 minutes
 _LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
-_NEVER = -1e18
-_WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a working hour
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
@@ -150,170 +146,6 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     since_policy_write: float
     since_denied_burst: float
     since_token_create: float
-
-
-class Undo:
-    """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back."""
-
-    __slots__ = ("how", "hod", "scalars", "rates")
-
-    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple) -> None:
-        self.how = how
-        self.hod = hod
-        self.scalars = scalars
-        self.rates = rates
-
-
-class IdentityState:
-    """Everything secretscope keeps about one identity (a few KB for a typical one)."""
-
-    __slots__ = (
-        "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
-        "secrets_1h", "secrets_24h", "denied_secrets_1h", "lists_1h", "reads_1h", "lists_10m",
-        "creds_10m",
-        "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
-        "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
-        "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
-        "hours_seen", "peer",
-    )
-
-    def __init__(self) -> None:
-        self.requests_1m = Recent(60.0, maxlen=100_000)
-        self.requests_1h = WindowCounter(60, 60)
-        self.requests_24h = WindowCounter(900, 96)
-        self.denied_1h = WindowCounter(60, 60)
-        self.lists_1h = WindowCounter(60, 60)
-        self.reads_1h = WindowCounter(60, 60)
-        self.denied_5m = Recent(300.0)
-        self.login_failed_5m = Recent(300.0)
-        self.lists_10m = Recent(600.0)
-        self.creds_10m = Recent(600.0, maxlen=10_000)
-        self.secrets_1h = Distinct(3600.0)
-        self.secrets_24h = Distinct(86400.0)
-        self.denied_secrets_1h = Distinct(3600.0)
-        # event time of the last list burst, policy write, denial burst, token creation
-        self.marks = [_NEVER, _NEVER, _NEVER, _NEVER]
-        self.recent: deque[tuple[float, str]] = deque(maxlen=64)
-        # baseline, changed only by learn()
-        self.how = [0] * 168
-        self.hod = [0] * 24
-        self.history = 0
-        self.counts: list[defaultdict[str, int]] = [defaultdict(int) for _ in DIMENSIONS]
-        self.policy_writer = False
-        self.requests_baseline = 0.0
-        self.secrets_baseline = 0.0
-        self.first_seen = 0.0
-        self.last_seen = 0.0
-        self.gap_mean = 0.0  # EWMA of log1p(seconds between learned events)
-        self.gap_var = 0.0
-        self.new_segment_login = _NEVER  # time of the last learned login from a new segment
-        # The usual rates move once per hour of event time, from the hour's learned events, so a
-        # burst inside the current hour cannot drag its own baseline up.
-        self.baseline_hour = -1
-        self.hour_n = 0
-        self.hour_requests = 0.0
-        self.hour_secrets = 0.0
-        self.hours_seen = 0
-        self.peer: PeerGroup | None = None
-
-    @property
-    def segments(self) -> dict[str, int]:
-        return self.counts[SEGMENT]
-
-    @property
-    def secrets_seen(self) -> dict[str, int]:
-        return self.counts[SECRET]
-
-    @property
-    def agents_seen(self) -> dict[str, int]:
-        return self.counts[USER_AGENT]
-
-    def _scalars(self) -> tuple:
-        return (self.policy_writer, self.first_seen, self.last_seen, self.gap_mean, self.gap_var,
-                self.new_segment_login)
-
-    def _set_scalars(self, scalars) -> None:
-        (self.policy_writer, self.first_seen, self.last_seen, self.gap_mean, self.gap_var,
-         self.new_segment_login) = scalars
-
-    def to_state(self) -> list:
-        """Plain lists and numbers, for snapshots (see ``pipeline.snapshot``)."""
-        return [
-            [list(r.items) for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
-                                     self.lists_10m, self.creds_10m)],
-            list(self.recent),
-            [c.to_state() for c in (self.requests_1h, self.requests_24h, self.denied_1h,
-                                    self.lists_1h, self.reads_1h)],
-            [list(d.last.items()) for d in (self.secrets_1h, self.secrets_24h,
-                                            self.denied_secrets_1h)],
-            self.marks, self.how, self.hod, self.history, self.counts,
-            list(self._scalars()), list(_rates(self)),
-            self.peer.key if self.peer is not None else None,
-        ]
-
-    @classmethod
-    def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
-        st = cls()
-        (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
-         scalars, rates, peer) = state
-        st.counts = [defaultdict(int, c) for c in counts]
-        for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
-                             st.creds_10m), recents):
-            r.items.extend(tuple(i) for i in items)
-        st.recent.extend(tuple(i) for i in recent)
-        for counter, saved in zip((st.requests_1h, st.requests_24h, st.denied_1h, st.lists_1h,
-                                   st.reads_1h), counters):
-            counter.load_state(saved)
-        for d, items in zip((st.secrets_1h, st.secrets_24h, st.denied_secrets_1h), distincts):
-            d.last.update(items)
-        st._set_scalars(scalars)
-        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
-         st.requests_baseline, st.secrets_baseline) = rates
-        st.peer = peers.get(peer) if peer is not None else None
-        return st
-
-    def usual_hours(self, top: int = 6) -> list[int]:
-        """Hours of the day (UTC) this identity is most active in, most active first."""
-        ranked = sorted(range(24), key=lambda h: -self.hod[h])
-        return [h for h in ranked[:top] if self.hod[h]]
-
-    def working_hours(self) -> list[int]:
-        """Hours of the day (UTC) that hold at least 3% of the identity's history."""
-        floor = max(1.0, _WORKING_SHARE * self.history)
-        return [h for h in range(24) if self.hod[h] >= floor]
-
-    def usual_segments(self, top: int = 3) -> list[tuple[str, float]]:
-        total = self.history or 1
-        ranked = sorted(self.segments.items(), key=lambda kv: -kv[1])[:top]
-        return [(name, count / total) for name, count in ranked]
-
-
-def _rates(st: IdentityState) -> tuple:
-    return (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
-            st.requests_baseline, st.secrets_baseline)
-
-
-def _learn_rates(st: IdentityState, ts: float, values: tuple[float, ...]) -> None:
-    """Fold the usual hourly request count and breadth forward by one learned event.
-
-    The hour's mean is folded into an EWMA when the next hour starts (a running mean over the
-    first hours); until an identity has a completed hour, its baseline is the current hour's
-    running mean, so newcomers do not look like bursts against a zero baseline.
-    """
-    hour = int(ts // 3600)
-    if hour > st.baseline_hour:
-        if st.hour_n:
-            st.hours_seen += 1
-            alpha = max(_EWMA_ALPHA, 1.0 / st.hours_seen)
-            st.requests_baseline += alpha * (st.hour_requests / st.hour_n - st.requests_baseline)
-            st.secrets_baseline += alpha * (st.hour_secrets / st.hour_n - st.secrets_baseline)
-        st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets = hour, 0, 0.0, 0.0
-    st.hour_n += 1
-    st.hour_requests += values[_REQUESTS_1H]
-    st.hour_secrets += values[_SECRETS_1H]
-    if not st.hours_seen:
-        st.requests_baseline = st.hour_requests / st.hour_n
-        st.secrets_baseline = st.hour_secrets / st.hour_n
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -458,7 +290,7 @@ class FeatureExtractor:
             how_share = (h_week[how - 1] + h_week[how] + h_week[(how + 1) % 168]) / history
             hod_count = h_day[hod - 1] + h_day[hod] + h_day[(hod + 1) % 24]
             hod_share = hod_count / history
-            floor = max(1.0, _WORKING_SHARE * history)
+            floor = max(1.0, WORKING_SHARE * history)
             work_distance = 0.0 if h_day[hod] >= floor else _hours_to(h_day, hod, floor)
             classes, novelty = frequency_classes(keys, counts, history)
             seg_share = counts[SEGMENT].get(segment, 0) / history if classes[SEGMENT] < UNSEEN \
@@ -541,7 +373,7 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         ts = event.ts
         how, hod = hour_slots(ts)
-        undo = Undo(how, hod, st._scalars(), _rates(st))
+        undo = Undo(how, hod, st._scalars(), rates(st))
         keys = _learned_keys(fv)
         if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
             st.new_segment_login = ts
@@ -554,7 +386,7 @@ class FeatureExtractor:
         st.peer.learn(event.identity, keys, hod, policy_write)
         if policy_write:
             st.policy_writer = True
-        _learn_rates(st, ts, fv.values)
+        learn_rates(st, ts, fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H])
         if st.history:
             gap = math.log1p(max(0.0, ts - st.last_seen))
             if st.history == 1:
