@@ -57,6 +57,8 @@ class Rule:
     # The rule's first "feature >= number" (or >) clause as (column, threshold): checked inline
     # before the predicate, since most events fail it and a call costs more than a comparison.
     gate: tuple[int, float] | None = field(default=None, compare=False)
+    # Without one: an "event field equals / in" clause as (field, allowed values).
+    event_gate: tuple[str, frozenset] | None = field(default=None, compare=False)
 
     def matches(self, fv: FeatureVector) -> bool:
         return self.predicate(fv)
@@ -139,7 +141,7 @@ def compile_rule(doc: Any, source: str) -> Rule:
                 return False
         return True
 
-    gate = None
+    gate = event_gate = None
     for c in when:
         op = next((k for k in c if k != "field"), None)
         if c.get("field") in INDEX and op in ("gte", "gt"):
@@ -147,9 +149,20 @@ def compile_rule(doc: Any, source: str) -> Rule:
             # x > v is x >= the next float above v
             gate = (INDEX[c["field"]], value if op == "gte" else math.nextafter(value, math.inf))
             break
+    else:
+        # no threshold clause: gate on an event field's value instead, e.g. operation in [...]
+        for c in when:
+            op = next((k for k in c if k != "field"), None)
+            if c.get("field") in _EVENT_FIELDS and op in ("equals", "in"):
+                values = c[op] if op == "in" else [c[op]]
+                try:
+                    event_gate = (c["field"], frozenset(values))
+                except TypeError:  # unhashable values: the predicate alone decides
+                    continue
+                break
 
     return Rule(
-        gate=gate,
+        gate=gate, event_gate=event_gate if gate is None else None,
         id=str(doc["id"]), title=str(doc["title"]), description=str(doc.get("description", "")),
         severity_id=SEVERITIES[doc["severity"]], reason=str(doc["reason"]),
         attack=tuple(doc.get("attack", ())), false_positives=str(doc.get("false_positives", "")),
@@ -184,12 +197,17 @@ class RuleSet:
     def __init__(self, rules: Sequence[Rule]) -> None:
         self.rules = list(rules)
         self._gated = [(r, r.gate[0], r.gate[1]) for r in self.rules if r.gate is not None]
-        self._ungated = [r for r in self.rules if r.gate is None]
+        self._event_gated = [(r, *r.event_gate) for r in self.rules if r.event_gate is not None]
+        self._ungated = [r for r in self.rules if r.gate is None and r.event_gate is None]
         self._order = {r.id: i for i, r in enumerate(self.rules)}
 
     def evaluate_one(self, fv: FeatureVector) -> tuple[Rule, ...]:
         values = fv.values
         hits = [r for r, col, floor in self._gated if values[col] >= floor and r.predicate(fv)]
+        event = fv.event
+        for r, name, allowed in self._event_gated:
+            if getattr(event, name) in allowed and r.predicate(fv):
+                hits.append(r)
         for r in self._ungated:
             if r.predicate(fv):
                 hits.append(r)

@@ -15,6 +15,7 @@ import yaml
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
+from pipeline.delivery.config import DeliverySettings, SinkSettings
 from pipeline.errors import ConfigError
 from pipeline.features import FEATURE_NAMES
 
@@ -28,7 +29,8 @@ class _Strict(BaseModel):
 class StoreSettings(_Strict):
     url: str = "sqlite:///secretscope.db"
     # Share of baseline (non-flagged) feature vectors kept for `secretscope train`; 0 disables.
-    feature_history_sample: float = Field(0.05, ge=0, le=1)
+    # share of learned feature vectors kept for `secretscope train` (by a hash of the event id)
+    feature_history_sample: float = Field(0.02, ge=0, le=1)
 
 
 class InputSettings(_Strict):
@@ -299,7 +301,17 @@ class Settings(_Strict):
     run: RunSettings = RunSettings()
     kafka: KafkaSettings = KafkaSettings()
     socket: SocketSettings = SocketSettings()
+    sinks: tuple[SinkSettings, ...] = ()
+    delivery: DeliverySettings = DeliverySettings()
     base_dir: str = Field("", exclude=True)  # directory of the config file; relative paths start here
+
+    @model_validator(mode="after")
+    def _sink_names_unique(self) -> "Settings":
+        names = [s.name for s in self.sinks]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"sink names must be unique: {', '.join(twice)}")
+        return self
 
     def resolve(self, path: str) -> Path:
         """A path from the config, relative to the config file's directory."""

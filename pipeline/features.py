@@ -118,6 +118,8 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     segment: str
     values: tuple[float, ...]
     keys: tuple = ()
+    how: int = 0  # hour of the week and of the day of the event (see hour_slots)
+    hod: int = 0
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -360,7 +362,7 @@ class FeatureExtractor:
             float(p_history),
             float(len(peer.members)),
         )
-        return FeatureVector(event, segment, values, keys)
+        return FeatureVector(event, segment, values, keys, how, hod)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -372,7 +374,7 @@ class FeatureExtractor:
         event = fv.event
         st = self.identities[event.identity]
         ts = event.ts
-        how, hod = hour_slots(ts)
+        how, hod = fv.how, fv.hod
         undo = Undo(how, hod, st._scalars(), rates(st))
         keys = _learned_keys(fv)
         if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
