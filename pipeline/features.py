@@ -31,6 +31,7 @@ from pipeline.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, r
 from pipeline.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
                               dimension_keys, frequency_classes, peer_key)
 from pipeline.segments import SegmentTable
+from pipeline.windows import WindowCounter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -171,6 +172,11 @@ def is_dynamic_credential(event: AccessEvent) -> bool:
     return "/creds/" in event.path or "/issue/" in event.path
 
 
+def _ratio(lists: int, reads: WindowCounter, ts: float) -> float:
+    """Lists per successful read; the reads window is only consulted when there were lists."""
+    return lists / max(1, reads.count(ts)) if lists else 0.0
+
+
 def _learned_keys(fv: FeatureVector) -> tuple:
     """The dimension values ``learn`` counts: a secret (and its folder) only once it was used
     successfully, so denied probes and typos do not widen what the identity is known to use."""
@@ -271,7 +277,7 @@ class FeatureExtractor:
             st.denied_1h.count(ts) / requests_1h if requests_1h else 0.0,
             float(st.denied_secrets_1h.count(ts)),
             float(st.login_failed_5m.count(ts)),
-            st.lists_1h.count(ts) / max(1, st.reads_1h.count(ts)),
+            _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
             ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
         )

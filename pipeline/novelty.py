@@ -55,20 +55,20 @@ def frequency_classes(keys: tuple, counts: list, total: int) -> tuple[list[int],
     if not total:
         return [FREQUENT if k is None else UNSEEN for k in keys], 1.0
     rare, infrequent = RARE_SHARE * total, INFREQUENT_SHARE * total
-    classes = []
+    classes: list[int] = []
+    append = classes.append
     novelty = 0.0
-    for key, seen in zip(keys, counts):  # hot path: frequency_class inlined
-        if key is None:
-            classes.append(FREQUENT)
-            continue
-        n = seen.get(key)
-        if n is None:
-            classes.append(UNSEEN)
+    for key, seen in zip(keys, counts):  # hot path: frequency_class inlined, common case first
+        n = seen.get(key, 0) if key is not None else total
+        if n >= infrequent:
+            append(FREQUENT)
+        elif n:
+            append(INFREQUENT if n >= rare else RARE)
+        else:
+            append(UNSEEN)
             surprise = 1.0 - len(seen) / total
             if surprise > novelty:
                 novelty = surprise
-        else:
-            classes.append(FREQUENT if n >= infrequent else (INFREQUENT if n >= rare else RARE))
     return classes, novelty
 
 
