@@ -1,4 +1,5 @@
-"""Command line: ``secretscope replay | simulate | evaluate | run | validate | train | alerts``."""
+"""Command line: ``secretscope replay | simulate | evaluate | run | validate | train | alerts |
+deliver | redrive``."""
 
 from __future__ import annotations
 
@@ -46,7 +47,7 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
     from pipeline.parsers.limits import InputLimits
     from pipeline.store import Store
 
-    store = Store(settings.store.url)
+    store = Store(settings.store.url, routes=settings.sinks)
     try:
         keep = collect.__setitem__ if collect is not None else None
         pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
@@ -284,20 +285,24 @@ def alerts(
         return
     from pipeline.store import Store
 
+    from pipeline.delivery.outbox import Outbox, format_states
+
     settings = _settings(config, store)
     st = Store(settings.store.url)
     try:
         rows = st.recent_findings(limit)
         verdicts = st.labels_of(r["finding_info"]["uid"] for r in rows)
+        delivery = Outbox(st).states(r["finding_info"]["uid"] for r in rows)
     finally:
         st.close()
     table = Table(title=f"latest {len(rows)} findings in {settings.store.url}")
-    for col in ("id", "severity", "identity", "title", "label"):
+    for col in ("id", "severity", "identity", "title", "delivery", "label"):
         table.add_column(col, overflow="fold")
     for r in rows:
         uid = r["finding_info"]["uid"]
         table.add_row(uid, r["severity"], r["actor"]["user"]["name"] or r["actor"]["user"]["uid"],
-                      r["finding_info"]["title"], verdicts.get(uid, ""))
+                      r["finding_info"]["title"], format_states(delivery.get(uid, {})),
+                      verdicts.get(uid, ""))
     _console().print(table)
 
 
@@ -321,6 +326,88 @@ def alerts_label(
     finally:
         st.close()
     err.print(f"labelled {finding_id} ({identity}) {verdict.value}")
+
+
+@app.command()
+def deliver(
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+    once: bool = typer.Option(False, "--once", help="Try everything due now once, then exit."),
+) -> None:
+    """Send the findings in the outbox to the configured sinks (retrying, dead-lettering)."""
+    import threading
+
+    from pipeline.delivery.retry import RetryPolicy
+    from pipeline.delivery.sinks import build_sink
+    from pipeline.delivery.worker import DeliveryWorker
+    from pipeline.store import Store
+
+    settings = _settings(config, store)
+    if not settings.sinks:
+        raise SecretscopeError("no sinks configured (the sinks: section of the config)")
+    d = settings.delivery
+    st = Store(settings.store.url, routes=settings.sinks)
+    sinks: dict = {}
+    metrics_server = None
+    try:
+        for s in settings.sinks:
+            sinks[s.name] = build_sink(s, settings.base_dir)
+        if d.metrics_port is not None:
+            from prometheus_client import start_http_server
+
+            metrics_server, _ = start_http_server(d.metrics_port, d.metrics_host)
+        worker = DeliveryWorker(st, sinks, RetryPolicy(d.retry_base_seconds, d.retry_cap_seconds,
+                                                       d.retry_budget_seconds),
+                                poll_seconds=d.poll_seconds)
+        if once:
+            started = time.time()
+            total, seen = {"delivered": 0, "retried": 0, "dead-lettered": 0}, set()
+            while True:  # each delivery due at the start is tried once
+                done = worker.run_once(due_by=started)
+                total["delivered"] += done.delivered
+                total["retried"] += done.retried
+                total["dead-lettered"] += done.dead_lettered
+                if not done.attempted - seen:
+                    break
+                seen |= done.attempted
+            err.print("; ".join(f"{v:,} {k}" for k, v in total.items()))
+            return
+        import signal
+
+        stop = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+        worker.run(stop)
+    finally:
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
+        for sink in sinks.values():
+            sink.close()
+        st.close()
+
+
+@app.command()
+def redrive(
+    sink: Optional[str] = typer.Option(None, "--sink", help="Only this sink's dead letters."),
+    finding: Optional[str] = typer.Option(None, "--finding", help="Only this finding's."),
+    all_: bool = typer.Option(False, "--all", help="Every dead letter."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Move delivery dead letters back to the outbox (attempts reset) for the next delivery."""
+    from pipeline.delivery.outbox import Outbox
+    from pipeline.store import Store
+
+    if not (sink or finding or all_):
+        raise SecretscopeError("redrive: choose --sink NAME, --finding ID or --all")
+    settings = _settings(config, store)
+    st = Store(settings.store.url)
+    try:
+        moved = Outbox(st).redrive(sink=sink, finding_id=finding)
+    finally:
+        st.close()
+    print(f"redriven {moved} dead letter{'' if moved == 1 else 's'}")
 
 
 def main() -> None:

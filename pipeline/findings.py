@@ -9,6 +9,7 @@ the same ids and downstream systems can dedupe on them.
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
@@ -100,6 +101,15 @@ def _epoch_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
+def _evidence(identity: str, name: str, remote_address: str) -> dict[str, Any]:
+    evidence: dict[str, Any] = {"actor": {"user": {"uid": identity, "name": name}}}
+    try:
+        evidence["src_endpoint"] = {"ip": str(ipaddress.ip_address(remote_address))}
+    except ValueError:  # none recorded, or not an address OCSF's ip_t accepts
+        pass
+    return evidence
+
+
 def to_ocsf(f: Finding) -> dict[str, Any]:
     """OCSF Detection Finding (class 2004), activity Create."""
     e = f.trigger
@@ -134,6 +144,7 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             "product": {"name": "secretscope", "vendor_name": "secretscope",
                         "version": __version__},
             "log_name": e.source,
+            "profiles": ["host"],
         },
         "finding_info": {
             "uid": f.id,
@@ -147,8 +158,10 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             "last_seen_time": _epoch_ms(f.last_time or f.time),
             "related_events": [{"uid": uid} for uid in f.related_event_ids],
         },
+        # OCSF 1.3.0 has ``actor`` on a finding only through the host profile, and the source
+        # endpoint only inside ``evidences`` (checked by pipeline.delivery.renderings.validate_ocsf)
         "actor": {"user": {"uid": f.identity, "name": f.display_name}},
-        "src_endpoint": {"ip": e.remote_address} if e.remote_address else {},
+        "evidences": [_evidence(f.identity, f.display_name, e.remote_address)],
         "resources": [{"name": e.secret, "type": "secret", "namespace": e.namespace or "root"}],
         "unmapped": {
             "secretscope": {

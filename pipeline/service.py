@@ -28,7 +28,7 @@ def run_service(settings: Settings) -> dict:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    store = Store(settings.store.url)
+    store = Store(settings.store.url, routes=settings.sinks)
     try:
         if settings.run.source == "socket":
             summary = _run_socket(settings, store, stop)

@@ -1,5 +1,5 @@
-"""SQL storage through SQLAlchemy: findings, dead letters, snapshots, feature history and
-analysts' labels (SQLite file by default).
+"""SQL storage through SQLAlchemy: findings, dead letters, snapshots, feature history,
+analysts' labels and the delivery outbox (SQLite file by default).
 
 Writes are idempotent on the finding id (and feature history on the event id), so a replay after
 a crash does not duplicate them. Nothing stored here holds a secret value: findings carry
@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import orjson
 from sqlalchemy import (BigInteger, CheckConstraint, Column, DateTime, Float, ForeignKey, Index,
@@ -108,6 +108,48 @@ labels = Table(
     CheckConstraint("label IN ('tp', 'fp')", name="ck_labels_label"),
 )
 
+# The delivery outbox (pipeline/delivery/outbox.py): one row per finding per sink it is routed
+# to, written in the transaction that stores the finding; the worker marks it delivered, or moves
+# it to delivery_dead_letters with the reason.
+OUTBOX_STATUSES = ("pending", "delivered")
+outbox = Table(
+    "outbox", metadata,
+    Column("finding_id", String(36),
+           ForeignKey("findings.id", name="fk_outbox_finding_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("sink", String(128), primary_key=True),
+    Column("status", String(10), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("first_attempt_at", DateTime(timezone=True), nullable=True),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),  # NULL: due now
+    Column("last_error", String(1024), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("status IN ('pending', 'delivered')", name="ck_outbox_status"),
+    Index("ix_outbox_due", "sink", "status", "next_attempt_at"),
+)
+
+delivery_dead_letters = Table(
+    "delivery_dead_letters", metadata,
+    Column("finding_id", String(36),
+           ForeignKey("findings.id", name="fk_delivery_dead_letters_finding_id",
+                      ondelete="CASCADE"),
+           primary_key=True),
+    Column("sink", String(128), primary_key=True),
+    Column("reason", String(1024), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("dead_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class Route(NamedTuple):
+    """Findings at or above ``min_severity_id`` go to the sink called ``name`` (sink settings
+    have both attributes, so ``settings.sinks`` can be passed as routes directly)."""
+
+    name: str
+    min_severity_id: int
+
+
 _HISTORY_FLUSH_ROWS = 2000  # buffered history rows written on their own when nothing else is
 
 
@@ -154,9 +196,11 @@ def migrate(engine: Engine) -> None:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, routes: Iterable[Route] = ()) -> None:
         self.engine: Engine = create_engine(url)
         migrate(self.engine)
+        self.routes: tuple[Route, ...] = ()
+        self.set_routes(routes)
         # Feature history is buffered and written in the transaction of the next findings or
         # snapshot (so a snapshot never covers history that is not stored), or on close.
         self._history: list[HistoryRow] = []
@@ -183,22 +227,56 @@ class Store:
              "ocsf": orjson.dumps(to_ocsf(f)).decode(), "created_at": now}
             for f in items
         ]
+        queued = [{"finding_id": f.id, "sink": r.name, "status": "pending", "attempts": 0,
+                   "created_at": now}
+                  for f in items for r in self.routes if f.severity_id >= r.min_severity_id]
         pending = self._take_history()
         with self.engine.begin() as conn:
             conn.execute(self._insert_ignore(findings), rows)
+            if queued:
+                self._enqueue(conn, queued)
             self._write_history(conn, pending)
+
+    def _enqueue(self, conn: Connection, queued: list[dict]) -> None:
+        """Queue outbox rows; a replay queues nothing twice (the key is (finding_id, sink))
+        and nothing that was dead-lettered (only ``redrive`` brings those back)."""
+        dead = {(r.finding_id, r.sink) for r in conn.execute(
+            select(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.sink)
+            .where(delivery_dead_letters.c.finding_id.in_({q["finding_id"] for q in queued})))}
+        queued = [q for q in queued if (q["finding_id"], q["sink"]) not in dead]
+        if queued:
+            conn.execute(self._insert_ignore(outbox), queued)
+
+    def set_routes(self, routes: Iterable[Route]) -> None:
+        """The sinks new findings are queued for in the outbox (by their ``name`` and
+        ``min_severity_id``); none by default."""
+        self.routes = tuple(Route(r.name, r.min_severity_id) for r in routes)
+        names = [r.name for r in self.routes]
+        if len(set(names)) != len(names):
+            raise SecretscopeError(f"outbox routes: duplicate sink names in {names}")
 
     def update_findings(self, items: Sequence[Finding]) -> None:
         """Replace stored findings by their newer version (an incident that grew by merged
         firings); same id, so delivery downstream can update rather than duplicate."""
         if not items:
             return
+        now = datetime.now(timezone.utc)
+        # a finding whose severity grew now also goes to the sinks it meets (once, by id)
+        queued = [{"finding_id": f.id, "sink": r.name, "status": "pending", "attempts": 0,
+                   "created_at": now}
+                  for f in items for r in self.routes if f.severity_id >= r.min_severity_id]
         with self.engine.begin() as conn:
             for f in items:
                 conn.execute(findings.update().where(findings.c.id == f.id).values(
                     severity_id=f.severity_id, score=f.score,
                     detectors=",".join(f.detectors)[:512],
                     ocsf=orjson.dumps(to_ocsf(f)).decode()))
+            if queued:  # only findings stored already (an update may precede its insert)
+                stored = set(conn.execute(select(findings.c.id).where(
+                    findings.c.id.in_({q["finding_id"] for q in queued}))).scalars())
+                queued = [q for q in queued if q["finding_id"] in stored]
+            if queued:
+                self._enqueue(conn, queued)
 
     def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
         now = datetime.now(timezone.utc)

@@ -29,7 +29,8 @@ from pipeline.store import (MIGRATIONS_DIR, Store, dead_letters, findings, metad
                             snapshots)
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES = {"findings", "dead_letters", "snapshots", "feature_history", "feature_sets", "labels"}
+TABLES = {"findings", "dead_letters", "snapshots", "feature_history", "feature_sets", "labels",
+          "outbox", "delivery_dead_letters"}
 
 
 def _head() -> str:

@@ -150,3 +150,6 @@ class DeliverySettings(_Strict):
     retry_cap_seconds: float = Field(60.0, gt=0)
     retry_budget_seconds: float = Field(900.0, gt=0)  # then the delivery is dead-lettered
     poll_seconds: float = Field(1.0, gt=0)  # how often an idle worker looks at the outbox
+    # `secretscope deliver` serves its Prometheus metrics over HTTP here when set
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"

@@ -1,0 +1,190 @@
+"""The SQL outbox: which findings each sink still has to receive, which it has, and which were
+given up on (``delivery_dead_letters``, with the reason).
+
+Rows are queued by :meth:`pipeline.store.Store.add_findings` in the transaction that stores the
+findings. :meth:`Outbox.process` claims a sink's due rows and records what became of them. On
+PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED`` held until the outcomes are
+written, so several workers never send the same row; on SQLite (one worker) the claim and the
+outcomes are short transactions of their own, so a slow sink does not lock the pipeline's writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Union
+
+import orjson
+from sqlalchemy import and_, delete, func, or_, select, tuple_, update
+from sqlalchemy.engine import Connection
+
+from pipeline.delivery.model import Delivery
+from pipeline.store import Store, _utc, delivery_dead_letters, findings, outbox
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A due outbox row with the finding to send."""
+
+    delivery: Delivery
+    attempts: int  # attempts made before this one
+    first_attempt_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    finding_id: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    finding_id: str
+    attempts: int  # including the one that just failed
+    first_attempt_at: datetime
+    next_attempt_at: datetime
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class Dead:
+    finding_id: str
+    attempts: int
+    reason: str
+    at: datetime
+
+
+Result = Union[Delivered, Retry, Dead]
+
+
+class Outbox:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.engine = store.engine
+        self._hold = self.engine.dialect.name == "postgresql"
+
+    def process(self, sink: str, limit: int, now: datetime,
+                handle: Callable[[list[Claimed]], Sequence[Result]]) -> list[Result]:
+        """Claim up to ``limit`` rows of ``sink`` due at ``now`` (oldest first), let ``handle``
+        send them, and record the results it returns."""
+        if self._hold:
+            with self.engine.begin() as conn:
+                claimed = self._due(conn, sink, limit, now, lock=True)
+                results = list(handle(claimed)) if claimed else []
+                self._record(conn, sink, results)
+            return results
+        with self.engine.connect() as conn:
+            claimed = self._due(conn, sink, limit, now, lock=False)
+        if not claimed:
+            return []
+        results = list(handle(claimed))
+        with self.engine.begin() as conn:
+            self._record(conn, sink, results)
+        return results
+
+    def _due(self, conn: Connection, sink: str, limit: int, now: datetime,
+             lock: bool) -> list[Claimed]:
+        query = (select(outbox.c.finding_id, outbox.c.attempts, outbox.c.first_attempt_at,
+                        findings.c.severity_id, findings.c.ocsf)
+                 .join(findings, findings.c.id == outbox.c.finding_id)
+                 .where(outbox.c.sink == sink, outbox.c.status == "pending",
+                        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
+                 .order_by(outbox.c.created_at, outbox.c.finding_id)
+                 .limit(limit))
+        if lock:
+            query = query.with_for_update(skip_locked=True, of=outbox)
+        return [Claimed(Delivery(r.finding_id, r.severity_id, orjson.loads(r.ocsf)), r.attempts,
+                        r.first_attempt_at and _utc(r.first_attempt_at))
+                for r in conn.execute(query)]
+
+    def _record(self, conn: Connection, sink: str, results: Sequence[Result]) -> None:
+        for r in results:
+            key = and_(outbox.c.finding_id == r.finding_id, outbox.c.sink == sink)
+            if isinstance(r, Delivered):
+                conn.execute(update(outbox).where(key).values(
+                    status="delivered", delivered_at=r.at, next_attempt_at=None))
+            elif isinstance(r, Retry):
+                conn.execute(update(outbox).where(key).values(
+                    attempts=r.attempts, first_attempt_at=r.first_attempt_at,
+                    next_attempt_at=r.next_attempt_at, last_error=r.error[:1024]))
+            else:
+                conn.execute(delete(outbox).where(key))
+                conn.execute(delete(delivery_dead_letters).where(
+                    delivery_dead_letters.c.finding_id == r.finding_id,
+                    delivery_dead_letters.c.sink == sink))
+                conn.execute(delivery_dead_letters.insert().values(
+                    finding_id=r.finding_id, sink=sink, reason=r.reason[:1024],
+                    attempts=r.attempts, dead_at=r.at))
+
+    # --- redrive and state -----------------------------------------------------------------
+
+    def redrive(self, sink: str | None = None, finding_id: str | None = None,
+                now: datetime | None = None) -> int:
+        """Move dead letters (of ``sink``, of ``finding_id``, or all when both are None) back to
+        the outbox as new, due deliveries; returns how many."""
+        now = now or datetime.now(timezone.utc)
+        where = []
+        if sink is not None:
+            where.append(delivery_dead_letters.c.sink == sink)
+        if finding_id is not None:
+            where.append(delivery_dead_letters.c.finding_id == finding_id)
+        with self.engine.begin() as conn:
+            query = select(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.sink)
+            if self._hold:
+                query = query.with_for_update(skip_locked=True)
+            keys = [tuple(k) for k in conn.execute(query.where(*where))]
+            if not keys:
+                return 0
+            for chunk in _chunks(keys, 500):
+                conn.execute(delete(delivery_dead_letters).where(
+                    tuple_(delivery_dead_letters.c.finding_id,
+                           delivery_dead_letters.c.sink).in_(chunk)))
+                conn.execute(delete(outbox).where(
+                    tuple_(outbox.c.finding_id, outbox.c.sink).in_(chunk)))
+                conn.execute(outbox.insert(), [
+                    {"finding_id": f, "sink": s, "status": "pending", "attempts": 0,
+                     "created_at": now} for f, s in chunk])
+        return len(keys)
+
+    def states(self, finding_ids: Iterable[str]) -> dict[str, dict[str, str]]:
+        """finding id -> {sink: "delivered" | "pending" | "pending(N)" | "dead"}, where N is
+        the number of failed attempts so far."""
+        ids = list(dict.fromkeys(finding_ids))
+        out: dict[str, dict[str, str]] = {}
+        if not ids:
+            return out
+        with self.engine.connect() as conn:
+            for r in conn.execute(select(outbox.c.finding_id, outbox.c.sink, outbox.c.status,
+                                         outbox.c.attempts).where(outbox.c.finding_id.in_(ids))):
+                state = r.status
+                if r.status == "pending" and r.attempts:
+                    state = f"pending({r.attempts})"
+                out.setdefault(r.finding_id, {})[r.sink] = state
+            for r in conn.execute(select(delivery_dead_letters.c.finding_id,
+                                         delivery_dead_letters.c.sink)
+                                  .where(delivery_dead_letters.c.finding_id.in_(ids))):
+                out.setdefault(r.finding_id, {})[r.sink] = "dead"
+        return {f: dict(sorted(s.items())) for f, s in out.items()}
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """sink -> {"pending": n, "delivered": n, "dead": n}."""
+        out: dict[str, dict[str, int]] = {}
+        with self.engine.connect() as conn:
+            for r in conn.execute(select(outbox.c.sink, outbox.c.status, func.count())
+                                  .group_by(outbox.c.sink, outbox.c.status)):
+                out.setdefault(r[0], {"pending": 0, "delivered": 0, "dead": 0})[r[1]] = r[2]
+            for r in conn.execute(select(delivery_dead_letters.c.sink, func.count())
+                                  .group_by(delivery_dead_letters.c.sink)):
+                out.setdefault(r[0], {"pending": 0, "delivered": 0, "dead": 0})["dead"] = r[1]
+        return out
+
+
+def format_states(states: dict[str, str]) -> str:
+    """``{"hook": "delivered", "pd": "dead"}`` -> ``"hook:delivered pd:dead"``."""
+    return " ".join(f"{sink}:{state}" for sink, state in states.items())
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]

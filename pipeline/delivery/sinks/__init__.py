@@ -1,0 +1,44 @@
+"""Sinks: one module per product, each implementing :class:`pipeline.delivery.model.Sink`.
+
+``build_sink(settings, base_dir)`` picks the implementation by the settings' ``type`` and reads
+its credentials (relative files resolve against ``base_dir``, the config file's directory).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipeline.delivery.model import Sink
+from pipeline.delivery.sinks.azure import AzureLogs
+from pipeline.delivery.sinks.elastic import Elastic
+from pipeline.delivery.sinks.pagerduty import PagerDuty
+from pipeline.delivery.sinks.secops import SecOps
+from pipeline.delivery.sinks.slack import Slack
+from pipeline.delivery.sinks.splunk import SplunkHec
+from pipeline.delivery.sinks.syslog import Syslog
+from pipeline.delivery.sinks.webhook import Webhook
+from pipeline.errors import ConfigError
+
+SINK_TYPES: dict[str, Any] = {
+    "webhook": Webhook,
+    "splunk_hec": SplunkHec,
+    "elastic": Elastic,
+    "azure_logs": AzureLogs,
+    "secops": SecOps,
+    "syslog": Syslog,
+    "slack": Slack,
+    "pagerduty": PagerDuty,
+}
+
+__all__ = ["SINK_TYPES", "build_sink", "AzureLogs", "Elastic", "PagerDuty", "SecOps", "Slack",
+           "SplunkHec", "Syslog", "Webhook"]
+
+
+def build_sink(settings: Any, base_dir: str | Path) -> Sink:
+    """The sink for one entry of the ``sinks:`` config section."""
+    try:
+        cls = SINK_TYPES[settings.type]
+    except KeyError:
+        raise ConfigError(f"sinks.{settings.name}: unknown sink type {settings.type!r}") from None
+    return cls(settings, base_dir)

@@ -1,0 +1,158 @@
+"""The delivery worker: sends what the outbox holds to each sink, under the one retry policy.
+
+Per outcome: delivered -> the row is marked delivered; retryable -> tried again after
+``policy.next_delay`` (exponential backoff with full jitter, at least the sink's Retry-After), or
+dead-lettered with "retry budget exhausted after N attempts: <last reason>" once the budget is
+spent; permanent -> dead-lettered with the sink's reason. A sink that raises fails its whole
+batch retryably. Counts are Prometheus metrics labelled by sink.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
+
+from pipeline.delivery.model import Outcome, Sink
+from pipeline.delivery.outbox import Claimed, Dead, Delivered, Outbox, Result, Retry
+from pipeline.delivery.retry import RetryPolicy
+from pipeline.store import Store
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryMetrics:
+    def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
+        self.registry = registry
+        self.delivered = Counter("secretscope_delivery_delivered", "Findings delivered",
+                                 ["sink"], registry=registry)
+        self.retried = Counter("secretscope_delivery_retried",
+                               "Failed attempts that will be retried", ["sink"],
+                               registry=registry)
+        self.dead_lettered = Counter("secretscope_delivery_dead_lettered",
+                                     "Findings moved to delivery_dead_letters", ["sink"],
+                                     registry=registry)
+        self.pending = Gauge("secretscope_delivery_pending", "Outbox rows not yet delivered",
+                             ["sink"], registry=registry)
+        self.dead = Gauge("secretscope_delivery_dead_letters",
+                          "Rows in delivery_dead_letters", ["sink"], registry=registry)
+
+
+_default_metrics: DeliveryMetrics | None = None
+_default_lock = threading.Lock()
+
+
+def default_metrics() -> DeliveryMetrics:
+    """The process-wide metrics on prometheus_client's default registry (created once)."""
+    global _default_metrics
+    with _default_lock:
+        if _default_metrics is None:
+            _default_metrics = DeliveryMetrics()
+        return _default_metrics
+
+
+@dataclass
+class Pass:
+    """What one :meth:`DeliveryWorker.run_once` did."""
+
+    delivered: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    attempted: set[tuple[str, str]] = field(default_factory=set)  # (sink, finding id)
+
+    @property
+    def claimed(self) -> int:
+        return self.delivered + self.retried + self.dead_lettered
+
+
+class DeliveryWorker:
+    def __init__(self, store: Store, sinks: Mapping[str, Sink], policy: RetryPolicy,
+                 clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep, poll_seconds: float = 1.0,
+                 metrics: DeliveryMetrics | None = None) -> None:
+        self.store = store
+        self.sinks = sinks
+        self.policy = policy
+        self.clock = clock
+        self.sleep = sleep
+        self.poll_seconds = poll_seconds
+        self.metrics = metrics or default_metrics()
+        self.outbox = Outbox(store)
+
+    def run(self, stop_event: threading.Event | None = None) -> None:
+        """Deliver until ``stop_event`` is set, polling every ``poll_seconds`` when idle."""
+        while stop_event is None or not stop_event.is_set():
+            if self.run_once().claimed:
+                continue
+            if stop_event is not None:
+                stop_event.wait(self.poll_seconds)
+            else:
+                self.sleep(self.poll_seconds)
+
+    def run_once(self, due_by: float | None = None) -> Pass:
+        """One batch of due rows per sink: due now, or by ``due_by`` (epoch seconds; a drain
+        that must not pick up the retries it scheduled itself passes its start time)."""
+        done = Pass()
+        for name, sink in self.sinks.items():
+            due = self._now() if due_by is None else datetime.fromtimestamp(due_by, timezone.utc)
+            results = self.outbox.process(name, sink.batch_size, due,
+                                          lambda claimed, s=sink: self._send(s, claimed))
+            for r in results:
+                done.attempted.add((name, r.finding_id))
+                if isinstance(r, Delivered):
+                    done.delivered += 1
+                    self.metrics.delivered.labels(name).inc()
+                elif isinstance(r, Retry):
+                    done.retried += 1
+                    self.metrics.retried.labels(name).inc()
+                else:
+                    done.dead_lettered += 1
+                    self.metrics.dead_lettered.labels(name).inc()
+        self.update_gauges()
+        return done
+
+    def update_gauges(self) -> None:
+        counts = self.outbox.counts()
+        for name in set(self.sinks) | set(counts):
+            c = counts.get(name, {})
+            self.metrics.pending.labels(name).set(c.get("pending", 0))
+            self.metrics.dead.labels(name).set(c.get("dead", 0))
+
+    def _now(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), timezone.utc)
+
+    def _send(self, sink: Sink, claimed: list[Claimed]) -> list[Result]:
+        try:
+            outcomes = sink.send([c.delivery for c in claimed])
+        except Exception as exc:  # a broken sink must not stop delivery to the others
+            log.warning("sink %s raised %s; retrying its batch", sink.name, exc, exc_info=True)
+            reason = f"sink raised {type(exc).__name__}: {exc}"
+            outcomes = [Outcome(c.delivery.finding_id, False, retryable=True, reason=reason)
+                        for c in claimed]
+        by_id = {o.finding_id: o for o in outcomes}
+        now = self._now()
+        return [self._decide(c, by_id.get(c.delivery.finding_id), now) for c in claimed]
+
+    def _decide(self, c: Claimed, outcome: Outcome | None, now: datetime) -> Result:
+        fid = c.delivery.finding_id
+        if outcome is None:
+            outcome = Outcome(fid, False, retryable=True, reason="sink returned no outcome")
+        if outcome.ok:
+            return Delivered(fid, now)
+        attempts = c.attempts + 1
+        if not outcome.retryable:
+            return Dead(fid, attempts, outcome.reason or "permanent failure", now)
+        first = c.first_attempt_at or now
+        delay = self.policy.next_delay(attempts, (now - first).total_seconds(),
+                                       outcome.retry_after)
+        if delay is None:
+            return Dead(fid, attempts, f"retry budget exhausted after {attempts} attempts: "
+                                       f"{outcome.reason}", now)
+        return Retry(fid, attempts, first,
+                     datetime.fromtimestamp(now.timestamp() + delay, timezone.utc),
+                     outcome.reason)
