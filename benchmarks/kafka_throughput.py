@@ -93,7 +93,7 @@ def stages(bootstrap: str, topic: str, calls: int, db: Path) -> float:
     kafka_io.ensure_topics(k, k.events_partitions, k.replication_factor)
     store = Store(f"sqlite:///{db}")
     parse = ParseStage(settings)
-    score = ScoreStage(settings, store, lambda: Pipeline(settings, store=store))
+    score = ScoreStage(settings, store, lambda: Pipeline(settings, store=store, defer_writes=True))
     done = threading.Event()
 
     def run_parse():

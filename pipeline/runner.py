@@ -101,7 +101,11 @@ class Pipeline:
     def __init__(self, settings: Settings, store: Store | None = None,
                  alerts_out: TextIO | None = None,
                  on_finding: Callable[[Finding], None] | None = None,
-                 on_update: Callable[[Finding], None] | None = None) -> None:
+                 on_update: Callable[[Finding], None] | None = None,
+                 defer_writes: bool = False) -> None:
+        """``defer_writes``: hold findings for :meth:`take_unsaved` instead of writing them at
+        once, for a caller that stores them with its processing progress (the Kafka score stage
+        writes them in its snapshot transaction)."""
         self.settings = settings
         self.segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
         self.extractor = FeatureExtractor(self.segments)
@@ -120,6 +124,9 @@ class Pipeline:
         self.alerts_out = alerts_out
         self.on_finding = on_finding
         self.on_update = on_update
+        self.defer_writes = defer_writes
+        self._unsaved: dict[str, Finding] = {}  # id -> newest version, not yet in the store
+        self._unsaved_updates: dict[str, Finding] = {}
         self.stats = RunStats()
 
     def process_batch(self, events: list[AccessEvent]) -> list[Finding]:
@@ -242,7 +249,10 @@ class Pipeline:
         updates = self.triage.take_updates()
         if updates:
             self.stats.updates += len(updates)
-            if self.store is not None:
+            if self.defer_writes:
+                for f in updates:  # an update of a finding not stored yet replaces it
+                    (self._unsaved if f.id in self._unsaved else self._unsaved_updates)[f.id] = f
+            elif self.store is not None:
                 self.store.update_findings(updates)
             if self.on_update is not None:
                 for f in updates:
@@ -250,7 +260,9 @@ class Pipeline:
         if not findings:
             return
         self.stats.findings += len(findings)
-        if self.store is not None:
+        if self.defer_writes:
+            self._unsaved.update((f.id, f) for f in findings)
+        elif self.store is not None:
             self.store.add_findings(findings)
         if self.alerts_out is not None:
             for f in findings:
@@ -258,6 +270,12 @@ class Pipeline:
         if self.on_finding is not None:
             for f in findings:
                 self.on_finding(f)
+
+    def take_unsaved(self) -> tuple[list[Finding], list[Finding]]:
+        """(new findings, updates of stored ones) held since the last call (``defer_writes``)."""
+        created, updated = list(self._unsaved.values()), list(self._unsaved_updates.values())
+        self._unsaved, self._unsaved_updates = {}, {}
+        return created, updated
 
     def dead_letter(self, items: list[DeadLetter]) -> None:
         for d in items:

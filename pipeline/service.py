@@ -71,7 +71,8 @@ def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
         factories.append(lambda: ParseStage(settings, parse_counters))
     if settings.run.stages in ("both", "score"):
         factories.append(lambda: ScoreStage(
-            settings, store, lambda: Pipeline(settings, store=store), score_counters))
+            settings, store, lambda: Pipeline(settings, store=store, defer_writes=True),
+            score_counters))
     stages: list = [None] * len(factories)
     failures: list[BaseException] = []
 

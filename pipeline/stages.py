@@ -339,7 +339,7 @@ class ScoreStage:
                 self.assigned.discard(tp)
                 worker = self.workers.pop(tp, None)
                 if worker is not None and worker.dirty:
-                    self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump())
+                    self._save(tp, worker)
 
     def _worker(self, tp) -> PartitionWorker:
         """The worker of a partition, restored from its snapshot the first time it is needed."""
@@ -382,12 +382,19 @@ class ScoreStage:
         if time.monotonic() - self.last_snapshot >= self.k.snapshot_seconds:
             self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
 
+    def _save(self, tp, worker: PartitionWorker) -> None:
+        """The worker's state with its offset and the findings raised since the last save, in
+        one transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
+        created, updated = worker.pipeline.take_unsaved()
+        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(), created,
+                                 updated)
+
     def _checkpoint(self, tps) -> None:
-        """Findings are already stored; save each worker's state with its offset, then commit."""
+        """Save each worker's state, offset and findings together, then commit the offsets."""
         offsets = {}
         for tp in tps:
             worker = self.workers[tp]
-            self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump())
+            self._save(tp, worker)
             offsets[tp] = kafka_io.OffsetAndMetadata(worker.next_offset, None, -1)
             worker.dirty = False
         if offsets:

@@ -216,6 +216,15 @@ class Store:
         return table.insert()
 
     def add_findings(self, items: Sequence[Finding]) -> None:
+        """Store new findings and queue them for their sinks, in one transaction."""
+        if not items:
+            return
+        pending = self._take_history()
+        with self.engine.begin() as conn:
+            self._insert_findings(conn, items)
+            self._write_history(conn, pending)
+
+    def _insert_findings(self, conn: Connection, items: Sequence[Finding]) -> None:
         if not items:
             return
         now = datetime.now(timezone.utc)
@@ -230,12 +239,9 @@ class Store:
         queued = [{"finding_id": f.id, "sink": r.name, "status": "pending", "attempts": 0,
                    "created_at": now}
                   for f in items for r in self.routes if f.severity_id >= r.min_severity_id]
-        pending = self._take_history()
-        with self.engine.begin() as conn:
-            conn.execute(self._insert_ignore(findings), rows)
-            if queued:
-                self._enqueue(conn, queued)
-            self._write_history(conn, pending)
+        conn.execute(self._insert_ignore(findings), rows)
+        if queued:
+            self._enqueue(conn, queued)
 
     def _enqueue(self, conn: Connection, queued: list[dict]) -> None:
         """Queue outbox rows; a replay queues nothing twice (the key is (finding_id, sink))
@@ -260,23 +266,28 @@ class Store:
         firings); same id, so delivery downstream can update rather than duplicate."""
         if not items:
             return
+        with self.engine.begin() as conn:
+            self._update_findings(conn, items)
+
+    def _update_findings(self, conn: Connection, items: Sequence[Finding]) -> None:
+        if not items:
+            return
         now = datetime.now(timezone.utc)
         # a finding whose severity grew now also goes to the sinks it meets (once, by id)
         queued = [{"finding_id": f.id, "sink": r.name, "status": "pending", "attempts": 0,
                    "created_at": now}
                   for f in items for r in self.routes if f.severity_id >= r.min_severity_id]
-        with self.engine.begin() as conn:
-            for f in items:
-                conn.execute(findings.update().where(findings.c.id == f.id).values(
-                    severity_id=f.severity_id, score=f.score,
-                    detectors=",".join(f.detectors)[:512],
-                    ocsf=orjson.dumps(to_ocsf(f)).decode()))
-            if queued:  # only findings stored already (an update may precede its insert)
-                stored = set(conn.execute(select(findings.c.id).where(
-                    findings.c.id.in_({q["finding_id"] for q in queued}))).scalars())
-                queued = [q for q in queued if q["finding_id"] in stored]
-            if queued:
-                self._enqueue(conn, queued)
+        for f in items:
+            conn.execute(findings.update().where(findings.c.id == f.id).values(
+                severity_id=f.severity_id, score=f.score,
+                detectors=",".join(f.detectors)[:512],
+                ocsf=orjson.dumps(to_ocsf(f)).decode()))
+        if queued:  # only findings stored already (an update may precede its insert)
+            stored = set(conn.execute(select(findings.c.id).where(
+                findings.c.id.in_({q["finding_id"] for q in queued}))).scalars())
+            queued = [q for q in queued if q["finding_id"] in stored]
+        if queued:
+            self._enqueue(conn, queued)
 
     def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
         now = datetime.now(timezone.utc)
@@ -287,12 +298,17 @@ class Store:
             with self.engine.begin() as conn:
                 conn.execute(dead_letters.insert(), rows)
 
-    def save_snapshot(self, key: str, next_offset: int, blob: bytes) -> None:
-        """Replace the snapshot under ``key`` (with the input offset it covers)."""
+    def save_snapshot(self, key: str, next_offset: int, blob: bytes,
+                      created: Sequence[Finding] = (), updated: Sequence[Finding] = ()) -> None:
+        """Replace the snapshot under ``key`` (with the input offset it covers), and store the
+        findings the state since the last snapshot raised (queued in the outbox) in the same
+        transaction: processing progress and its findings are committed together."""
         row = {"key": key, "next_offset": next_offset, "checksum": hashlib.sha256(blob).hexdigest(),
                "data": blob, "updated_at": datetime.now(timezone.utc)}
         pending = self._take_history()
         with self.engine.begin() as conn:
+            self._insert_findings(conn, created)
+            self._update_findings(conn, updated)
             self._write_history(conn, pending)
             conn.execute(snapshots.delete().where(snapshots.c.key == key))
             conn.execute(snapshots.insert(), [row])
