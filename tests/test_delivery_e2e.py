@@ -1,6 +1,7 @@
-"""Delivery end to end: a replay with six sinks configured in YAML (credentials from files)
+"""Delivery end to end: a replay with eight sinks configured in YAML (credentials from files)
 fills the outbox; the worker delivers through the real sinks to local stand-ins of Splunk HEC,
-Elastic, PagerDuty, a signed webhook, Google SecOps and a TLS syslog receiver, while the
+Elastic, PagerDuty, a signed webhook, Google SecOps, Azure Monitor (Sentinel), Slack and a TLS
+syslog receiver, while the
 stand-ins fail on purpose (503 for a while, 429 with Retry-After, per-item bulk failures, slow
 answers, a permanent 400). Every finding reaches every sink it is routed to exactly once by id,
 or sits in the dead-letter table with a reason; `secretscope redrive` then delivers those."""
@@ -16,8 +17,9 @@ import yaml
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from fake_siems import (ElasticServer, PagerDutyServer, SecOpsServer, SplunkHecServer,
-                        SyslogServer, WebhookServer, make_local_ca)
+from fake_siems import (AzureServer, ElasticServer, PagerDutyServer, SecOpsServer,
+                        SlackServer, SplunkHecServer, SyslogServer, WebhookServer, finding_uid,
+                        make_local_ca)
 from test_outbox import FakeClock, drain
 
 from pipeline.cli import app
@@ -29,6 +31,9 @@ from pipeline.simulate import SimulationSpec, simulate
 from pipeline.store import Store, delivery_dead_letters, findings
 
 TOKEN, ES_KEY, PD_KEY, SECOPS_KEY = "hec-token-1", "ZXMta2V5Om9r", "R0UTINGKEY0123456789", "AIza-k"
+AZ = dict(tenant_id="tenant-1", client_id="client-1", rule_id="dcr-0123",
+          stream="Custom-SecretscopeFindings_CL")
+AZ_SECRET = "azure-secret-1"
 
 
 @pytest.fixture
@@ -37,9 +42,11 @@ def rig(tmp_path):
     ca = make_local_ca(tmp_path / "ca")
     servers = {"hook": WebhookServer(), "splunk": SplunkHecServer(TOKEN),
                "es": ElasticServer(ES_KEY), "pd": PagerDutyServer(PD_KEY),
-               "secops": SecOpsServer(SECOPS_KEY, None), "syslog": SyslogServer(ca)}
+               "secops": SecOpsServer(SECOPS_KEY, None), "syslog": SyslogServer(ca),
+               "sentinel": AzureServer(client_secret=AZ_SECRET, **AZ), "slack": SlackServer()}
     for name, value in (("hook.key", servers["hook"].secret), ("hec.token", TOKEN),
-                        ("es.key", ES_KEY), ("pd.key", PD_KEY), ("secops.key", SECOPS_KEY)):
+                        ("es.key", ES_KEY), ("pd.key", PD_KEY), ("secops.key", SECOPS_KEY),
+                        ("az.secret", AZ_SECRET), ("slack.url", servers["slack"].webhook_url)):
         (tmp_path / name).write_text(value + "\n")
     base = yaml.safe_load(open(load_settings().base_dir + "/default.yaml"))
     base["rules"] = {"directory": load_settings().base_dir + "/rules"}
@@ -56,6 +63,9 @@ def rig(tmp_path):
          "api_key": {"file": "secops.key"}, "timeout_seconds": 0.5},
         {"type": "syslog", "name": "syslog", "host": "127.0.0.1",
          "port": servers["syslog"].port, "tls": True, "ca_file": str(ca.ca_file), "format": "leef"},
+        {"type": "azure_logs", "name": "sentinel", "endpoint": servers["sentinel"].url,
+         "authority": servers["sentinel"].url, "client_secret": {"file": "az.secret"}, **AZ},
+        {"type": "slack", "name": "slack", "webhook_url": {"file": "slack.url"}},
     ]
     config = tmp_path / "secretscope.yaml"
     config.write_text(yaml.safe_dump(base))
@@ -75,10 +85,15 @@ def received(servers) -> dict[str, Counter]:
         "pd": Counter({k: len(v) for k, v in servers["pd"].alerts.items()}),
         "secops": Counter({k: 1 for k in servers["secops"].events}),
         "syslog": Counter(m.group(1) for m in syslog_ids if m),
+        "sentinel": Counter(finding_uid(r) for r in servers["sentinel"].records),
+        "slack": Counter(m.group(1) for m in (
+            re.search(r"finding id `([0-9a-f-]{36})`", str(msg))
+            for msg in servers["slack"].messages) if m),
     }
 
 
 def test_every_finding_reaches_every_sink_once_or_is_dead_lettered(rig):
+    """Every sink type, each with its own misbehaviour."""
     tmp_path, config, servers = rig
     log = tmp_path / "fleet.log"
     simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log)
@@ -94,6 +109,7 @@ def test_every_finding_reaches_every_sink_once_or_is_dead_lettered(rig):
     routed = {s.name: {f for f, sev in severity.items() if sev >= s.min_severity_id}
               for s in settings.sinks}
     assert routed["pd"] < routed["splunk"] and routed["hook"] <= routed["splunk"]
+    assert all(routed.values()) and len(routed) == 8
 
     # the stand-ins misbehave
     servers["splunk"].script.fail(3, 503, {"text": "Server is busy", "code": 9})
@@ -103,6 +119,8 @@ def test_every_finding_reaches_every_sink_once_or_is_dead_lettered(rig):
     servers["pd"].script.fail(1, 400, {"status": "invalid event", "message": "Event object is "
                                        "invalid", "errors": ["'payload.summary' is missing"]})
     servers["secops"].script.slow(2, seconds=1.5)
+    servers["sentinel"].script.fail(2, 503, {"error": {"code": "ServiceUnavailable"}})
+    servers["slack"].script.drop(1)
 
     clock = FakeClock()
     policy = RetryPolicy(base_seconds=0.5, cap_seconds=30, budget_seconds=600,
