@@ -9,17 +9,16 @@ from datetime import datetime, timezone
 
 import pytest
 from alembic import command
-from alembic.config import Config
 from conftest import VAULT_SAMPLES
 from postgres_server import postgres_url  # noqa: F401
 from sqlalchemy import create_engine, inspect, select
-from test_store_postgres import _head, db_url, describe, make_finding, schema_diff  # noqa: F401
+from test_store_postgres import (_head, alembic_config, db_url, describe,  # noqa: F401
+                                 insert_finding_row, make_finding, schema_diff)
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.errors import SecretscopeError, UnknownFindingError
-from pipeline.findings import to_ocsf
-from pipeline.store import (MIGRATIONS_DIR, FalsePositiveLabel, Store, feature_history,
+from pipeline.store import (FalsePositiveLabel, Store, feature_history,
                             findings, labels, snapshots)
 
 NEW_TABLES = {"feature_history", "feature_sets", "labels"}
@@ -150,29 +149,18 @@ def test_labels_on_both_backends(db_url):  # noqa: F811
         store.close()
 
 
-def _alembic_config(conn) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("path_separator", "os")
-    cfg.attributes["connection"] = conn
-    return cfg
-
 
 def test_upgrade_of_an_existing_0001_store(db_url):  # noqa: F811
     """A store at revision 0001 with data in it gains the new tables; nothing else changes."""
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.upgrade(_alembic_config(conn), "0001")
+            command.upgrade(alembic_config(conn), "0001")
         before = describe(engine)
         assert before["revision"] == "0001" and not NEW_TABLES & set(before)
         f = make_finding("ev-old-1")
         with engine.begin() as conn:
-            conn.execute(findings.insert().values(
-                id=f.id, time=f.time, identity=f.identity, display_name=f.display_name,
-                title=f.title, severity_id=f.severity_id, score=f.score,
-                detectors=",".join(f.detectors), trigger_event_id=f.trigger.event_id,
-                ocsf=__import__("orjson").dumps(to_ocsf(f)).decode(), created_at=f.time))
+            insert_finding_row(conn, f)
             conn.execute(snapshots.insert().values(key="p0", next_offset=9, checksum="c",
                                                    data=b"x", updated_at=f.time))
     finally:

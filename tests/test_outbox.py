@@ -22,12 +22,12 @@ import orjson
 import pytest
 import requests
 from alembic import command
-from alembic.config import Config
 from postgres_server import postgres_url  # noqa: F401
 from prometheus_client import CollectorRegistry
 from sqlalchemy import create_engine, func, inspect, select, text
 from sqlalchemy.engine import make_url
-from test_store_postgres import db_url, describe, make_finding, schema_diff  # noqa: F401
+from test_store_postgres import (alembic_config, db_url, describe,  # noqa: F401
+                                 insert_finding_row, make_finding, schema_diff)
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -36,9 +36,8 @@ from pipeline.delivery.model import Delivery, Outcome
 from pipeline.delivery.outbox import Outbox
 from pipeline.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
 from pipeline.delivery.worker import DeliveryMetrics, DeliveryWorker
-from pipeline.findings import to_ocsf
 from pipeline.runner import Pipeline
-from pipeline.store import (MIGRATIONS_DIR, Route, Store, delivery_dead_letters, findings,
+from pipeline.store import (Route, Store, delivery_dead_letters, findings,
                             outbox)
 
 ROUTES = (Route("hook", 1), Route("crit", 5))
@@ -435,28 +434,17 @@ def test_two_workers_on_postgresql_never_deliver_an_id_twice(pg_url, events, rec
 NEW_TABLES = {"outbox", "delivery_dead_letters"}
 
 
-def _alembic_config(conn) -> Config:
-    cfg = Config()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    cfg.set_main_option("path_separator", "os")
-    cfg.attributes["connection"] = conn
-    return cfg
-
 
 def test_migration_0003_on_an_existing_0002_store(db_url):  # noqa: F811
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.upgrade(_alembic_config(conn), "0002")
+            command.upgrade(alembic_config(conn), "0002")
         before = describe(engine)
         assert before["revision"] == "0002" and not NEW_TABLES & set(before)
         f = make_finding("ev-outbox-1")
         with engine.begin() as conn:
-            conn.execute(findings.insert().values(
-                id=f.id, time=f.time, identity=f.identity, display_name=f.display_name,
-                title=f.title, severity_id=f.severity_id, score=f.score,
-                detectors=",".join(f.detectors), trigger_event_id=f.trigger.event_id,
-                ocsf=orjson.dumps(to_ocsf(f)).decode(), created_at=f.time))
+            insert_finding_row(conn, f)
     finally:
         engine.dispose()
 
@@ -483,7 +471,7 @@ def test_migration_0003_on_an_existing_0002_store(db_url):  # noqa: F811
     engine = create_engine(db_url)
     try:
         with engine.begin() as conn:
-            command.downgrade(_alembic_config(conn), "0002")
+            command.downgrade(alembic_config(conn), "0002")
         assert not NEW_TABLES & set(inspect(engine).get_table_names())
     finally:
         engine.dispose()

@@ -87,6 +87,28 @@ def describe(eng) -> dict:
     return out
 
 
+def alembic_config(conn) -> Config:
+    """Alembic pointed at the shipped migrations, running on ``conn``."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("path_separator", "os")
+    cfg.attributes["connection"] = conn
+    return cfg
+
+
+def insert_finding_row(conn, f: Finding) -> None:
+    """A finding row written as an older version would have, bypassing ``Store``."""
+    import orjson
+
+    from pipeline.findings import to_ocsf
+
+    conn.execute(findings.insert().values(
+        id=f.id, time=f.time, identity=f.identity, display_name=f.display_name, title=f.title,
+        severity_id=f.severity_id, score=f.score, detectors=",".join(f.detectors),
+        trigger_event_id=f.trigger.event_id, ocsf=orjson.dumps(to_ocsf(f)).decode(),
+        created_at=f.time))
+
+
 def make_finding(event_id: str = "ev-store-1") -> Finding:
     ev = make_event(event_id=event_id, identity="entity:svc-db")
     detectors = ("rules",)
