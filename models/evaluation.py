@@ -126,10 +126,10 @@ def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],
 
 
 def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path | None = None,
-                 progress=None) -> EvaluationReport:
+                 progress=None, use_windows: bool = True) -> EvaluationReport:
     """Replay a simulated log through the pipeline of ``settings`` and score it against its
     labels (default ``LOG.labels.jsonl``). A change-window feed (default ``LOG.windows.jsonl``
-    if it exists; pass a missing path for none) is given to triage, as a deploy system would."""
+    if it exists) is given to triage, as a deploy system would, unless ``use_windows`` is off."""
     from pipeline.runner import Pipeline
     from pipeline.sources.files import replay
     from pipeline.store import Store
@@ -137,7 +137,7 @@ def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path 
     stem = log.name.removesuffix(".gz")
     labels = labels or log.with_name(stem + ".labels.jsonl")
     windows = windows or log.with_name(stem + ".windows.jsonl")
-    if windows.is_file():
+    if use_windows and windows.is_file():
         settings = settings.model_copy(update={"triage": settings.triage.model_copy(
             update={"change_window_feed": str(windows.resolve())})})
     collected: list[Finding] = []

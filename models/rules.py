@@ -31,8 +31,9 @@ import yaml
 from pipeline.errors import ConfigError
 from pipeline.events import AccessEvent
 from pipeline.features import INDEX, FeatureVector, is_secret_access
+from pipeline.findings import SEVERITY_IDS
 
-SEVERITIES = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
+SEVERITIES = SEVERITY_IDS  # the names a rule's ``severity`` may take
 RELATED = ("trigger", "denied_5m", "login_failed_5m", "recent_1h")
 _EVENT_FIELDS = set(AccessEvent.__struct_fields__) | {"is_root"}
 _RULE_KEYS = {"id", "title", "description", "severity", "reason", "attack", "false_positives",

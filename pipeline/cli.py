@@ -154,10 +154,8 @@ def evaluate(
     stem = log_file.name.removesuffix(".gz")
     labels = labels or log_file.with_name(stem + ".labels.jsonl")
     _check_inputs([str(log_file), str(labels)])
-    if not use_windows:
-        windows = log_file.with_name(stem + ".no-windows")  # a path that does not exist
     report = evaluate_log(log_file, _settings(config, store), labels, windows,
-                          None if quiet else stderr_progress(None))
+                          None if quiet else stderr_progress(None), use_windows)
     table = Table(title="detection by attack class")
     for col in ("class", "episodes", "detected", "recall", "median delay"):
         table.add_column(col)

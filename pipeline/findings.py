@@ -21,6 +21,8 @@ from pipeline.events import AccessEvent
 OCSF_VERSION = "1.3.0"
 SEVERITY_NAMES = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High",
                   5: "Critical", 6: "Fatal", 99: "Other"}
+# The severities config files and rule files name, lower case, to their OCSF severity_id.
+SEVERITY_IDS = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 # Names of the techniques secretscope maps to (MITRE ATT&CK Enterprise).
 TECHNIQUES = {
     "T1078": ("Valid Accounts", "TA0001", "Initial Access"),

@@ -13,9 +13,9 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pipeline.errors import ConfigError
+from pipeline.findings import SEVERITY_IDS
 
 Severity = Literal["informational", "low", "medium", "high", "critical"]
-SEVERITY_IDS = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
 
 
 class _Strict(BaseModel):
