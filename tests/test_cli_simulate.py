@@ -52,3 +52,5 @@ def test_simulate_replay_evaluate(tmp_path):
     recall, precision, false_rate = map(float, summary.groups())
     # not a tuning target, a smoke floor: the detectors must catch most simulated attacks
     assert recall >= 0.8 and precision >= 0.5 and false_rate < 5
+    # detection delay per class and overall
+    assert "median delay" in out and re.search(r"median detection delay \d+s", out), out
