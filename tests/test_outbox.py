@@ -12,7 +12,6 @@ import random
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timezone
@@ -24,10 +23,10 @@ import requests
 from alembic import command
 from postgres_server import postgres_url  # noqa: F401
 from prometheus_client import CollectorRegistry
-from sqlalchemy import create_engine, func, inspect, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import create_engine, func, inspect, select
 from test_store_postgres import (alembic_config, db_url, describe,  # noqa: F401
-                                 insert_finding_row, make_finding, schema_diff)
+                                 fresh_schema, insert_finding_row, make_finding,
+                                 schema_diff)
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -375,17 +374,8 @@ def test_a_sink_that_raises_fails_its_batch_retryably(tmp_path, events, receiver
 
 @pytest.fixture
 def pg_url(postgres_url):  # noqa: F811
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(postgres_url) as url:
+        yield url
 
 
 def test_two_workers_on_postgresql_never_deliver_an_id_twice(pg_url, events, receiver):
