@@ -143,8 +143,7 @@ def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path 
     collected: list[Finding] = []
     store = Store(settings.store.url)
     try:
-        pipeline = Pipeline(settings, store=store, on_finding=collected.append,
-                            on_update=collected.append)
+        pipeline = Pipeline(settings, store=store, on_version=collected.append)
         stats = pipeline.run(replay([str(log)]), progress)
     finally:
         store.close()

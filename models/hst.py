@@ -328,6 +328,7 @@ class HalfSpaceTrees:
         X: np.ndarray,
         skip: np.ndarray | None = None,
         threshold: float | np.ndarray | None = None,
+        ready_out: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Score each row, then learn it unless excluded; identical to the sequential loop::
 
@@ -341,7 +342,9 @@ class HalfSpaceTrees:
         from an event that raised a finding). ``threshold`` may also be an array with one value
         per row (``np.inf`` for rows that may not fire, e.g. identities still warming up).
 
-        Returns ``(scores, learned_mask)``: float64 (n,) and bool (n,).
+        Returns ``(scores, learned_mask)``: float64 (n,) and bool (n,). ``ready_out``, if
+        given (bool, shape (n,)), receives for each row whether the model was ready when that
+        row was scored: a batch in which the first window pivots has rows of both kinds.
 
         Vectorized: the leaf each row reaches in each tree is computed once for the whole batch
         (routing does not depend on the masses). The remaining rows are scored against the current
@@ -385,6 +388,8 @@ class HalfSpaceTrees:
                 hit = int(np.searchsorted(csum, need))
                 end = pos + hit + 1 if hit < csum.size else n
             k = end - pos
+            if ready_out is not None:
+                ready_out[pos:end] = not self.first_window_
             scores[pos:end] = seg_scores[:k]
             seg_learn = seg_learn[:k]
             learned[pos:end] = seg_learn

@@ -103,13 +103,14 @@ class HalfSpaceTreesDetector:
                  & (values[:, _I["history_days"]] >= self.min_history_days))
                 | ((values[:, _I["peer_history"]] >= self.min_peer_history)
                    & (values[:, _I["peer_members"]] >= self.min_peer_members)))
-        # Rows of the batch in which the forest finishes its first window count as warm-up too.
-        forest_ready = self.model.ready
         # Only rows that can fire are kept out of the forest: excluding cold identities' rows
         # too would freeze a forest whose first window was all newcomers.
         thresholds = np.where(warm, self.threshold, np.inf)
-        scores, _learned = self.model.score_then_learn(X, skip=exclude, threshold=thresholds)
-        ready = warm if forest_ready else np.zeros(len(batch), dtype=bool)
+        # Per row: the forest may finish its first window in the middle of a batch.
+        forest_ready = np.zeros(len(batch), dtype=bool)
+        scores, _learned = self.model.score_then_learn(X, skip=exclude, threshold=thresholds,
+                                                       ready_out=forest_ready)
+        ready = warm & forest_ready
         fired = ready & (scores >= self.threshold)
         return ScoreBatch(self.name, scores, ready, fired)
 

@@ -51,8 +51,7 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
     try:
         keep = collect.__setitem__ if collect is not None else None
         pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
-                            on_finding=keep and (lambda f: keep(f.id, f)),
-                            on_update=keep and (lambda f: keep(f.id, f)))
+                            on_version=keep and (lambda f: keep(f.id, f)))
         counters = ReplayCounters(_total_size(files))
         limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
         items = replay(files, limits, settings.input.join_timeout_seconds, counters)
@@ -105,7 +104,8 @@ def replay(
         out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
         stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
     err.print(f"replayed {counters.lines:,} lines -> {stats.events:,} calls in {stats.seconds:.1f}s "
-              f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings; "
+              f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings "
+              f"({stats.updates:,} updates, {stats.closes:,} closed); "
               f"{stats.dead_letters:,} dead letters; {counters.duplicates:,} duplicate entries dropped"
               + (f"; {stats.truncated_fields:,} fields cut" if stats.truncated_fields else ""))
     if table:
@@ -324,6 +324,46 @@ def alerts_label(
     finally:
         st.close()
     err.print(f"labelled {finding_id} ({identity}) {verdict.value}")
+
+
+def _set_status(ctx: typer.Context, finding_id: str, status: str, note: str,
+                config: Optional[Path], store: Optional[str]) -> None:
+    from pipeline.store import Store
+
+    group = ctx.obj or {}
+    settings = _settings(config or group.get("config"), store or group.get("store"))
+    st = Store(settings.store.url, routes=settings.sinks)
+    try:
+        version = st.set_status(finding_id, status, note)
+    finally:
+        st.close()
+    done = "acknowledged" if status == "ack" else "closed"
+    err.print(f"{done} {finding_id} (version {version})")
+
+
+@alerts_app.command("ack")
+def alerts_ack(
+    ctx: typer.Context,
+    finding_id: str = typer.Argument(..., help="Finding id (finding_info.uid)."),
+    note: str = typer.Option("", "--note", help="Kept with the new version (OCSF comment)."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Acknowledge a finding: a new version with status In Progress, sent to the sinks."""
+    _set_status(ctx, finding_id, "ack", note, config, store)
+
+
+@alerts_app.command("close")
+def alerts_close(
+    ctx: typer.Context,
+    finding_id: str = typer.Argument(..., help="Finding id (finding_info.uid)."),
+    note: str = typer.Option("", "--note", help="Kept with the Close version (OCSF comment)."),
+    config: Optional[Path] = ConfigOpt,
+    store: Optional[str] = StoreOpt,
+) -> None:
+    """Close a finding: a Close version (status Resolved), sent to the sinks; later firings of
+    the identity open a new finding."""
+    _set_status(ctx, finding_id, "close", note, config, store)
 
 
 @app.command()

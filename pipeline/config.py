@@ -201,6 +201,9 @@ class TriageSettings(_Strict):
     # One finding per identity per incident: later firings within this much event time of the
     # incident's last one are merged into it (unless they are more severe).
     incident_minutes: float = Field(60, ge=0)
+    # A growing incident's finding is re-sent (an Update version) at most once per this much
+    # event time, and at once when its severity rises; the Close carries whatever is left.
+    update_minutes: float = Field(5, ge=0)
     max_related_events: int = Field(100, ge=1, le=10_000)
     # Findings below this severity are counted but not raised (a low rule on its own is a
     # signal; it still adds to the calibrated score of an event other detectors flag).

@@ -228,6 +228,8 @@ class FeatureExtractor:
         ts = event.ts
         eid = event.event_id
         st.recent.append((ts, eid))
+        if ts > st.newest_ts:
+            st.newest_ts = ts
         requests_1m = st.requests_1m.add_count(ts, eid)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)

@@ -19,6 +19,11 @@ from pipeline import __version__
 from pipeline.events import AccessEvent
 
 OCSF_VERSION = "1.3.0"
+# The lifecycle of a finding: every version is one OCSF document with the same finding id.
+CREATE, UPDATE, CLOSE = 1, 2, 3
+ACTIVITY_NAMES = {CREATE: "Create", UPDATE: "Update", CLOSE: "Close"}
+NEW, IN_PROGRESS, RESOLVED = 1, 2, 4  # OCSF status_id
+STATUS_NAMES = {NEW: "New", IN_PROGRESS: "In Progress", RESOLVED: "Resolved"}
 SEVERITY_NAMES = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "High",
                   5: "Critical", 6: "Fatal", 99: "Other"}
 # The severities config files and rule files name, lower case, to their OCSF severity_id.
@@ -39,13 +44,16 @@ TECHNIQUES = {
 
 @dataclass(frozen=True, slots=True)
 class Reason:
-    """One reason a finding was raised: a code, what was observed, what is usual."""
+    """One reason a finding was raised: a code, what was observed, what is usual. ``weight`` is
+    the calibrated score of the firing it came from (``models.ensemble``): reasons are listed
+    strongest first, so a high rule leads a low signal."""
 
     code: str
     detector: str
     text: str
     observed: str
     baseline: str
+    weight: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +95,23 @@ class Finding:
     last_time: datetime | None = None  # last event merged into this incident (None: trigger)
     merged: int = 0  # later firings of the same incident merged into this finding
     learning: bool = False  # a learned model (not only rules) contributed
+    headline: str = ""  # the title of the strongest firing, without the "(+N more)" suffix
+    # The version this value is of: 1 is the Create; each Update or Close adds one.
+    version: int = 1
+    activity_id: int = CREATE
+    status_id: int = NEW
+    raised: bool = False  # this version raised the severity of the previous one
+    closed_time: datetime | None = None  # when the incident was closed (event time)
+    status_note: str = ""  # an analyst's note with a status change
 
     @property
     def severity(self) -> str:
         return SEVERITY_NAMES[self.severity_id]
+
+
+def titled(headline: str, detectors: tuple[str, ...]) -> str:
+    """A finding's title: its strongest firing's, and how many other detectors agreed."""
+    return headline + (f" (+{len(detectors) - 1} more)" if len(detectors) > 1 else "")
 
 
 def finding_id(detectors: tuple[str, ...], identity: str, trigger_event_id: str) -> str:
@@ -112,8 +133,17 @@ def _evidence(identity: str, name: str, remote_address: str) -> dict[str, Any]:
     return evidence
 
 
+def version_time(f: Finding) -> datetime:
+    """Event time of a version: the trigger's for the Create, the newest merged firing's for an
+    Update, the closing time for a Close."""
+    if f.activity_id == CLOSE and f.closed_time is not None:
+        return f.closed_time
+    return f.last_time or f.time if f.activity_id != CREATE else f.time
+
+
 def to_ocsf(f: Finding) -> dict[str, Any]:
-    """OCSF Detection Finding (class 2004), activity Create."""
+    """OCSF Detection Finding (class 2004) for one version of a finding: activity Create, Update
+    or Close, its status, and the version number under ``unmapped.secretscope.version``."""
     e = f.trigger
     attacks = []
     for tid in f.techniques:
@@ -124,20 +154,21 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
         attacks.append(attack)
     rule_names = ", ".join(f.detectors)
     desc = "; ".join(f"{r.text} (observed {r.observed}; baseline {r.baseline})" for r in f.reasons)
-    return {
-        "activity_id": 1,
-        "activity_name": "Create",
+    activity = ACTIVITY_NAMES[f.activity_id]
+    doc: dict[str, Any] = {
+        "activity_id": f.activity_id,
+        "activity_name": activity,
         "category_uid": 2,
         "category_name": "Findings",
         "class_uid": 2004,
         "class_name": "Detection Finding",
-        "type_uid": 200401,
-        "type_name": "Detection Finding: Create",
+        "type_uid": 200400 + f.activity_id,
+        "type_name": f"Detection Finding: {activity}",
         "severity_id": f.severity_id,
         "severity": f.severity,
-        "status_id": 1,
-        "status": "New",
-        "time": _epoch_ms(f.time),
+        "status_id": f.status_id,
+        "status": STATUS_NAMES[f.status_id],
+        "time": _epoch_ms(version_time(f)),
         "confidence_score": round(f.score * 100),
         "message": f"{f.title}: {f.display_name or f.identity} {e.operation} {e.secret}",
         "metadata": {
@@ -152,7 +183,7 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             "uid": f.id,
             "title": f.title,
             "desc": desc,
-            "types": [r.code for r in f.reasons],
+            "types": list(dict.fromkeys(r.code for r in f.reasons)),
             "analytic": {"name": rule_names, "type_id": 4 if f.learning else 1,
                          "type": "Learning" if f.learning else "Rule"},
             "attacks": attacks,
@@ -188,6 +219,12 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
                 "peer_group": ({"policies": f.peers.group, "members": f.peers.members,
                                 "history_events": f.peers.history} if f.peers else None),
                 "merged_firings": f.merged,
+                "version": f.version,
             }
         },
     }
+    if f.closed_time is not None:
+        doc["end_time"] = _epoch_ms(f.closed_time)
+    if f.status_note:
+        doc["comment"] = f.status_note
+    return doc

@@ -39,7 +39,7 @@ class IdentityState:
         "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
-        "hours_seen", "peer",
+        "hours_seen", "peer", "newest_ts",
     )
 
     def __init__(self) -> None:
@@ -59,6 +59,9 @@ class IdentityState:
         # event time of the last list burst, policy write, denial burst, token creation
         self.marks = [NEVER, NEVER, NEVER, NEVER]
         self.recent: deque[tuple[float, str]] = deque(maxlen=64)
+        # newest event time observed (entries of the windows older than a horizon before it may
+        # have been dropped: what a finding names is cut to it, see runner._Batch.related)
+        self.newest_ts = float("-inf")
         # baseline, changed only by learn()
         self.how = [0] * 168
         self.hod = [0] * 24
@@ -114,13 +117,14 @@ class IdentityState:
             self.marks, self.how, self.hod, self.history, self.counts,
             list(self._scalars()), list(rates(self)),
             self.peer.key if self.peer is not None else None,
+            self.newest_ts,
         ]
 
     @classmethod
     def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
         st = cls()
         (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
-         scalars, rates, peer) = state
+         scalars, rates, peer, st.newest_ts) = state
         st.counts = [defaultdict(int, c) for c in counts]
         for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
                              st.creds_10m), recents):

@@ -5,9 +5,9 @@ Order inside a batch (score, then learn):
 1. ``observe`` every event: windows updated, features read against the baseline;
 2. rules, then the detectors score the whole batch (vectorized) and learn only from rows
    nothing fired on;
-3. triage turns firings into findings;
+3. triage turns firings into finding versions (Create, Update, Close) in event time;
 4. events that raised nothing are folded into their identity's baseline;
-5. findings and dead letters are written.
+5. finding versions and dead letters are written.
 
 No business logic lives here; it wires the parts together and counts.
 """
@@ -32,9 +32,9 @@ from models.ensemble import SEVERITY_SCORE
 from models.registry import build_detectors
 from models.rules import SEVERITIES, RuleSet, load_rules
 from pipeline.config import Settings
-from pipeline.events import AccessEvent, DeadLetter
+from pipeline.events import DENIED, SUCCESS, AccessEvent, DeadLetter
 from pipeline.features import FEATURE_NAMES, FeatureExtractor, FeatureVector, Undo, Windows
-from pipeline.findings import Finding, to_ocsf
+from pipeline.findings import CLOSE, CREATE, Finding, to_ocsf
 from pipeline.history import HistoryRecorder
 from pipeline.segments import SegmentTable
 from pipeline.store import Store
@@ -50,8 +50,9 @@ _LOGGED_DEAD_LETTERS = 20  # a file of garbage must not flood the log
 class RunStats:
     events: int = 0
     dead_letters: int = 0
-    findings: int = 0
-    updates: int = 0  # findings that grew by incident merges
+    findings: int = 0  # findings created
+    updates: int = 0  # Update versions (incidents that grew)
+    closes: int = 0  # Close versions (incidents that went quiet)
     truncated_fields: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
@@ -61,14 +62,47 @@ class RunStats:
         return self.events / self.seconds if self.seconds else 0.0
 
 
+class _Recent:
+    """An identity's recent-event lists as they were before a batch, so the events a finding
+    names are those the identity had at its trigger, whatever came later in the batch."""
+
+    __slots__ = ("recent", "denied", "failed", "newest")
+
+    def __init__(self, st) -> None:
+        if st is None:
+            self.recent, self.denied, self.failed, self.newest = [], [], [], float("-inf")
+        else:
+            self.recent = list(st.recent)
+            self.denied = list(st.denied_5m.items) if st.denied_5m.items else []
+            self.failed = list(st.login_failed_5m.items) if st.login_failed_5m.items else []
+            self.newest = st.newest_ts
+
+
+# kind -> (which list, its length limit, its horizon in seconds); see IdentityState
+_RELATED = {"denied_5m": ("denied", 256, 300.0), "login_failed_5m": ("failed", 256, 300.0)}
+_RECENT = ("recent", 64, 3600.0)
+
+
+def _denied(e: AccessEvent) -> bool:
+    return e.outcome == DENIED
+
+
+def _login_failed(e: AccessEvent) -> bool:
+    return e.is_login and e.outcome != SUCCESS
+
+
+_KEEPS = {"recent": None, "denied": _denied, "failed": _login_failed}
+
+
 class _Batch:
     """Per-row working state of one batch: windows, features, rule hits, learn undo records."""
 
     def __init__(self, events: list[AccessEvent], windows: list[Windows],
-                 groups: list) -> None:
+                 groups: list, before: dict[str, _Recent]) -> None:
         n = len(events)
         self.events = events
         self.windows = windows
+        self.before = before
         # A learn changes its identity's baseline and its peer group's: rows of the same group
         # are the ones that see each other's learns.
         self.groups = groups
@@ -80,6 +114,27 @@ class _Batch:
         if self.undo[i] is not None:
             extractor.unlearn(self.vectors[i], self.undo[i])
             self.undo[i] = None
+
+    def related(self, i: int, kind: str) -> list[str]:
+        """Ids of row i's identity's recent events of ``kind`` up to and including row i, as a
+        one-event-at-a-time run would have them: the lists from before the batch plus the
+        identity's rows up to i, cut to their length, and to the horizon before the newest
+        event time the identity had reached (older entries might have been dropped by then)."""
+        trigger = self.events[i]
+        name, limit, horizon = _RELATED.get(kind, _RECENT)
+        before = self.before[trigger.identity]
+        items = list(getattr(before, name))
+        keep = _KEEPS[name]
+        newest = before.newest
+        for e in self.events[:i + 1]:
+            if e.identity != trigger.identity:
+                continue
+            if e.ts > newest:
+                newest = e.ts
+            if keep is None or keep(e):
+                items.append((e.ts, e.event_id))
+        floor = max(newest, trigger.ts) - horizon
+        return [eid for ts, eid in items[-limit:] if floor < ts <= trigger.ts]
 
     @contextmanager
     def baseline_as_of(self, extractor: FeatureExtractor, i: int):
@@ -102,10 +157,10 @@ class Pipeline:
 
     def __init__(self, settings: Settings, store: Store | None = None,
                  alerts_out: TextIO | None = None,
-                 on_finding: Callable[[Finding], None] | None = None,
-                 on_update: Callable[[Finding], None] | None = None,
+                 on_version: Callable[[Finding], None] | None = None,
                  defer_writes: bool = False) -> None:
-        """``defer_writes``: hold findings for :meth:`take_unsaved` instead of writing them at
+        """``alerts_out`` gets one OCSF line per finding version, ``on_version`` each version.
+        ``defer_writes``: hold versions for :meth:`take_unsaved` instead of writing them at
         once, for a caller that stores them with its processing progress (the Kafka score stage
         writes them in its snapshot transaction)."""
         self.settings = settings
@@ -124,11 +179,9 @@ class Pipeline:
         )
         self.history = HistoryRecorder(store, settings.store.feature_history_sample)
         self.alerts_out = alerts_out
-        self.on_finding = on_finding
-        self.on_update = on_update
+        self.on_version = on_version
         self.defer_writes = defer_writes
-        self._unsaved: dict[str, Finding] = {}  # id -> newest version, not yet in the store
-        self._unsaved_updates: dict[str, Finding] = {}
+        self._unsaved: list[Finding] = []  # versions not yet in the store (defer_writes)
         self.stats = RunStats()
 
     def process_batch(self, events: list[AccessEvent]) -> list[Finding]:
@@ -150,9 +203,14 @@ class Pipeline:
         if not n:
             return []
         self._refresh_labels()
-        windows = [self.extractor.observe_windows(e) for e in events]
         identities = self.extractor.identities
-        batch = _Batch(events, windows, [identities[e.identity].peer for e in events])
+        before: dict[str, _Recent] = {}
+        windows = []
+        for e in events:
+            if e.identity not in before:
+                before[e.identity] = _Recent(identities.get(e.identity))
+            windows.append(self.extractor.observe_windows(e))
+        batch = _Batch(events, windows, [identities[e.identity].peer for e in events], before)
         for i in range(n):
             self._derive(batch, i)
         findings: list[Finding] = []
@@ -200,6 +258,9 @@ class Pipeline:
         if now - self._labels_read >= self.settings.triage.labels_refresh_seconds:
             self._labels_read = now
             self.triage.suppressions.set_false_positives(self._false_positives())
+            open_ids = self.triage.open_findings()
+            if open_ids:
+                self.triage.closed_by_analyst(self.store.closed_by_analyst(open_ids))
 
     def _derive(self, batch: "_Batch", i: int) -> None:
         """Baseline features and rules of row i, then learn it unless a rule fired."""
@@ -245,41 +306,46 @@ class Pipeline:
         def as_of(offset: int):
             return batch.baseline_as_of(self.extractor, start + offset)
 
-        return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores, as_of)
+        def related(offset: int, kind: str) -> list[str]:
+            return batch.related(start + offset, kind)
 
-    def _emit(self, findings: list[Finding]) -> None:
-        """New findings go everywhere; findings that grew by incident merges replace their
-        stored version (the alerts file is append-only, one line per finding id)."""
-        updates = self.triage.take_updates()
-        if updates:
-            self.stats.updates += len(updates)
-            if self.defer_writes:
-                for f in updates:  # an update of a finding not stored yet replaces it
-                    (self._unsaved if f.id in self._unsaved else self._unsaved_updates)[f.id] = f
-            elif self.store is not None:
-                self.store.update_findings(updates)
-            if self.on_update is not None:
-                for f in updates:
-                    self.on_update(f)
-        if not findings:
+        return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores, as_of,
+                                  related)
+
+    def finish(self) -> list[Finding]:
+        """End of input: emit the updates still waiting in coalescing (open incidents stay
+        open). Called by :meth:`run` when its source ends."""
+        versions = self.triage.finish()
+        self._emit(versions)
+        return versions
+
+    def _emit(self, versions: list[Finding]) -> None:
+        """Finding versions go everywhere, in order: the store (finding, version, outbox rows),
+        the alerts file (one line per version) and ``on_version``."""
+        if not versions:
             return
-        self.stats.findings += len(findings)
+        for f in versions:
+            if f.activity_id == CREATE:
+                self.stats.findings += 1
+            elif f.activity_id == CLOSE:
+                self.stats.closes += 1
+            else:
+                self.stats.updates += 1
         if self.defer_writes:
-            self._unsaved.update((f.id, f) for f in findings)
+            self._unsaved.extend(versions)
         elif self.store is not None:
-            self.store.add_findings(findings)
+            self.store.add_versions(versions)
         if self.alerts_out is not None:
-            for f in findings:
-                self.alerts_out.write(orjson.dumps(to_ocsf(f)).decode() + "\n")
-        if self.on_finding is not None:
-            for f in findings:
-                self.on_finding(f)
+            self.alerts_out.write("".join(orjson.dumps(to_ocsf(f)).decode() + "\n"
+                                          for f in versions))
+        if self.on_version is not None:
+            for f in versions:
+                self.on_version(f)
 
-    def take_unsaved(self) -> tuple[list[Finding], list[Finding]]:
-        """(new findings, updates of stored ones) held since the last call (``defer_writes``)."""
-        created, updated = list(self._unsaved.values()), list(self._unsaved_updates.values())
-        self._unsaved, self._unsaved_updates = {}, {}
-        return created, updated
+    def take_unsaved(self) -> list[Finding]:
+        """The versions held since the last call (``defer_writes``), in order."""
+        versions, self._unsaved = self._unsaved, []
+        return versions
 
     def dead_letter(self, items: list[DeadLetter]) -> None:
         for d in items:
@@ -333,6 +399,7 @@ class Pipeline:
             self.process_batch(events)
         if letters:
             self.dead_letter(letters)
+        self.finish()
         self.stats.seconds = time.perf_counter() - started
         return self.stats
 

@@ -17,7 +17,7 @@ from pipeline.errors import ModelIntegrityError
 from pipeline.features import IdentityState
 from pipeline.novelty import PeerGroup
 
-VERSION = 2
+VERSION = 3
 
 
 def _plain(value: Any) -> Any:

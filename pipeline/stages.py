@@ -385,9 +385,8 @@ class ScoreStage:
     def _save(self, tp, worker: PartitionWorker) -> None:
         """The worker's state with its offset and the findings raised since the last save, in
         one transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
-        created, updated = worker.pipeline.take_unsaved()
-        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(), created,
-                                 updated)
+        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(),
+                                 worker.pipeline.take_unsaved())
 
     def _checkpoint(self, tps) -> None:
         """Save each worker's state, offset and findings together, then commit the offsets."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal, NamedTuple
@@ -28,7 +28,8 @@ from sqlalchemy.engine import Connection, Engine
 from pipeline.errors import ModelIntegrityError, SecretscopeError, UnknownFindingError
 from pipeline.events import DeadLetter
 from pipeline.features import FEATURE_NAMES
-from pipeline.findings import Finding, to_ocsf
+from pipeline.findings import (CLOSE, CREATE, IN_PROGRESS, RESOLVED, STATUS_NAMES, UPDATE,
+                               Finding, to_ocsf)
 from pipeline.history import NAMES_HASH, HistoryRow, decode_values
 
 if TYPE_CHECKING:
@@ -47,8 +48,31 @@ findings = Table(
     Column("score", Float, nullable=False),
     Column("detectors", String(512), nullable=False),
     Column("trigger_event_id", String(128), nullable=False),
+    Column("ocsf", Text, nullable=False),  # the newest version
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("version", Integer, nullable=False, server_default="1"),
+    Column("status_id", Integer, nullable=False, server_default="1"),
+    Column("analyst_status_id", Integer, nullable=True),  # set by an analyst: it sticks
+)
+
+# Every version of every finding (Create, Updates, Close), in order. ``pipeline_seq`` is the
+# version number the pipeline gave it, deterministic for a given input, so a replay after a crash
+# stores (and queues) nothing twice; versions an analyst adds (acknowledge, close) have none and
+# take the next number, which the pipeline's later versions then follow.
+finding_versions = Table(
+    "finding_versions", metadata,
+    Column("finding_id", String(36),
+           ForeignKey("findings.id", name="fk_finding_versions_finding_id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("pipeline_seq", Integer, nullable=True),
+    Column("origin", String(16), nullable=False),  # pipeline | analyst
+    Column("activity_id", Integer, nullable=False),
+    Column("status_id", Integer, nullable=False),
+    Column("severity_id", Integer, nullable=False),
     Column("ocsf", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Index("ix_finding_versions_seq", "finding_id", "pipeline_seq", unique=True),
 )
 
 dead_letters = Table(
@@ -108,15 +132,16 @@ labels = Table(
     CheckConstraint("label IN ('tp', 'fp')", name="ck_labels_label"),
 )
 
-# The delivery outbox (pipeline/delivery/outbox.py): one row per finding per sink it is routed
-# to, written in the transaction that stores the finding; the worker marks it delivered, or moves
-# it to delivery_dead_letters with the reason.
+# The delivery outbox (pipeline/delivery/outbox.py): one row per finding version per sink it is
+# routed to, written in the transaction that stores the version; the worker marks it delivered,
+# or moves it to delivery_dead_letters with the reason.
 OUTBOX_STATUSES = ("pending", "delivered")
 outbox = Table(
     "outbox", metadata,
     Column("finding_id", String(36),
            ForeignKey("findings.id", name="fk_outbox_finding_id", ondelete="CASCADE"),
            primary_key=True),
+    Column("version", Integer, primary_key=True),
     Column("sink", String(128), primary_key=True),
     Column("status", String(10), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -135,6 +160,7 @@ delivery_dead_letters = Table(
            ForeignKey("findings.id", name="fk_delivery_dead_letters_finding_id",
                       ondelete="CASCADE"),
            primary_key=True),
+    Column("version", Integer, primary_key=True),
     Column("sink", String(128), primary_key=True),
     Column("reason", String(1024), nullable=False),
     Column("attempts", Integer, nullable=False),
@@ -143,11 +169,18 @@ delivery_dead_letters = Table(
 
 
 class Route(NamedTuple):
-    """Findings at or above ``min_severity_id`` go to the sink called ``name`` (sink settings
-    have both attributes, so ``settings.sinks`` can be passed as routes directly)."""
+    """Finding versions at or above ``min_severity_id`` go to the sink called ``name``: every
+    version, or with ``versions="raises"`` only Creates and severity raises (sink settings have
+    these attributes, so ``settings.sinks`` can be passed as routes directly)."""
 
     name: str
     min_severity_id: int
+    versions: str = "all"
+
+    def takes(self, severity_id: int, activity_id: int, raised: bool) -> bool:
+        if severity_id < self.min_severity_id:
+            return False
+        return self.versions == "all" or activity_id == CREATE or raised
 
 
 _HISTORY_FLUSH_ROWS = 2000  # buffered history rows written on their own when nothing else is
@@ -163,6 +196,11 @@ class FalsePositiveLabel:
     reason_codes: tuple[str, ...]
     finding_time: datetime
     labelled_at: datetime
+
+
+def _chunks(items: list, size: int):
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
 
 
 def _utc(value: datetime) -> datetime:
@@ -215,79 +253,181 @@ class Store:
             return postgresql.insert(table).on_conflict_do_nothing()
         return table.insert()
 
-    def add_findings(self, items: Sequence[Finding]) -> None:
-        """Store new findings and queue them for their sinks, in one transaction."""
-        if not items:
+    def add_versions(self, versions: Sequence[Finding]) -> None:
+        """Store finding versions (in order) and queue each for its sinks, in one transaction."""
+        if not versions:
             return
         pending = self._take_history()
         with self.engine.begin() as conn:
-            self._insert_findings(conn, items)
+            self._insert_versions(conn, versions)
             self._write_history(conn, pending)
 
-    def _insert_findings(self, conn: Connection, items: Sequence[Finding]) -> None:
-        if not items:
+    def add_findings(self, items: Sequence[Finding]) -> None:
+        """Store findings (their Create versions) and queue them for their sinks."""
+        self.add_versions(items)
+
+    def _insert_versions(self, conn: Connection, versions: Sequence[Finding]) -> None:
+        """Each pipeline version is stored once (by finding id and the pipeline's version
+        number), becomes the finding's current state and is queued for the sinks that take it.
+        A version whose number an analyst's took already is stored under the next free one."""
+        if not versions:
             return
         now = datetime.now(timezone.utc)
-        rows = [
-            {"id": f.id, "time": f.time, "identity": f.identity[:512],
-             "display_name": f.display_name[:512], "title": f.title[:512],
-             "severity_id": f.severity_id, "score": f.score,
-             "detectors": ",".join(f.detectors)[:512], "trigger_event_id": f.trigger.event_id,
-             "ocsf": orjson.dumps(to_ocsf(f)).decode(), "created_at": now}
-            for f in items
-        ]
-        queued = [{"finding_id": f.id, "sink": r.name, "status": "pending", "attempts": 0,
-                   "created_at": now}
-                  for f in items for r in self.routes if f.severity_id >= r.min_severity_id]
-        conn.execute(self._insert_ignore(findings), rows)
+        ids = {f.id for f in versions}
+        creates = {f.id: f for f in versions if f.activity_id == CREATE}
+        if creates:
+            conn.execute(self._insert_ignore(findings), [
+                {"id": f.id, "time": f.time, "identity": f.identity[:512],
+                 "display_name": f.display_name[:512], "title": f.title[:512],
+                 "severity_id": f.severity_id, "score": f.score,
+                 "detectors": ",".join(f.detectors)[:512], "trigger_event_id": f.trigger.event_id,
+                 "ocsf": "{}", "created_at": now, "version": 0, "status_id": f.status_id}
+                for f in creates.values()])
+        stored = self._versions_of(conn, ids)
+        rows, queued = [], []
+        current: dict[str, tuple[Finding, int, str]] = {}
+        for f in versions:
+            known = stored.get(f.id)
+            if known is None:  # the finding itself is not stored: never its Create
+                continue
+            seqs, top, sticky = known
+            if f.version in seqs:
+                continue  # stored by an earlier run over the same input
+            number = top + 1
+            known[0].add(f.version)
+            stored[f.id] = (seqs, number, sticky)
+            if sticky is not None and f.activity_id != CLOSE:
+                f = replace(f, status_id=sticky)
+            doc = orjson.dumps(to_ocsf(replace(f, version=number))).decode()
+            rows.append({"finding_id": f.id, "version": number, "pipeline_seq": f.version,
+                         "origin": "pipeline", "activity_id": f.activity_id,
+                         "status_id": f.status_id, "severity_id": f.severity_id, "ocsf": doc,
+                         "created_at": now})
+            current[f.id] = (f, number, doc)
+            queued += self._routed(f.id, number, f.severity_id, f.activity_id, f.raised, now)
+        if rows:
+            conn.execute(finding_versions.insert(), rows)
+        for fid, (f, number, doc) in current.items():
+            conn.execute(findings.update().where(findings.c.id == fid,
+                                                 findings.c.version < number).values(
+                title=f.title[:512], severity_id=f.severity_id, score=f.score,
+                detectors=",".join(f.detectors)[:512], ocsf=doc, version=number,
+                status_id=f.status_id))
         if queued:
             self._enqueue(conn, queued)
 
+    def _versions_of(self, conn: Connection, ids: set[str]
+                     ) -> dict[str, tuple[set[int], int, int | None]]:
+        """finding id -> (pipeline version numbers stored, highest version number, the status an
+        analyst set or None), for those of ``ids`` that are stored."""
+        out: dict[str, tuple[set[int], int, int | None]] = {}
+        for chunk in _chunks(sorted(ids), 500):
+            for r in conn.execute(select(findings.c.id, findings.c.analyst_status_id)
+                                  .where(findings.c.id.in_(chunk))):
+                out[r.id] = (set(), 0, r.analyst_status_id)
+            for r in conn.execute(select(finding_versions.c.finding_id,
+                                         finding_versions.c.version,
+                                         finding_versions.c.pipeline_seq)
+                                  .where(finding_versions.c.finding_id.in_(chunk))):
+                seqs, top, sticky = out[r.finding_id]
+                if r.pipeline_seq is not None:
+                    seqs.add(r.pipeline_seq)
+                out[r.finding_id] = (seqs, max(top, r.version), sticky)
+        return out
+
+    def _routed(self, finding_id: str, version: int, severity_id: int, activity_id: int,
+                raised: bool, now: datetime) -> list[dict]:
+        return [{"finding_id": finding_id, "version": version, "sink": r.name,
+                 "status": "pending", "attempts": 0, "created_at": now}
+                for r in self.routes if r.takes(severity_id, activity_id, raised)]
+
     def _enqueue(self, conn: Connection, queued: list[dict]) -> None:
-        """Queue outbox rows; a replay queues nothing twice (the key is (finding_id, sink))
-        and nothing that was dead-lettered (only ``redrive`` brings those back)."""
-        dead = {(r.finding_id, r.sink) for r in conn.execute(
-            select(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.sink)
-            .where(delivery_dead_letters.c.finding_id.in_({q["finding_id"] for q in queued})))}
-        queued = [q for q in queued if (q["finding_id"], q["sink"]) not in dead]
+        """Queue outbox rows; a replay queues nothing twice (the key is (finding id, version,
+        sink)) and nothing that was dead-lettered (only ``redrive`` brings those back)."""
+        dead = set()
+        for chunk in _chunks(sorted({q["finding_id"] for q in queued}), 500):
+            dead |= {tuple(r) for r in conn.execute(
+                select(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.version,
+                       delivery_dead_letters.c.sink)
+                .where(delivery_dead_letters.c.finding_id.in_(chunk)))}
+        queued = [q for q in queued if (q["finding_id"], q["version"], q["sink"]) not in dead]
         if queued:
             conn.execute(self._insert_ignore(outbox), queued)
 
     def set_routes(self, routes: Iterable[Route]) -> None:
-        """The sinks new findings are queued for in the outbox (by their ``name`` and
-        ``min_severity_id``); none by default."""
-        self.routes = tuple(Route(r.name, r.min_severity_id) for r in routes)
+        """The sinks new finding versions are queued for (by their ``name``,
+        ``min_severity_id`` and ``versions``); none by default."""
+        self.routes = tuple(Route(r.name, r.min_severity_id, getattr(r, "versions", "all"))
+                            for r in routes)
         names = [r.name for r in self.routes]
         if len(set(names)) != len(names):
             raise SecretscopeError(f"outbox routes: duplicate sink names in {names}")
 
-    def update_findings(self, items: Sequence[Finding]) -> None:
-        """Replace stored findings by their newer version (an incident that grew by merged
-        firings); same id, so delivery downstream can update rather than duplicate."""
-        if not items:
-            return
-        with self.engine.begin() as conn:
-            self._update_findings(conn, items)
+    # --- analysts' status changes ---------------------------------------------------------
 
-    def _update_findings(self, conn: Connection, items: Sequence[Finding]) -> None:
-        if not items:
-            return
+    def set_status(self, finding_id: str, status: Literal["ack", "close"],
+                   note: str = "") -> int:
+        """An analyst acknowledges (In Progress) or closes (Resolved) a finding: a new version,
+        queued for the sinks like the pipeline's; returns its version number. A closed finding
+        takes no more firings: the running pipeline opens a new finding for the next one."""
+        if status not in ("ack", "close"):
+            raise SecretscopeError(f"status must be ack or close, not {status!r}")
+        status_id = IN_PROGRESS if status == "ack" else RESOLVED
+        activity = UPDATE if status == "ack" else CLOSE
         now = datetime.now(timezone.utc)
-        # a finding whose severity grew now also goes to the sinks it meets (once, by id)
-        queued = [{"finding_id": f.id, "sink": r.name, "status": "pending", "attempts": 0,
-                   "created_at": now}
-                  for f in items for r in self.routes if f.severity_id >= r.min_severity_id]
-        for f in items:
-            conn.execute(findings.update().where(findings.c.id == f.id).values(
-                severity_id=f.severity_id, score=f.score,
-                detectors=",".join(f.detectors)[:512],
-                ocsf=orjson.dumps(to_ocsf(f)).decode()))
-        if queued:  # only findings stored already (an update may precede its insert)
-            stored = set(conn.execute(select(findings.c.id).where(
-                findings.c.id.in_({q["finding_id"] for q in queued}))).scalars())
-            queued = [q for q in queued if q["finding_id"] in stored]
-        if queued:
-            self._enqueue(conn, queued)
+        with self.engine.begin() as conn:
+            query = select(findings.c.ocsf, findings.c.version, findings.c.severity_id,
+                           findings.c.status_id).where(findings.c.id == finding_id)
+            if self.engine.dialect.name == "postgresql":
+                query = query.with_for_update()
+            row = conn.execute(query).first()
+            if row is None:
+                raise UnknownFindingError(f"no finding {finding_id!r} in the store")
+            if row.status_id == RESOLVED:
+                raise SecretscopeError(f"finding {finding_id} is closed already")
+            number = row.version + 1
+            doc = orjson.loads(row.ocsf)
+            doc.update(activity_id=activity, activity_name="Update" if status == "ack" else "Close",
+                       type_uid=200400 + activity,
+                       type_name=f"Detection Finding: {'Update' if status == 'ack' else 'Close'}",
+                       status_id=status_id, status=STATUS_NAMES[status_id],
+                       time=int(now.timestamp() * 1000))
+            if note:
+                doc["comment"] = note[:1024]
+            if status == "close":
+                doc["end_time"] = doc["time"]
+            doc["unmapped"]["secretscope"]["version"] = number
+            text_doc = orjson.dumps(doc).decode()
+            conn.execute(finding_versions.insert().values(
+                finding_id=finding_id, version=number, pipeline_seq=None, origin="analyst",
+                activity_id=activity, status_id=status_id, severity_id=row.severity_id,
+                ocsf=text_doc, created_at=now))
+            conn.execute(findings.update().where(findings.c.id == finding_id).values(
+                ocsf=text_doc, version=number, status_id=status_id,
+                analyst_status_id=status_id))
+            queued = self._routed(finding_id, number, row.severity_id, activity, False, now)
+            if queued:
+                self._enqueue(conn, queued)
+        return number
+
+    def closed_by_analyst(self, finding_ids: Iterable[str]) -> set[str]:
+        """Those of ``finding_ids`` an analyst has closed."""
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(finding_ids)), 500):
+                out |= set(conn.execute(select(findings.c.id).where(
+                    findings.c.id.in_(chunk),
+                    findings.c.analyst_status_id == RESOLVED)).scalars())
+        return out
+
+    def versions(self, finding_id: str | None = None) -> list[dict]:
+        """Stored versions (OCSF documents), oldest first (per finding when none is named)."""
+        query = select(finding_versions.c.ocsf).order_by(finding_versions.c.finding_id,
+                                                         finding_versions.c.version)
+        if finding_id is not None:
+            query = query.where(finding_versions.c.finding_id == finding_id)
+        with self.engine.connect() as conn:
+            return [orjson.loads(r.ocsf) for r in conn.execute(query)]
 
     def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
         now = datetime.now(timezone.utc)
@@ -299,16 +439,15 @@ class Store:
                 conn.execute(dead_letters.insert(), rows)
 
     def save_snapshot(self, key: str, next_offset: int, blob: bytes,
-                      created: Sequence[Finding] = (), updated: Sequence[Finding] = ()) -> None:
+                      versions: Sequence[Finding] = ()) -> None:
         """Replace the snapshot under ``key`` (with the input offset it covers), and store the
-        findings the state since the last snapshot raised (queued in the outbox) in the same
-        transaction: processing progress and its findings are committed together."""
+        finding versions the state since the last snapshot emitted (queued in the outbox) in the
+        same transaction: processing progress and its findings are committed together."""
         row = {"key": key, "next_offset": next_offset, "checksum": hashlib.sha256(blob).hexdigest(),
                "data": blob, "updated_at": datetime.now(timezone.utc)}
         pending = self._take_history()
         with self.engine.begin() as conn:
-            self._insert_findings(conn, created)
-            self._update_findings(conn, updated)
+            self._insert_versions(conn, versions)
             self._write_history(conn, pending)
             conn.execute(snapshots.delete().where(snapshots.c.key == key))
             conn.execute(snapshots.insert(), [row])

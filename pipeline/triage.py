@@ -7,10 +7,13 @@ For each event on which a detector fired:
    calibrated score, the severity read off it, a rule's own severity as a floor);
 3. a candidate below ``min_severity``, or whose leading reason was labelled false positive for
    this identity, is dropped;
-4. one finding per identity per incident: if the identity has an open incident (its last firing
-   less than ``incident_minutes`` of event time ago) and the candidate is not more severe, it is
-   merged into the incident's finding (related events, reasons, detectors) and the finding is
-   reported as updated; otherwise the candidate opens a new incident and is emitted.
+4. one finding per identity per incident, with versions: a candidate opens an incident (its
+   finding's **Create**) unless the identity has one whose last firing is less than
+   ``incident_minutes`` of event time ago; then it is merged in (related events, reasons,
+   detectors, severity, last seen) and an **Update** follows: at once when the severity rises,
+   otherwise at most one per ``update_minutes`` of event time. After ``incident_minutes`` of
+   quiet the finding is **Closed**. All of it is decided in event time, so the same input gives
+   the same versions however it was batched.
 
 Events of every firing, emitted, merged or dropped, stay out of the baseline (the runner sees
 to that): an expected burst is not evidence of normal behaviour either.
@@ -18,10 +21,13 @@ to that): an expected burst is not evidence of normal behaviour either.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
+from datetime import datetime, timezone
 
+import msgspec
 import numpy as np
 
 from models.base import ScoreBatch
@@ -31,7 +37,8 @@ from pipeline.config import TriageSettings
 from pipeline.events import AccessEvent
 from pipeline.explain import factors, peer_comparison, rule_reason, streaming_reasons
 from pipeline.features import FeatureExtractor, FeatureVector, IdentityState
-from pipeline.findings import Finding, Reason, finding_id
+from pipeline.findings import (CLOSE, RESOLVED, UPDATE, Finding, Reason, finding_id,
+                               titled)
 from pipeline.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDOW, FALSE_POSITIVE,
                                   INCIDENT, Suppressions)
 
@@ -51,33 +58,58 @@ class StreamingDetectorInfo:
 
 
 class _Incident:
-    __slots__ = ("finding", "finding_id", "severity", "last_ts", "triggers")
+    """The open finding of one identity: its current content and when its versions are due.
 
-    def __init__(self, finding: Finding | None, finding_id: str, severity: int,
-                 last_ts: float) -> None:
+    ``finding`` is the newest content; ``finding.version`` the last version emitted. Merges that
+    are not emitted at once leave ``pending`` set until ``emitted_at + update_seconds`` of event
+    time (or the close, which carries them)."""
+
+    __slots__ = ("finding", "last_ts", "emitted_at", "pending", "triggers")
+
+    def __init__(self, finding: Finding, last_ts: float, emitted_at: float,
+                 pending: bool = False, triggers: list[str] | None = None) -> None:
         self.finding = finding
-        self.finding_id = finding_id
-        self.severity = severity
         self.last_ts = last_ts
-        self.triggers: list[str] = [finding.trigger.event_id] if finding is not None else []
+        self.emitted_at = emitted_at
+        self.pending = pending
+        self.triggers = triggers if triggers is not None else [finding.trigger.event_id]
+
+    def due(self, incident_seconds: float, update_seconds: float) -> float:
+        """Event time of its next scheduled version: a coalesced update, or the close."""
+        close = self.last_ts + incident_seconds
+        return min(close, self.emitted_at + update_seconds) if self.pending else close
+
+
+_VERSION_CODEC = msgspec.msgpack.Encoder()
+_FINDING_DECODER = msgspec.msgpack.Decoder(Finding)
 
 
 class Triage:
+    """Firings -> finding versions, decided in event time (see the module docstring).
+
+    :meth:`decide` returns every version it emits, in order: Creates, Updates (merges, at most
+    one per ``update_minutes`` of event time unless the severity rises) and Closes (after
+    ``incident_minutes`` of quiet). The clock is the newest event time seen; every row advances
+    it, fired or not, so the versions are the same whatever the batching.
+    """
+
     def __init__(self, extractor: FeatureExtractor, settings: TriageSettings | None = None,
                  streaming: Sequence[StreamingDetectorInfo] = (),
                  suppressions: Suppressions | None = None) -> None:
         settings = settings or TriageSettings()
         self.extractor = extractor
         self.incident_seconds = settings.incident_minutes * 60.0
+        self.update_seconds = settings.update_minutes * 60.0
         self.false_positive_seconds = settings.false_positive_days * 86400.0
         self.max_related = settings.max_related_events
         self.min_severity = SEVERITIES[settings.min_severity]
         self.streaming = {d.name: d for d in streaming}
         self.suppressions = suppressions or Suppressions()
-        self.incidents: dict[str, _Incident] = {}
+        self.incidents: dict[str, _Incident] = {}  # identity -> its open finding
+        self.clock = float("-inf")
+        self._due: list[tuple[float, str, str]] = []  # (due, finding id, identity), lazily pruned
         self.quieted = dict.fromkeys((ALLOWLIST, CHANGE_WINDOW, BELOW_MIN_SEVERITY, FALSE_POSITIVE,
                                       INCIDENT), 0)
-        self._updated: dict[str, Finding] = {}
 
     @property
     def suppressed(self) -> int:
@@ -85,18 +117,26 @@ class Triage:
 
     def decide(self, batch: Sequence[FeatureVector], rule_hits: Sequence[tuple[Rule, ...]],
                scores: Sequence[ScoreBatch],
-               as_of: Callable[[int], AbstractContextManager] | None = None) -> list[Finding]:
-        """New findings for the rows of a batch on which something fired, in row order; merges
-        into open incidents are collected for :meth:`take_updates`.
+               as_of: Callable[[int], AbstractContextManager] | None = None,
+               related: Callable[[int, str], list[str]] | None = None) -> list[Finding]:
+        """The finding versions the rows of a batch produce, in order.
 
         ``as_of(i)``, if given, is entered while row ``i`` is explained, so the explanation sees
-        the identity's baseline as it was when that row was scored.
+        the identity's baseline as it was when that row was scored; ``related(i, kind)`` gives
+        the ids of row ``i``'s recent events of ``kind`` as they were at that row.
         """
         fired_any = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
         for sb in scores:
             fired_any |= sb.fired
-        findings = []
+        out: list[Finding] = []
+        done = 0
+        clock = self.clock
         for i in np.flatnonzero(fired_any).tolist():
+            for fv in batch[done:i + 1]:  # rows in between move the clock too
+                if fv.event.ts > clock:
+                    clock = fv.event.ts
+            done = i + 1
+            self.advance(clock, out)
             fv = batch[i]
             rules = [r for r in rule_hits[i] if self._expected(fv, r.id)]
             streaming = [(sb.detector, float(sb.scores[i])) for sb in scores
@@ -104,24 +144,75 @@ class Triage:
             if not (rules or streaming):
                 continue
             if as_of is None:
-                candidate = self._candidate(fv, rules, streaming, i)
+                candidate = self._candidate(fv, rules, streaming, i, related)
             else:
                 with as_of(i):
-                    candidate = self._candidate(fv, rules, streaming, i)
+                    candidate = self._candidate(fv, rules, streaming, i, related)
             if candidate.severity_id < self.min_severity:
                 self.quieted[BELOW_MIN_SEVERITY] += 1
                 continue
             if self._labelled_false(candidate):
                 continue
-            opened = self._incident(candidate)
-            if opened is not None:
-                findings.append(opened)
-        return findings
+            self._incident(candidate, out)
+        for fv in batch[done:]:
+            if fv.event.ts > clock:
+                clock = fv.event.ts
+        self.advance(clock, out)
+        return out
 
-    def take_updates(self) -> list[Finding]:
-        """Findings that grew by merges since the last call (their newest version each)."""
-        updated, self._updated = list(self._updated.values()), {}
-        return updated
+    def advance(self, clock: float, out: list[Finding]) -> None:
+        """Move event time to ``clock``: emit the coalesced updates and closes now due, oldest
+        due first (ties by finding id), each at its due time."""
+        if clock > self.clock:
+            self.clock = clock
+        due = self._due
+        while due and due[0][0] <= self.clock:
+            at, fid, identity = heapq.heappop(due)
+            inc = self.incidents.get(identity)
+            if inc is None or inc.finding.id != fid:
+                continue  # closed already, or a newer incident of the identity
+            if inc.due(self.incident_seconds, self.update_seconds) != at:
+                continue  # rescheduled by a later merge
+            if at >= inc.last_ts + self.incident_seconds:
+                del self.incidents[identity]
+                out.append(self._version(inc, CLOSE, at))
+            else:
+                out.append(self._version(inc, UPDATE, at))
+                self._schedule(identity, inc)
+
+    def finish(self) -> list[Finding]:
+        """End of input: the merges still waiting for their update are emitted now (the
+        incidents stay open: a later run over more input may still grow or close them)."""
+        out = []
+        for identity, inc in sorted(self.incidents.items(), key=lambda kv: kv[1].finding.id):
+            if inc.pending:
+                out.append(self._version(inc, UPDATE, max(self.clock, inc.emitted_at)))
+                self._schedule(identity, inc)
+        return out
+
+    def closed_by_analyst(self, finding_ids: set[str]) -> None:
+        """Findings an analyst closed: later firings of their identities open new findings."""
+        for identity in [k for k, inc in self.incidents.items() if inc.finding.id in finding_ids]:
+            del self.incidents[identity]
+
+    def open_findings(self) -> list[str]:
+        return [inc.finding.id for inc in self.incidents.values()]
+
+    def _schedule(self, identity: str, inc: _Incident) -> None:
+        heapq.heappush(self._due, (inc.due(self.incident_seconds, self.update_seconds),
+                                   inc.finding.id, identity))
+
+    def _version(self, inc: _Incident, activity: int, at: float,
+                 raised: bool = False) -> Finding:
+        """Emit the incident's current content as its next version."""
+        f = inc.finding
+        inc.finding = replace(
+            f, version=f.version + 1, activity_id=activity,
+            status_id=RESOLVED if activity == CLOSE else f.status_id,
+            raised=raised, closed_time=_utc(at) if activity == CLOSE else None)
+        inc.emitted_at = at
+        inc.pending = False
+        return inc.finding
 
     def _expected(self, fv: FeatureVector, detector: str) -> bool:
         """False (and counted) if an allowlist entry or change window expects this firing."""
@@ -137,96 +228,139 @@ class Triage:
             return True
         return False
 
-    def _incident(self, candidate: Finding) -> Finding | None:
-        """Open a new incident with ``candidate`` (returned) or merge it into the open one."""
+    def _incident(self, candidate: Finding, out: list[Finding]) -> None:
+        """Open a new incident with ``candidate`` (its Create) or merge it into the open one
+        (an Update now if the severity rose or the last version is ``update_minutes`` old)."""
         ts = candidate.trigger.ts
-        open_ = self.incidents.get(candidate.identity)
-        if (open_ is not None and 0.0 <= ts - open_.last_ts < self.incident_seconds
-                and candidate.severity_id <= open_.severity):
-            open_.last_ts = ts
+        identity = candidate.identity
+        inc = self.incidents.get(identity)
+        if inc is not None and 0.0 <= ts - inc.last_ts < self.incident_seconds:
             self.quieted[INCIDENT] += 1
-            if open_.finding is not None:
-                open_.finding = self._merge(open_, candidate)
-                self._updated[open_.finding_id] = open_.finding
-            return None
-        self.incidents[candidate.identity] = _Incident(candidate, candidate.id,
-                                                       candidate.severity_id, ts)
-        return candidate
+            raised = candidate.severity_id > inc.finding.severity_id
+            inc.finding = self._merge(inc, candidate)
+            inc.last_ts = max(inc.last_ts, ts)
+            if raised or self.clock - inc.emitted_at >= self.update_seconds:
+                out.append(self._version(inc, UPDATE, self.clock, raised))
+            else:
+                inc.pending = True
+            self._schedule(identity, inc)
+            return
+        inc = self.incidents[identity] = _Incident(candidate, ts, self.clock)
+        out.append(candidate)
+        self._schedule(identity, inc)
 
     def _merge(self, incident: _Incident, candidate: Finding) -> Finding:
         f = incident.finding
-        assert f is not None
         incident.triggers.append(candidate.trigger.event_id)
         triggers = set(incident.triggers)
         related = list(dict.fromkeys(f.related_event_ids + candidate.related_event_ids))
         if len(related) > self.max_related:
-            # keep every firing's trigger, then the newest of the rest
+            # keep the first trigger, then the newest triggers, then the newest of the rest
+            first = incident.triggers[0]
+            newest = set(incident.triggers[-(self.max_related - 1):]) - {first}
+            room = self.max_related - 1 - len(newest)
             others = [r for r in related if r not in triggers]
-            keep = set(others[len(others) - max(0, self.max_related - len(triggers)):])
-            related = [r for r in related if r in triggers or r in keep]
-        reasons = {(r.code, r.detector): r for r in f.reasons + candidate.reasons}
+            keep = set(others[len(others) - room:]) if room > 0 else set()
+            related = [r for r in related if r == first or r in newest or r in keep]
+        reasons = _strongest_first(f.reasons + candidate.reasons)
+        stronger = candidate.reasons[0].weight > f.reasons[0].weight
+        headline = candidate.headline if stronger else f.headline
+        detectors = tuple(dict.fromkeys(f.detectors + candidate.detectors))
         return replace(
-            f, detectors=tuple(dict.fromkeys(f.detectors + candidate.detectors)),
-            reasons=tuple(reasons.values())[:_MAX_REASONS],
+            f, detectors=detectors, reasons=reasons, title=titled(headline, detectors),
+            headline=headline, severity_id=max(f.severity_id, candidate.severity_id),
             techniques=tuple(dict.fromkeys(f.techniques + candidate.techniques)),
-            related_event_ids=tuple(related[-self.max_related:]),
+            related_event_ids=tuple(related),
             score=max(f.score, candidate.score), last_time=candidate.time,
             merged=f.merged + 1, learning=f.learning or candidate.learning,
             factors=tuple(dict.fromkeys(f.factors + candidate.factors)),
         )
 
     def _candidate(self, fv: FeatureVector, rules: list[Rule],
-                   streaming: list[tuple[str, float]], row: int) -> Finding:
+                   streaming: list[tuple[str, float]], row: int,
+                   related_of: Callable[[int, str], list[str]] | None = None) -> Finding:
         event = fv.event
         state = self.extractor.state(event.identity)
+
+        def recent(kind: str) -> list[str]:
+            if related_of is not None:
+                return related_of(row, kind)[-self.max_related:]
+            return _related(kind, state, self.max_related, event)
+
+        # strongest first: the title and the leading reason come from the most severe firing
+        rules = sorted(rules, key=lambda r: (-r.severity_id, r.id))
         detectors = tuple(r.id for r in rules) + tuple(name for name, _ in streaming)
         reasons: list[Reason] = []
         techniques: list[str] = []
         calibrated: list[float] = []
         floor = 1
         related: list[str] = []
+        headline, strongest = "", -1.0
         for rule in rules:
-            reasons.append(rule_reason(rule, fv, state))
+            weight = rule_score(rule.severity_id)
+            reasons.append(replace(rule_reason(rule, fv, state), weight=weight))
             techniques.extend(rule.attack)
-            calibrated.append(rule_score(rule.severity_id))
+            calibrated.append(weight)
             floor = max(floor, rule.severity_id)
-            related.extend(_related(rule.related, state, self.max_related, event))
+            related.extend(recent(rule.related) if rule.related != "trigger" else [])
+            if weight > strongest:
+                headline, strongest = rule.title, weight
         for name, value in streaming:
             info = self.streaming[name]
             explain = info.explain or _default_explainer
-            reasons.extend(explain(name, fv, state, row))
+            weight = detector_score(value, info.threshold, info.high_threshold, info.at_threshold)
+            reasons.extend(replace(r, weight=weight) for r in explain(name, fv, state, row))
             techniques.extend(info.techniques)
-            calibrated.append(detector_score(value, info.threshold, info.high_threshold,
-                                             info.at_threshold))
-            related.extend(_related("recent_1h", state, self.max_related, event))
+            calibrated.append(weight)
+            related.extend(recent("recent_1h"))
+            if weight > strongest:
+                headline, strongest = _learned_title(fv, state), weight
         related.append(event.event_id)
         related_ids = tuple(dict.fromkeys(related))[-self.max_related:]
         if event.event_id not in related_ids:
             related_ids = related_ids[1:] + (event.event_id,)
         score = combine(calibrated)
-        title = rules[0].title if rules else _learned_title(fv, state)
-        if len(detectors) > 1:
-            title += f" (+{len(detectors) - 1} more)"
-        unique = {(r.code, r.detector): r for r in reasons}
         return Finding(
             id=finding_id(detectors, event.identity, event.event_id),
             time=event.time, identity=event.identity, display_name=event.display_name,
-            title=title, severity_id=max(floor, severity_of(score)), score=score,
-            detectors=detectors, reasons=tuple(unique.values())[:_MAX_REASONS],
+            title=titled(headline, detectors), headline=headline,
+            severity_id=max(floor, severity_of(score)), score=score,
+            detectors=detectors, reasons=_strongest_first(reasons),
             techniques=tuple(dict.fromkeys(techniques)), related_event_ids=related_ids,
             trigger=event, segment=fv.segment, factors=factors(fv),
             peers=peer_comparison(state), learning=bool(streaming),
         )
 
     def to_state(self) -> list:
-        """Open incidents (without their findings) and counters, for snapshots. After a restore
-        further firings of such an incident are still merged, but no longer reported as updates."""
-        return [[identity, inc.finding_id, inc.severity, inc.last_ts]
-                for identity, inc in self.incidents.items()]
+        """Open incidents with their findings, the clock and counters, for snapshots: a
+        restored pipeline goes on growing, updating and closing them."""
+        return [self.clock, [
+            [identity, _VERSION_CODEC.encode(inc.finding), inc.last_ts, inc.emitted_at,
+             inc.pending, inc.triggers]
+            for identity, inc in self.incidents.items()]]
 
     def load_state(self, state: list) -> None:
-        self.incidents = {identity: _Incident(None, fid, severity, last_ts)
-                          for identity, fid, severity, last_ts in state}
+        self.clock, incidents = state
+        self.incidents = {}
+        self._due = []
+        for identity, blob, last_ts, emitted_at, pending, triggers in incidents:
+            inc = _Incident(_FINDING_DECODER.decode(blob), last_ts, emitted_at, pending,
+                            list(triggers))
+            self.incidents[identity] = inc
+            self._schedule(identity, inc)
+
+
+def _strongest_first(reasons: Sequence[Reason]) -> tuple[Reason, ...]:
+    """Reasons by weight, strongest first (stable: a detector's own order among equals), one per
+    code (its strongest)."""
+    best: dict[str, Reason] = {}
+    for r in sorted(reasons, key=lambda r: -r.weight):
+        best.setdefault(r.code, r)
+    return tuple(best.values())[:_MAX_REASONS]
+
+
+def _utc(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, timezone.utc)
 
 
 def _default_explainer(name: str, fv: FeatureVector, state: IdentityState | None,

@@ -29,3 +29,8 @@ def make_event(at: datetime | None = None, **fields) -> AccessEvent:
 
 def every(start: datetime, step: timedelta, n: int):
     return [start + i * step for i in range(n)]
+
+
+def created(versions):
+    """The Create versions among finding versions (what a test of new findings counts)."""
+    return [v for v in versions if v.activity_id == 1]

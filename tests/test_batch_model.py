@@ -46,7 +46,7 @@ def run_pipeline(config: Path, log: Path, findings: list | None = None) -> Pipel
     store = Store(settings.store.url)
     try:
         pipeline = Pipeline(settings, store=store,
-                            on_finding=findings.append if findings is not None else None)
+                            on_version=findings.append if findings is not None else None)
         pipeline.run(replay([log]))
     finally:
         store.close()

@@ -29,7 +29,7 @@ def test_replay_contract_and_checker(tmp_path, samples):
     assert "Audit device disabled or changed" in titles
     assert any("vault-root-token-use" in f["unmapped"]["secretscope"]["detectors"] for f in findings)
     for f in findings:
-        assert f["class_uid"] == 2004 and f["type_uid"] == 200401
+        assert f["class_uid"] == 2004 and f["type_uid"] == 200400 + f["activity_id"]
         assert f["finding_info"]["related_events"] and f["finding_info"]["attacks"]
         assert f["actor"]["user"]["uid"] and f["finding_info"]["desc"]
         assert f["unmapped"]["secretscope"]["reasons"][0]["observed"]

@@ -24,8 +24,8 @@ def week(tmp_path_factory):
     simulate(SimulationSpec(days=7, seed=SEED, target_calls=60_000), log, labels, windows)
     settings = load_settings(triage__change_window_feed=str(windows))
     versions, created = [], []
-    pipeline = Pipeline(settings, on_finding=lambda f: (versions.append(f), created.append(f)),
-                        on_update=versions.append)
+    pipeline = Pipeline(settings, on_version=lambda f: (
+        versions.append(f), f.activity_id == 1 and created.append(f)))
     stats = pipeline.run(replay([log]))
     report = evaluate(versions, load_episodes(labels), stats.events)
     return report, created, versions, pipeline

@@ -23,6 +23,7 @@ from pipeline.store import (FalsePositiveLabel, Store, feature_history,
 
 NEW_TABLES = {"feature_history", "feature_sets", "labels"}
 OUTBOX_TABLES = {"outbox", "delivery_dead_letters"}  # migration 0003
+VERSION_TABLES = {"finding_versions"}  # migration 0004
 
 
 @pytest.fixture
@@ -170,8 +171,14 @@ def test_upgrade_of_an_existing_0001_store(db_url):  # noqa: F811
     try:
         after = describe(store.engine)
         assert after["revision"] == _head()
-        assert set(after) - {"revision"} == set(before) - {"revision"} | NEW_TABLES | OUTBOX_TABLES
-        assert all(after[t] == before[t] for t in ("findings", "dead_letters", "snapshots"))
+        assert set(after) - {"revision"} == (set(before) - {"revision"} | NEW_TABLES
+                                             | OUTBOX_TABLES | VERSION_TABLES)
+        assert all(after[t] == before[t] for t in ("dead_letters", "snapshots"))
+        # findings keep their columns and gain the version and status ones
+        old_columns = before["findings"][0]
+        assert after["findings"][0][:len(old_columns)] == old_columns
+        assert [c[0] for c in after["findings"][0][len(old_columns):]] == [
+            "version", "status_id", "analyst_status_id"]
         assert schema_diff(store.engine) == []
         insp = inspect(store.engine)
         assert {i["name"] for i in insp.get_indexes("feature_history")} == {
@@ -179,6 +186,9 @@ def test_upgrade_of_an_existing_0001_store(db_url):  # noqa: F811
         assert [fk["referred_table"] for fk in insp.get_foreign_keys("labels")] == ["findings"]
         assert store.count(findings) == 1 and store.count(snapshots) == 1
         assert store.count(feature_history) == 0
+        # the finding stored before versions existed is its own version 1
+        (v1,) = store.versions(f.id)
+        assert v1["finding_info"]["uid"] == f.id and v1["activity_id"] == 1
         store.label_finding(f.id, "fp")
         assert [x.finding_id for x in store.false_positive_labels()] == [f.id]
     finally:

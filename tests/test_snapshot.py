@@ -68,15 +68,17 @@ def test_tampered_snapshot_is_refused(events, tmp_path):
 def test_deferred_findings_are_stored_in_the_snapshot_transaction(events, tmp_path):
     """The Kafka score stage commits its progress and the findings it raised together: until
     the snapshot is saved nothing is in the store or the outbox."""
-    from pipeline.store import Route, findings, outbox
+    from pipeline.store import Route, finding_versions, findings, outbox
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}", routes=[Route("hook", 1)])
     p = Pipeline(load_settings(), store=store, defer_writes=True)
     raised = run(p, events)
     assert raised and store.count(findings) == 0 and store.count(outbox) == 0
-    created, updated = p.take_unsaved()
-    assert {f.id for f in created} == {f["finding_info"]["uid"] for f in raised}
-    store.save_snapshot("score/t/0", len(events), snapshot.dump(p), created, updated)
-    assert store.count(findings) == len(raised) == store.count(outbox)
+    versions = p.take_unsaved()
+    assert [(f.id, f.version) for f in versions] == [
+        (f["finding_info"]["uid"], f["unmapped"]["secretscope"]["version"]) for f in raised]
+    store.save_snapshot("score/t/0", len(events), snapshot.dump(p), versions)
+    assert store.count(findings) == len({f.id for f in versions})
+    assert store.count(finding_versions) == len(versions) == store.count(outbox)
     assert store.load_snapshot("score/t/0")[0] == len(events)
-    assert p.take_unsaved() == ([], [])
+    assert p.take_unsaved() == []

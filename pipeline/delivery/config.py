@@ -53,6 +53,9 @@ class Credential(_Strict):
 class _SinkBase(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # the outbox key
     min_severity: Severity = "low"  # findings below are not routed to this sink
+    # Which versions of a finding it gets: all (Create, Updates, Close), or only the Create and
+    # the Updates that raise its severity.
+    versions: Literal["all", "raises"] = "all"
     # Field selection: dotted paths of the rendered OCSF document to keep (empty: all). The
     # finding id, class, time and severity are always kept.
     fields: tuple[str, ...] = ()
@@ -128,6 +131,7 @@ class SlackSink(_SinkBase):
     type: Literal["slack"]
     webhook_url: Credential  # an incoming-webhook URL is itself the secret
     min_severity: Severity = "high"
+    versions: Literal["all", "raises"] = "raises"  # a chat message per change would be noise
 
 
 class PagerDutySink(_SinkBase):

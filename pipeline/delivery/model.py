@@ -9,12 +9,23 @@ from typing import Any, Protocol, runtime_checkable
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """One finding to send to one sink: its id, severity and OCSF document (the canonical form
-    stored in the findings table; sinks render other formats from it)."""
+    """One version of a finding to send to one sink: its id, severity, OCSF document (the
+    canonical form stored with the version; sinks render other formats from it) and version
+    number (Create is 1; the document's ``activity_id`` says Create, Update or Close)."""
 
     finding_id: str
     severity_id: int
     ocsf: dict[str, Any]
+    version: int = 1
+
+    @property
+    def key(self) -> str:
+        """Unique per version: the receiver's idempotency key where a product wants one."""
+        return f"{self.finding_id}.{self.version}"
+
+    @property
+    def activity_id(self) -> int:
+        return int(self.ocsf.get("activity_id", 1))
 
 
 @dataclass(frozen=True, slots=True)

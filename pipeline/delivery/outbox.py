@@ -1,8 +1,10 @@
-"""The SQL outbox: which findings each sink still has to receive, which it has, and which were
-given up on (``delivery_dead_letters``, with the reason).
+"""The SQL outbox: which finding versions each sink still has to receive, which it has, and
+which were given up on (``delivery_dead_letters``, with the reason).
 
-Rows are queued by :meth:`pipeline.store.Store.add_findings` in the transaction that stores the
-findings. :meth:`Outbox.process` claims a sink's due rows and records what became of them. On
+Rows are keyed on (finding id, version, sink) and queued by
+:meth:`pipeline.store.Store.add_versions` in the transaction that stores the versions. A sink gets
+the versions of one finding in order: a version is due only once the sink has no earlier version
+of that finding pending, so an Update never overtakes its Create and a Close comes last. :meth:`Outbox.process` claims a sink's due rows and records what became of them. On
 PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED`` held until the outcomes are
 written, so several workers never send the same row; on SQLite (one worker) the claim and the
 outcomes are short transactions of their own, so a slow sink does not lock the pipeline's writes.
@@ -20,7 +22,8 @@ from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
 from pipeline.delivery.model import Delivery
-from pipeline.store import Store, _utc, delivery_dead_letters, findings, outbox
+from pipeline.store import (Store, _chunks, _utc, delivery_dead_letters, finding_versions,
+                            outbox)
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,12 +38,14 @@ class Claimed:
 @dataclass(frozen=True, slots=True)
 class Delivered:
     finding_id: str
+    version: int
     at: datetime
 
 
 @dataclass(frozen=True, slots=True)
 class Retry:
     finding_id: str
+    version: int
     attempts: int  # including the one that just failed
     first_attempt_at: datetime
     next_attempt_at: datetime
@@ -50,6 +55,7 @@ class Retry:
 @dataclass(frozen=True, slots=True)
 class Dead:
     finding_id: str
+    version: int
     attempts: int
     reason: str
     at: datetime
@@ -85,22 +91,31 @@ class Outbox:
 
     def _due(self, conn: Connection, sink: str, limit: int, now: datetime,
              lock: bool) -> list[Claimed]:
-        query = (select(outbox.c.finding_id, outbox.c.attempts, outbox.c.first_attempt_at,
-                        findings.c.severity_id, findings.c.ocsf)
-                 .join(findings, findings.c.id == outbox.c.finding_id)
+        earlier = outbox.alias("earlier")
+        waiting = (select(earlier.c.version)
+                   .where(earlier.c.finding_id == outbox.c.finding_id, earlier.c.sink == sink,
+                          earlier.c.status == "pending", earlier.c.version < outbox.c.version)
+                   .exists())
+        query = (select(outbox.c.finding_id, outbox.c.version, outbox.c.attempts,
+                        outbox.c.first_attempt_at, finding_versions.c.severity_id,
+                        finding_versions.c.ocsf)
+                 .join(finding_versions, and_(finding_versions.c.finding_id == outbox.c.finding_id,
+                                              finding_versions.c.version == outbox.c.version))
                  .where(outbox.c.sink == sink, outbox.c.status == "pending",
-                        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now))
-                 .order_by(outbox.c.created_at, outbox.c.finding_id)
+                        or_(outbox.c.next_attempt_at.is_(None), outbox.c.next_attempt_at <= now),
+                        ~waiting)
+                 .order_by(outbox.c.created_at, outbox.c.finding_id, outbox.c.version)
                  .limit(limit))
         if lock:
             query = query.with_for_update(skip_locked=True, of=outbox)
-        return [Claimed(Delivery(r.finding_id, r.severity_id, orjson.loads(r.ocsf)), r.attempts,
-                        r.first_attempt_at and _utc(r.first_attempt_at))
+        return [Claimed(Delivery(r.finding_id, r.severity_id, orjson.loads(r.ocsf), r.version),
+                        r.attempts, r.first_attempt_at and _utc(r.first_attempt_at))
                 for r in conn.execute(query)]
 
     def _record(self, conn: Connection, sink: str, results: Sequence[Result]) -> None:
         for r in results:
-            key = and_(outbox.c.finding_id == r.finding_id, outbox.c.sink == sink)
+            key = and_(outbox.c.finding_id == r.finding_id, outbox.c.version == r.version,
+                       outbox.c.sink == sink)
             if isinstance(r, Delivered):
                 conn.execute(update(outbox).where(key).values(
                     status="delivered", delivered_at=r.at, next_attempt_at=None))
@@ -112,10 +127,11 @@ class Outbox:
                 conn.execute(delete(outbox).where(key))
                 conn.execute(delete(delivery_dead_letters).where(
                     delivery_dead_letters.c.finding_id == r.finding_id,
+                    delivery_dead_letters.c.version == r.version,
                     delivery_dead_letters.c.sink == sink))
                 conn.execute(delivery_dead_letters.insert().values(
-                    finding_id=r.finding_id, sink=sink, reason=r.reason[:1024],
-                    attempts=r.attempts, dead_at=r.at))
+                    finding_id=r.finding_id, version=r.version, sink=sink,
+                    reason=r.reason[:1024], attempts=r.attempts, dead_at=r.at))
 
     # --- redrive and state -----------------------------------------------------------------
 
@@ -130,7 +146,8 @@ class Outbox:
         if finding_id is not None:
             where.append(delivery_dead_letters.c.finding_id == finding_id)
         with self.engine.begin() as conn:
-            query = select(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.sink)
+            query = select(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.version,
+                           delivery_dead_letters.c.sink)
             if self._hold:
                 query = query.with_for_update(skip_locked=True)
             keys = [tuple(k) for k in conn.execute(query.where(*where))]
@@ -138,34 +155,46 @@ class Outbox:
                 return 0
             for chunk in _chunks(keys, 500):
                 conn.execute(delete(delivery_dead_letters).where(
-                    tuple_(delivery_dead_letters.c.finding_id,
+                    tuple_(delivery_dead_letters.c.finding_id, delivery_dead_letters.c.version,
                            delivery_dead_letters.c.sink).in_(chunk)))
                 conn.execute(delete(outbox).where(
-                    tuple_(outbox.c.finding_id, outbox.c.sink).in_(chunk)))
+                    tuple_(outbox.c.finding_id, outbox.c.version, outbox.c.sink).in_(chunk)))
                 conn.execute(outbox.insert(), [
-                    {"finding_id": f, "sink": s, "status": "pending", "attempts": 0,
-                     "created_at": now} for f, s in chunk])
+                    {"finding_id": f, "version": v, "sink": s, "status": "pending",
+                     "attempts": 0, "created_at": now} for f, v, s in chunk])
         return len(keys)
 
     def states(self, finding_ids: Iterable[str]) -> dict[str, dict[str, str]]:
-        """finding id -> {sink: "delivered" | "pending" | "pending(N)" | "dead"}, where N is
-        the number of failed attempts so far."""
+        """finding id -> {sink: state of its newest version there}: "delivered", "pending",
+        "pending(N)" (N failed attempts so far) or "dead", with " vK" naming the version when
+        the finding has more than one."""
         ids = list(dict.fromkeys(finding_ids))
-        out: dict[str, dict[str, str]] = {}
+        out: dict[str, dict[str, tuple[int, str]]] = {}
         if not ids:
-            return out
+            return {}
+
+        def note(fid: str, version: int, sink: str, state: str) -> None:
+            held = out.setdefault(fid, {}).get(sink)
+            if held is None or version >= held[0]:
+                out[fid][sink] = (version, state)
+
         with self.engine.connect() as conn:
-            for r in conn.execute(select(outbox.c.finding_id, outbox.c.sink, outbox.c.status,
-                                         outbox.c.attempts).where(outbox.c.finding_id.in_(ids))):
-                state = r.status
-                if r.status == "pending" and r.attempts:
-                    state = f"pending({r.attempts})"
-                out.setdefault(r.finding_id, {})[r.sink] = state
-            for r in conn.execute(select(delivery_dead_letters.c.finding_id,
-                                         delivery_dead_letters.c.sink)
-                                  .where(delivery_dead_letters.c.finding_id.in_(ids))):
-                out.setdefault(r.finding_id, {})[r.sink] = "dead"
-        return {f: dict(sorted(s.items())) for f, s in out.items()}
+            for chunk in _chunks(ids, 500):
+                for r in conn.execute(select(outbox.c.finding_id, outbox.c.version,
+                                             outbox.c.sink, outbox.c.status, outbox.c.attempts)
+                                      .where(outbox.c.finding_id.in_(chunk))):
+                    state = r.status
+                    if r.status == "pending" and r.attempts:
+                        state = f"pending({r.attempts})"
+                    note(r.finding_id, r.version, r.sink, state)
+                for r in conn.execute(select(delivery_dead_letters.c.finding_id,
+                                             delivery_dead_letters.c.version,
+                                             delivery_dead_letters.c.sink)
+                                      .where(delivery_dead_letters.c.finding_id.in_(chunk))):
+                    note(r.finding_id, r.version, r.sink, "dead")
+        return {f: {sink: state if version == 1 else f"{state} v{version}"
+                    for sink, (version, state) in sorted(s.items())}
+                for f, s in out.items()}
 
     def counts(self) -> dict[str, dict[str, int]]:
         """sink -> {"pending": n, "delivered": n, "dead": n}."""
@@ -184,7 +213,3 @@ def format_states(states: dict[str, str]) -> str:
     """``{"hook": "delivered", "pd": "dead"}`` -> ``"hook:delivered pd:dead"``."""
     return " ".join(f"{sink}:{state}" for sink, state in states.items())
 
-
-def _chunks(items: list, size: int):
-    for i in range(0, len(items), size):
-        yield items[i:i + size]

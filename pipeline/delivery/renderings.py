@@ -223,6 +223,9 @@ def to_ecs(doc: dict) -> dict[str, Any]:
             "factors": ss.get("factors", []),
             "peer_group": ss.get("peer_group"),
             "merged_firings": ss.get("merged_firings", 0),
+            "version": ss.get("version", 1),
+            "activity": doc.get("activity_name", "Create"),
+            "status": doc.get("status", "New"),
             "trigger_event_id": ss.get("trigger_event_uid"),
             "related_events": [r["uid"] for r in fi.get("related_events") or ()],
         },
@@ -242,11 +245,16 @@ def to_ecs(doc: dict) -> dict[str, Any]:
 def to_hec(doc: dict, *, source: str, sourcetype: str, index: str | None = None,
            host: str | None = None) -> dict[str, Any]:
     """One HEC event: ``time`` in epoch seconds with milliseconds, the OCSF document as
-    ``event`` and a few indexed ``fields`` (flat; strings or lists of strings, as HEC wants)."""
+    ``event`` and a few indexed ``fields`` (flat; strings or lists of strings, as HEC wants).
+    Every version of a finding is an event of its own; ``finding_id`` with ``finding_version``
+    keys them, so ``| dedup finding_id sortby -finding_version`` gives each finding's newest."""
     fi = doc["finding_info"]
     tech_ids, _, tact_ids, _ = _attacks(doc)
     fields: dict[str, Any] = {
         "finding_id": fi["uid"],
+        "finding_version": str(_ss(doc).get("version", 1)),
+        "activity": doc.get("activity_name") or str(doc.get("activity_id", 1)),
+        "status": doc.get("status") or str(doc.get("status_id", 1)),
         "severity": doc.get("severity") or str(doc["severity_id"]),
         "severity_id": str(doc["severity_id"]),
         "class_uid": str(doc.get("class_uid", "")),
@@ -308,6 +316,8 @@ def cef_extension(doc: dict) -> dict[str, str]:
         ("requestClientApplication", ss.get("user_agent", "")),
         ("cnt", str(int(ss.get("merged_firings") or 0) + 1)),
         ("cn1Label", "confidence"), ("cn1", str(doc.get("confidence_score", ""))),
+        ("cn2Label", "findingVersion"), ("cn2", str(ss.get("version", 1))),
+        ("reason", doc.get("activity_name", "")),
         ("cs1Label", "detectors"), ("cs1", ",".join(_detectors(doc))),
         ("cs2Label", "attackTechniques"), ("cs2", ",".join(tech_ids)),
         ("cs3Label", "attackTactics"), ("cs3", ",".join(tact_ids)),
@@ -379,6 +389,9 @@ def leef_attributes(doc: dict) -> dict[str, str]:
         ("resource", res.get("name", "")),
         ("realm", res.get("namespace", "")),
         ("findingId", fi["uid"]),
+        ("findingVersion", str(ss.get("version", 1))),
+        ("activity", doc.get("activity_name", "")),
+        ("status", doc.get("status", "")),
         ("title", fi.get("title", "")),
         ("msg", doc.get("message", "")),
         ("userId", user.get("uid", "")),

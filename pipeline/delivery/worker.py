@@ -63,7 +63,7 @@ class Pass:
     delivered: int = 0
     retried: int = 0
     dead_lettered: int = 0
-    attempted: set[tuple[str, str]] = field(default_factory=set)  # (sink, finding id)
+    attempted: set[tuple[str, str, int]] = field(default_factory=set)  # (sink, finding, version)
 
     @property
     def claimed(self) -> int:
@@ -103,7 +103,7 @@ class DeliveryWorker:
             results = self.outbox.process(name, sink.batch_size, due,
                                           lambda claimed, s=sink: self._send(s, claimed))
             for r in results:
-                done.attempted.add((name, r.finding_id))
+                done.attempted.add((name, r.finding_id, r.version))
                 if isinstance(r, Delivered):
                     done.delivered += 1
                     self.metrics.delivered.labels(name).inc()
@@ -139,20 +139,20 @@ class DeliveryWorker:
         return [self._decide(c, by_id.get(c.delivery.finding_id), now) for c in claimed]
 
     def _decide(self, c: Claimed, outcome: Outcome | None, now: datetime) -> Result:
-        fid = c.delivery.finding_id
+        fid, version = c.delivery.finding_id, c.delivery.version
         if outcome is None:
             outcome = Outcome(fid, False, retryable=True, reason="sink returned no outcome")
         if outcome.ok:
-            return Delivered(fid, now)
+            return Delivered(fid, version, now)
         attempts = c.attempts + 1
         if not outcome.retryable:
-            return Dead(fid, attempts, outcome.reason or "permanent failure", now)
+            return Dead(fid, version, attempts, outcome.reason or "permanent failure", now)
         first = c.first_attempt_at or now
         delay = self.policy.next_delay(attempts, (now - first).total_seconds(),
                                        outcome.retry_after)
         if delay is None:
-            return Dead(fid, attempts, f"retry budget exhausted after {attempts} attempts: "
-                                       f"{outcome.reason}", now)
-        return Retry(fid, attempts, first,
+            return Dead(fid, version, attempts, f"retry budget exhausted after {attempts} "
+                                                f"attempts: {outcome.reason}", now)
+        return Retry(fid, version, attempts, first,
                      datetime.fromtimestamp(now.timestamp() + delay, timezone.utc),
                      outcome.reason)

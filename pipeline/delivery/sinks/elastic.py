@@ -1,6 +1,7 @@
-"""Elasticsearch ``_bulk``: one NDJSON request per batch, each document an ECS rendering created
-with ``_id`` = finding id. ``create`` makes a re-send idempotent: a 409 version conflict means the
-finding is already there, which counts as delivered. A 200 response can still carry per-item
+"""Elasticsearch ``_bulk``: one NDJSON request per batch, each document an ECS rendering indexed
+with ``_id`` = finding id and the finding's version as an external version, so the index holds one
+document per finding, its newest version: a 409 version conflict means that version or a newer
+one is already there, which counts as delivered (a re-send, or an older version arriving late). A 200 response can still carry per-item
 failures (``errors: true``); each item's own status decides its outcome (429/5xx retried)."""
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ class Elastic(HttpSink):
             return []
         lines = []
         for d in items:
-            lines.append(dumps({"create": {"_index": self.settings.index, "_id": d.finding_id}}))
+            lines.append(dumps({"index": {"_index": self.settings.index, "_id": d.finding_id,
+                                          "version": d.version,
+                                          "version_type": "external"}}))
             lines.append(dumps(to_ecs(selected(self.settings, d))))
         ids = [d.finding_id for d in items]
         resp, failures = self._post(self._url, ids, data=b"\n".join(lines) + b"\n",
@@ -55,7 +58,7 @@ class Elastic(HttpSink):
 def _item_outcome(fid: str, result: dict[str, Any], after: float | None) -> Outcome:
     item = next(iter(result.values()), {}) if isinstance(result, dict) else {}
     status = item.get("status", 0)
-    if 200 <= status < 300 or status == 409:  # 409: created earlier, i.e. already delivered
+    if 200 <= status < 300 or status == 409:  # 409: this version or a newer one is there
         return Outcome.delivered(fid)
     error = item.get("error") or {}
     detail = f"{error.get('type', '')}: {error.get('reason', '')}" if isinstance(error, dict) \

@@ -1,5 +1,6 @@
-"""PagerDuty Events API v2: one ``trigger`` event per finding with ``dedup_key`` = finding id, so
-a re-send updates the same alert instead of opening another. 202 accepted; 429 and 5xx retried;
+"""PagerDuty Events API v2: every version of a finding under ``dedup_key`` = finding id, so they
+all land on one alert: Create and Update versions are ``trigger`` events (a re-send updates the
+alert instead of opening another), the Close version a ``resolve``. 202 accepted; 429 and 5xx retried;
 400 (invalid event or routing key) permanent."""
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def event(routing_key: str, d: Delivery, doc: dict[str, Any]) -> dict[str, Any]:
     }
     if info.get("analytic", {}).get("name"):
         payload["class"] = info["analytic"]["name"]
+    if d.activity_id == 3:  # Close
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": d.finding_id}
     return {"routing_key": routing_key, "event_action": "trigger", "dedup_key": d.finding_id,
             "payload": payload}
 

@@ -1,5 +1,6 @@
-"""Slack incoming webhook: one short message per finding (routed here for high severity). The
-webhook URL is itself the secret, so reasons name only its host."""
+"""Slack incoming webhook: one short message per finding when it is created and when its severity
+rises (``versions: raises``; routed here for high severity). The webhook URL is itself the
+secret, so reasons name only its host."""
 
 from __future__ import annotations
 
@@ -22,7 +23,9 @@ def message(doc: dict[str, Any]) -> dict[str, Any]:
     info = doc.get("finding_info", {})
     severity = doc.get("severity", "")
     title = info.get("title") or doc.get("message", "finding")
-    lines = [f"*{_escape(severity)}* secretscope finding: *{_escape(title)}*"]
+    raised = doc.get("activity_id") == 2
+    what = "finding raised to" if raised else "finding"
+    lines = [f"*{_escape(severity)}* secretscope {what}: *{_escape(title)}*"]
     if doc.get("message"):
         lines.append(_escape(doc["message"]))
     if info.get("desc"):

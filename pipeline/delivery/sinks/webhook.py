@@ -1,5 +1,6 @@
-"""Generic webhook signed per Standard Webhooks: one request per finding, ``webhook-id`` = the
-finding id (the receiver's idempotency key), ``webhook-signature`` = ``v1,`` + base64
+"""Generic webhook signed per Standard Webhooks: one request per finding version, ``webhook-id``
+= ``<finding id>.<version>`` (the receiver's idempotency key: each version is a distinct message;
+the payload's ``finding_info.uid`` ties them together), ``webhook-signature`` = ``v1,`` + base64
 HMAC-SHA256 of ``id.timestamp.body`` keyed by the base64 part of the ``whsec_`` secret."""
 
 from __future__ import annotations
@@ -48,9 +49,9 @@ class Webhook(HttpSink):
         body = dumps({"type": EVENT_TYPE, "timestamp": iso_time(time.time() * 1000),
                       "data": data})
         ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", "webhook-id": d.finding_id,
+        headers = {"Content-Type": "application/json", "webhook-id": d.key,
                    "webhook-timestamp": ts,
-                   "webhook-signature": signature(self._key, d.finding_id, ts, body)}
+                   "webhook-signature": signature(self._key, d.key, ts, body)}
         resp, failures = self._post(self.settings.url, [d.finding_id], data=body,
                                     headers=headers)
         if resp is None:
