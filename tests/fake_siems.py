@@ -24,7 +24,7 @@ import ssl
 import subprocess
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -227,6 +227,25 @@ class FakeServer:
         self.close()
 
 
+def finding_version(obj: Any) -> int:
+    """The finding version inside a rendered document (``unmapped.secretscope.version`` in OCSF,
+    ``secretscope.version`` in ECS), 1 when it names none."""
+    if isinstance(obj, dict):
+        ss = obj.get("secretscope")
+        if isinstance(ss, dict) and isinstance(ss.get("version"), int):
+            return ss["version"]
+        for value in obj.values():
+            found = finding_version(value)
+            if found:
+                return found
+    return 0 if not isinstance(obj, dict) else 1 if finding_uid(obj) else 0
+
+
+def finding_key(obj: Any) -> tuple[str | None, int]:
+    """(finding id, version) of a rendered document: what each version is delivered under."""
+    return finding_uid(obj), finding_version(obj) or 1
+
+
 def finding_uid(obj: Any) -> str | None:
     """The finding id inside a rendered document, wherever the rendering put it."""
     if isinstance(obj, dict):
@@ -252,7 +271,8 @@ class SplunkHecServer(FakeServer):
     def __init__(self, token: str, tls: LocalCA | None = None) -> None:
         super().__init__(tls)
         self.token = token
-        self.events: dict[str, dict] = {}
+        self.events: dict[tuple[str, int], dict] = {}  # (finding id, version) -> event
+        self.received: Counter = Counter()  # (finding id, version) -> times indexed
         self.batches: list[int] = []  # events per accepted request
         self.reject_ids: set[str] = set()  # events answered as "Invalid data format"
 
@@ -295,15 +315,19 @@ class SplunkHecServer(FakeServer):
 
     def _index(self, events: list) -> None:
         for event in events:
-            self.events[finding_uid(event) or f"no-id-{len(self.events)}"] = event
+            key = finding_key(event)
+            self.events[key if key[0] else (f"no-id-{len(self.events)}", 1)] = event
+            self.received[key] += 1
         if events:
             self.batches.append(len(events))
 
 
 class ElasticServer(FakeServer):
     """``POST /_bulk`` with NDJSON; ``Authorization: ApiKey <key>``; ``create`` of an existing
-    ``_id`` is a 409 version conflict. ``fail_items`` maps ids to a per-item status to answer
-    (in a 200 response with ``errors: true``)."""
+    ``_id`` is a 409 version conflict, and so is an ``index`` with ``version_type: external``
+    whose ``version`` is not above the stored one (Elasticsearch's external versioning).
+    ``fail_items`` maps ids to a per-item status to answer (in a 200 response with
+    ``errors: true``)."""
 
     ERROR_TYPES = {429: "es_rejected_execution_exception", 400: "document_parsing_exception",
                    503: "unavailable_shards_exception", 500: "internal_server_error"}
@@ -312,6 +336,8 @@ class ElasticServer(FakeServer):
         super().__init__(tls)
         self.api_key = api_key
         self.indices: dict[str, dict[str, dict]] = {}
+        self.versions: dict[tuple[str, str], int] = {}  # (index, _id) -> stored _version
+        self.writes: Counter = Counter()  # (_id, version) -> times written
         self.fail_items: dict[str, int] = {}
 
     def handle(self, req: Request) -> Response:
@@ -346,9 +372,22 @@ class ElasticServer(FakeServer):
                     "type": "version_conflict_engine_exception",
                     "reason": f"[{doc_id}]: version conflict, document already exists "
                               "(current version [1])"}}})
+            elif (meta.get("version_type") == "external"
+                  and meta.get("version", 0) <= self.versions.get((index, doc_id), 0)):
+                current = self.versions[(index, doc_id)]
+                items.append({op: {**base, "status": 409, "error": {
+                    "type": "version_conflict_engine_exception",
+                    "reason": f"[{doc_id}]: version conflict, current version [{current}] is "
+                              f"higher or equal to the one provided [{meta['version']}]"}}})
             else:
+                created = doc_id not in docs
                 docs[doc_id] = json.loads(doc_line)
-                items.append({op: {**base, "_version": 1, "result": "created", "status": 201}})
+                version = meta.get("version", self.versions.get((index, doc_id), 0) + 1)
+                self.versions[(index, doc_id)] = version
+                self.writes[(doc_id, version)] += 1
+                items.append({op: {**base, "_version": version,
+                                   "result": "created" if created else "updated",
+                                   "status": 201 if created else 200}})
         errors = any("error" in next(iter(i.values())) for i in items)
         return json_response(200, {"took": 3, "errors": errors, "items": items})
 
@@ -426,7 +465,8 @@ class SecOpsServer(FakeServer):
                  max_bytes: int = 4_000_000) -> None:
         super().__init__(tls)
         self.api_key, self.access_key, self.max_bytes = api_key, access_key, max_bytes
-        self.events: dict[str, dict] = {}
+        self.events: dict[tuple[str, int], dict] = {}  # (finding id, version) -> document
+        self.received: Counter = Counter()
         self.body_sizes: list[int] = []
 
     @property
@@ -446,7 +486,9 @@ class SecOpsServer(FakeServer):
             return json_response(413, {"error": {"code": 413, "message": "Request too large"}})
         docs = [json.loads(line) for line in req.body.decode().split("\n") if line.strip()]
         for doc in docs:
-            self.events[finding_uid(doc) or f"no-id-{len(self.events)}"] = doc
+            key = finding_key(doc)
+            self.events[key if key[0] else (f"no-id-{len(self.events)}", 1)] = doc
+            self.received[key] += 1
         self.body_sizes.append(len(req.body))
         return json_response(200, {})
 
@@ -503,12 +545,16 @@ class PagerDutyServer(FakeServer):
             return self._invalid("Invalid routing key", "routing_key is not recognised")
         if ev.get("event_action") not in ("trigger", "acknowledge", "resolve"):
             return self._invalid("Event object is invalid", "'event_action' is invalid")
-        p = ev.get("payload") or {}
-        missing = [k for k in ("summary", "source", "severity") if not p.get(k)]
-        if missing:
-            return self._invalid("Event object is invalid", f"'payload.{missing[0]}' is missing")
-        if p["severity"] not in self.SEVERITIES or len(p["summary"]) > 1024:
-            return self._invalid("Event object is invalid", "'payload' is invalid")
+        if ev["event_action"] == "trigger":  # acknowledge and resolve carry no payload
+            p = ev.get("payload") or {}
+            missing = [k for k in ("summary", "source", "severity") if not p.get(k)]
+            if missing:
+                return self._invalid("Event object is invalid",
+                                     f"'payload.{missing[0]}' is missing")
+            if p["severity"] not in self.SEVERITIES or len(p["summary"]) > 1024:
+                return self._invalid("Event object is invalid", "'payload' is invalid")
+        elif not ev.get("dedup_key"):
+            return self._invalid("Event object is invalid", "'dedup_key' is missing")
         key = ev.get("dedup_key") or secrets.token_hex(16)
         self.alerts.setdefault(key, []).append(ev)
         return json_response(202, {"status": "success", "message": "Event processed",

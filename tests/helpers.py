@@ -34,3 +34,18 @@ def every(start: datetime, step: timedelta, n: int):
 def created(versions):
     """The Create versions among finding versions (what a test of new findings counts)."""
     return [v for v in versions if v.activity_id == 1]
+
+
+def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
+    """Poll ``condition`` until it returns something true (returned) or ``timeout`` seconds
+    pass (AssertionError naming ``what``): tests wait on a condition, never on a fixed sleep."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)

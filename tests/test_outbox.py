@@ -1,17 +1,25 @@
 """The SQL outbox and the delivery worker, end to end: real findings from a simulated fleet, a
 real HTTP server on 127.0.0.1 that fails on purpose, a real HTTP sink, SQLite and PostgreSQL.
 
-Every finding must reach every sink it is routed to exactly once by id, or sit in
-``delivery_dead_letters`` with the reason. The worker runs on a fake clock (backoff waits are
+Every finding version must reach every sink it is routed to exactly once by its key (finding id
+and version), or sit in ``delivery_dead_letters`` with the reason. The worker runs on a fake clock (backoff waits are
 jumped over, not slept); the HTTP calls, timeouts and dropped connections are real.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
+import os
 import random
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+import zlib
 from collections import Counter
 from collections.abc import Sequence
 from datetime import timezone
@@ -29,6 +37,7 @@ from test_store_postgres import (alembic_config, db_url, describe,  # noqa: F401
                                  schema_diff)
 from typer.testing import CliRunner
 
+from helpers import wait_for
 from pipeline.cli import app
 from pipeline.config import load_settings
 from pipeline.delivery.model import Delivery, Outcome
@@ -36,7 +45,7 @@ from pipeline.delivery.outbox import Outbox
 from pipeline.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
 from pipeline.delivery.worker import DeliveryMetrics, DeliveryWorker
 from pipeline.runner import Pipeline
-from pipeline.store import (Route, Store, delivery_dead_letters, findings,
+from pipeline.store import (Route, Store, delivery_dead_letters, finding_versions, findings,
                             outbox)
 
 ROUTES = (Route("hook", 1), Route("crit", 5))
@@ -46,9 +55,11 @@ CLIENT_TIMEOUT = 0.3
 # --- a real HTTP receiver with failure injection -----------------------------------------------
 
 class Receiver(ThreadingHTTPServer):
-    """Accepts JSON POSTs at /<sink>; ``plan(sink, finding_id, n)`` (n = requests so far for
-    that id, from 1) says what to do: None to accept, or ("status", code, headers),
-    ("slow", seconds) (answer after the client gave up, accept nothing), ("drop",)."""
+    """Accepts JSON POSTs at /<sink>, each keyed ``<finding id>.<version>`` (the
+    ``Idempotency-Key`` of the test's sink, or the ``webhook-id`` of a Standard Webhooks request,
+    whose signature it checks when ``webhook_secret`` is set); ``plan(sink, key, n)`` (n =
+    requests so far for that key, from 1) says what to do: None to accept, or ("status", code,
+    headers), ("slow", seconds) (answer after the client gave up, accept nothing), ("drop",)."""
 
     daemon_threads = True
     allow_reuse_address = True
@@ -56,8 +67,9 @@ class Receiver(ThreadingHTTPServer):
     def __init__(self, clock=None) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.lock = threading.Lock()
-        self.accepted: dict[str, list[str]] = {}  # sink -> finding ids, in order
-        self.requests: dict[tuple[str, str], list[float]] = {}  # (sink, id) -> clock at each
+        self.accepted: dict[str, list[str]] = {}  # sink -> keys, in order
+        self.requests: dict[tuple[str, str], list[float]] = {}  # (sink, key) -> clock at each
+        self.webhook_secret: str | None = None
         self.clock = clock or time.time
         self.plan = lambda sink, fid, n: None
         self.delay = 0.0  # seconds every request takes
@@ -85,9 +97,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:  # noqa: N802
         srv: Receiver = self.server  # type: ignore[assignment]
-        body = orjson.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        sink, fid = self.path.strip("/"), body["finding_info"]["uid"]
-        assert self.headers["Idempotency-Key"] == fid
+        raw = self.rfile.read(int(self.headers["Content-Length"]))
+        body = orjson.loads(raw)
+        doc = body.get("data", body)  # a webhook wraps the document
+        sink = self.path.strip("/")
+        fid = self.headers.get("Idempotency-Key") or self.headers["webhook-id"]
+        if srv.webhook_secret is not None and not _signed(srv.webhook_secret, self.headers, raw):
+            return self._reply(401)
+        uid, version = doc["finding_info"]["uid"], doc["unmapped"]["secretscope"]["version"]
+        assert fid == f"{uid}.{version}", fid
         with srv.lock:
             seen = srv.requests.setdefault((sink, fid), [])
             seen.append(srv.clock())
@@ -107,7 +125,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.close_connection = True  # "drop": no response at all
         self.connection.shutdown(socket.SHUT_RDWR)
 
-    def _reply(self, status: int, headers: dict | None = None) -> None:
+    def _reply(self, status: int, headers: dict | None = None) -> None:  # noqa: D401
         payload = b'{"ok": true}' if status == 200 else b'{"error": "injected"}'
         self.send_response(status)
         for k, v in (headers or {}).items():
@@ -121,8 +139,15 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
 
+def _signed(secret: str, headers, body: bytes) -> bool:
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    msg = f"{headers['webhook-id']}.{headers['webhook-timestamp']}.".encode() + body
+    expected = "v1," + base64.b64encode(hmac.new(key, msg, hashlib.sha256).digest()).decode()
+    return any(hmac.compare_digest(s, expected) for s in headers["webhook-signature"].split())
+
+
 class JsonSink:
-    """A small real HTTP sink: one POST per finding, the OCSF document as the body."""
+    """A small real HTTP sink: one POST per finding version, the OCSF document as the body."""
 
     def __init__(self, name: str, url: str, batch_size: int = 10,
                  timeout: float = CLIENT_TIMEOUT) -> None:
@@ -136,7 +161,7 @@ class JsonSink:
     def _one(self, d: Delivery) -> Outcome:
         try:
             resp = self.session.post(f"{self.url}/{self.name}", data=orjson.dumps(d.ocsf),
-                                     headers={"Idempotency-Key": d.finding_id,
+                                     headers={"Idempotency-Key": d.key,
                                               "Content-Type": "application/json"},
                                      timeout=self.timeout)
         except requests.Timeout:
@@ -215,15 +240,23 @@ def drain(worker: DeliveryWorker, clock: FakeClock, max_passes: int = 500) -> No
     raise AssertionError("outbox did not drain")
 
 
-def stored_severities(store: Store) -> dict[str, int]:
+def stored_versions(store: Store) -> dict[str, int]:
+    """``<finding id>.<version>`` -> severity, for every stored version."""
     with store.engine.connect() as conn:
-        return dict(conn.execute(select(findings.c.id, findings.c.severity_id)).all())
+        rows = conn.execute(select(finding_versions.c.finding_id, finding_versions.c.version,
+                                   finding_versions.c.severity_id)).all()
+    return {f"{r.finding_id}.{r.version}": r.severity_id for r in rows}
 
 
 def dead(store: Store) -> dict[tuple[str, str], tuple[str, int]]:
+    """(key, sink) -> (reason, attempts) of every delivery dead letter."""
     with store.engine.connect() as conn:
         rows = conn.execute(select(delivery_dead_letters)).all()
-    return {(r.finding_id, r.sink): (r.reason, r.attempts) for r in rows}
+    return {(f"{r.finding_id}.{r.version}", r.sink): (r.reason, r.attempts) for r in rows}
+
+
+def finding_of(key: str) -> str:
+    return key.rsplit(".", 1)[0]
 
 
 def sample_value(registry, name: str, sink: str) -> float:
@@ -232,37 +265,41 @@ def sample_value(registry, name: str, sink: str) -> float:
 
 # --- tests ----------------------------------------------------------------------------------
 
-def test_every_finding_reaches_every_routed_sink_once_or_is_dead_lettered(
+def test_every_version_reaches_every_routed_sink_once_or_is_dead_lettered(
         tmp_path, events, receiver):
     url = f"sqlite:///{tmp_path / 'store.db'}"
     store = Store(url, routes=ROUTES)
     replay_into(store, events)
-    severities = stored_severities(store)
-    ids = sorted(severities)
-    assert len(ids) >= 10 and {5} < set(severities.values())
-    # severity routing: every finding to "hook", only critical ones to "crit"
+    severities = stored_versions(store)
+    keys = sorted(severities)
+    per_finding = Counter(finding_of(k) for k in keys)
+    assert len(per_finding) >= 10 and {5} < set(severities.values())
+    assert max(per_finding.values()) > 1, "no finding has a later version: a weak test"
+    # severity routing: every version to "hook", only critical ones to "crit"
     assert Outbox(store).counts() == {
-        "hook": {"pending": len(ids), "delivered": 0, "dead": 0},
+        "hook": {"pending": len(keys), "delivered": 0, "dead": 0},
         "crit": {"pending": sum(s == 5 for s in severities.values()), "delivered": 0, "dead": 0}}
 
-    rejected = set(ids[:2])  # the product refuses these for good
-    limited, slow, dropped = ids[2], ids[3], ids[4]
+    newest = sorted(f"{f}.{n}" for f, n in per_finding.items())
+    rejected = set(newest[:2])  # the product refuses these (two findings' last version) for good
+    others = [k for k in keys if k not in rejected]
+    limited, slow, dropped = others[0], others[1], others[2]
     busy = {"left": 12}  # the first requests find the product overloaded
 
-    def plan(sink, fid, n):
+    def plan(sink, key, n):
         if sink != "hook":
             return None
-        if fid in rejected:
+        if key in rejected:
             return ("status", 400)
+        if key == limited and n <= 2:
+            return ("status", 429, {"Retry-After": "40"})
+        if key == slow and n <= 2:
+            return ("slow", CLIENT_TIMEOUT * 3)
+        if key == dropped and n <= 2:
+            return ("drop",)
         if busy["left"] > 0:
             busy["left"] -= 1
             return ("status", 503)
-        if fid == limited and n <= 2:
-            return ("status", 429, {"Retry-After": "40"})
-        if fid == slow and n <= 2:
-            return ("slow", CLIENT_TIMEOUT * 3)
-        if fid == dropped and n <= 2:
-            return ("drop",)
         return None
 
     receiver.plan = plan
@@ -274,10 +311,17 @@ def test_every_finding_reaches_every_routed_sink_once_or_is_dead_lettered(
     drain(worker, receiver.clock)
 
     hook, crit = receiver.counts("hook"), receiver.counts("crit")
-    assert set(hook) == set(ids) - rejected and set(hook.values()) == {1}
-    assert set(crit) == {i for i, s in severities.items() if s == 5}
+    assert set(hook) == set(keys) - rejected and set(hook.values()) == {1}
+    assert set(crit) == {k for k, s in severities.items() if s == 5}
     assert set(crit.values()) == {1}
-    assert dead(store) == {(i, "hook"): ("HTTP 400", 1) for i in rejected}
+    assert dead(store) == {(k, "hook"): ("HTTP 400", 1) for k in rejected}
+    # each sink got a finding's versions in order
+    for sink in ("hook", "crit"):
+        order = [int(k.rsplit(".", 1)[1]) for k in receiver.accepted[sink]]
+        by_finding: dict[str, list[int]] = {}
+        for k, v in zip(receiver.accepted[sink], order):
+            by_finding.setdefault(finding_of(k), []).append(v)
+        assert all(v == sorted(v) for v in by_finding.values()), sink
     # the failures were retried: overloaded, rate-limited, timed out, dropped
     assert len(receiver.requests[("hook", limited)]) == 3
     assert len(receiver.requests[("hook", slow)]) == 3
@@ -293,40 +337,43 @@ def test_every_finding_reaches_every_routed_sink_once_or_is_dead_lettered(
     assert sample_value(registry, "secretscope_delivery_retried_total", "hook") >= 12 + 6
     assert sample_value(registry, "secretscope_delivery_pending", "hook") == 0
     assert sample_value(registry, "secretscope_delivery_dead_letters", "hook") == 2
-    states = Outbox(store).states(ids)
-    assert states[ids[0]]["hook"] == "dead"
-    crit_id = next(iter(crit))
-    assert states[crit_id] == {"crit": "delivered", "hook": "delivered"}
+    gone = finding_of(sorted(rejected)[0])
+    states = Outbox(store).states(per_finding)
+    assert states[gone]["hook"] == f"dead v{per_finding[gone]}"  # its newest version's state
+    critical = [f for f in per_finding if f"{f}.1" in crit]
+    assert critical
+    for f in critical:
+        v = per_finding[f]
+        assert states[f] == {"crit": f"delivered v{v}", "hook": f"delivered v{v}"}, states[f]
 
     # replaying the same log into the same store enqueues nothing twice (nor the dead letters)
     before = Outbox(store).counts()
     replay_into(store, events)
-    assert Outbox(store).counts() == before
+    assert Outbox(store).counts() == before and stored_versions(store) == severities
     worker.run_once()
     assert receiver.counts("hook") == hook and receiver.counts("crit") == crit
 
     # alerts show the delivery state per sink
-    res = CliRunner().invoke(app, ["alerts", "--store", url, "--limit", "100"])
+    res = CliRunner().invoke(app, ["alerts", "--store", url, "--limit", "200"])
     assert res.exit_code == 0, res.output
-    assert "hook:delivered" in res.output and "crit:delivered hook:delivered" in res.output
-    assert "hook:dead" in res.output
+    assert "crit:delivered" in res.output and "hook:dead" in res.output
 
     # redrive: the product accepts them now; each arrives exactly once
-    receiver.plan = lambda sink, fid, n: None
+    receiver.plan = lambda sink, key, n: None
     runner = CliRunner()
     res = runner.invoke(app, ["redrive", "--store", url])
     assert res.exit_code != 0  # a scope is required
-    res = runner.invoke(app, ["redrive", "--sink", "hook", "--finding", ids[0], "--store", url])
+    res = runner.invoke(app, ["redrive", "--sink", "hook", "--finding", gone, "--store", url])
     assert res.exit_code == 0 and "redriven 1 dead letter" in res.output
     res = runner.invoke(app, ["redrive", "--all", "--store", url])
     assert res.exit_code == 0 and "redriven 1 dead letter" in res.output
     assert runner.invoke(app, ["redrive", "--all", "--store", url]).output.startswith(
         "redriven 0 dead letters")
-    assert Outbox(store).states([ids[0]])[ids[0]]["hook"] == "pending"
+    assert Outbox(store).states([gone])[gone]["hook"] == f"pending v{per_finding[gone]}"
     drain(worker, receiver.clock)
     drain(worker, receiver.clock)
     hook = receiver.counts("hook")
-    assert set(hook) == set(ids) and set(hook.values()) == {1}
+    assert set(hook) == set(keys) and set(hook.values()) == {1}
     assert dead(store) == {}
     store.close()
 
@@ -340,9 +387,9 @@ def test_retry_budget_exhausted_dead_letters_with_the_last_reason(tmp_path, even
     drain(worker, receiver.clock)
     letters = dead(store)
     assert letters and receiver.counts("hook") == Counter()
-    for (fid, sink), (reason, attempts) in letters.items():
+    for (key, sink), (reason, attempts) in letters.items():
         assert reason == f"retry budget exhausted after {attempts} attempts: HTTP 503"
-        times = receiver.requests[(sink, fid)]
+        times = receiver.requests[(sink, key)]
         assert len(times) == attempts > 2
         assert times[-1] - times[0] <= 10  # never past the budget
     assert Outbox(store).counts()["hook"]["pending"] == 0
@@ -366,7 +413,8 @@ def test_a_sink_that_raises_fails_its_batch_retryably(tmp_path, events, receiver
                             metrics=DeliveryMetrics(CollectorRegistry()))
     worker.run_once()
     with store.engine.connect() as conn:
-        errors = set(conn.execute(select(outbox.c.last_error)).scalars())
+        errors = set(conn.execute(select(outbox.c.last_error)
+                                  .where(outbox.c.attempts > 0)).scalars())
     assert errors == {"sink raised RuntimeError: renderer bug"}
     drain(worker, receiver.clock)
     assert set(receiver.counts("hook").values()) == {1} and dead(store) == {}
@@ -381,10 +429,12 @@ def pg_url(postgres_url):  # noqa: F811
 def test_two_workers_on_postgresql_never_deliver_an_id_twice(pg_url, events, receiver):
     writer = Store(pg_url, routes=ROUTES)
     replay_into(writer, events)
-    severities = stored_severities(writer)
+    severities = stored_versions(writer)
     receiver.clock = time.time
     receiver.delay = 0.01  # so the workers overlap
-    receiver.plan = lambda sink, fid, n: ("status", 503) if n == 1 and hash(fid) % 3 == 0 else None
+    # a third of the keys fail their first attempt (crc32: the same third in every run)
+    receiver.plan = lambda sink, key, n: (
+        ("status", 503) if n == 1 and zlib.crc32(key.encode()) % 3 == 0 else None)
     stop = threading.Event()
     stores = [Store(pg_url) for _ in range(2)]
     metrics = [DeliveryMetrics(CollectorRegistry()) for _ in range(2)]
@@ -398,21 +448,18 @@ def test_two_workers_on_postgresql_never_deliver_an_id_twice(pg_url, events, rec
     for t in threads:
         t.start()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            counts = Outbox(writer).counts()
-            if all(c["pending"] == 0 for c in counts.values()):
-                break
-            time.sleep(0.05)
+        wait_for(lambda: all(c["pending"] == 0 for c in Outbox(writer).counts().values()),
+                 60, "the two workers to empty the outbox")
     finally:
         stop.set()
         for t in threads:
             t.join(10)
     hook, crit = receiver.counts("hook"), receiver.counts("crit")
     assert set(hook) == set(severities) and set(hook.values()) == {1}
-    assert set(crit) == {i for i, s in severities.items() if s == 5}
+    assert set(crit) == {k for k, s in severities.items() if s == 5}
     assert set(crit.values()) == {1}
     assert dead(writer) == {}
+    assert any(len(times) > 1 for times in receiver.requests.values())  # some were retried
     per_worker = [sum(sample_value(m.registry, "secretscope_delivery_delivered_total", s)
                       for s in ("hook", "crit")) for m in metrics]
     assert sum(per_worker) == len(hook) + len(crit)
@@ -438,17 +485,18 @@ def test_migration_0003_on_an_existing_0002_store(db_url):  # noqa: F811
     finally:
         engine.dispose()
 
-    store = Store(db_url, routes=[Route("hook", 1)])  # opening the store migrates it
+    store = Store(db_url, routes=[Route("hook", 1)])  # opening the store migrates it (to head)
     try:
         after = describe(store.engine)
-        assert after["revision"] == "0003"
-        assert set(after) - {"revision"} == set(before) - {"revision"} | NEW_TABLES
-        assert all(after[t] == before[t] for t in set(before) - {"revision"})
+        assert set(after) - {"revision"} == (set(before) - {"revision"} | NEW_TABLES
+                                             | {"finding_versions"})
+        assert all(after[t] == before[t] for t in set(before) - {"revision", "findings"})
         assert schema_diff(store.engine) == []
         insp = inspect(store.engine)
-        assert insp.get_pk_constraint("outbox")["constrained_columns"] == ["finding_id", "sink"]
+        assert insp.get_pk_constraint("outbox")["constrained_columns"] == [
+            "finding_id", "version", "sink"]
         assert insp.get_pk_constraint("delivery_dead_letters")["constrained_columns"] == [
-            "finding_id", "sink"]
+            "finding_id", "version", "sink"]
         assert {i["name"] for i in insp.get_indexes("outbox")} == {"ix_outbox_due"}
         assert store.count(findings) == 1 and store.count(outbox) == 0
         g = make_finding("ev-outbox-2")
@@ -462,55 +510,67 @@ def test_migration_0003_on_an_existing_0002_store(db_url):  # noqa: F811
     try:
         with engine.begin() as conn:
             command.downgrade(alembic_config(conn), "0002")
-        assert not NEW_TABLES & set(inspect(engine).get_table_names())
+        assert not (NEW_TABLES | {"finding_versions"}) & set(inspect(engine).get_table_names())
+        assert describe(engine) == before
     finally:
         engine.dispose()
 
 
-def test_deliver_command_sends_everything_once_and_serves_metrics(tmp_path, events, receiver,
-                                                                   monkeypatch):
-    import pipeline.delivery.sinks as sinks_package
+def test_deliver_command_sends_everything_once_and_serves_metrics(tmp_path, events, receiver):
+    """The command with the product's own webhook sink, signed, against the receiver: every
+    version once, retried after a first failure each, metrics served while it runs, and a clean
+    stop on SIGTERM."""
     from postgres_server import free_port
 
     receiver.clock = time.time
+    receiver.webhook_secret = "whsec_" + base64.b64encode(os.urandom(24)).decode()
     port = free_port()
     config = tmp_path / "deliver.yaml"
     config.write_text(f"""
 sinks:
-  - {{type: webhook, name: hook, url: "{receiver.url}", secret: {{env: NOT_USED}},
+  - {{type: webhook, name: hook, url: "{receiver.url}/hook", secret: {{env: HOOK_SECRET}},
      min_severity: informational, batch_size: 4}}
-delivery: {{metrics_port: {port}, retry_base_seconds: 0.01}}
+delivery: {{metrics_port: {port}, retry_base_seconds: 0.01, poll_seconds: 0.05}}
 """)
-    scraped: list[str] = []
-
-    class Scraping(JsonSink):  # the product's sink stands in for pipeline.delivery.sinks
-        def send(self, items):
-            scraped.append(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text)
-            return super().send(items)
-
-    monkeypatch.setattr(sinks_package, "build_sink",
-                        lambda s, base_dir: Scraping(s.name, receiver.url, s.batch_size),
-                        raising=False)
     url = f"sqlite:///{tmp_path / 'store.db'}"
     settings = load_settings(config)
     store = Store(url, routes=settings.sinks)
     replay_into(store, events)
-    ids = set(stored_severities(store))
+    keys = set(stored_versions(store))
     store.close()
-    receiver.plan = lambda sink, fid, n: ("status", 503) if n == 1 else None
-    args = ["deliver", "--once", "--config", str(config), "--store", url]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    # --once tries each due delivery once: all failed once, the later ones may have gone again
-    assert set(receiver.requests) == {("hook", i) for i in ids}
-    assert f"0 delivered; {len(ids)} retried; 0 dead-lettered" in res.output
-    time.sleep(0.1)  # the backoff (base 0.01 s) has passed
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
+    receiver.plan = lambda sink, key, n: ("status", 503) if n == 1 else None
+    env = {**os.environ, "HOOK_SECRET": receiver.webhook_secret}
+    exe = [sys.executable, "-m", "pipeline"]
+    once = subprocess.run([*exe, "deliver", "--once", "--config", str(config), "--store", url],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert once.returncode == 0, once.stderr
+    # --once tries each due delivery once: the first version of each finding, all refused once
+    firsts = {k for k in keys if k.endswith(".1")}
+    assert {k for _, k in receiver.requests} == firsts
+    assert f"0 delivered; {len(firsts)} retried; 0 dead-lettered" in once.stderr
+
+    proc = subprocess.Popen([*exe, "deliver", "--config", str(config), "--store", url],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        metrics = f"http://127.0.0.1:{port}/metrics"
+
+        def delivered_all() -> str | None:
+            try:
+                text = requests.get(metrics, timeout=2).text
+            except requests.ConnectionError:
+                return None
+            done = f'secretscope_delivery_delivered_total{{sink="hook"}} {float(len(keys))}'
+            return text if done in text else None
+
+        scraped = wait_for(delivered_all, 120, "deliver to report every version delivered")
+        assert 'secretscope_delivery_pending{sink="hook"} 0.0' in scraped
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
     hook = receiver.counts("hook")
-    assert set(hook) == ids and set(hook.values()) == {1}
-    assert 'secretscope_delivery_retried_total{sink="hook"}' in scraped[-1]
-    assert 'secretscope_delivery_pending{sink="hook"}' in scraped[-1]
+    assert set(hook) == keys and set(hook.values()) == {1}
     with pytest.raises(requests.ConnectionError):  # the metrics server stopped with the command
         requests.get(f"http://127.0.0.1:{port}/metrics", timeout=2)
 

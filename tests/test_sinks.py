@@ -51,8 +51,9 @@ def deliveries(tmp_path_factory) -> list[Delivery]:
     found = []
     for i in range(0, len(events), 1000):
         found += p.process_batch(events[i:i + 1000])
+    found = [f for f in found if f.activity_id == 1]
     assert len(found) >= 10
-    return [Delivery(f.id, f.severity_id, to_ocsf(f)) for f in found]
+    return [Delivery(f.id, f.severity_id, to_ocsf(f), f.version) for f in found]
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +100,14 @@ def rig(kind: str, base: Path, tls: LocalCA | None = None, **opts) -> Rig:
         s = WebhookServer(tls)
         settings = WebhookSink(type="webhook", name="hook", url=s.url + "/hooks/secretscope",
                                secret=cred(base, "hook.key", s.secret), **opts)
-        return Rig(s, build_sink(settings, base), lambda: set(s.messages), (s.secret,))
+        return Rig(s, build_sink(settings, base),
+                   lambda: {k.rsplit(".", 1)[0] for k in s.messages}, (s.secret,))
     if kind == "splunk_hec":
         s = SplunkHecServer(TOKEN, tls)
         settings = SplunkHecSink(type="splunk_hec", name="splunk", index="security",
                                  url=s.url + "/services/collector/event",
                                  token=cred(base, "hec.token", TOKEN), **opts)
-        return Rig(s, build_sink(settings, base), lambda: set(s.events), (TOKEN,))
+        return Rig(s, build_sink(settings, base), lambda: {k for k, _ in s.events}, (TOKEN,))
     if kind == "elastic":
         s = ElasticServer(ES_KEY, tls)
         settings = ElasticSink(type="elastic", name="es", url=s.url,
@@ -124,7 +126,8 @@ def rig(kind: str, base: Path, tls: LocalCA | None = None, **opts) -> Rig:
         settings = SecOpsSink(type="secops", name="secops", url=s.feed_url,
                               api_key=cred(base, "secops.key", SECOPS_KEY),
                               feed_secret=cred(base, "secops.feed", SECOPS_FEED), **opts)
-        return Rig(s, build_sink(settings, base), lambda: set(s.events), (SECOPS_KEY, SECOPS_FEED))
+        return Rig(s, build_sink(settings, base), lambda: {k for k, _ in s.events},
+                   (SECOPS_KEY, SECOPS_FEED))
     if kind == "slack":
         s = SlackServer(tls)
         settings = SlackSink(type="slack", name="slack",
@@ -281,10 +284,10 @@ def test_webhook_is_signed_per_standard_webhooks(make_rig, deliveries):
     d = deliveries[0]
     assert r.sink.send([d]) == [Outcome.delivered(d.finding_id)]
     req = r.server.requests[-1]
-    assert req.headers["webhook-id"] == d.finding_id
+    assert req.headers["webhook-id"] == d.key == f"{d.finding_id}.1"
     assert abs(int(req.headers["webhook-timestamp"]) - time.time()) < 5
     assert req.headers["webhook-signature"].startswith("v1,")
-    msg = r.server.messages[d.finding_id]
+    msg = r.server.messages[d.key]
     assert msg["type"] == "secretscope.finding" and msg["data"] == d.ocsf
 
 
@@ -304,7 +307,7 @@ def test_webhook_ecs_format(make_rig, deliveries):
     r = make_rig("webhook", format="ecs")
     d = deliveries[0]
     r.sink.send([d])
-    data = r.server.messages[d.finding_id]["data"]
+    data = r.server.messages[d.key]["data"]
     assert data["event"]["id"] == d.finding_id and data["event"]["kind"] == "alert"
 
 
@@ -317,7 +320,7 @@ def test_hec_sends_one_request_per_batch_with_the_token(make_rig, deliveries):
     assert all(o.ok for o in r.sink.send(deliveries))
     assert r.server.batches == [len(deliveries)]
     assert r.server.requests[-1].headers["authorization"] == f"Splunk {TOKEN}"
-    event = r.server.events[deliveries[0].finding_id]
+    event = r.server.events[(deliveries[0].finding_id, 1)]
     assert event["index"] == "security" and event["sourcetype"] == "secretscope:finding"
     assert event["event"] == deliveries[0].ocsf
 
@@ -345,7 +348,7 @@ def test_hec_invalid_event_fails_alone_and_the_rest_are_retried(make_rig, delive
     r.server.reject_ids.clear()
     retried = [d for i, d in enumerate(batch) if i != 2]
     assert all(o.ok for o in r.sink.send(retried))
-    assert r.server.events.keys() == set(ids(retried))
+    assert {k for k, _ in r.server.events} == set(ids(retried))
 
 
 def test_hec_server_busy_is_retryable(make_rig, deliveries):
@@ -369,6 +372,48 @@ def test_elastic_ids_are_finding_ids_and_resend_is_idempotent(make_rig, deliveri
     # a re-send (e.g. after a lost response) conflicts on create: already delivered
     assert r.sink.send(deliveries[:4]) == [Outcome.delivered(f) for f in ids(deliveries[:4])]
     assert len(index) == len(deliveries)
+
+
+def later_version(d: Delivery, version: int, activity: int = 2) -> Delivery:
+    """Version ``version`` of the finding ``d`` is version 1 of (an Update, or a Close)."""
+    ss = {**d.ocsf["unmapped"]["secretscope"], "version": version}
+    doc = {**d.ocsf, "activity_id": activity, "type_uid": 200400 + activity,
+           "activity_name": {2: "Update", 3: "Close"}[activity],
+           "unmapped": {"secretscope": ss}}
+    return Delivery(d.finding_id, d.severity_id, doc, version)
+
+
+def test_elastic_holds_each_findings_newest_version(make_rig, deliveries):
+    r = make_rig("elastic")
+    d1 = deliveries[0]
+    d3 = later_version(d1, 3)
+    assert r.sink.send([d1]) == [Outcome.delivered(d1.finding_id)]
+    assert r.sink.send([d3]) == [Outcome.delivered(d1.finding_id)]
+    index = r.server.indices["secretscope-findings"]
+    assert index[d1.finding_id]["secretscope"]["version"] == 3
+    # version 2 arriving late (a retry) is a conflict, counted as delivered, and changes nothing
+    assert r.sink.send([later_version(d1, 2)]) == [Outcome.delivered(d1.finding_id)]
+    assert index[d1.finding_id]["secretscope"]["version"] == 3
+    assert r.server.versions[("secretscope-findings", d1.finding_id)] == 3
+
+
+def test_every_version_is_a_message_of_its_own_for_webhooks(make_rig, deliveries):
+    r = make_rig("webhook")
+    d1 = deliveries[0]
+    versions = [d1, later_version(d1, 2), later_version(d1, 3, activity=3)]
+    assert all(o.ok for o in r.sink.send(versions))
+    assert sorted(r.server.messages) == [f"{d1.finding_id}.{v}" for v in (1, 2, 3)]
+    assert [r.server.messages[f"{d1.finding_id}.{v}"]["data"]["activity_id"]
+            for v in (1, 2, 3)] == [1, 2, 3]
+
+
+def test_pagerduty_gets_every_version_under_one_dedup_key_and_resolves(make_rig, deliveries):
+    r = make_rig("pagerduty")
+    d1 = deliveries[0]
+    versions = [d1, later_version(d1, 2), later_version(d1, 3, activity=3)]
+    assert all(o.ok for o in r.sink.send(versions))
+    assert [e["event_action"] for e in r.server.alerts[d1.finding_id]] == [
+        "trigger", "trigger", "resolve"]
 
 
 def test_elastic_per_item_failures_in_a_200_response(make_rig, deliveries):
@@ -481,20 +526,20 @@ def test_secops_sends_ndjson_with_both_keys(make_rig, deliveries):
     assert req.headers["x-goog-api-key"] == SECOPS_KEY
     assert req.headers["x-webhook-access-key"] == SECOPS_FEED
     assert len(req.body.split(b"\n")) == 6
-    assert r.server.events[deliveries[0].finding_id] == deliveries[0].ocsf
+    assert r.server.events[(deliveries[0].finding_id, 1)] == deliveries[0].ocsf
 
 
 def test_secops_requests_stay_under_the_cap(make_rig, deliveries):
     r = make_rig("secops", max_bytes=15_000)
     assert all(o.ok for o in r.sink.send(deliveries))
     assert len(r.server.body_sizes) > 1 and max(r.server.body_sizes) <= 15_000
-    assert set(r.server.events) == set(ids(deliveries))
+    assert {k for k, _ in r.server.events} == set(ids(deliveries))
     small = make_rig("secops", max_bytes=3_000)
     outcomes = small.sink.send(deliveries)
     rejected = [o for o in outcomes if not o.ok]
     assert rejected and all(not o.retryable and "exceeds max_bytes" in o.reason
                             for o in rejected)
-    assert set(small.server.events) == {o.finding_id for o in outcomes if o.ok}
+    assert {k for k, _ in small.server.events} == {o.finding_id for o in outcomes if o.ok}
 
 
 def test_secops_wrong_access_key_is_permanent(make_rig, deliveries, tmp_path):

@@ -31,7 +31,8 @@ def message(doc: dict[str, Any]) -> dict[str, Any]:
     if info.get("desc"):
         lines.append(_escape(info["desc"]))
     uid = info.get("uid") or doc.get("metadata", {}).get("uid", "")
-    lines.append(f"finding id `{_escape(uid)}`")
+    version = (doc.get("unmapped") or {}).get("secretscope", {}).get("version", 1)
+    lines.append(f"finding id `{_escape(uid)}` version {version}")
     text = "\n".join(lines)[:MAX_TEXT]
     return {"text": f"{severity} secretscope finding: {title}",
             "blocks": [{"type": "section", "text": {"type": "mrkdwn", "text": text}}]}

@@ -95,23 +95,63 @@ def upgrade() -> None:
                    "SELECT id, 1, 1, 'pipeline', 1, 1, severity_id, ocsf, created_at "
                    "FROM findings")
 
-    _versioned("outbox", [
-        sa.Column("status", sa.String(length=10), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("first_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.Column("last_error", sa.String(length=1024), nullable=True),
-        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-        sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
-        sa.CheckConstraint("status IN ('pending', 'delivered')", name="ck_outbox_status"),
-    ], "status, attempts, first_attempt_at, next_attempt_at, last_error, created_at, "
-       "delivered_at", "fk_outbox_finding_id")
-    _versioned("delivery_dead_letters", [
-        sa.Column("reason", sa.String(length=1024), nullable=False),
-        sa.Column("attempts", sa.Integer(), nullable=False),
-        sa.Column("dead_at", sa.DateTime(timezone=True), nullable=False),
-    ], "reason, attempts, dead_at", "fk_delivery_dead_letters_finding_id")
+    for name, columns, copy, fk in _tables():
+        _versioned(name, columns, copy, fk)
+
+
+def _tables():  # fresh Column objects each time: a Column belongs to one table
+    return [
+        ("outbox", [
+            sa.Column("status", sa.String(length=10), nullable=False),
+            sa.Column("attempts", sa.Integer(), nullable=False),
+            sa.Column("first_attempt_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
+            sa.Column("last_error", sa.String(length=1024), nullable=True),
+            sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+            sa.Column("delivered_at", sa.DateTime(timezone=True), nullable=True),
+            sa.CheckConstraint("status IN ('pending', 'delivered')", name="ck_outbox_status"),
+        ], "status, attempts, first_attempt_at, next_attempt_at, last_error, created_at, "
+           "delivered_at", "fk_outbox_finding_id"),
+        ("delivery_dead_letters", [
+            sa.Column("reason", sa.String(length=1024), nullable=False),
+            sa.Column("attempts", sa.Integer(), nullable=False),
+            sa.Column("dead_at", sa.DateTime(timezone=True), nullable=False),
+        ], "reason, attempts, dead_at", "fk_delivery_dead_letters_finding_id"),
+    ]
+
+
+def _unversioned(name: str, columns: list[sa.Column], copy: str, fk: str) -> None:
+    """Back to one row per (finding, sink): only version 1's rows are kept."""
+    if op.get_bind().dialect.name == "postgresql":
+        op.execute(f"DELETE FROM {name} WHERE version <> 1")
+        op.drop_constraint(f"{name}_pkey", name, type_="primary")
+        op.create_primary_key(f"{name}_pkey", name, ["finding_id", "sink"])
+        op.drop_column(name, "version")
+        return
+    if name == "outbox":
+        op.drop_index("ix_outbox_due", table_name="outbox")
+    op.rename_table(name, f"{name}_versioned")
+    op.create_table(
+        name,
+        sa.Column("finding_id", sa.String(length=36), nullable=False),
+        sa.Column("sink", sa.String(length=128), nullable=False),
+        *columns,
+        sa.ForeignKeyConstraint(["finding_id"], ["findings.id"], name=fk, ondelete="CASCADE"),
+        sa.PrimaryKeyConstraint("finding_id", "sink"),
+    )
+    op.execute(f"INSERT INTO {name} (finding_id, sink, {copy}) "
+               f"SELECT finding_id, sink, {copy} FROM {name}_versioned WHERE version = 1")
+    op.drop_table(f"{name}_versioned")
+    if name == "outbox":
+        op.create_index("ix_outbox_due", "outbox", ["sink", "status", "next_attempt_at"])
 
 
 def downgrade() -> None:
-    raise NotImplementedError("finding versions cannot be folded back into one row per finding")
+    """Lossy by nature: each finding keeps its newest state, deliveries their version 1."""
+    for name, columns, copy, fk in _tables():
+        _unversioned(name, columns, copy, fk)
+    op.drop_index("ix_finding_versions_seq", table_name="finding_versions")
+    op.drop_table("finding_versions")
+    with op.batch_alter_table("findings") as batch:
+        for column in ("analyst_status_id", "status_id", "version"):
+            batch.drop_column(column)
