@@ -1,9 +1,11 @@
 """Syslog over TCP (RFC 6587 octet counting) or TLS (RFC 5425): one RFC 5424 message per
 finding with its CEF or LEEF line as MSG.
 
-The connection is kept open between batches and reopened after any error. TCP syslog has no
-acknowledgements, so "delivered" means the bytes were handed to the connection; a batch whose
-write fails is retried whole (duplicates are possible, losses after a silent peer close too).
+The connection is kept open between batches and reopened after any error or after the receiver
+closed its end. TCP syslog has no acknowledgements, so "delivered" means the bytes were handed to
+the connection; a batch whose write fails is retried whole (duplicates are possible, losses after
+a silent peer close too). A TLS connection is ended with a TLS shutdown (close_notify both ways):
+receivers such as rsyslog treat a bare TCP close as an error on every connection.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pipeline.delivery.model import Delivery, Outcome
 from pipeline.delivery.renderings import to_cef, to_leef
 from pipeline.delivery.sinks._common import failed, iso_time, selected
 
+SHUTDOWN_SECONDS = 1.0  # at most this long waiting for the receiver's close_notify
 FACILITY = 10  # security/authorization (authpriv)
 # OCSF severity_id -> syslog severity: critical->crit, high->err, medium->warning, low->notice
 SYSLOG_SEVERITY = {5: 2, 4: 3, 3: 4, 2: 5, 1: 6}
@@ -106,8 +109,22 @@ class Syslog:
             sock.settimeout(self.settings.timeout_seconds)
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is None:
+            return
+        try:
+            if isinstance(sock, ssl.SSLSocket):
+                _tls_shutdown(sock, min(SHUTDOWN_SECONDS, self.settings.timeout_seconds))
+        finally:
+            sock.close()
+
+
+def _tls_shutdown(sock: ssl.SSLSocket, timeout: float) -> None:
+    """Send close_notify and wait (bounded) for the receiver's: waiting also drains what it sent
+    (session tickets), so the TCP close is a FIN rather than a reset. A dead or rude peer only
+    costs the wait; its errors are of no use once the connection is being dropped."""
+    try:
+        sock.settimeout(timeout)
+        sock.unwrap()
+    except (OSError, ValueError):
+        pass
