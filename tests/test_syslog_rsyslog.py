@@ -188,3 +188,22 @@ def test_wrong_ca_is_a_retryable_tls_error(rsyslog, findings, tmp_path):
     assert good.send(findings) == delivered(findings)
     good.close()
     assert len(rsyslog.wait_for(len(findings))) == len(findings)
+
+
+def test_a_finding_at_the_related_events_cap_arrives_whole(rsyslog, findings, tmp_path):
+    # rsyslog splits messages over its maxMessageSize (8096 bytes by default) and logs an error:
+    # the largest finding the default triage settings make must stay under it.
+    cap = load_settings().triage.max_related_events
+    d = findings[0]
+    fi = {**d.ocsf["finding_info"],
+          "related_events": [{"uid": f"{i:08x}-0000-4000-8000-000000000000"} for i in range(cap)]}
+    big = delivery(finding_id=d.finding_id, severity_id=d.severity_id,
+                   ocsf={**d.ocsf, "finding_info": fi})
+    for fmt in ("cef", "leef"):
+        sink = sink_for(rsyslog, tmp_path, format=fmt)
+        assert sink.send([big]) == delivered([big])
+        sink.close()
+    rsyslog.wait_connections_closed()
+    rsyslog.stop()
+    assert [m.msg for m in rsyslog.received()] == [to_cef(big.ocsf), to_leef(big.ocsf)]
+    assert rsyslog.trouble() == []
