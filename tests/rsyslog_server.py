@@ -153,6 +153,7 @@ class Rsyslog:
         proc, self._proc = self._proc, None
         if proc is None:
             return
+        proc.send_signal(signal.SIGCONT)  # a paused daemon would not act on SIGTERM
         proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(timeout=STOP_SECONDS)
@@ -164,6 +165,15 @@ class Rsyslog:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP: connections stay open but nothing is read or answered."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGCONT)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + START_SECONDS

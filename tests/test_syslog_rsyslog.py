@@ -50,9 +50,9 @@ def numbered(findings: list[Delivery], n: int, tag: str) -> list[Delivery]:
 
 
 def sink_for(server: Rsyslog, tmp_path: Path, *, ca_file: Path | None = None, **opts):
-    settings = SyslogSink(type="syslog", name="rsyslog", host="127.0.0.1", port=server.tls_port,
-                          tls=True, ca_file=str(ca_file or server.ca.ca_file),
-                          timeout_seconds=2.0, **opts)
+    settings = SyslogSink(**{"type": "syslog", "name": "rsyslog", "host": "127.0.0.1",
+                             "port": server.tls_port, "tls": True, "timeout_seconds": 2.0,
+                             "ca_file": str(ca_file or server.ca.ca_file), **opts})
     return build_sink(settings, tmp_path)
 
 
@@ -207,3 +207,25 @@ def test_a_finding_at_the_related_events_cap_arrives_whole(rsyslog, findings, tm
     rsyslog.stop()
     assert [m.msg for m in rsyslog.received()] == [to_cef(big.ocsf), to_leef(big.ocsf)]
     assert rsyslog.trouble() == []
+
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["tls", "tcp"])
+def test_a_receiver_that_does_not_read_gets_no_delivered_outcome(rsyslog, findings, tmp_path,
+                                                                 tls):
+    # The kernel accepts our bytes for a stopped process: only the receiver's close of the
+    # connection says it read them.
+    port = rsyslog.tls_port if tls else rsyslog.tcp_port
+    sink = sink_for(rsyslog, tmp_path, port=port, tls=tls, timeout_seconds=1.0)
+    rsyslog.pause()
+    try:
+        outcomes = sink.send(findings)
+    finally:
+        rsyslog.resume()
+    assert [o.finding_id for o in outcomes] == [d.finding_id for d in findings]
+    assert all(not o.ok and o.retryable and o.reason == f"timeout (127.0.0.1:{port})"
+               for o in outcomes), outcomes
+    assert sink.send(findings) == delivered(findings)  # the worker's retry
+    got = rsyslog.wait_for(len(findings))
+    ids = [m.msg.split("externalId=")[1].split(" ")[0] for m in got]
+    assert set(ids) == {d.finding_id for d in findings}  # duplicates allowed, no loss
