@@ -237,8 +237,7 @@ class Rsyslog:
 
     def trouble(self) -> list[str]:
         """rsyslogd's own error and warning lines."""
-        return [ln for ln in self.internal() if ln.split(" ", 2)[1:2] and
-                ln.split(" ", 2)[1] in TROUBLE]
+        return [ln for ln in self.internal() if ln.split(" ", 2)[1:2] in ([t] for t in TROUBLE)]
 
     def wait_connections_closed(self, timeout: float = 10.0) -> None:
         """Until rsyslogd has closed every accepted connection on its two ports: it has then
