@@ -1,15 +1,19 @@
 """Syslog over TCP (RFC 6587 octet counting) or TLS (RFC 5425): one RFC 5424 message per
 finding with its CEF or LEEF line as MSG.
 
-The connection is kept open between batches and reopened after any error. TCP syslog has no
-acknowledgements, so "delivered" means the bytes were handed to the connection; a batch whose
-write fails is retried whole (duplicates are possible, losses after a silent peer close too).
+TCP syslog has no acknowledgements, and bytes the kernel accepted are lost if the receiver stops
+before reading them (rsyslog on restart, for one). So each batch gets its own connection, ended
+by us (TLS close_notify, or a TCP half-close) and then by the receiver: a receiver closes its end
+only after reading everything before our end, so its close is the batch's receipt. Only then are
+the items delivered; a reset, a timeout or any other error makes the whole batch retryable
+(duplicates are possible, silent losses are not, short of a receiver that closes at the very
+moment our bytes arrive). The clean TLS shutdown also keeps rsyslog from logging an error for
+every connection, as it does for a bare TCP close.
 """
 
 from __future__ import annotations
 
 import os
-import select
 import socket
 import ssl
 from collections.abc import Sequence
@@ -60,54 +64,47 @@ class Syslog:
                               self._app, self._procid) for d in items)
         where = f"{self.settings.host}:{self.settings.port}"
         try:
-            sock = self._connected()
-            sock.sendall(data)
+            self._sock = self._connect()
+            self._sock.sendall(data)
+            _end_and_wait_for_receipt(self._sock)
         except ssl.SSLCertVerificationError as exc:
-            self.close()
             return failed([d.finding_id for d in items],
                           f"TLS error ({where}): certificate verify failed: {exc.verify_message}",
                           retryable=True)
-        except (OSError, ssl.SSLError) as exc:
-            self.close()
+        except OSError as exc:  # ssl.SSLError included
             kind = "timeout" if isinstance(exc, TimeoutError) else type(exc).__name__
             return failed([d.finding_id for d in items], f"{kind} ({where})", retryable=True)
+        finally:
+            self.close()
         return [Outcome.delivered(d.finding_id) for d in items]
 
-    def _connected(self) -> socket.socket:
-        if self._sock is not None and self._peer_closed(self._sock):
-            self.close()
-        if self._sock is None:
-            s = self.settings
-            sock = socket.create_connection((s.host, s.port), timeout=s.timeout_seconds)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._tls is not None:
-                try:
-                    sock = self._tls.wrap_socket(sock, server_hostname=s.host)
-                except BaseException:
-                    sock.close()
-                    raise
-            self._sock = sock
-        return self._sock
-
-    def _peer_closed(self, sock: socket.socket) -> bool:
-        """A syslog receiver never writes: readable means it closed (or sent TLS records such as
-        session tickets, which a non-blocking read consumes without data)."""
-        readable, _, _ = select.select([sock], [], [], 0)
-        if not readable:
-            return False
-        sock.setblocking(False)
+    def _connect(self) -> socket.socket:
+        s = self.settings
+        sock = socket.create_connection((s.host, s.port), timeout=s.timeout_seconds)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._tls is None:
+            return sock
         try:
-            return sock.recv(1) == b""
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return False
-        except OSError:
-            return True
-        finally:
-            sock.settimeout(self.settings.timeout_seconds)
+            return self._tls.wrap_socket(sock, server_hostname=s.host)
+        except BaseException:
+            sock.close()
+            raise
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+def _end_and_wait_for_receipt(sock: socket.socket) -> None:
+    """End our side, then wait (the socket's timeout) for the receiver to end its side. Raises
+    OSError (reset, timeout) when it did not, so the batch is not counted delivered."""
+    if isinstance(sock, ssl.SSLSocket):
+        try:
+            sock.unwrap()  # returns once the receiver's close_notify arrives
+        except ssl.SSLEOFError:
+            pass  # rsyslog answers close_notify with a TCP close and no close_notify of its own
+        return
+    sock.shutdown(socket.SHUT_WR)
+    while sock.recv(4096):
+        pass  # a syslog receiver sends nothing; drain whatever it did until its close
