@@ -326,8 +326,8 @@ class ElasticServer(FakeServer):
     """``POST /_bulk`` with NDJSON; ``Authorization: ApiKey <key>``; ``create`` of an existing
     ``_id`` is a 409 version conflict, and so is an ``index`` with ``version_type: external``
     whose ``version`` is not above the stored one (Elasticsearch's external versioning).
-    ``fail_items`` maps ids to a per-item status to answer (in a 200 response with
-    ``errors: true``)."""
+    ``fail_items`` maps ids, or (id, version) pairs, to a per-item status to answer (in a 200
+    response with ``errors: true``)."""
 
     ERROR_TYPES = {429: "es_rejected_execution_exception", 400: "document_parsing_exception",
                    503: "unavailable_shards_exception", 500: "internal_server_error"}
@@ -362,8 +362,9 @@ class ElasticServer(FakeServer):
             index, doc_id = meta["_index"], meta["_id"]
             docs = self.indices.setdefault(index, {})
             base = {"_index": index, "_id": doc_id}
-            if doc_id in self.fail_items:
-                status = self.fail_items[doc_id]
+            status = self.fail_items.get((doc_id, meta.get("version")),
+                                         self.fail_items.get(doc_id))
+            if status is not None:
                 items.append({op: {**base, "status": status, "error": {
                     "type": self.ERROR_TYPES.get(status, "exception"),
                     "reason": f"injected failure {status}"}}})
@@ -576,6 +577,7 @@ class WebhookServer(FakeServer):
         super().__init__(tls)
         self.secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
         self.messages: dict[str, dict] = {}
+        self.received: Counter = Counter()  # webhook-id -> accepted requests
         self.deliveries = 0  # accepted requests, re-sends included
 
     def handle(self, req: Request) -> Response:
@@ -593,6 +595,7 @@ class WebhookServer(FakeServer):
                    for s in sigs.split()):
             return 401, {}, b"invalid signature"
         self.messages[msg_id] = json.loads(req.body)
+        self.received[msg_id] += 1
         self.deliveries += 1
         return 204, {}, b""
 
