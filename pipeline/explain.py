@@ -16,6 +16,32 @@ from pipeline.novelty import (DIMENSIONS, FREQUENCY_CLASSES, PEER_DIMENSIONS, RA
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _MAX_REASONS = 6
+# What a baseline is about, in an analyst's words: every baseline text names its dimension.
+_PLURAL = {"secret": "secrets", "folder": "folders", "operation": "operations",
+           "segment": "network segments", "ip": "source addresses", "user_agent": "user agents",
+           "auth_method": "auth methods", "mount": "mounts"}
+_LABELS = {
+    "requests_count_1m": "requests per minute", "requests_count_1h": "requests per hour",
+    "requests_count_24h": "requests per day", "secrets_distinct_1h": "distinct secrets per hour",
+    "secrets_distinct_24h": "distinct secrets per day",
+    "secrets_ratio_1h": "distinct secrets per hour", "denied_count_5m": "denied requests",
+    "denied_ratio_1h": "denied requests", "denied_distinct_1h": "denied secrets",
+    "login_failed_count_5m": "failed logins", "list_to_read_ratio_1h": "lists per read",
+    "dynamic_creds_count_10m": "dynamic credential requests", "history_events": "history",
+    "idle_days": "activity", "novelty_score": "new values",
+    "policy_write_first_seen": "policy writes", "policy_write_peer_first_seen": "policy writes",
+    "policy_write_own": "policy writes", "peer_members": "peer group",
+    "peer_history": "peer group", "peer_folders_known": "folders",
+    "requests_baseline_1h": "requests per hour",
+}
+
+
+def dimension_label(feature: str) -> str:
+    """The dimension a feature measures (``segment_freq_class`` -> network segments)."""
+    for name, plural in _PLURAL.items():
+        if feature in (f"{name}_freq_class", f"{name}_peer_freq_class", f"{name}_first_seen"):
+            return plural
+    return _LABELS.get(feature, feature.replace("_", " "))
 
 
 def factors(fv: FeatureVector) -> tuple[Factor, ...]:
@@ -57,34 +83,39 @@ def _hours(hours: list[int]) -> str:
 def _known(state: IdentityState, d: int) -> str:
     peer = state.peer
     mine = len(state.counts[d])
+    what = _PLURAL[DIMENSIONS[d]]
     if peer is None or d not in PEER_DIMENSIONS:
-        return f"{mine} known to the identity"
+        return f"{mine} {what} known to the identity"
     theirs = len(peer.counts[PEER_DIMENSIONS.index(d)])
-    return f"{mine} known to the identity, {theirs} to its {len(peer.members)} peers"
+    return f"{mine} {what} known to the identity, {theirs} to its {len(peer.members)} peers"
 
 
 def baseline_of(feature: str, fv: FeatureVector, state: IdentityState | None) -> str:
-    """What is usual for the identity, for a feature a rule names."""
+    """What is usual for the identity, for a feature a rule names; the text names the
+    dimension it is about."""
+    label = dimension_label(feature) if feature else "history"
     if state is None or not state.history:
         if state is not None and state.peer is not None and state.peer.history:
-            return f"no history of its own; peers {state.peer.key} ({state.peer.history} events)"
-        return "no history"
-    if feature == "requests_count_1h":
-        return f"usual {state.requests_baseline:.1f}/h"
+            return (f"{label}: no history of its own; peers {state.peer.key} "
+                    f"({state.peer.history} events)")
+        return f"{label}: no history"
+    if feature in ("requests_count_1h", "requests_baseline_1h"):
+        return f"usual {state.requests_baseline:.1f} requests per hour"
     if feature in ("secrets_distinct_1h", "secrets_ratio_1h"):
-        return f"usual {state.secrets_baseline:.1f} distinct secrets/h"
+        return f"usual {state.secrets_baseline:.1f} distinct secrets per hour"
     if feature == "history_events":
-        return "never did this before"
+        return f"history: {state.history} events, none of this kind"
     if feature == "idle_days":
-        return f"active on {len([c for c in state.how if c])} hours of the week until it went quiet"
+        return (f"activity: on {len([c for c in state.how if c])} hours of the week "
+                "until it went quiet")
     for d, name in enumerate(DIMENSIONS):
         if feature in (f"{name}_freq_class", f"{name}_peer_freq_class"):
             return _known(state, d)
     if feature in ("peer_members", "peer_history") and state.peer is not None:
         return f"peer group {state.peer.key}"
     if feature == "dynamic_creds_count_10m":
-        return f"usual {state.requests_baseline:.1f} requests/h in all"
-    return f"{state.history} events of history"
+        return f"dynamic credential requests: usual {state.requests_baseline:.1f} requests/h in all"
+    return f"{label}: {state.history} events of history"
 
 
 def _observed(name: str, value: float) -> str:
@@ -113,7 +144,7 @@ def _factor_reason(detector: str, f: Factor, fv: FeatureVector,
         strength += 0.2
     if d == SEGMENT:
         usual = ", ".join(f"{n} {s:.0%}" for n, s in state.usual_segments()) or "none"
-        baseline = f"usually {usual}"
+        baseline = f"network segments: usually {usual}"
     else:
         baseline = _known(state, d)
     label = f.dimension.replace("_", " ")
@@ -143,7 +174,7 @@ def streaming_reasons(detector: str, fv: FeatureVector,
                 cold.append(Reason(f"{f.dimension.upper()}_{f.peer_frequency.upper()}_FOR_PEERS",
                                    detector, f"{f.dimension.replace('_', ' ').capitalize()} "
                                    f"{f.peer_frequency} for its peers", f.value,
-                                   f"peer group {group.key}"))
+                                   f"{_PLURAL[f.dimension]} of peer group {group.key}"))
         return cold[:_MAX_REASONS]
     candidates: list[tuple[float, Reason]] = [
         _factor_reason(detector, f, fv, state) for f in factors(fv)
@@ -159,26 +190,28 @@ def streaming_reasons(detector: str, fv: FeatureVector,
     if rate > 3.0 * (rate_base + 1.0):
         candidates.append((min(1.0, rate / (10.0 * (rate_base + 1.0))), Reason(
             "RATE_ABOVE_BASELINE", detector, "Request rate far above this identity's usual",
-            f"{rate:g} requests in 1h", f"usual {rate_base:.1f}/h")))
+            f"{rate:g} requests in 1h", f"usual {rate_base:.1f} requests per hour")))
     breadth, breadth_base = fv["secrets_distinct_1h"], fv["secrets_baseline_1h"]
     if breadth > 3.0 * (breadth_base + 1.0):
         candidates.append((min(1.0, breadth / (10.0 * (breadth_base + 1.0))), Reason(
             "BREADTH_ABOVE_BASELINE", detector, "Many more distinct secrets than usual",
-            f"{breadth:g} distinct secrets in 1h", f"usual {breadth_base:.1f}/h")))
+            f"{breadth:g} distinct secrets in 1h",
+            f"usual {breadth_base:.1f} distinct secrets per hour")))
     if fv["denied_ratio_1h"] >= 0.3:
         candidates.append((fv["denied_ratio_1h"], Reason(
             "DENIED_RATIO_HIGH", detector, "Many requests denied",
             f"{fv['denied_ratio_1h']:.0%} denied in 1h, "
-            f"{fv['denied_distinct_1h']:g} distinct secrets denied", "usually none")))
+            f"{fv['denied_distinct_1h']:g} distinct secrets denied",
+            "denied requests: usually none")))
     if fv["idle_days"] >= 2.0:
         candidates.append((min(1.0, fv["idle_days"] / 7.0), Reason(
             "DORMANT_REACTIVATED", detector, "Identity active again after days of silence",
-            f"{fv['idle_days']:.1f} days since its last call", "active daily before")))
+            f"{fv['idle_days']:.1f} days since its last call", "activity: daily before")))
     candidates.sort(key=lambda c: -c[0])
     reasons = [r for _, r in candidates[:_MAX_REASONS]]
     return reasons or [Reason("UNUSUAL_COMBINATION", detector,
                               "Unusual combination of features for this identity",
-                              "see features", f"{state.history} events of history")]
+                              "see features", f"history: {state.history} events")]
 
 
 def explainer(detector):
@@ -201,7 +234,7 @@ def explainer(detector):
                 f"{m.measure.upper()}_ABOVE_BASELINE", name,
                 f"{m.measure} far above this identity's usual hourly peak",
                 f"{m.measure} = {m.observed:g}",
-                f"usual median {m.median:g}{mad} over its recent active hours"))
+                f"{m.measure}: usual median {m.median:g}{mad} over its recent active hours"))
         return reasons or streaming_reasons(name, fv, state)
 
     return explain

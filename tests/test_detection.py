@@ -74,3 +74,45 @@ def test_incidents_merge_firings_and_updates_grow_the_same_finding(week):
             len(u.related_event_ids) == pipeline.settings.triage.max_related_events
         assert u.last_time >= first.time
     assert pipeline.triage.quieted["incident"] >= len(updates)
+
+
+# What each learned reason's baseline must talk about (rules are checked by their features).
+_DIMENSION_WORDS = {"SEGMENT": "segment", "SECRET": "secret", "FOLDER": "folder",
+                    "USER_AGENT": "user agent", "IP": "address", "OPERATION": "operation",
+                    "AUTH_METHOD": "auth method", "MOUNT": "mount", "HOUR": "hour",
+                    "RATE": "requests", "BREADTH": "secrets", "DENIED": "denied",
+                    "DORMANT": "activity", "NEW": "peer group", "NO": "history",
+                    "UNUSUAL": "history"}
+
+
+def test_explanations_lead_with_the_strongest_evidence(week):
+    from models.rules import load_rules
+    from pipeline.explain import dimension_label
+
+    _, created, versions, pipeline = week
+    rules = {r.id: r for r in load_rules(pipeline.settings.rules_dir())}
+    mixed = 0
+    for f in versions:
+        doc = to_ocsf(f)
+        types = doc["finding_info"]["types"]
+        assert len(types) == len(set(types)) and types[0] == f.reasons[0].code
+        weights = [r.weight for r in f.reasons]
+        assert weights == sorted(weights, reverse=True), f.reasons  # strongest first
+        lead = f.reasons[0]
+        if lead.detector in rules:
+            assert f.title.startswith(rules[lead.detector].title), (f.title, lead)
+        if {r.detector in rules for r in f.reasons} == {True, False}:
+            mixed += 1
+        for r in f.reasons:
+            if r.detector in rules:
+                words = {dimension_label(x) for x in rules[r.detector].explain}
+                words |= {"peer group", "history", "requests", "secrets"}
+                for part in r.baseline.split("; "):
+                    assert any(w in part for w in words), (r.code, r.baseline)
+            elif r.code.endswith("_ABOVE_BASELINE") and r.detector == "baseline":
+                measure = r.code.removesuffix("_ABOVE_BASELINE").lower()
+                assert r.baseline.startswith(f"{measure}: "), r
+            else:
+                word = next(w for k, w in _DIMENSION_WORDS.items() if r.code.startswith(k))
+                assert word in r.baseline, (r.code, r.baseline)
+    assert mixed, "no finding combined a rule with a learned detector: a weak test"
