@@ -23,16 +23,16 @@ from fake_siems import make_local_ca
 from rsyslog_server import Received, Rsyslog, rsyslog, rsyslog_ca  # noqa: F401
 
 
-def delivery(*, finding_id: str, severity_id: int, ocsf: dict) -> Delivery:
+def delivery(*, finding_id: str, severity_id: int, ocsf: dict, version: int = 1) -> Delivery:
     """The one place these tests build a Delivery."""
-    return Delivery(finding_id=finding_id, severity_id=severity_id, ocsf=ocsf)
+    return Delivery(finding_id=finding_id, severity_id=severity_id, ocsf=ocsf, version=version)
 
 
 @pytest.fixture(scope="module")
 def findings(samples) -> list[Delivery]:
     """The findings the pipeline raises on the sample Vault audit lines."""
     events = list(replay(sorted(samples.glob("vault_audit_*.jsonl"))))
-    found = Pipeline(load_settings()).process_batch(events)
+    found = [f for f in Pipeline(load_settings()).process_batch(events) if f.version == 1]
     assert len(found) >= 2, "the sample lines raise findings of more than one rule"
     return [delivery(finding_id=f.id, severity_id=f.severity_id, ocsf=to_ocsf(f)) for f in found]
 
@@ -132,6 +132,25 @@ def test_cef_and_leef_over_tls_arrive_once_each_in_order(rsyslog, findings, tmp_
         header, attrs = parse_leef(m.msg)
         assert header == list(leef_header(d.ocsf)) and m.msg == to_leef(d.ocsf)
         assert attrs["findingId"] == d.finding_id
+
+
+def test_one_message_per_finding_version(rsyslog, samples, tmp_path):
+    """Every version of every finding the sample lines raise (Creates, Updates, Closes) is one
+    LEEF message, carrying its version and activity."""
+    p = Pipeline(load_settings())
+    events = list(replay(sorted(samples.glob("vault_audit_*.jsonl"))))
+    versions = p.process_batch(events) + p.finish()
+    assert {v.activity_id for v in versions} >= {1, 3}, "no finding was closed: a weak test"
+    items = [delivery(finding_id=v.id, severity_id=v.severity_id, ocsf=to_ocsf(v),
+                      version=v.version) for v in versions]
+    sink = sink_for(rsyslog, tmp_path, format="leef")
+    assert sink.send(items) == delivered(items)
+    sink.close()
+    got = rsyslog.wait_for(len(items))
+    attrs = [parse_leef(m.msg)[1] for m in got]
+    assert [(a["findingId"], int(a["findingVersion"]), a["activity"]) for a in attrs] == [
+        (v.id, v.version, {1: "Create", 2: "Update", 3: "Close"}[v.activity_id])
+        for v in versions]
 
 
 def test_rsyslog_logs_no_error_for_our_tls_connections(rsyslog, findings, tmp_path):
