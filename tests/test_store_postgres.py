@@ -31,7 +31,7 @@ from pipeline.store import (MIGRATIONS_DIR, Store, dead_letters, findings, metad
 
 ROOT = Path(__file__).resolve().parent.parent
 TABLES = {"findings", "dead_letters", "snapshots", "feature_history", "feature_sets", "labels",
-          "outbox", "delivery_dead_letters"}
+          "outbox", "delivery_dead_letters", "finding_versions"}
 
 
 def _head() -> str:
