@@ -42,7 +42,8 @@ def test_reference_file_joins_request_and_response_into_one_event(samples):
     ev = by_id(events)
     read = ev["0b0c4e2a-6f15-4d0e-8a57-3c1b2d9e7f01"]
     assert read.phases == "request+response"
-    assert read.identity == "entity:7d2e9a4c-1b3f-4e5a-8c6d-2f1e0a9b8c7d"
+    # a Kubernetes workload is named by its namespace and service account
+    assert read.identity == "kubernetes:payments/payments-api"
     assert read.secret == "secret/payments/db" and read.operation == "read"
     assert read.user_agent == "vault-agent/1.19.2" and read.remote_address == "10.20.3.17"
     assert read.outcome == SUCCESS
@@ -55,8 +56,9 @@ def test_reference_file_joins_request_and_response_into_one_event(samples):
 def test_identity_rules(samples):
     ev = by_id(events_of(samples / "vault_audit_reference.jsonl"))
     login = ev["9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"]
-    # the login request has no identity; the response's auth names the new token's entity
-    assert login.is_login and login.identity == "entity:3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+    # the login request has no identity; the response's auth names the new token's AppRole role
+    assert login.is_login and login.identity == "approle:nightly-reports"
+    assert login.display_name == "approle-nightly-reports"
     assert login.policies == ("default", "etl-reports") and login.auth_method == "approle"
     failed = ev["1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"]
     assert failed.outcome == FAILED and failed.is_login
@@ -73,6 +75,7 @@ def test_display_name_is_last_resort(samples):
     line = orjson.loads((samples / "vault_audit_reference.jsonl").read_bytes().splitlines()[0])
     line["auth"]["entity_id"] = ""
     line["auth"].pop("accessor")
+    line["auth"].pop("metadata")
     entry = parse_entry(orjson.dumps(line), "t:1")
     joiner = VaultJoiner()
     joiner.feed(entry)
