@@ -11,6 +11,7 @@ and last call: ``Fleet.labels(audit_file)`` reads their request ids from the fil
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import hvac
+import orjson
 from hvac.exceptions import Forbidden, InvalidRequest, VaultError
 
 from pipeline.events import AccessEvent
@@ -72,6 +74,11 @@ class Episode:
     start: float
     end: float = 0.0
     request_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, d: dict) -> Episode:
+        return cls(d["episode"], d["class"], datetime.fromisoformat(d["start"]).timestamp(),
+                   datetime.fromisoformat(d["end"]).timestamp(), list(d["request_ids"]))
 
     def to_json(self) -> dict:
         iso = lambda t: datetime.fromtimestamp(t).astimezone().isoformat()  # noqa: E731
@@ -280,3 +287,43 @@ def _expect_refused(call) -> None:
     except (InvalidRequest, Forbidden):
         return
     raise AssertionError("expected OpenBao to refuse the call")
+
+
+# --- findings against labels --------------------------------------------------------------------
+
+
+def current(findings) -> dict[str, dict]:
+    """The last version of each finding (alerts files carry one line per version)."""
+    out: dict[str, dict] = {}
+    for f in findings:
+        out[f["finding_info"]["uid"]] = f
+    return out
+
+
+def alerts_of(path: Path) -> dict[str, dict]:
+    return current(orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip())
+
+
+def stored_findings(db: Path) -> dict[str, dict]:
+    try:
+        with sqlite3.connect(db) as conn:
+            rows = conn.execute("select ocsf from findings").fetchall()
+    except sqlite3.Error:
+        return {}
+    return current(orjson.loads(r[0]) for r in rows)
+
+
+def related(f: dict) -> set[str]:
+    ids = {e["uid"] for e in f["finding_info"].get("related_events") or ()}
+    return ids | {f["unmapped"]["secretscope"]["trigger_event_uid"]}
+
+
+def by_episode(findings: dict[str, dict], episodes) -> dict[str, list[dict]]:
+    owner = {rid: ep.episode for ep in episodes for rid in ep.request_ids}
+    out: dict[str, list[dict]] = {ep.episode: [] for ep in episodes}
+    out["benign"] = []
+    for f in findings.values():
+        hit = {owner[r] for r in related(f) if r in owner}
+        for name in hit or {"benign"}:
+            out[name].append(f)
+    return out

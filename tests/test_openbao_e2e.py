@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -25,7 +24,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from openbao_fleet import ATTACK_CLASSES, SEGMENTS, Fleet
+from openbao_fleet import (ATTACK_CLASSES, SEGMENTS, Fleet, alerts_of, by_episode, related,
+                           stored_findings)
 from openbao_server import FileDevice, OpenBaoServer, SocketDevice, free_port
 
 pytestmark = pytest.mark.openbao
@@ -60,32 +60,6 @@ def start_socket_pipeline(cfg: Path, port: int, out: Path, err: Path) -> subproc
             time.sleep(0.1)
 
 
-def current(findings) -> dict[str, dict]:
-    """The last version of each finding (alerts files carry one line per version)."""
-    out: dict[str, dict] = {}
-    for f in findings:
-        out[f["finding_info"]["uid"]] = f
-    return out
-
-
-def alerts_of(path: Path) -> dict[str, dict]:
-    return current(orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip())
-
-
-def stored_findings(db: Path) -> dict[str, dict]:
-    try:
-        with sqlite3.connect(db) as conn:
-            rows = conn.execute("select ocsf from findings").fetchall()
-    except sqlite3.Error:
-        return {}
-    return current(orjson.loads(r[0]) for r in rows)
-
-
-def related(f: dict) -> set[str]:
-    ids = {e["uid"] for e in f["finding_info"].get("related_events") or ()}
-    return ids | {f["unmapped"]["secretscope"]["trigger_event_uid"]}
-
-
 def summary(findings: dict[str, dict]) -> set[tuple]:
     """What both paths must agree on: who, which detectors, which call triggered it. A call
     logged without a request id (the dev server's own start-up calls) has an id derived from
@@ -97,17 +71,6 @@ def summary(findings: dict[str, dict]) -> set[tuple]:
         if trigger.startswith("derived:"):
             trigger = f"derived:{info['path']}"
         out.add((f["actor"]["user"]["uid"], tuple(sorted(info["detectors"])), trigger))
-    return out
-
-
-def by_episode(findings: dict[str, dict], episodes) -> dict[str, list[dict]]:
-    owner = {rid: ep.episode for ep in episodes for rid in ep.request_ids}
-    out: dict[str, list[dict]] = {ep.episode: [] for ep in episodes}
-    out["benign"] = []
-    for f in findings.values():
-        hit = {owner[r] for r in related(f) if r in owner}
-        for name in hit or {"benign"}:
-            out[name].append(f)
     return out
 
 
@@ -203,7 +166,6 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
              if value.encode() in data]
     assert not leaks, f"secret values found: {leaks}"
 
-    if CHECKER.exists():
-        check = subprocess.run([sys.executable, str(CHECKER), str(alerts), str(audit)],
-                               capture_output=True, text=True, timeout=120)
-        assert check.returncode == 0, check.stdout + check.stderr
+    check = subprocess.run([sys.executable, str(CHECKER), str(alerts), str(audit)],
+                           capture_output=True, text=True, timeout=120)
+    assert check.returncode == 0, check.stdout + check.stderr

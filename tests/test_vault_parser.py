@@ -15,7 +15,7 @@ from pipeline.parsers.limits import InputLimits
 from pipeline.parsers.vault import VaultJoiner, parse_entry
 from pipeline.sources.files import ReplayCounters, replay
 
-from conftest import CANARY, VAULT_SAMPLES
+from conftest import CANARY, ROOT, VAULT_SAMPLES
 
 
 def events_of(*paths, **kw) -> list[AccessEvent]:
@@ -242,3 +242,99 @@ def test_utc_offsets_are_normalized():
     joiner = VaultJoiner()
     (event,) = joiner.feed(parse_entry(orjson.dumps(rec), "t:1")) + joiner.flush()
     assert event.time == datetime(2026, 3, 4, 10, 0, 1, 500000, tzinfo=timezone.utc)
+
+
+# --- identities as OpenBao names them (tests/data/openbao_audit.log: a real OpenBao 2.7 dev
+# server driven by tests/test_openbao_e2e.py, log_raw off, accessors in clear) ----------------
+
+OPENBAO_LOG = ROOT / "tests" / "data" / "openbao_audit.log"
+
+
+def openbao_lines() -> list[dict]:
+    return [orjson.loads(raw) for raw in OPENBAO_LOG.read_bytes().splitlines()]
+
+
+def openbao_line(path: str, kind: str = "request", nth: int = 0) -> dict:
+    return [d for d in openbao_lines() if d["request"].get("path") == path and d["type"] == kind][nth]
+
+
+def join(*lines: dict) -> tuple[list[AccessEvent], VaultJoiner]:
+    joiner = VaultJoiner()
+    events = []
+    for i, line in enumerate(lines, 1):
+        events += joiner.feed(parse_entry(orjson.dumps(line), f"t:{i}"))
+    return events + joiner.flush(), joiner
+
+
+def test_openbao_approle_services_are_named_by_role():
+    events = events_of(OPENBAO_LOG)
+    pods = [e for e in events if e.remote_address in ("127.0.0.10", "127.0.0.11")
+            and e.outcome == SUCCESS]
+    # two pods, a token each (display_name is just "approle"): one identity, the role's
+    assert len({e.identity for e in pods}) == 1 and pods[0].identity == "approle:payments-api"
+    assert {e.display_name for e in pods} == {"approle-payments-api"}
+    logins = [e for e in events if e.is_login and e.auth_method == "approle"]
+    assert {e.identity for e in logins} == {"approle:payments-api", "approle:ledger-api",
+                                            "approle:orders-api", "approle:secret-rotator"}
+
+
+def test_token_metadata_from_token_create_names_nobody():
+    line = openbao_line("secret/data/payments/stripe")
+    line["auth"].update(display_name="token-evil", metadata={"role_name": "payments-api"})
+    (event,), _ = join(line)
+    assert event.identity == f"accessor:{line['auth']['accessor']}"
+
+
+def test_kubernetes_service_account_names_the_identity(samples):
+    (event,) = [e for e in events_of(samples / "vault_audit_reference.jsonl")
+                if e.event_id == "0b0c4e2a-6f15-4d0e-8a57-3c1b2d9e7f01"]
+    assert event.identity == "kubernetes:payments/payments-api"
+    assert event.display_name == "kubernetes-payments-payments-api"
+
+
+def test_token_creation_is_credited_to_the_caller():
+    for rid in ("dev-gen-root", "b052c449-e1a5-8131-a43d-5c7d8408cc76"):
+        req, resp = [d for d in openbao_lines() if d["request"].get("id") == rid]
+        (event,), _ = join(req, resp)
+        caller, created = req["auth"]["accessor"], resp["response"]["auth"]["accessor"]
+        assert caller != created
+        assert event.identity == f"accessor:{caller}" and not event.is_login
+    # a login, by contrast, is the new token's (here the request even carried another token)
+    req, resp = openbao_line("auth/approle/login"), openbao_line("auth/approle/login", "response")
+    req["auth"] = openbao_line("secret/data/ledger/db")["auth"]
+    (event,), _ = join(req, resp)
+    assert event.identity == "approle:payments-api" and event.is_login
+
+
+def test_openbao_audit_self_test_is_dropped_and_counted():
+    line = openbao_line("sys/audit/test")
+    assert "remote_address" not in line["request"] and "accessor" not in line["auth"]
+    assert not any(d["request"].get("id") == line["request"]["id"] for d in openbao_lines()
+                   if d["type"] == "response")
+    events, joiner = join(line)
+    assert events == [] and joiner.self_tests == 1
+    replayed = events_of(OPENBAO_LOG)
+    assert not [e for e in replayed if e.path == "sys/audit/test"]
+    # a client's audit device change is still a call
+    assert [e.path for e in replayed if e.path.startswith("sys/audit/")] == \
+        ["sys/audit/exfil", "sys/audit/file"]
+
+
+def test_self_test_lookalike_from_a_client_is_a_call():
+    line = openbao_line("sys/audit/test")
+    line["request"]["remote_address"] = "127.0.0.66"
+    (event,), joiner = join(line)
+    assert event.path == "sys/audit/test" and joiner.self_tests == 0
+    assert event.identity == "anonymous:127.0.0.66"
+
+
+def test_empty_remote_address_is_an_unknown_address_not_an_identity():
+    line = openbao_line("sys/audit/test")
+    line["request"]["path"] = "sys/seal-status"
+    (event,), _ = join(line)
+    assert event.remote_address == "" and event.identity == "anonymous:unknown"
+    login = openbao_line("auth/approle/login")
+    login["auth"] = {"token_type": "default"}
+    del login["request"]["remote_address"]
+    (event,), _ = join(login)  # request-only: no response names the new token
+    assert event.is_login and event.identity == "login:approle/@unknown"
