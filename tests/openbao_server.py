@@ -113,9 +113,10 @@ class SourceAddressAdapter(HTTPAdapter):
 
 class OpenBaoServer:
     def __init__(self, workdir: Path, devices: list[FileDevice | SocketDevice],
-                 root_token: str = ROOT_TOKEN) -> None:
+                 root_token: str = ROOT_TOKEN, extra_config: str = "") -> None:
         self.workdir = Path(workdir)
         self.devices = list(devices)
+        self.extra_config = extra_config  # more HCL for the config file, as written
         self.root_token = root_token
         self.port = 0
         self._proc: subprocess.Popen | None = None
@@ -137,7 +138,7 @@ class OpenBaoServer:
     def start(self) -> OpenBaoServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "server.hcl"
-        config.write_text("".join(d.hcl() for d in self.devices))
+        config.write_text("".join(d.hcl() for d in self.devices) + self.extra_config)
         env = {k: v for k, v in os.environ.items() if not k.startswith(("BAO_", "VAULT_"))}
         env["HOME"] = str(self.workdir)
         self.port = free_port()

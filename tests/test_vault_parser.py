@@ -338,3 +338,13 @@ def test_empty_remote_address_is_an_unknown_address_not_an_identity():
     del login["request"]["remote_address"]
     (event,), _ = join(login)  # request-only: no response names the new token
     assert event.is_login and event.identity == "login:approle/@unknown"
+
+
+def test_openbao_login_that_issued_no_token_failed():
+    # OpenBao 2.7 logs a login for an unknown userpass user without a top-level error (the
+    # reason is only in the HMAC'd response.data)
+    path = ROOT / "tests" / "data" / "openbao_login_unknown_user.log"
+    assert b'"error":"' not in path.read_bytes().replace(b'"data":{"error":"', b"")
+    (event,) = events_of(path)
+    assert event.is_login and event.outcome == FAILED
+    assert event.identity == "login:userpass/nobody"

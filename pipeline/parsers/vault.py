@@ -27,6 +27,7 @@ SOURCE = "vault"
 _UTC = timezone.utc
 # KV v2 puts an API verb between the mount and the key; the secret is the same either way.
 _KV2_VERBS = frozenset({"data", "metadata", "delete", "undelete", "destroy", "subkeys"})
+LOGIN_NO_TOKEN = "login issued no token"  # error of a refused login logged without one
 UNKNOWN_ADDRESS = "unknown"  # names an address-less caller: "anonymous:unknown"
 _KNOWN_METHODS = frozenset(
     {"approle", "kubernetes", "oidc", "jwt", "userpass", "ldap", "okta", "github", "aws", "gcp",
@@ -304,6 +305,10 @@ def build_event(request: VaultEntry | None, response: VaultEntry | None,
     is_login = _is_login(path)
     identity, display, policies, token_type = _identity(first, response, is_login)
     error = _error(last.line.error)
+    if is_login and not error and _no_token(response):
+        # OpenBao logs some refused logins (an unknown userpass user) with the error only in
+        # response.data, which is never read: a login that issued no token did not succeed.
+        error = LOGIN_NO_TOKEN
     values = [
         first.request_id or _derived_id(first), identity, display, req.operation or "", path,
         _secret_name(req, path), (req.namespace.path or "").strip("/") if req.namespace else "",
@@ -371,6 +376,11 @@ def _named(auth: _Auth) -> tuple[str, str]:
     if display:
         return f"name:{display}", display
     return "", ""
+
+
+def _no_token(response: VaultEntry | None) -> bool:
+    resp = response.line.response if response is not None else None
+    return response is not None and (resp is None or resp.auth is None)
 
 
 def _login_attempt(req: _Request) -> tuple[str, str, tuple[str, ...], str]:
