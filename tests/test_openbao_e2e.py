@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
+from fake_siems import WebhookServer, finding_uid
 from openbao_fleet import (ATTACK_CLASSES, SEGMENTS, Fleet, alerts_of, by_episode, related,
                            stored_findings)
 from openbao_server import FileDevice, OpenBaoServer, SocketDevice, free_port
@@ -33,8 +34,11 @@ pytestmark = pytest.mark.openbao
 CHECKER = ROOT.parent / "shared" / "tools" / "check_findings.py"
 
 
-def write_config(tmp_path: Path, db: Path, port: int) -> Path:
+def write_config(tmp_path: Path, db: Path, port: int, webhook: WebhookServer) -> Path:
     doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    (tmp_path / "hook.key").write_text(webhook.secret)
+    doc["sinks"] = [{"type": "webhook", "name": "hook", "url": webhook.url + "/in",
+                     "secret": {"file": "hook.key"}}]
     doc["rules"]["directory"] = str(ROOT / "config" / "rules")
     doc["store"]["url"] = f"sqlite:///{db}"
     doc["segments"] = SEGMENTS
@@ -88,7 +92,8 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
     canary = f"CANARY-{uuid.uuid4().hex}"
     port = free_port()
     run_db, replay_db = tmp_path / "run.db", tmp_path / "replay.db"
-    cfg = write_config(tmp_path, run_db, port)
+    webhook = WebhookServer()
+    cfg = write_config(tmp_path, run_db, port, webhook)
     run_out, run_err = tmp_path / "run.out", tmp_path / "run.err"
     audit = tmp_path / "audit.log"
     pipeline = start_socket_pipeline(cfg, port, run_out, run_err)
@@ -125,6 +130,11 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
         if pipeline.poll() is None:
             pipeline.kill()
     live = stored_findings(run_db)
+    deliver = subprocess.run([sys.executable, "-m", "pipeline", "deliver", "--config", str(cfg),
+                              "--once"], capture_output=True, cwd=tmp_path, timeout=120)
+    webhook.close()
+    assert deliver.returncode == 0, deliver.stderr.decode()
+    assert {finding_uid(m) for m in webhook.messages.values()} == set(live)
 
     # every attack is in some finding, on both paths
     assert [e.episode for e in episodes] == ["bootstrap", *ATTACK_CLASSES]
@@ -159,8 +169,10 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
     outputs = {"alerts": alerts.read_bytes(), "replay store": replay_db.read_bytes(),
                "live store": run_db.read_bytes(), "replay stdout": replay.stdout,
                "replay stderr": replay.stderr, "run stdout": run_out.read_bytes(),
-               "run stderr": run_err.read_bytes()}
-    assert all(outputs[k] for k in ("alerts", "replay store", "live store", "run stderr"))
+               "run stderr": run_err.read_bytes(), "deliver output": deliver.stdout + deliver.stderr,
+               "deliveries": b"".join(r.body for r in webhook.requests)}
+    assert all(outputs[k] for k in ("alerts", "replay store", "live store", "run stderr",
+                                    "deliveries"))
     secrets = [canary, *fleet.tokens()]
     leaks = [(name, value[:12]) for name, data in outputs.items() for value in secrets
              if value.encode() in data]
