@@ -208,7 +208,8 @@ class VaultJoiner:
     A call is released when its response arrives, or ``join_timeout`` seconds of event time after
     its request if no response comes (request-only devices). Calls are released in arrival order
     so the stream stays in event-time order. Entries whose request id was released recently are
-    copies from another audit device and are dropped (``duplicates`` counts them).
+    copies from another audit device and are dropped (``duplicates`` counts them), and so is the
+    self-test entry an audit device writes when it is set up (``self_tests`` counts them).
     """
 
     def __init__(self, join_timeout: float = 30.0, max_field_chars: int = 1024,
