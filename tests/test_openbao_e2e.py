@@ -78,6 +78,11 @@ def summary(findings: dict[str, dict]) -> set[tuple]:
     return out
 
 
+def db_bytes(db: Path) -> bytes:
+    """The SQLite file with its journal or WAL files, if any are left."""
+    return b"".join(p.read_bytes() for p in sorted(db.parent.glob(db.name + "*")))
+
+
 def wait_for(condition, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -166,8 +171,8 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
 
     # no secret value leaves the audit device
     assert (canary.encode() in audit.read_bytes()) is log_raw  # the canary really was logged
-    outputs = {"alerts": alerts.read_bytes(), "replay store": replay_db.read_bytes(),
-               "live store": run_db.read_bytes(), "replay stdout": replay.stdout,
+    outputs = {"alerts": alerts.read_bytes(), "replay store": db_bytes(replay_db),
+               "live store": db_bytes(run_db), "replay stdout": replay.stdout,
                "replay stderr": replay.stderr, "run stdout": run_out.read_bytes(),
                "run stderr": run_err.read_bytes(), "deliver output": deliver.stdout + deliver.stderr,
                "deliveries": b"".join(r.body for r in webhook.requests)}
