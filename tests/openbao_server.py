@@ -28,6 +28,7 @@ then shows that ``remote_address``, so a test config can map addresses to networ
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -148,6 +149,7 @@ class OpenBaoServer:
                  f"-dev-listen-address=127.0.0.1:{self.port}", f"-config={config}"],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 cwd=self.workdir)
+        atexit.register(self.stop)  # also when a test run is interrupted
         self._wait_ready()
         return self
 
@@ -174,6 +176,7 @@ class OpenBaoServer:
         return health.get("initialized") and not health.get("sealed") and not health.get("standby")
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
