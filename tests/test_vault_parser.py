@@ -15,7 +15,7 @@ from pipeline.parsers.limits import InputLimits
 from pipeline.parsers.vault import VaultJoiner, parse_entry
 from pipeline.sources.files import ReplayCounters, replay
 
-from conftest import CANARY, VAULT_SAMPLES
+from conftest import CANARY, ROOT, VAULT_SAMPLES
 
 
 def events_of(*paths, **kw) -> list[AccessEvent]:
@@ -42,7 +42,8 @@ def test_reference_file_joins_request_and_response_into_one_event(samples):
     ev = by_id(events)
     read = ev["0b0c4e2a-6f15-4d0e-8a57-3c1b2d9e7f01"]
     assert read.phases == "request+response"
-    assert read.identity == "entity:7d2e9a4c-1b3f-4e5a-8c6d-2f1e0a9b8c7d"
+    # a Kubernetes workload is named by its namespace and service account
+    assert read.identity == "kubernetes:payments/payments-api"
     assert read.secret == "secret/payments/db" and read.operation == "read"
     assert read.user_agent == "vault-agent/1.19.2" and read.remote_address == "10.20.3.17"
     assert read.outcome == SUCCESS
@@ -55,8 +56,9 @@ def test_reference_file_joins_request_and_response_into_one_event(samples):
 def test_identity_rules(samples):
     ev = by_id(events_of(samples / "vault_audit_reference.jsonl"))
     login = ev["9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d"]
-    # the login request has no identity; the response's auth names the new token's entity
-    assert login.is_login and login.identity == "entity:3c4d5e6f-7a8b-4c9d-8e0f-1a2b3c4d5e6f"
+    # the login request has no identity; the response's auth names the new token's AppRole role
+    assert login.is_login and login.identity == "approle:nightly-reports"
+    assert login.display_name == "approle-nightly-reports"
     assert login.policies == ("default", "etl-reports") and login.auth_method == "approle"
     failed = ev["1f2e3d4c-5b6a-4978-8695-a4b3c2d1e0f9"]
     assert failed.outcome == FAILED and failed.is_login
@@ -73,6 +75,7 @@ def test_display_name_is_last_resort(samples):
     line = orjson.loads((samples / "vault_audit_reference.jsonl").read_bytes().splitlines()[0])
     line["auth"]["entity_id"] = ""
     line["auth"].pop("accessor")
+    line["auth"].pop("metadata")
     entry = parse_entry(orjson.dumps(line), "t:1")
     joiner = VaultJoiner()
     joiner.feed(entry)
@@ -239,3 +242,109 @@ def test_utc_offsets_are_normalized():
     joiner = VaultJoiner()
     (event,) = joiner.feed(parse_entry(orjson.dumps(rec), "t:1")) + joiner.flush()
     assert event.time == datetime(2026, 3, 4, 10, 0, 1, 500000, tzinfo=timezone.utc)
+
+
+# --- identities as OpenBao names them (tests/data/openbao_audit.log: a real OpenBao 2.7 dev
+# server driven by tests/test_openbao_e2e.py, log_raw off, accessors in clear) ----------------
+
+OPENBAO_LOG = ROOT / "tests" / "data" / "openbao_audit.log"
+
+
+def openbao_lines() -> list[dict]:
+    return [orjson.loads(raw) for raw in OPENBAO_LOG.read_bytes().splitlines()]
+
+
+def openbao_line(path: str, kind: str = "request", nth: int = 0) -> dict:
+    return [d for d in openbao_lines() if d["request"].get("path") == path and d["type"] == kind][nth]
+
+
+def join(*lines: dict) -> tuple[list[AccessEvent], VaultJoiner]:
+    joiner = VaultJoiner()
+    events = []
+    for i, line in enumerate(lines, 1):
+        events += joiner.feed(parse_entry(orjson.dumps(line), f"t:{i}"))
+    return events + joiner.flush(), joiner
+
+
+def test_openbao_approle_services_are_named_by_role():
+    events = events_of(OPENBAO_LOG)
+    pods = [e for e in events if e.remote_address in ("127.0.0.10", "127.0.0.11")
+            and e.outcome == SUCCESS]
+    # two pods, a token each (display_name is just "approle"): one identity, the role's
+    assert len({e.identity for e in pods}) == 1 and pods[0].identity == "approle:payments-api"
+    assert {e.display_name for e in pods} == {"approle-payments-api"}
+    logins = [e for e in events if e.is_login and e.auth_method == "approle"]
+    assert {e.identity for e in logins} == {"approle:payments-api", "approle:ledger-api",
+                                            "approle:orders-api", "approle:secret-rotator"}
+
+
+def test_token_metadata_from_token_create_names_nobody():
+    line = openbao_line("secret/data/payments/stripe")
+    line["auth"].update(display_name="token-evil", metadata={"role_name": "payments-api"})
+    (event,), _ = join(line)
+    assert event.identity == f"accessor:{line['auth']['accessor']}"
+
+
+def test_kubernetes_service_account_names_the_identity(samples):
+    (event,) = [e for e in events_of(samples / "vault_audit_reference.jsonl")
+                if e.event_id == "0b0c4e2a-6f15-4d0e-8a57-3c1b2d9e7f01"]
+    assert event.identity == "kubernetes:payments/payments-api"
+    assert event.display_name == "kubernetes-payments-payments-api"
+
+
+def test_token_creation_is_credited_to_the_caller():
+    for rid in ("dev-gen-root", "b052c449-e1a5-8131-a43d-5c7d8408cc76"):
+        req, resp = [d for d in openbao_lines() if d["request"].get("id") == rid]
+        (event,), _ = join(req, resp)
+        caller, created = req["auth"]["accessor"], resp["response"]["auth"]["accessor"]
+        assert caller != created
+        assert event.identity == f"accessor:{caller}" and not event.is_login
+    # a login, by contrast, is the new token's (here the request even carried another token)
+    req, resp = openbao_line("auth/approle/login"), openbao_line("auth/approle/login", "response")
+    req["auth"] = openbao_line("secret/data/ledger/db")["auth"]
+    (event,), _ = join(req, resp)
+    assert event.identity == "approle:payments-api" and event.is_login
+
+
+def test_openbao_audit_self_test_is_dropped_and_counted():
+    line = openbao_line("sys/audit/test")
+    assert "remote_address" not in line["request"] and "accessor" not in line["auth"]
+    assert not any(d["request"].get("id") == line["request"]["id"] for d in openbao_lines()
+                   if d["type"] == "response")
+    events, joiner = join(line)
+    assert events == [] and joiner.self_tests == 1
+    replayed = events_of(OPENBAO_LOG)
+    assert not [e for e in replayed if e.path == "sys/audit/test"]
+    # a client's audit device change is still a call
+    assert [e.path for e in replayed if e.path.startswith("sys/audit/")] == \
+        ["sys/audit/exfil", "sys/audit/file"]
+
+
+def test_self_test_lookalike_from_a_client_is_a_call():
+    line = openbao_line("sys/audit/test")
+    line["request"]["remote_address"] = "127.0.0.66"
+    (event,), joiner = join(line)
+    assert event.path == "sys/audit/test" and joiner.self_tests == 0
+    assert event.identity == "anonymous:127.0.0.66"
+
+
+def test_empty_remote_address_is_an_unknown_address_not_an_identity():
+    line = openbao_line("sys/audit/test")
+    line["request"]["path"] = "sys/seal-status"
+    (event,), _ = join(line)
+    assert event.remote_address == "" and event.identity == "anonymous:unknown"
+    login = openbao_line("auth/approle/login")
+    login["auth"] = {"token_type": "default"}
+    del login["request"]["remote_address"]
+    (event,), _ = join(login)  # request-only: no response names the new token
+    assert event.is_login and event.identity == "login:approle/@unknown"
+
+
+def test_openbao_login_that_issued_no_token_failed():
+    # OpenBao 2.7 logs a login for an unknown userpass user without a top-level error (the
+    # reason is only in the HMAC'd response.data)
+    path = ROOT / "tests" / "data" / "openbao_login_unknown_user.log"
+    assert b'"error":"' not in path.read_bytes().replace(b'"data":{"error":"', b"")
+    (event,) = events_of(path)
+    assert event.is_login and event.outcome == FAILED
+    assert event.identity == "login:userpass/nobody"

@@ -27,6 +27,8 @@ SOURCE = "vault"
 _UTC = timezone.utc
 # KV v2 puts an API verb between the mount and the key; the secret is the same either way.
 _KV2_VERBS = frozenset({"data", "metadata", "delete", "undelete", "destroy", "subkeys"})
+LOGIN_NO_TOKEN = "login issued no token"  # error of a refused login logged without one
+UNKNOWN_ADDRESS = "unknown"  # names an address-less caller: "anonymous:unknown"
 _KNOWN_METHODS = frozenset(
     {"approle", "kubernetes", "oidc", "jwt", "userpass", "ldap", "okta", "github", "aws", "gcp",
      "azure", "cert", "radius", "token", "root"}
@@ -48,12 +50,22 @@ class _Request(msgspec.Struct, gc=False):
     headers: dict[str, list[str] | str] | None = None
 
 
+class _Metadata(msgspec.Struct, gc=False):
+    """What the auth method says the caller is. Only these names are decoded: token metadata
+    can be set freely at ``auth/token/create``, so the rest is never materialized."""
+
+    role_name: str | None = None  # AppRole
+    service_account_namespace: str | None = None  # Kubernetes
+    service_account_name: str | None = None
+
+
 class _Auth(msgspec.Struct, gc=False):
     entity_id: str | None = None
     accessor: str | None = None
     display_name: str | None = None
     token_type: str | None = None
     policies: list[str] | None = None
+    metadata: _Metadata | None = None
 
 
 class _Response(msgspec.Struct, gc=False):
@@ -196,7 +208,8 @@ class VaultJoiner:
     A call is released when its response arrives, or ``join_timeout`` seconds of event time after
     its request if no response comes (request-only devices). Calls are released in arrival order
     so the stream stays in event-time order. Entries whose request id was released recently are
-    copies from another audit device and are dropped (``duplicates`` counts them).
+    copies from another audit device and are dropped (``duplicates`` counts them), and so is the
+    self-test entry an audit device writes when it is set up (``self_tests`` counts them).
     """
 
     def __init__(self, join_timeout: float = 30.0, max_field_chars: int = 1024,
@@ -209,6 +222,7 @@ class VaultJoiner:
         self._pending: OrderedDict[str, _Call] = OrderedDict()
         self._released: OrderedDict[str, None] = OrderedDict()
         self._anonymous = 0
+        self.self_tests = 0  # audit-device self-test entries dropped: not calls (_is_self_test)
         self.latest_ts = float("-inf")  # newest event time fed so far
 
     def oldest_pending(self) -> VaultEntry | None:
@@ -221,6 +235,9 @@ class VaultJoiner:
     def feed(self, entry: VaultEntry) -> list[AccessEvent]:
         if entry.ts > self.latest_ts:
             self.latest_ts = entry.ts
+        if _is_self_test(entry):
+            self.self_tests += 1
+            return self._expire(entry.ts)
         key = entry.request_id
         if not key:
             # No id to join on (e.g. help requests): the entry is a call of its own.
@@ -289,6 +306,10 @@ def build_event(request: VaultEntry | None, response: VaultEntry | None,
     is_login = _is_login(path)
     identity, display, policies, token_type = _identity(first, response, is_login)
     error = _error(last.line.error)
+    if is_login and not error and _no_token(response):
+        # OpenBao logs some refused logins (an unknown userpass user) with the error only in
+        # response.data, which is never read: a login that issued no token did not succeed.
+        error = LOGIN_NO_TOKEN
     values = [
         first.request_id or _derived_id(first), identity, display, req.operation or "", path,
         _secret_name(req, path), (req.namespace.path or "").strip("/") if req.namespace else "",
@@ -312,33 +333,82 @@ def build_event(request: VaultEntry | None, response: VaultEntry | None,
 
 def _identity(first: VaultEntry, response: VaultEntry | None,
               is_login: bool) -> tuple[str, str, tuple[str, ...], str]:
-    """entity_id, then token accessor, then display name; login responses carry the new identity."""
-    auth = None
-    if response is not None and response.line.response is not None:
-        auth = response.line.response.auth
-    if auth is None:
+    """Who made the call. A login takes the new token's identity (``response.auth``), or, when
+    it failed, the account tried; every other call is the caller's, including calls that create
+    tokens (``auth/token/create*``), whose ``response.auth`` is the new token, not the actor."""
+    if is_login:
+        resp = response.line.response if response is not None else None
+        auth = resp.auth if resp is not None else None
+        if auth is None:
+            return _login_attempt(first.line.request)
+    else:
         auth = first.line.auth
-    if auth is None:
-        auth = _NO_AUTH
-    display = auth.display_name or ""
+        if auth is None and response is not None:
+            auth = response.line.auth
+        if auth is None:
+            auth = _NO_AUTH
+    identity, display = _named(auth)
     policies = tuple(auth.policies) if auth.policies else ()
     token_type = auth.token_type or ""
+    if identity:
+        return identity, display, policies, token_type
+    return f"anonymous:{_known_address(first.line.request)}", "", (), token_type
+
+
+def _named(auth: _Auth) -> tuple[str, str]:
+    """(identity, display name) of a token: the role or service account its auth method
+    vouches for, then entity, accessor, display name; ("", "") for no token."""
+    display = auth.display_name or ""
+    meta = auth.metadata
+    # Metadata of tokens made with auth/token/create (display "token-...") is whatever their
+    # creator wrote, so it names nobody.
+    if meta is not None and display != "token" and not display.startswith("token-"):
+        if meta.role_name:
+            if not display.endswith(meta.role_name):
+                display = f"{display}-{meta.role_name}" if display else meta.role_name
+            return f"approle:{meta.role_name}", display
+        if meta.service_account_namespace and meta.service_account_name:
+            return (f"kubernetes:{meta.service_account_namespace}/{meta.service_account_name}",
+                    display)
     if auth.entity_id:
-        return f"entity:{auth.entity_id}", display, policies, token_type
+        return f"entity:{auth.entity_id}", display
     if auth.accessor:
-        return f"accessor:{auth.accessor}", display, policies, token_type
+        return f"accessor:{auth.accessor}", display
     if display:
-        return f"name:{display}", display, policies, token_type
-    req = first.line.request
+        return f"name:{display}", display
+    return "", ""
+
+
+def _no_token(response: VaultEntry | None) -> bool:
+    resp = response.line.response if response is not None else None
+    return response is not None and (resp is None or resp.auth is None)
+
+
+def _login_attempt(req: _Request) -> tuple[str, str, tuple[str, ...], str]:
+    """A failed or request-only login: key on the account being tried, not on the caller."""
     path = req.path or ""
-    if is_login:
-        # A failed or request-only login: key on the account being tried, not on the caller.
-        parts = path.split("/")
-        tail = path.split("/login", 1)
-        who = tail[1].strip("/") if len(tail) > 1 and tail[1].strip("/") else ""
-        who = who or f"@{_address(req.remote_address or '')}"
-        return f"login:{parts[1] if len(parts) > 1 else ''}/{who}", who, (), token_type
-    return f"anonymous:{_address(req.remote_address or '')}", "", (), token_type
+    parts = path.split("/")
+    tail = path.split("/login", 1)
+    who = tail[1].strip("/") if len(tail) > 1 and tail[1].strip("/") else ""
+    who = who or f"@{_known_address(req)}"
+    return f"login:{parts[1] if len(parts) > 1 else ''}/{who}", who, (), ""
+
+
+def _known_address(req: _Request) -> str:
+    """The caller's address for naming, ``unknown`` when the line has none (never a bare
+    ``anonymous:``)."""
+    return _address(req.remote_address or "") or UNKNOWN_ADDRESS
+
+
+def _is_self_test(entry: VaultEntry) -> bool:
+    """The entry an audit device writes of itself when it is set up (at server start-up for
+    OpenBao's declarative devices): ``update sys/audit/test`` with no token and no address.
+    No client sent it, and a client's request always has an address."""
+    line = entry.line
+    req = line.request
+    auth = line.auth
+    return (req.path == "sys/audit/test" and not req.remote_address
+            and (auth is None or not (auth.accessor or auth.entity_id or auth.display_name)))
 
 
 _NO_AUTH = _Auth()
