@@ -68,3 +68,26 @@ def test_the_forest_is_ready_per_row_not_per_batch():
                        for d in versions(settings_, events, [size])]
     assert len(created([type("V", (), {"activity_id": a}) for _, a in found[1]])) > 0
     assert found[256] == found[1] and found[600] == found[1]
+
+
+def test_a_real_openbao_log_gives_the_same_versions_at_any_batch_size():
+    """The audit log of a real OpenBao run (tests/data, see test_openbao_capture.py): at batch
+    sizes 1, 7, 256 and 4096 the same finding versions, and every labelled episode in them."""
+    import json
+
+    from conftest import ROOT
+    from openbao_fleet import SEGMENTS, Episode
+    from pipeline.config import Segment
+    from pipeline.sources.files import replay
+
+    data = ROOT / "tests" / "data"
+    base = load_settings()
+    settings_ = base.model_copy(update={"segments": tuple(Segment(**s) for s in SEGMENTS)})
+    events = list(replay([data / "openbao_audit.log"]))
+    reference = versions(settings_, events, [1])
+    for size in (7, 256, 4096):
+        assert versions(settings_, events, [size]) == reference, f"batch size {size}"
+    named = {r["uid"] for d in reference for r in d["finding_info"]["related_events"]}
+    labels = json.loads((data / "openbao_audit.labels.json").read_text())
+    for episode in (Episode.from_json(d) for d in labels["episodes"]):
+        assert named & set(episode.request_ids), episode.episode
