@@ -414,6 +414,11 @@ def test_pagerduty_gets_every_version_under_one_dedup_key_and_resolves(make_rig,
     assert all(o.ok for o in r.sink.send(versions))
     assert [e["event_action"] for e in r.server.alerts[d1.finding_id]] == [
         "trigger", "trigger", "resolve"]
+    acked = later_version(deliveries[1], 2)
+    acked = Delivery(acked.finding_id, acked.severity_id, {**acked.ocsf, "status_id": 2}, 2)
+    assert all(o.ok for o in r.sink.send([deliveries[1], acked]))
+    assert [e["event_action"] for e in r.server.alerts[acked.finding_id]] == [
+        "trigger", "acknowledge"]
 
 
 def test_elastic_per_item_failures_in_a_200_response(make_rig, deliveries):

@@ -1,6 +1,7 @@
 """PagerDuty Events API v2: every version of a finding under ``dedup_key`` = finding id, so they
 all land on one alert: Create and Update versions are ``trigger`` events (a re-send updates the
-alert instead of opening another), the Close version a ``resolve``. 202 accepted; 429 and 5xx retried;
+alert instead of opening another), an analyst's acknowledgement an ``acknowledge``, the Close
+version a ``resolve``. 202 accepted; 429 and 5xx retried;
 400 (invalid event or routing key) permanent."""
 
 from __future__ import annotations
@@ -33,6 +34,9 @@ def event(routing_key: str, d: Delivery, doc: dict[str, Any]) -> dict[str, Any]:
         payload["class"] = info["analytic"]["name"]
     if d.activity_id == 3:  # Close
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": d.finding_id}
+    if d.ocsf.get("status_id") == 2:  # an analyst acknowledged it
+        return {"routing_key": routing_key, "event_action": "acknowledge",
+                "dedup_key": d.finding_id}
     return {"routing_key": routing_key, "event_action": "trigger", "dedup_key": d.finding_id,
             "payload": payload}
 
