@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from pipeline import snapshot
 from pipeline.cli import app
 from pipeline.config import TriageSettings, load_settings
+from pipeline.delivery.renderings import validate_ocsf
 from pipeline.errors import SecretscopeError, UnknownFindingError
 from pipeline.events import DENIED
 from pipeline.findings import CLOSE, CREATE, IN_PROGRESS, NEW, RESOLVED, UPDATE, to_ocsf
@@ -71,6 +72,8 @@ def test_close_after_quiet_carries_the_pending_merges():
     assert (closed.version, closed.activity_id, closed.status_id) == (3, CLOSE, RESOLVED)
     assert closed.closed_time == start + timedelta(minutes=70)
     doc = to_ocsf(closed)
+    validate_ocsf(doc)  # every version is a valid OCSF 1.3.0 Detection Finding
+    validate_ocsf(to_ocsf(update))
     assert (doc["activity_id"], doc["type_uid"], doc["status"]) == (3, 200403, "Resolved")
     assert doc["end_time"] == int(closed.closed_time.timestamp() * 1000)
     assert doc["unmapped"]["secretscope"]["version"] == 3 and triage.open_findings() == []
@@ -117,6 +120,7 @@ def test_an_analyst_closes_a_finding_and_the_next_firing_opens_a_new_one(fleet_s
     assert res.exit_code == 0, res.output
     versions = store.versions(first.id)
     closed = versions[-1]
+    validate_ocsf(closed)
     assert (closed["activity_id"], closed["status_id"], closed["comment"]) == (
         CLOSE, RESOLVED, "rotated, contained")
     assert closed["unmapped"]["secretscope"]["version"] == len(versions)
@@ -149,6 +153,8 @@ def test_an_acknowledged_finding_keeps_its_status_through_pipeline_updates(fleet
     assert [d["unmapped"]["secretscope"]["version"] for d in docs] == [1, 2, 3]
     assert [d["status_id"] for d in docs] == [NEW, IN_PROGRESS, IN_PROGRESS]
     assert [d["activity_id"] for d in docs] == [CREATE, UPDATE, UPDATE]
+    for d in docs:
+        validate_ocsf(d)
     # storing the same pipeline versions again (a replay) adds nothing
     store.add_versions(grown)
     assert len(store.versions(first.id)) == 3
