@@ -256,7 +256,8 @@ class Store:
                  outage_seconds: float | None = DEFAULT_OUTAGE_SECONDS,
                  stop: threading.Event | None = None) -> None:
         self.engine: Engine = create_engine(url)
-        self.retry = StoreRetry(url, outage_seconds, stop=stop)
+        self.retry = StoreRetry(url, outage_seconds, stop=stop,
+                                on_transient=self.engine.dispose)
         self.retry.call(migrate, self.engine)
         self.routes: tuple[Route, ...] = ()
         self.set_routes(routes)

@@ -38,6 +38,9 @@ _TRANSIENT_TEXT = (
     "connection failed", "connection reset", "connection timed out", "no connection to the server",
     "the connection is lost", "the connection is closed", "consuming input failed",
     "could not receive data", "could not send data", "ssl syscall error", "database is locked",
+    # libpq left in pipeline mode (or mid-command) by a connection lost during executemany:
+    # psycopg does not always mark such a connection broken, so its errors read like these
+    "not allowed in pipeline mode", "another command is already in progress", "while busy",
 )
 
 
@@ -90,18 +93,22 @@ class StoreRetry:
     """Calls a store operation until it succeeds, waiting ``base_seconds`` doubling to
     ``cap_seconds`` between attempts, for at most ``limit_seconds`` of outage (None: no limit,
     as the service wants). ``stop``, when set, ends the wait early with
-    :class:`StoreUnavailableError` (a service asked to stop during an outage)."""
+    :class:`StoreUnavailableError` (a service asked to stop during an outage).
+    ``on_transient`` runs after each failed attempt (the store drops its pooled connections, so
+    the next attempt does not reuse one the outage broke)."""
 
     def __init__(self, url: str, limit_seconds: float | None = 300.0,
                  base_seconds: float = 0.5, cap_seconds: float = 10.0,
                  stop: threading.Event | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_transient: Callable[[], None] | None = None) -> None:
         self.url = url
         self.limit_seconds = limit_seconds
         self.base_seconds = base_seconds
         self.cap_seconds = cap_seconds
         self.stop = stop
         self.clock = clock
+        self.on_transient = on_transient
         self._lock = threading.Lock()
         self._down_since: float | None = None  # shared by threads: one outage, two lines
 
@@ -115,6 +122,8 @@ class StoreRetry:
                 if not is_transient(exc):
                     raise
                 started = self._went_down(exc) if started is None else started
+                if self.on_transient is not None:
+                    self.on_transient()
                 self._wait_or_give_up(exc, started, delay)
                 delay = min(delay * 2, self.cap_seconds)
                 continue
