@@ -145,15 +145,28 @@ def check_outage_log(stderr: str) -> None:
     assert "Traceback" not in stderr and PASSWORD_IN_URL not in stderr, stderr
 
 
-def feed(stream, chunks: list[bytes]) -> threading.Thread:
-    """Write ``chunks`` to ``stream`` from a thread (it blocks while the reader pauses)."""
-    def write() -> None:
-        for chunk in chunks:
-            stream.write(chunk)
-            stream.flush()
-    thread = threading.Thread(target=write, daemon=True)
-    thread.start()
-    return thread
+class feed(threading.Thread):
+    """Writes ``chunks`` to ``stream`` (blocking while the reader pauses); ``join`` fails if
+    the writing did."""
+
+    def __init__(self, stream, chunks: list[bytes]) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.chunks = stream, chunks
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self) -> None:
+        try:
+            for chunk in self.chunks:
+                self.stream.write(chunk)
+                self.stream.flush()
+        except BaseException as exc:
+            self.error = exc
+
+    def join(self, timeout: float | None = 600) -> None:
+        super().join(timeout)
+        assert not self.is_alive(), "still writing after 600 s"
+        assert self.error is None, f"writing the audit lines failed: {self.error!r}"
 
 
 # --- replay -------------------------------------------------------------------------------------
@@ -175,7 +188,7 @@ def replay(url: str, lines: list[bytes], pg: Server | None = None) -> subprocess
     else:
         writer.join()
         writer = feed(proc.stdin, [b"".join(lines[cut:])])
-    writer.join(timeout=600)
+    writer.join()
     proc.stdin.close()
     stderr = proc.stderr.read().decode()
     return subprocess.CompletedProcess(proc.args, proc.wait(timeout=600), "", stderr)
@@ -230,7 +243,7 @@ def run_socket(tmp_path: Path, url: str, lines: list[bytes],
         else:
             sender.join()
             sender = feed(client.makefile("wb"), [b"".join(lines[cut:])])
-        sender.join(timeout=600)
+        sender.join()
         # The service closes its side once it has read everything: every line is then in.
         client.shutdown(socket.SHUT_WR)
         client.settimeout(600)
@@ -247,9 +260,11 @@ def run_socket(tmp_path: Path, url: str, lines: list[bytes],
 def _connect(port: int, proc: subprocess.Popen, log: Path) -> socket.socket | None:
     assert proc.poll() is None, log.read_text()
     try:
-        return socket.create_connection(("127.0.0.1", port), timeout=5)
+        client = socket.create_connection(("127.0.0.1", port), timeout=5)
     except OSError:
         return None
+    client.settimeout(None)  # sending blocks for as long as the service pauses
+    return client
 
 
 def test_socket_service_waits_out_an_outage_and_stores_the_same_findings(pg, audit_lines,
