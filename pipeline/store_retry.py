@@ -150,11 +150,13 @@ class StoreRetry:
 
     def _wait_or_give_up(self, exc: BaseException, started: float, delay: float) -> None:
         waited = self.clock() - started
-        if self.limit_seconds is not None and waited + delay > self.limit_seconds:
-            raise StoreUnavailableError(
-                f"store {masked(self.url)} unreachable for {waited:.1f} s (limit "
-                f"store.outage_seconds={self.limit_seconds:g}): {reason_of(exc, self.url)}"
-            ) from None
+        if self.limit_seconds is not None:
+            if waited >= self.limit_seconds:
+                raise StoreUnavailableError(
+                    f"store {masked(self.url)} unreachable for {waited:.1f} s (limit "
+                    f"store.outage_seconds={self.limit_seconds:g}): {reason_of(exc, self.url)}"
+                ) from None
+            delay = min(delay, self.limit_seconds - waited)  # one last try at the limit
         if self.stop is not None:
             if self.stop.wait(delay):
                 raise StoreUnavailableError(

@@ -1,14 +1,18 @@
-"""PostgreSQL stopped for 30 s under `replay`, `run` (socket source) and `deliver`: each waits
+"""Store outages are waited out. PostgreSQL stopped for 30 s under `replay`, `run` (socket source) and `deliver`: each waits
 the outage out (one log line when it starts, one when it ends), resumes, and the store ends as
 it would have without the outage; `deliver` loses no claimed batch.
 
 The module starts its own PostgreSQL server (``scripts/postgres``) so it can stop and start it
-without disturbing other tests; every scenario writes to a fresh schema of it.
+without disturbing other tests; every scenario writes to a fresh schema of it. The retry policy
+itself is checked first, quickly, against real refused connections and a locked SQLite file.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
+import sqlite3
+from datetime import datetime, timezone
 import os
 import shutil
 import signal
@@ -30,14 +34,128 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from conftest import ROOT
-from helpers import wait_for
+from helpers import make_event, wait_for
 from postgres_server import SCRIPT, START_TIMEOUT, free_port
 
-pytestmark = [pytest.mark.postgres, pytest.mark.slow]
+from pipeline.features import FEATURE_NAMES
+from pipeline.findings import Finding, Reason, finding_id
+from pipeline.history import NAMES_HASH, HistoryRow, encode_values
+from pipeline.store import Route, Store, feature_history, finding_versions, outbox
+from pipeline.store_retry import StoreRetry, StoreUnavailableError, is_transient
 
 OUTAGE_SECONDS = 30.0
 PASSWORD_IN_URL = "secretscope:secretscope@"
 EXE = [sys.executable, "-m", "pipeline"]
+
+
+SECRET = "s3cr3t-Pw-7d1e"
+
+
+def refused_url() -> str:
+    """A PostgreSQL URL nothing listens on (a real refused connection)."""
+    return f"postgresql+psycopg://secretscope:{SECRET}@127.0.0.1:{free_port()}/secretscope"
+
+
+def outage_lines(caplog) -> tuple[list[str], list[str]]:
+    msgs = [r.getMessage() for r in caplog.records if r.name == "pipeline.store_retry"]
+    return ([m for m in msgs if m.startswith("store unreachable")],
+            [m for m in msgs if m.startswith("store reachable again after")])
+
+
+def a_finding(event_id: str) -> Finding:
+    ev = make_event(event_id=event_id, identity="entity:svc-db")
+    return Finding(
+        id=finding_id(("rules",), ev.identity, ev.event_id),
+        time=datetime.fromtimestamp(ev.ts, timezone.utc), identity=ev.identity,
+        display_name=ev.display_name, title="Unusual secret read", severity_id=3, score=0.82,
+        detectors=("rules",),
+        reasons=(Reason(code="new_secret", detector="rules", text="first read of this secret",
+                        observed="secret/team/app", baseline="never"),),
+        techniques=("T1555",), related_event_ids=(ev.event_id,), trigger=ev, segment="default")
+
+
+def a_history_row(event_id: str) -> HistoryRow:
+    return HistoryRow("entity:svc-db", event_id, datetime.now(timezone.utc), NAMES_HASH,
+                      encode_values([0.0] * len(FEATURE_NAMES)))
+
+
+def test_transient_errors_are_told_from_wrong_calls(tmp_path):
+    refused = create_engine(refused_url())
+    with pytest.raises(Exception) as down:
+        refused.connect()
+    refused.dispose()
+    assert is_transient(down.value), down.value
+    db = create_engine(f"sqlite:///{tmp_path / 'x.db'}")
+    with pytest.raises(Exception) as wrong, db.connect() as conn:
+        conn.execute(text("SELECT * FROM no_such_table"))
+    db.dispose()
+    assert not is_transient(wrong.value)
+
+
+def test_an_outage_longer_than_the_limit_fails_with_the_password_masked(caplog):
+    caplog.set_level(logging.WARNING)
+    started = time.monotonic()
+    with pytest.raises(StoreUnavailableError) as failed:
+        Store(refused_url(), outage_seconds=1.5)
+    assert 1.0 <= time.monotonic() - started < 10
+    assert "store.outage_seconds=1.5" in str(failed.value) and SECRET not in str(failed.value)
+    down, up = outage_lines(caplog)
+    assert len(down) == 1 and up == [], (down, up)  # one line for the outage, not per attempt
+    assert "secretscope:***@127.0.0.1" in down[0]
+    assert SECRET not in caplog.text
+
+
+def test_a_locked_sqlite_store_is_waited_out_and_history_is_kept(tmp_path, caplog):
+    """"database is locked" is an outage too: the write waits for the lock, and the feature
+    history it took from the buffer is written once it gets through."""
+    caplog.set_level(logging.WARNING)
+    path = tmp_path / "store.db"
+    store = Store(f"sqlite:///{path}?timeout=0.1", routes=[Route("hook", 1)])
+    store.add_feature_history([a_history_row("ev-h1"), a_history_row("ev-h2")])
+    locker = sqlite3.connect(path, isolation_level=None)
+    locker.execute("BEGIN EXCLUSIVE")
+    writer = threading.Thread(target=store.add_versions, args=([a_finding("ev-locked")],))
+    writer.start()
+    wait_for(lambda: outage_lines(caplog)[0], 30, "the write to find the store locked")
+    assert writer.is_alive()
+    locker.execute("COMMIT")
+    locker.close()
+    writer.join(timeout=60)
+    assert not writer.is_alive()
+    down, up = outage_lines(caplog)
+    assert len(down) == 1 and len(up) == 1 and "database is locked" in down[0]
+    assert store.count(finding_versions) == 1 and store.count(outbox) == 1
+    assert store.count(feature_history) == 2
+    store.close()
+
+
+def test_a_commit_whose_answer_was_lost_is_retried_without_duplicates(tmp_path, caplog):
+    """The connection drops after the server committed but before it said so: the retried
+    transaction stores and queues nothing twice."""
+    import psycopg
+    from sqlalchemy.exc import OperationalError
+
+    caplog.set_level(logging.WARNING)
+    store = Store(f"sqlite:///{tmp_path / 'store.db'}", routes=[Route("hook", 1)])
+    store.add_feature_history([a_history_row("ev-h3")])
+    dialect = store.engine.dialect
+    commit, lost = dialect.do_commit, []
+
+    def commit_then_lose_the_answer(dbapi_conn) -> None:
+        commit(dbapi_conn)
+        if not lost:
+            lost.append(True)
+            raise OperationalError("COMMIT", {}, psycopg.OperationalError(
+                "server closed the connection unexpectedly"))
+
+    dialect.do_commit = commit_then_lose_the_answer
+    store.add_versions([a_finding("ev-ambiguous")])
+    assert lost == [True]
+    down, up = outage_lines(caplog)
+    assert len(down) == 1 and len(up) == 1
+    assert store.count(finding_versions) == 1 and store.count(outbox) == 1
+    assert store.count(feature_history) == 1
+    store.close()
 
 
 class Server:
@@ -194,6 +312,8 @@ def replay(url: str, lines: list[bytes], pg: Server | None = None) -> subprocess
     return subprocess.CompletedProcess(proc.args, proc.wait(timeout=600), "", stderr)
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_replay_waits_out_an_outage_and_stores_the_same_findings(pg, audit_lines):
     calm_url, outage_url = pg.schema(), pg.schema()
     calm = replay(calm_url, audit_lines)
@@ -267,6 +387,8 @@ def _connect(port: int, proc: subprocess.Popen, log: Path) -> socket.socket | No
     return client
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_socket_service_waits_out_an_outage_and_stores_the_same_findings(pg, audit_lines,
                                                                         tmp_path):
     calm_url, outage_url = pg.schema(), pg.schema()
@@ -324,6 +446,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
+@pytest.mark.postgres
+@pytest.mark.slow
 def test_deliver_waits_out_an_outage_and_loses_no_claimed_batch(pg, audit_lines, tmp_path):
     receiver = Receiver(delay=0.1)
     config = tmp_path / "deliver.yaml"
@@ -332,6 +456,7 @@ sinks:
   - {{type: webhook, name: hook, url: "http://127.0.0.1:{receiver.server_address[1]}/hook",
      secret: {{env: HOOK_SECRET}}, min_severity: informational, batch_size: 5}}
 delivery: {{retry_base_seconds: 0.05, poll_seconds: 0.05}}
+rules: {{directory: "{ROOT / 'config' / 'rules'}"}}
 """)
     url = pg.schema()
     queued = subprocess.run([*EXE, "replay", "-", "--config", str(config), "--store", url,
