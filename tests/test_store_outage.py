@@ -158,6 +158,8 @@ def test_a_commit_whose_answer_was_lost_is_retried_without_duplicates(tmp_path, 
     store.close()
 
 
+# --- PostgreSQL stopped for 30 s under replay, run and deliver at once ---------------------------
+
 class Server:
     """A PostgreSQL server of this module's own, to stop and start."""
 
@@ -178,19 +180,6 @@ class Server:
     def stop(self) -> None:
         self._script("stop")
 
-    def outage(self, seconds: float, *alive: subprocess.Popen) -> float:
-        """Stop the server for ``seconds`` of wall time (the outage is the point), checking
-        that the processes under test keep running through it; returns how long it lasted."""
-        began = time.monotonic()
-        self.stop()
-        deadline = began + seconds
-        while time.monotonic() < deadline:
-            for proc in alive:
-                assert proc.poll() is None, f"{proc.args} exited during the outage"
-            time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
-        self.start()
-        return time.monotonic() - began
-
     def schema(self) -> str:
         """URL of a new, empty schema."""
         name = f"o_{os.urandom(6).hex()}"
@@ -200,27 +189,6 @@ class Server:
         engine.dispose()
         url = make_url(self.url).update_query_dict({"options": f"-csearch_path={name}"})
         return url.render_as_string(hide_password=False)
-
-
-@pytest.fixture(scope="module")
-def pg() -> Iterator[Server]:
-    workdir = tempfile.mkdtemp(prefix="ss-pgo-", dir="/tmp")
-    server = Server(workdir, free_port())
-    try:
-        server.start()
-        yield server
-    finally:
-        subprocess.run([str(SCRIPT), "stop", "--dir", workdir], capture_output=True, timeout=120)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def audit_lines(tmp_path_factory) -> list[bytes]:
-    out = tmp_path_factory.mktemp("sim") / "sim.log"
-    res = subprocess.run([*EXE, "simulate", str(out), "--days", "3", "--calls", "20000"],
-                         capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr
-    return out.read_bytes().splitlines(keepends=True)
 
 
 def stored(url: str) -> dict:
@@ -264,20 +232,19 @@ def check_outage_log(stderr: str) -> None:
 
 
 class feed(threading.Thread):
-    """Writes ``chunks`` to ``stream`` (blocking while the reader pauses); ``join`` fails if
-    the writing did."""
+    """Writes ``data`` to ``stream`` (blocking while the reader pauses); ``join`` fails if the
+    writing did."""
 
-    def __init__(self, stream, chunks: list[bytes]) -> None:
+    def __init__(self, stream, data: bytes) -> None:
         super().__init__(daemon=True)
-        self.stream, self.chunks = stream, chunks
+        self.stream, self.data = stream, data
         self.error: BaseException | None = None
         self.start()
 
     def run(self) -> None:
         try:
-            for chunk in self.chunks:
-                self.stream.write(chunk)
-                self.stream.flush()
+            self.stream.write(self.data)
+            self.stream.flush()
         except BaseException as exc:
             self.error = exc
 
@@ -287,129 +254,98 @@ class feed(threading.Thread):
         assert self.error is None, f"writing the audit lines failed: {self.error!r}"
 
 
-# --- replay -------------------------------------------------------------------------------------
+# Each scenario starts, shows it got going (`ready`), is given the rest of its input when the
+# server is down (`resume`), and ends after the outage (`finish`); without an outage the same
+# steps give the store to compare with.
 
-def replay(url: str, lines: list[bytes], pg: Server | None = None) -> subprocess.CompletedProcess:
-    """``secretscope replay -`` over ``lines``; with ``pg``, the server is stopped once findings
-    are stored, while the rest of the lines go in."""
-    proc = subprocess.Popen([*EXE, "replay", "-", "--store", url, "--no-table", "-q"],
-                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE)
-    cut = len(lines) * 3 // 4  # the simulated attacks (and findings) start past half of it
-    writer = feed(proc.stdin, [b"".join(lines[:cut])])
-    if pg is not None:
-        wait_for(lambda: (count(url, "finding_versions") or 0) > 0, 300,
-                 "the replay to store findings", interval=0.2)
-        writer.join()
-        writer = feed(proc.stdin, [b"".join(lines[cut:])])
-        pg.outage(OUTAGE_SECONDS, proc)
-    else:
-        writer.join()
-        writer = feed(proc.stdin, [b"".join(lines[cut:])])
-    writer.join()
-    proc.stdin.close()
-    stderr = proc.stderr.read().decode()
-    return subprocess.CompletedProcess(proc.args, proc.wait(timeout=600), "", stderr)
+class ReplayRun:
+    """``secretscope replay -`` over the audit lines, the last quarter sent during the outage
+    (the simulated attacks, and so the findings, start past half of the log)."""
 
+    def __init__(self, url: str, lines: list[bytes]) -> None:
+        self.url = url
+        self.cut = len(lines) * 3 // 4
+        self.rest = b"".join(lines[self.cut:])
+        self.proc = subprocess.Popen([*EXE, "replay", "-", "--store", url, "--no-table", "-q"],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        self.writer = feed(self.proc.stdin, b"".join(lines[:self.cut]))
 
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_replay_waits_out_an_outage_and_stores_the_same_findings(pg, audit_lines):
-    calm_url, outage_url = pg.schema(), pg.schema()
-    calm = replay(calm_url, audit_lines)
-    assert calm.returncode == 0, calm.stderr
-    assert "unreachable" not in calm.stderr
+    def ready(self) -> bool:
+        return (count(self.url, "finding_versions") or 0) > 0
 
-    res = replay(outage_url, audit_lines, pg)
-    assert res.returncode == 0, res.stderr
-    check_outage_log(res.stderr)
-    expected, got = stored(calm_url), stored(outage_url)
-    assert len(expected["findings"]) >= 10 and len(expected["versions"]) > len(expected["findings"])
-    assert got["findings"].keys() == expected["findings"].keys()
-    assert got == expected
+    def resume(self) -> None:
+        self.writer.join()
+        self.writer = feed(self.proc.stdin, self.rest)
+
+    def finish(self) -> dict:
+        self.writer.join()
+        self.proc.stdin.close()
+        stderr = self.proc.stderr.read().decode()
+        return {"code": self.proc.wait(timeout=600), "stderr": stderr,
+                "stored": stored(self.url)}
 
 
-# --- run, socket source -------------------------------------------------------------------------
+class SocketRun:
+    """``secretscope run`` with the socket source, sent the audit lines like a Vault node, the
+    last quarter during the outage."""
 
-def socket_config(tmp_path: Path, url: str, port: int) -> Path:
-    doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    doc["rules"]["directory"] = str(ROOT / "config" / "rules")
-    doc["store"]["url"] = url
-    doc["run"] = {"source": "socket"}
-    doc["socket"] = {"host": "127.0.0.1", "port": port}
-    path = tmp_path / f"socket-{port}.yaml"
-    path.write_text(yaml.safe_dump(doc))
-    return path
-
-
-def run_socket(tmp_path: Path, url: str, lines: list[bytes],
-               pg: Server | None = None) -> tuple[int, str]:
-    """``secretscope run`` over the socket source, sent ``lines`` like a Vault node; with
-    ``pg``, the server is stopped once findings are stored, while the rest is sent."""
-    port = free_port()
-    log = tmp_path / f"run-{port}.log"
-    proc = subprocess.Popen([*EXE, "run", "--config", str(socket_config(tmp_path, url, port))],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
-    try:
-        client = wait_for(lambda: _connect(port, proc, log), 60, "the socket listener")
+    def __init__(self, url: str, lines: list[bytes], tmp_path: Path) -> None:
+        self.url = url
+        port = free_port()
+        doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+        doc["rules"]["directory"] = str(ROOT / "config" / "rules")
+        doc["store"]["url"] = url
+        doc["run"] = {"source": "socket"}
+        doc["socket"] = {"host": "127.0.0.1", "port": port}
+        config = tmp_path / f"socket-{port}.yaml"
+        config.write_text(yaml.safe_dump(doc))
+        self.log = tmp_path / f"run-{port}.log"
+        self.proc = subprocess.Popen([*EXE, "run", "--config", str(config)],
+                                     stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"))
+        self.client = wait_for(lambda: self._connect(port), 60, "the socket listener")
         cut = len(lines) * 3 // 4
-        sender = feed(client.makefile("wb"), [b"".join(lines[:cut])])
-        if pg is not None:
-            wait_for(lambda: (count(url, "finding_versions") or 0) > 0, 300,
-                     "the service to store findings", interval=0.2)
-            sender.join()
-            sender = feed(client.makefile("wb"), [b"".join(lines[cut:])])
-            pg.outage(OUTAGE_SECONDS, proc)
-        else:
-            sender.join()
-            sender = feed(client.makefile("wb"), [b"".join(lines[cut:])])
-        sender.join()
-        # The service closes its side once it has read everything: every line is then in.
-        client.shutdown(socket.SHUT_WR)
-        client.settimeout(600)
-        assert client.recv(1) == b""
-        client.close()
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=600)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    return code, log.read_text()
+        self.rest = b"".join(lines[cut:])
+        self.writer = feed(self.client.makefile("wb"), b"".join(lines[:cut]))
 
+    def _connect(self, port: int) -> socket.socket | None:
+        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            client = socket.create_connection(("127.0.0.1", port), timeout=5)
+        except OSError:
+            return None
+        client.settimeout(None)  # sending blocks for as long as the service pauses
+        return client
 
-def _connect(port: int, proc: subprocess.Popen, log: Path) -> socket.socket | None:
-    assert proc.poll() is None, log.read_text()
-    try:
-        client = socket.create_connection(("127.0.0.1", port), timeout=5)
-    except OSError:
-        return None
-    client.settimeout(None)  # sending blocks for as long as the service pauses
-    return client
+    def ready(self) -> bool:
+        return (count(self.url, "finding_versions") or 0) > 0
 
+    def resume(self) -> None:
+        self.writer.join()
+        self.writer = feed(self.client.makefile("wb"), self.rest)
 
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_socket_service_waits_out_an_outage_and_stores_the_same_findings(pg, audit_lines,
-                                                                        tmp_path):
-    calm_url, outage_url = pg.schema(), pg.schema()
-    code, calm_log = run_socket(tmp_path, calm_url, audit_lines)
-    assert code == 0, calm_log
+    def finish(self) -> dict:
+        try:
+            self.writer.join()
+            # The service closes its side once it has read everything: every line is then in.
+            self.client.shutdown(socket.SHUT_WR)
+            self.client.settimeout(600)
+            assert self.client.recv(1) == b""
+            self.client.close()
+            self.proc.send_signal(signal.SIGTERM)
+            code = self.proc.wait(timeout=600)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        log = self.log.read_text()
+        summary = orjson.loads([ln for ln in log.splitlines() if '"stopped"' in ln][-1])
+        return {"code": code, "stderr": log, "summary": summary, "stored": stored(self.url)}
 
-    code, outage_log = run_socket(tmp_path, outage_url, audit_lines, pg)
-    assert code == 0, outage_log
-    check_outage_log(outage_log)
-    summary = orjson.loads([ln for ln in outage_log.splitlines() if '"stopped"' in ln][-1])
-    assert summary["lines"] == len(audit_lines)
-    expected, got = stored(calm_url), stored(outage_url)
-    assert len(expected["findings"]) >= 10
-    assert got == expected
-
-
-# --- deliver ------------------------------------------------------------------------------------
 
 class Receiver(ThreadingHTTPServer):
-    """Takes webhook POSTs, each ``delay`` seconds long, and records their ``webhook-id``
-    (``<finding id>.<version>``) with the time it arrived."""
+    """Takes webhook POSTs, each ``delay`` seconds long (a slow SIEM, so the outage falls in
+    the middle of delivery), and records their ``webhook-id`` (``<finding id>.<version>``)
+    with the time it arrived."""
 
     daemon_threads = True
 
@@ -438,7 +374,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:  # noqa: N802
         srv: Receiver = self.server  # type: ignore[assignment]
         self.rfile.read(int(self.headers["Content-Length"]))
-        time.sleep(srv.delay)  # a slow SIEM, so the outage falls in the middle of delivery
+        time.sleep(srv.delay)
         with srv.lock:
             srv.received.append((self.headers["webhook-id"], time.monotonic()))
         self.send_response(200)
@@ -446,54 +382,138 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
 
 
-@pytest.mark.postgres
-@pytest.mark.slow
-def test_deliver_waits_out_an_outage_and_loses_no_claimed_batch(pg, audit_lines, tmp_path):
-    receiver = Receiver(delay=0.1)
-    config = tmp_path / "deliver.yaml"
-    config.write_text(f"""
+class DeliverRun:
+    """``secretscope deliver`` (the worker) over an outbox filled by a replay, with the
+    product's webhook sink posting to a slow receiver."""
+
+    def __init__(self, url: str, lines: list[bytes], tmp_path: Path) -> None:
+        self.url = url
+        self.receiver = Receiver(delay=0.15)
+        config = tmp_path / "deliver.yaml"
+        config.write_text(f"""
 sinks:
-  - {{type: webhook, name: hook, url: "http://127.0.0.1:{receiver.server_address[1]}/hook",
+  - {{type: webhook, name: hook, url: "http://127.0.0.1:{self.receiver.server_address[1]}/h",
      secret: {{env: HOOK_SECRET}}, min_severity: informational, batch_size: 5}}
 delivery: {{retry_base_seconds: 0.05, poll_seconds: 0.05}}
 rules: {{directory: "{ROOT / 'config' / 'rules'}"}}
 """)
-    url = pg.schema()
-    queued = subprocess.run([*EXE, "replay", "-", "--config", str(config), "--store", url,
-                             "--no-table", "-q"], input=b"".join(audit_lines),
-                            capture_output=True, timeout=600)
-    assert queued.returncode == 0, queued.stderr.decode()
-    engine = create_engine(url)
-    with engine.connect() as conn:
-        keys = {f"{f}.{v}" for f, v in conn.execute(text(
-            "SELECT finding_id, version FROM outbox WHERE sink = 'hook'"))}
-    engine.dispose()
-    assert len(keys) >= 50
+        queued = subprocess.run([*EXE, "replay", "-", "--config", str(config), "--store", url,
+                                 "--no-table", "-q"], input=b"".join(lines),
+                                capture_output=True, timeout=600)
+        assert queued.returncode == 0, queued.stderr.decode()
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            self.keys = {f"{f}.{v}" for f, v in conn.execute(text(
+                "SELECT finding_id, version FROM outbox WHERE sink = 'hook'"))}
+        engine.dispose()
+        env = {**os.environ, "HOOK_SECRET": "whsec_" + base64.b64encode(os.urandom(24)).decode()}
+        self.proc = subprocess.Popen([*EXE, "deliver", "--config", str(config), "--store", url],
+                                     env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True)
 
-    env = {**os.environ, "HOOK_SECRET": "whsec_" + base64.b64encode(os.urandom(24)).decode()}
-    proc = subprocess.Popen([*EXE, "deliver", "--config", str(config), "--store", url],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    def ready(self) -> bool:
+        return len(self.receiver.keys()) >= 10
+
+    def resume(self) -> None:
+        pass
+
+    def finish(self) -> dict:
+        try:
+            wait_for(lambda: set(self.receiver.keys()) >= self.keys, 300,
+                     "every version delivered")
+            wait_for(lambda: count(self.url, "outbox WHERE status = 'pending'") == 0, 60,
+                     "the outbox to record every delivery")
+            self.proc.send_signal(signal.SIGTERM)
+            code = self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return {"code": code, "stderr": self.proc.stderr.read(), "queued": self.keys,
+                "received": Counter(self.receiver.keys()),
+                "dead": count(self.url, "delivery_dead_letters"),
+                "delivered": count(self.url, "outbox WHERE status = 'delivered'")}
+
+
+@pytest.fixture(scope="module")
+def outage(tmp_path_factory) -> Iterator[dict]:
+    """Runs of replay, run (socket) and deliver through one 30 s PostgreSQL outage, and the
+    same replay and run without it; the tests below each check one of them."""
+    workdir = tempfile.mkdtemp(prefix="ss-pgo-", dir="/tmp")
+    pg = Server(workdir, free_port())
+    tmp = tmp_path_factory.mktemp("outage")
     try:
-        wait_for(lambda: len(receiver.keys()) >= 10, 120, "the first deliveries")
+        pg.start()
+        sim = tmp / "sim.log"
+        res = subprocess.run([*EXE, "simulate", str(sim), "--days", "3", "--calls", "20000"],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        lines = sim.read_bytes().splitlines(keepends=True)
+        calm = {"replay": ReplayRun(pg.schema(), lines), "run": SocketRun(pg.schema(), lines, tmp)}
+        for run in calm.values():
+            run.resume()
+        results = {f"calm {name}": run.finish() for name, run in calm.items()}
+        runs = {"replay": ReplayRun(pg.schema(), lines), "run": SocketRun(pg.schema(), lines, tmp),
+                "deliver": DeliverRun(pg.schema(), lines, tmp)}
+        for name, run in runs.items():
+            wait_for(run.ready, 300, f"{name} to get going", interval=0.2)
         began = time.monotonic()
-        lasted = pg.outage(OUTAGE_SECONDS, proc)
-        sent_while_down = receiver.received_between(began + 2.0, began + lasted)
-        wait_for(lambda: set(receiver.keys()) >= keys, 300, "every version delivered")
-        wait_for(lambda: count(url, "outbox WHERE status = 'pending'") == 0, 60,
-                 "the outbox to record every delivery")
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
+        pg.stop()
+        for run in runs.values():
+            run.resume()
+        while time.monotonic() < began + OUTAGE_SECONDS:  # the outage is the point: wall time
+            for name, run in runs.items():
+                assert run.proc.poll() is None, f"{name} exited during the outage"
+            time.sleep(min(0.5, max(0.0, began + OUTAGE_SECONDS - time.monotonic())))
+        pg.start()
+        ended = time.monotonic()
+        results |= {name: run.finish() for name, run in runs.items()}
+        results["deliver"]["sent while down"] = runs["deliver"].receiver.received_between(
+            began + 2.0, ended)  # the batch in flight as the server stopped may still land
+        yield results
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    stderr = proc.stderr.read()
-    check_outage_log(stderr)
-    got = Counter(receiver.keys())
-    assert set(got) == keys
-    twice = sorted(k for k, n in got.items() if n > 1)
-    # Results are kept until recorded: a batch sent as the server went down is recorded when it
-    # is back, not sent again; and nothing is sent while the outbox cannot be read.
+        subprocess.run([str(SCRIPT), "stop", "--dir", workdir], capture_output=True, timeout=120)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_replay_waits_out_an_outage_and_stores_the_same_findings(outage):
+    calm, res = outage["calm replay"], outage["replay"]
+    assert calm["code"] == 0 and "unreachable" not in calm["stderr"], calm["stderr"]
+    assert res["code"] == 0, res["stderr"]
+    check_outage_log(res["stderr"])
+    expected, got = calm["stored"], res["stored"]
+    assert len(expected["findings"]) >= 10
+    assert len(expected["versions"]) > len(expected["findings"])
+    assert got["findings"].keys() == expected["findings"].keys()
+    assert got == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_socket_service_waits_out_an_outage_and_stores_the_same_findings(outage):
+    calm, res = outage["calm run"], outage["run"]
+    assert calm["code"] == 0 and "unreachable" not in calm["stderr"], calm["stderr"]
+    assert res["code"] == 0, res["stderr"]
+    check_outage_log(res["stderr"])
+    assert res["summary"]["lines"] == calm["summary"]["lines"] > 0
+    expected, got = calm["stored"], res["stored"]
+    assert len(expected["findings"]) >= 10
+    assert got["findings"].keys() == expected["findings"].keys()
+    assert got == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_deliver_waits_out_an_outage_and_loses_no_claimed_batch(outage):
+    res = outage["deliver"]
+    assert res["code"] == 0, res["stderr"]
+    check_outage_log(res["stderr"])
+    assert len(res["queued"]) >= 50
+    assert set(res["received"]) == res["queued"]
+    # Outcomes are kept until recorded: the batch sent as the server went down is recorded when
+    # it is back, not sent again; and nothing is sent while the outbox cannot be read.
+    twice = sorted(k for k, n in res["received"].items() if n > 1)
     assert twice == [], twice
-    assert sent_while_down == [], sent_while_down
-    assert count(url, "delivery_dead_letters") == 0
-    assert count(url, "outbox WHERE status = 'delivered'") == len(keys)
+    assert res["sent while down"] == []
+    assert res["dead"] == 0 and res["delivered"] == len(res["queued"])
