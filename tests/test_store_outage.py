@@ -41,7 +41,7 @@ from pipeline.features import FEATURE_NAMES
 from pipeline.findings import Finding, Reason, finding_id
 from pipeline.history import NAMES_HASH, HistoryRow, encode_values
 from pipeline.store import Route, Store, feature_history, finding_versions, outbox
-from pipeline.store_retry import StoreRetry, StoreUnavailableError, is_transient
+from pipeline.store_retry import StoreUnavailableError, is_transient
 
 OUTAGE_SECONDS = 30.0
 PASSWORD_IN_URL = "secretscope:secretscope@"
@@ -103,6 +103,30 @@ def test_an_outage_longer_than_the_limit_fails_with_the_password_masked(caplog):
     assert len(down) == 1 and up == [], (down, up)  # one line for the outage, not per attempt
     assert "secretscope:***@127.0.0.1" in down[0]
     assert SECRET not in caplog.text
+
+
+def test_a_service_waits_without_limit_until_asked_to_stop(caplog):
+    """``run`` and ``deliver`` have no outage limit; a stop request (SIGTERM) ends the wait."""
+    caplog.set_level(logging.WARNING)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            Store(refused_url(), outage_seconds=None, stop=stop)
+        except BaseException as exc:
+            failures.append(exc)
+
+    opener = threading.Thread(target=open_store)
+    opener.start()
+    wait_for(lambda: outage_lines(caplog)[0], 30, "the outage to be noticed")
+    opener.join(timeout=3.0)  # past the first backoffs: no limit means it is still waiting
+    assert opener.is_alive() and not failures
+    stop.set()
+    opener.join(timeout=30)
+    assert not opener.is_alive()
+    assert len(failures) == 1 and isinstance(failures[0], StoreUnavailableError)
+    assert "stopped while store" in str(failures[0]) and SECRET not in str(failures[0])
 
 
 def test_a_locked_sqlite_store_is_waited_out_and_history_is_kept(tmp_path, caplog):
