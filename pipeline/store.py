@@ -12,8 +12,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import threading
-from contextlib import contextmanager
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
