@@ -47,7 +47,8 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
     from pipeline.parsers.limits import InputLimits
     from pipeline.store import Store
 
-    store = Store(settings.store.url, routes=settings.sinks)
+    store = Store(settings.store.url, routes=settings.sinks,
+                  outage_seconds=settings.store.outage_seconds)
     try:
         keep = collect.__setitem__ if collect is not None else None
         pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
@@ -384,7 +385,8 @@ def deliver(
     if not settings.sinks:
         raise SecretscopeError("no sinks configured (the sinks: section of the config)")
     d = settings.delivery
-    st = Store(settings.store.url, routes=settings.sinks)
+    st = Store(settings.store.url, routes=settings.sinks,
+               outage_seconds=settings.store.outage_seconds if once else None)
     sinks: dict = {}
     metrics_server = None
     try:

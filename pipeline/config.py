@@ -31,6 +31,9 @@ class StoreSettings(_Strict):
     # Share of baseline (non-flagged) feature vectors kept for `secretscope train`; 0 disables.
     # share of learned feature vectors kept for `secretscope train` (by a hash of the event id)
     feature_history_sample: float = Field(0.02, ge=0, le=1)
+    # How long a command waits out an unreachable store (retrying with backoff) before it fails;
+    # null: as long as it takes. `run` and the `deliver` worker always wait as long as it takes.
+    outage_seconds: float | None = Field(300.0, gt=0)
 
 
 class InputSettings(_Strict):

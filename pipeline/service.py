@@ -28,7 +28,9 @@ def run_service(settings: Settings) -> dict:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    store = Store(settings.store.url, routes=settings.sinks)
+    # A service waits a store outage out however long it lasts (processing pauses meanwhile);
+    # only a stop request ends the wait.
+    store = Store(settings.store.url, routes=settings.sinks, outage_seconds=None, stop=stop)
     try:
         if settings.run.source == "socket":
             summary = _run_socket(settings, store, stop)

@@ -9,9 +9,11 @@ history numbers only.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 from collections.abc import Iterable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +33,7 @@ from pipeline.features import FEATURE_NAMES
 from pipeline.findings import (CLOSE, CREATE, IN_PROGRESS, RESOLVED, STATUS_NAMES, UPDATE,
                                Finding, to_ocsf)
 from pipeline.history import NAMES_HASH, HistoryRow, decode_values
+from pipeline.store_retry import StoreRetry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -198,6 +201,15 @@ class FalsePositiveLabel:
     labelled_at: datetime
 
 
+def _retried(method):
+    """Run a Store method under the store's retry policy: an outage is waited out (see
+    pipeline/store_retry.py). Only for methods that are one transaction and safe to repeat."""
+    @functools.wraps(method)
+    def call(self: "Store", *args, **kwargs):
+        return self.retry.call(method, self, *args, **kwargs)
+    return call
+
+
 def _chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
@@ -233,10 +245,20 @@ def migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+DEFAULT_OUTAGE_SECONDS = 300.0  # StoreSettings.outage_seconds
+
+
 class Store:
-    def __init__(self, url: str, routes: Iterable[Route] = ()) -> None:
+    """``outage_seconds``: how long a call waits out an unreachable database before raising
+    StoreUnavailableError (None: as long as it takes); ``stop`` ends such a wait early."""
+
+    def __init__(self, url: str, routes: Iterable[Route] = (),
+                 outage_seconds: float | None = DEFAULT_OUTAGE_SECONDS,
+                 stop: threading.Event | None = None) -> None:
         self.engine: Engine = create_engine(url)
-        migrate(self.engine)
+        self.retry = StoreRetry(url, outage_seconds, stop=stop,
+                                on_transient=self.engine.dispose)
+        self.retry.call(migrate, self.engine)
         self.routes: tuple[Route, ...] = ()
         self.set_routes(routes)
         # Feature history is buffered and written in the transaction of the next findings or
@@ -253,12 +275,12 @@ class Store:
             return postgresql.insert(table).on_conflict_do_nothing()
         return table.insert()
 
+    @_retried
     def add_versions(self, versions: Sequence[Finding]) -> None:
         """Store finding versions (in order) and queue each for its sinks, in one transaction."""
         if not versions:
             return
-        pending = self._take_history()
-        with self.engine.begin() as conn:
+        with self._history_taken() as pending, self.engine.begin() as conn:
             self._insert_versions(conn, versions)
             self._write_history(conn, pending)
 
@@ -410,6 +432,7 @@ class Store:
                 self._enqueue(conn, queued)
         return number
 
+    @_retried
     def closed_by_analyst(self, finding_ids: Iterable[str]) -> set[str]:
         """Those of ``finding_ids`` an analyst has closed."""
         out: set[str] = set()
@@ -420,6 +443,7 @@ class Store:
                     findings.c.analyst_status_id == RESOLVED)).scalars())
         return out
 
+    @_retried
     def versions(self, finding_id: str | None = None) -> list[dict]:
         """Stored versions (OCSF documents), oldest first (per finding when none is named)."""
         query = select(finding_versions.c.ocsf).order_by(finding_versions.c.finding_id,
@@ -429,6 +453,7 @@ class Store:
         with self.engine.connect() as conn:
             return [orjson.loads(r.ocsf) for r in conn.execute(query)]
 
+    @_retried
     def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
         now = datetime.now(timezone.utc)
         rows = [{"origin": d.origin[:1024], "reason": d.reason, "detail": d.detail[:512],
@@ -438,6 +463,7 @@ class Store:
             with self.engine.begin() as conn:
                 conn.execute(dead_letters.insert(), rows)
 
+    @_retried
     def save_snapshot(self, key: str, next_offset: int, blob: bytes,
                       versions: Sequence[Finding] = ()) -> None:
         """Replace the snapshot under ``key`` (with the input offset it covers), and store the
@@ -445,13 +471,13 @@ class Store:
         same transaction: processing progress and its findings are committed together."""
         row = {"key": key, "next_offset": next_offset, "checksum": hashlib.sha256(blob).hexdigest(),
                "data": blob, "updated_at": datetime.now(timezone.utc)}
-        pending = self._take_history()
-        with self.engine.begin() as conn:
+        with self._history_taken() as pending, self.engine.begin() as conn:
             self._insert_versions(conn, versions)
             self._write_history(conn, pending)
             conn.execute(snapshots.delete().where(snapshots.c.key == key))
             conn.execute(snapshots.insert(), [row])
 
+    @_retried
     def load_snapshot(self, key: str) -> tuple[int, bytes] | None:
         """(next_offset, blob) of the snapshot under ``key``, checksum verified; None if none."""
         with self.engine.connect() as conn:
@@ -462,10 +488,12 @@ class Store:
             raise ModelIntegrityError(f"snapshot {key}: checksum mismatch, refusing to load it")
         return row.next_offset, bytes(row.data)
 
+    @_retried
     def count(self, table: Table) -> int:
         with self.engine.connect() as conn:
             return conn.execute(select(func.count()).select_from(table)).scalar_one()
 
+    @_retried
     def recent_findings(self, limit: int = 50) -> list[dict]:
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -483,16 +511,26 @@ class Store:
                 return
         self.flush()
 
+    @_retried
     def flush(self) -> None:
-        pending = self._take_history()
-        if pending:
-            with self.engine.begin() as conn:
-                self._write_history(conn, pending)
+        with self._history_taken() as pending:
+            if pending:
+                with self.engine.begin() as conn:
+                    self._write_history(conn, pending)
 
-    def _take_history(self) -> list[HistoryRow]:
+    @contextmanager
+    def _history_taken(self):
+        """The buffered history rows, for a transaction to write; put back in front of the
+        buffer if it fails, so a retried transaction (or the next one) writes them."""
         with self._history_lock:
             pending, self._history = self._history, []
-        return pending
+        try:
+            yield pending
+        except BaseException:
+            with self._history_lock:
+                self._history[:0] = pending
+                self._sets_known = False  # its feature_sets row may have been rolled back
+            raise
 
     def _write_history(self, conn: Connection, rows: list[HistoryRow]) -> None:
         if not rows:
@@ -511,6 +549,7 @@ class Store:
              "names_hash": r.names_hash, "feature_values": r.values, "created_at": now}
             for r in rows])
 
+    @_retried
     def feature_history(self, since: datetime | None = None, until: datetime | None = None,
                         limit: int | None = None) -> "pd.DataFrame":
         """Stored feature rows with ``since <= time < until`` (the newest ``limit`` of them), as
@@ -555,6 +594,7 @@ class Store:
 
     # --- labels --------------------------------------------------------------------------
 
+    @_retried
     def label_finding(self, finding_id: str, label: Literal["tp", "fp"], note: str = "") -> str:
         """Store an analyst's verdict on a finding (replacing an earlier one); returns the
         finding's identity."""
@@ -571,6 +611,7 @@ class Store:
                 labelled_at=datetime.now(timezone.utc)))
         return identity
 
+    @_retried
     def labels_of(self, finding_ids: Iterable[str]) -> dict[str, str]:
         """finding id -> "tp"/"fp" for those of ``finding_ids`` that are labelled."""
         ids = list(finding_ids)
@@ -581,6 +622,7 @@ class Store:
                                 .where(labels.c.finding_id.in_(ids))).all()
         return {r.finding_id: r.label for r in rows}
 
+    @_retried
     def false_positive_labels(self) -> list[FalsePositiveLabel]:
         """Findings labelled "fp", oldest label first, with their detectors and reason codes."""
         query = (select(labels.c.finding_id, labels.c.identity, labels.c.labelled_at,

@@ -73,21 +73,46 @@ class Outbox:
     def process(self, sink: str, limit: int, now: datetime,
                 handle: Callable[[list[Claimed]], Sequence[Result]]) -> list[Result]:
         """Claim up to ``limit`` rows of ``sink`` due at ``now`` (oldest first), let ``handle``
-        send them, and record the results it returns."""
+        send them, and record the results it returns.
+
+        A store outage is waited out (``store.retry``). Once ``handle`` has sent a batch its
+        results stay in memory until they are recorded: if the store goes away before they are,
+        they are recorded in a new transaction when it is back, so a claimed batch is neither
+        lost nor sent again."""
+        sent: list[list[Result]] = []
         if self._hold:
-            with self.engine.begin() as conn:
-                claimed = self._due(conn, sink, limit, now, lock=True)
-                results = list(handle(claimed)) if claimed else []
-                self._record(conn, sink, results)
-            return results
-        with self.engine.connect() as conn:
-            claimed = self._due(conn, sink, limit, now, lock=False)
+            return self.store.retry.call(self._claim_send_record, sink, limit, now, handle, sent)
+        claimed = self.store.retry.call(self._claim, sink, limit, now)
         if not claimed:
             return []
         results = list(handle(claimed))
+        self.store.retry.call(self._record_apart, sink, results)
+        return results
+
+    def _claim_send_record(self, sink: str, limit: int, now: datetime,
+                           handle: Callable[[list[Claimed]], Sequence[Result]],
+                           sent: list[list[Result]]) -> list[Result]:
+        """One attempt: on PostgreSQL the claim (row locks) is held while the sink sends, so
+        several workers never send the same row; after a failed attempt that sent, only the
+        recording is left to do."""
+        if sent:
+            self._record_apart(sink, sent[0])
+            return sent[0]
+        with self.engine.begin() as conn:
+            claimed = self._due(conn, sink, limit, now, lock=True)
+            if not claimed:
+                return []
+            sent.append(list(handle(claimed)))
+            self._record(conn, sink, sent[0])
+        return sent[0]
+
+    def _claim(self, sink: str, limit: int, now: datetime) -> list[Claimed]:
+        with self.engine.connect() as conn:
+            return self._due(conn, sink, limit, now, lock=False)
+
+    def _record_apart(self, sink: str, results: Sequence[Result]) -> None:
         with self.engine.begin() as conn:
             self._record(conn, sink, results)
-        return results
 
     def _due(self, conn: Connection, sink: str, limit: int, now: datetime,
              lock: bool) -> list[Claimed]:
@@ -113,9 +138,12 @@ class Outbox:
                 for r in conn.execute(query)]
 
     def _record(self, conn: Connection, sink: str, results: Sequence[Result]) -> None:
+        """Record outcomes of pending rows only: recording again after a COMMIT whose fate was
+        unknown (connection lost) changes nothing, and an outcome recorded outside the claim's
+        lock never undoes a delivery another worker recorded meanwhile."""
         for r in results:
             key = and_(outbox.c.finding_id == r.finding_id, outbox.c.version == r.version,
-                       outbox.c.sink == sink)
+                       outbox.c.sink == sink, outbox.c.status == "pending")
             if isinstance(r, Delivered):
                 conn.execute(update(outbox).where(key).values(
                     status="delivered", delivered_at=r.at, next_attempt_at=None))
@@ -123,8 +151,7 @@ class Outbox:
                 conn.execute(update(outbox).where(key).values(
                     attempts=r.attempts, first_attempt_at=r.first_attempt_at,
                     next_attempt_at=r.next_attempt_at, last_error=r.error[:1024]))
-            else:
-                conn.execute(delete(outbox).where(key))
+            elif conn.execute(delete(outbox).where(key)).rowcount:
                 conn.execute(delete(delivery_dead_letters).where(
                     delivery_dead_letters.c.finding_id == r.finding_id,
                     delivery_dead_letters.c.version == r.version,
@@ -139,6 +166,9 @@ class Outbox:
                 now: datetime | None = None) -> int:
         """Move dead letters (of ``sink``, of ``finding_id``, or all when both are None) back to
         the outbox as new, due deliveries; returns how many."""
+        return self.store.retry.call(self._redrive, sink, finding_id, now)
+
+    def _redrive(self, sink: str | None, finding_id: str | None, now: datetime | None) -> int:
         now = now or datetime.now(timezone.utc)
         where = []
         if sink is not None:
@@ -168,6 +198,9 @@ class Outbox:
         """finding id -> {sink: state of its newest version there}: "delivered", "pending",
         "pending(N)" (N failed attempts so far) or "dead", with " vK" naming the version when
         the finding has more than one."""
+        return self.store.retry.call(self._states, list(finding_ids))
+
+    def _states(self, finding_ids: Iterable[str]) -> dict[str, dict[str, str]]:
         ids = list(dict.fromkeys(finding_ids))
         out: dict[str, dict[str, tuple[int, str]]] = {}
         if not ids:
@@ -198,6 +231,9 @@ class Outbox:
 
     def counts(self) -> dict[str, dict[str, int]]:
         """sink -> {"pending": n, "delivered": n, "dead": n}."""
+        return self.store.retry.call(self._counts)
+
+    def _counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
         with self.engine.connect() as conn:
             for r in conn.execute(select(outbox.c.sink, outbox.c.status, func.count())
