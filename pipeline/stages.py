@@ -97,7 +97,8 @@ class ParseStage:
         self.settings = settings
         self.k = settings.kafka
         self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
-        self.consumer = kafka_io.consumer(self.k, self.k.parse_group)
+        self.consumer = kafka_io.consumer(self.k, self.k.parse_group,
+                                          settings.input.max_record_bytes)
         self.producer = kafka_io.producer(self.k)
         self.decoders: dict = {}
         self.last_record_at: dict = {}

@@ -49,6 +49,11 @@ class Decoder:
         return self.joiner.duplicates if self.joiner is not None else 0
 
     def feed(self, raw: bytes, origin: str) -> list[Item]:
+        if len(raw) > self.limits.max_record_bytes:
+            # before format detection, which would decode the whole record
+            self.dead_letters += 1
+            return [dead_letter(raw, ParseError(
+                "oversize", f"{len(raw)} bytes > {self.limits.max_record_bytes}", origin))]
         if self.format is None:
             try:
                 self.format = FORMATS[detect_format(raw, origin)]
