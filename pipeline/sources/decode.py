@@ -18,12 +18,11 @@ from pipeline.parsers.limits import InputLimits
 Item = AccessEvent | DeadLetter
 
 
-def dead_letter(raw: bytes, error: ParseError, size: int | None = None) -> DeadLetter:
-    """A dead letter names origin and reason, and keeps a digest of the record, not the record.
-    ``size`` is the record's full size when ``raw`` is only the part of it that was kept."""
+def dead_letter(raw: bytes, error: ParseError) -> DeadLetter:
+    """A dead letter names origin and reason, and keeps a digest of the record, not the record."""
     return DeadLetter(
         origin=error.origin, reason=error.reason, detail=error.detail, field=error.field,
-        digest=hashlib.sha256(raw).hexdigest(), size=len(raw) if size is None else size,
+        digest=hashlib.sha256(raw).hexdigest(), size=len(raw),
     )
 
 

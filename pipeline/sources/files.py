@@ -126,7 +126,8 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
 
 def _skip_oversize(fh: BinaryIO, head: bytes, limits: InputLimits, origin: str) -> DeadLetter:
     """Read past the rest of an oversize line in bounded pieces, counting its size; the dead
-    letter's digest covers the first ``max_record_bytes``, all that was ever held of it."""
+    letter's digest and size cover the first ``max_record_bytes``, all that was ever held of it
+    (as the socket source does); the detail gives the full size."""
     size = len(head)
     while chunk := fh.readline(_SKIP_BYTES):
         if chunk[-1] == 10:
@@ -135,7 +136,7 @@ def _skip_oversize(fh: BinaryIO, head: bytes, limits: InputLimits, origin: str) 
         size += len(chunk)
     limit = limits.max_record_bytes
     return dead_letter(head[:limit], ParseError(
-        "oversize", f"{size} bytes > {limit} (digest of the first {limit})", origin), size)
+        "oversize", f"{size} bytes > {limit} (digest of the first {limit})", origin))
 
 
 def _cut_reason(exc: BaseException) -> str:
