@@ -36,7 +36,7 @@ from pipeline.events import AccessEvent, DeadLetter
 from pipeline.parsers.limits import InputLimits
 from pipeline.runner import Pipeline
 from pipeline.sources import kafka as kafka_io
-from pipeline.sources.decode import Decoder
+from pipeline.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,8 @@ class ParseStage:
         decoder = self.decoders.get(tp)
         if decoder is None:
             decoder = self.decoders[tp] = Decoder(None, self.limits,
-                                                  self.settings.input.join_timeout_seconds)
+                                                  self.settings.input.join_timeout_seconds,
+                                                  LIVE_MAX_AHEAD_SECONDS)
         return decoder
 
     def poll_once(self) -> None:

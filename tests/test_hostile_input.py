@@ -189,6 +189,18 @@ def test_oversize_line_on_stdin(tmp_path):
     assert [(o, r) for o, r, _, _ in store_rows(db)] == [("stdin:1", "oversize")]
 
 
+def test_a_live_decoder_refuses_entries_far_ahead_of_its_clock():
+    now = 1_772_618_400.0  # 2026-03-04T10:00:00Z
+    decoder = Decoder("vault", max_ahead_seconds=300, clock=lambda: now)
+    (ahead,) = decoder.feed(root_call("2026-03-04T10:05:01Z", "r1")[0], "audit/0/7")
+    assert (ahead.reason, ahead.field, ahead.origin) == ("bad_time", "time", "audit/0/7")
+    assert decoder.latest_ts == float("-inf")  # event time did not move
+    assert decoder.feed(root_call("2026-03-04T10:04:59Z", "r2")[0], "audit/0/8") == []
+    assert decoder.latest_ts == now + 299
+    # replays of old (or future-dated) logs are not judged by the clock
+    assert Decoder("vault").feed(root_call("9000-01-01T00:00:00Z", "r3")[0], "f:1") == []
+
+
 def test_decoder_refuses_an_oversize_record_before_detecting_its_format():
     decoder = Decoder(None, InputLimits(max_record_bytes=8192))
     (big,) = decoder.feed(b"{" + b'"a":1,' * 3000 + b'"b":2}', "audit/3/41")

@@ -45,9 +45,10 @@ def root_call(time_: str, request_id: str) -> list[bytes]:
 
 
 # What an attacker sends before the good lines: a cut-off first line, a root-token call whose
-# time leaves years 1-9999 in UTC, JSON that is not an audit entry.
+# time leaves years 1-9999 in UTC, one far ahead of the clock (it would drag a live stream's
+# event time, and so its watermark, past every true line after it), JSON that is not an entry.
 HOSTILE = [REFERENCE.read_bytes()[:300], *root_call("9999-12-31T23:59:59-23:59", "r-bad"),
-           b'{"hello":"world"}']
+           *root_call("9000-01-01T00:00:00Z", "r-future"), b'{"hello":"world"}']
 GOOD = REFERENCE.read_bytes().splitlines() + root_call("2026-03-04T12:00:00Z", "r-good")
 
 
@@ -178,8 +179,8 @@ def test_run_with_the_socket_source_survives_hostile_lines(tmp_path):
     _, summary, service = socket_run(tmp_path, big_line=3 * MIB)
     assert summary["events"] == GOOD_CALLS + 1
     reasons = sorted(r for (r,) in query(service.db, "select reason from dead_letters"))
-    assert reasons == ["bad_time", "bad_time", "missing_field", "not_json", "oversize"]
-    assert "r-bad" not in related_ids(service.db)
+    assert reasons == ["bad_time"] * 4 + ["missing_field", "not_json", "oversize"]
+    assert not {"r-bad", "r-future"} & related_ids(service.db)
     assert "Traceback" not in service.log.read_text()
 
 
@@ -301,6 +302,17 @@ def dead_letter_headers(bootstrap: str, topic: str, expect: int) -> list[dict]:
     return got
 
 
+def committed(bootstrap: str, group: str, topic: str) -> int:
+    from kafka import TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False)
+    try:
+        return consumer.committed(TopicPartition(topic, 0)) or 0
+    finally:
+        consumer.close()
+
+
 def kafka_run(tmp: Path, broker, big_record: int) -> tuple[int, dict, list[dict], str]:
     audit = big_topic(broker, big_record + MIB)
     tag = unique_topic("hostile")
@@ -312,12 +324,17 @@ def kafka_run(tmp: Path, broker, big_record: int) -> tuple[int, dict, list[dict]
     if big_record:
         producer.send(audit, value=BIG_HEAD + b"x" * big_record + b'"}')
         records.append(b"big")
-    for value in GOOD:
-        producer.send(audit, value=value)
     producer.flush()
-    producer.close()
     proc, db, log = kafka_service(tmp, broker, audit, tag)
     try:
+        # the good lines arrive once the hostile ones are through, as in a live stream: a
+        # watermark they moved would now make the good lines late
+        wait_for(lambda: committed(broker.bootstrap, f"parse-{tag}", audit) == len(records),
+                 "the parse stage to commit the hostile records", proc, log)
+        for value in GOOD:
+            producer.send(audit, value=value)
+        producer.flush()
+        producer.close()
         wait_for(lambda: "r-good" in related_ids(db), "the good root-token finding", proc, log,
                  timeout=180)
         assert proc.poll() is None  # still running after every hostile record
@@ -330,7 +347,7 @@ def kafka_run(tmp: Path, broker, big_record: int) -> tuple[int, dict, list[dict]
             proc.wait()
     summary = json.loads([l for l in log.read_text().splitlines() if '"stopped"' in l][-1])
     letters = dead_letter_headers(broker.bootstrap, f"dlq-{tag}", len(records))
-    assert "r-bad" not in related_ids(db)
+    assert not {"r-bad", "r-future"} & related_ids(db)
     return peak, summary, letters, audit
 
 
@@ -341,14 +358,16 @@ def test_run_with_kafka_survives_hostile_records_and_dead_letters_an_oversize_on
     parse = summary["parse"]
     assert parse["events"] == GOOD_CALLS + 1 and parse["records"] == len(HOSTILE) + 1 + len(GOOD)
     by_offset = {int(h["secretscope-origin"].rsplit("/", 1)[1]): h for h in letters}
-    assert sorted(by_offset) == [0, 1, 2, 3, 4]
-    oversize = by_offset[4]
-    assert oversize["secretscope-origin"] == f"{audit}/0/4"
+    assert sorted(by_offset) == list(range(len(HOSTILE) + 1))
+    oversize = by_offset[len(HOSTILE)]
+    assert oversize["secretscope-origin"] == f"{audit}/0/{len(HOSTILE)}"
     assert oversize["secretscope-reason"] == "oversize"
     assert oversize["secretscope-detail"].startswith(
         f"{len(BIG_HEAD) + 3 * MIB + 2} bytes > 65536")
-    assert [by_offset[i]["secretscope-reason"] for i in (1, 2)] == ["bad_time", "bad_time"]
-    assert [by_offset[i]["secretscope-field"] for i in (1, 2)] == ["time", "time"]
+    assert [by_offset[i]["secretscope-reason"] for i in range(5)] == [
+        "not_json", "bad_time", "bad_time", "bad_time", "bad_time"]
+    assert [by_offset[i]["secretscope-field"] for i in (1, 2, 3, 4)] == ["time"] * 4
+    assert "ahead of this host's clock" in by_offset[3]["secretscope-detail"]
 
 
 @pytest.mark.kafka
