@@ -375,7 +375,7 @@ def test_run_with_kafka_survives_hostile_records_and_dead_letters_an_oversize_on
 def test_kafka_memory_for_an_oversize_record_grows_with_the_record_not_beyond(
         tmp_path, kafka_broker):  # noqa: F811
     """kafka-python fetches a record whole, so an oversize record costs memory in proportion to
-    its size (bounded by the topic's max.message.bytes), unlike files, stdin and the socket."""
+    its size, unlike files, stdin and the socket; what is bounded is the multiple."""
     (tmp_path / "clean").mkdir()
     (tmp_path / "big").mkdir()
     record = 50 * MIB

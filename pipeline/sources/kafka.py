@@ -58,8 +58,10 @@ def consumer(k: KafkaSettings, group: str, max_record_bytes: int | None = None) 
     """A consumer of ``group``. With ``max_record_bytes`` (the parse stage), fetches are sized to
     one record over that limit per partition, so normal fetches stay bounded. kafka-python cannot
     stream a record: the broker still returns a first batch larger than the limits (so the
-    consumer makes progress), which makes the topic's ``max.message.bytes`` the real bound on
-    what one oversize record costs; the parse stage dead-letters it without decoding it."""
+    consumer makes progress), and a compressed batch is inflated whole, so one oversize record
+    costs memory in proportion to its uncompressed size (which the topic's
+    ``max.message.bytes`` bounds only for uncompressed batches); the parse stage dead-letters it
+    without decoding it."""
     fetch: dict = {}
     if max_record_bytes is not None:
         per_partition = max_record_bytes + _FETCH_SLACK
