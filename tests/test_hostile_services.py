@@ -383,5 +383,7 @@ def test_kafka_memory_for_an_oversize_record_grows_with_the_record_not_beyond(
     big, summary, letters, _ = kafka_run(tmp_path / "big", kafka_broker, big_record=record)
     assert summary["parse"]["dead_letter_reasons"]["oversize"] == 1
     assert summary["parse"]["events"] == GOOD_CALLS + 1
-    # measured: about 2.3 times the record (fetch buffer, record value, digest input)
-    assert big - clean < 3 * record, f"peak {big / MIB:.0f} MiB vs clean {clean / MIB:.0f}"
+    # measured 2.3 to 3.8 times the record (fetch buffers, record value): a multiple, not more
+    assert big - clean < 5 * record, f"peak {big / MIB:.0f} MiB vs clean {clean / MIB:.0f}"
+    print(f"Kafka peak RSS: clean {clean / MIB:.0f} MiB, one {record // MIB} MiB record "
+          f"{big / MIB:.0f} MiB")
