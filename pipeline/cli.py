@@ -24,6 +24,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="secretscope: anomaly detection for secret-store audit logs.")
 err = Console(stderr=True, soft_wrap=True)
 
+# replay's exit status when it ran to the end but part of the input could not be read (a
+# truncated or corrupt .gz); 0 is a complete run, 2 a usage or configuration error
+EXIT_INPUT_INCOMPLETE = 3
+
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
 
@@ -94,7 +98,8 @@ def replay(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
     windows: Optional[Path] = typer.Option(None, "--windows", help="Change windows feed (JSONL), overrides triage.change_window_feed."),
 ) -> None:
-    """Run the whole pipeline over audit files, in event-time order."""
+    """Run the whole pipeline over audit files, in event-time order. Exit status 3: the run
+    completed but an input file was cut short or corrupt (named on stderr)."""
     settings = _settings(config, store)
     _check_inputs(files + ([str(windows)] if windows else []))
     if windows:
@@ -111,6 +116,11 @@ def replay(
               + (f"; {stats.truncated_fields:,} fields cut" if stats.truncated_fields else ""))
     if table:
         _print_findings(list(collected.values()))
+    if counters.incomplete:
+        # the run completed, but on part of its input: say which, and exit non-zero for scripts
+        err.print("input incomplete: " + "; ".join(counters.incomplete), markup=False,
+                  highlight=False)
+        raise typer.Exit(EXIT_INPUT_INCOMPLETE)
 
 
 @app.command()

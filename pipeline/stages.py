@@ -36,7 +36,7 @@ from pipeline.events import AccessEvent, DeadLetter
 from pipeline.parsers.limits import InputLimits
 from pipeline.runner import Pipeline
 from pipeline.sources import kafka as kafka_io
-from pipeline.sources.decode import Decoder
+from pipeline.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder
 from pipeline.store import Store
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ class ParseStage:
         self.settings = settings
         self.k = settings.kafka
         self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
-        self.consumer = kafka_io.consumer(self.k, self.k.parse_group)
+        self.consumer = kafka_io.consumer(self.k, self.k.parse_group,
+                                          settings.input.max_record_bytes)
         self.producer = kafka_io.producer(self.k)
         self.decoders: dict = {}
         self.last_record_at: dict = {}
@@ -114,7 +115,8 @@ class ParseStage:
         decoder = self.decoders.get(tp)
         if decoder is None:
             decoder = self.decoders[tp] = Decoder(None, self.limits,
-                                                  self.settings.input.join_timeout_seconds)
+                                                  self.settings.input.join_timeout_seconds,
+                                                  LIVE_MAX_AHEAD_SECONDS)
         return decoder
 
     def poll_once(self) -> None:

@@ -86,8 +86,10 @@ dead_letters = Table(
     Column("detail", String(512), nullable=False),
     Column("field", String(128), nullable=False),
     Column("digest", String(64), nullable=False),
-    Column("size", Integer, nullable=False),
+    Column("size", BigInteger, nullable=False),  # an oversize line skipped unread can pass 2 GiB
     Column("created_at", DateTime(timezone=True), nullable=False),
+    # the same record from the same place is one dead letter, however often it is replayed
+    Index("uq_dead_letters_origin_digest", "origin", "digest", unique=True),
 )
 
 # Per-partition processing state (identity baselines, model, suppression) with the input offset
@@ -455,13 +457,14 @@ class Store:
 
     @_retried
     def add_dead_letters(self, items: Iterable[DeadLetter]) -> None:
+        """Store dead letters; one already stored (same origin and digest) is left as it is."""
         now = datetime.now(timezone.utc)
         rows = [{"origin": d.origin[:1024], "reason": d.reason, "detail": d.detail[:512],
                  "field": d.field[:128], "digest": d.digest, "size": d.size, "created_at": now}
                 for d in items]
         if rows:
             with self.engine.begin() as conn:
-                conn.execute(dead_letters.insert(), rows)
+                conn.execute(self._insert_ignore(dead_letters), rows)
 
     @_retried
     def save_snapshot(self, key: str, next_offset: int, blob: bytes,

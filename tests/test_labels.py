@@ -173,7 +173,7 @@ def test_upgrade_of_an_existing_0001_store(db_url):  # noqa: F811
         assert after["revision"] == _head()
         assert set(after) - {"revision"} == (set(before) - {"revision"} | NEW_TABLES
                                              | OUTBOX_TABLES | VERSION_TABLES)
-        assert all(after[t] == before[t] for t in ("dead_letters", "snapshots"))
+        assert all(after[t] == before[t] for t in ("snapshots",))  # 0005: dead_letters key
         # findings keep their columns and gain the version and status ones
         old_columns = before["findings"][0]
         assert after["findings"][0][:len(old_columns)] == old_columns

@@ -138,7 +138,8 @@ def test_migrations_on_empty_database_match_models(engine):
     assert schema_diff(engine) == []
     assert {i["name"] for i in insp.get_indexes("findings")} == {"ix_findings_time",
                                                                   "ix_findings_identity"}
-    assert {i["name"] for i in insp.get_indexes("dead_letters")} == {"ix_dead_letters_reason"}
+    assert {i["name"] for i in insp.get_indexes("dead_letters")} == {
+        "ix_dead_letters_reason", "uq_dead_letters_origin_digest"}  # the key: migration 0005
     assert describe(engine)["revision"] == _head()
 
 

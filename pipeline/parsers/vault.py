@@ -86,6 +86,8 @@ class _Line(msgspec.Struct, gc=False):
 
 
 _DECODER = msgspec.json.Decoder(_Line)
+_FIRST_TS = datetime(1, 1, 1, tzinfo=_UTC).timestamp()
+_LAST_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC).timestamp()
 _FIELD_AT = re.compile(r" - at `\$\.?([^`]*)`")
 
 
@@ -156,7 +158,13 @@ def _timestamp(value: str, origin: str) -> float:
         raise ParseError("bad_time", f"not RFC 3339: {value[:40]!r}", origin, "time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_UTC)
-    return parsed.timestamp()
+    ts = parsed.timestamp()
+    if not _FIRST_TS <= ts <= _LAST_TS:
+        # an offset can push a valid local time out of years 1-9999 in UTC, where every later
+        # datetime.fromtimestamp (windows, findings) would overflow: refuse it here, at parse
+        raise ParseError("bad_time", f"outside years 1-9999 once converted to UTC: {value[:40]!r}",
+                         origin, "time")
+    return ts
 
 
 def _address(value: str) -> str:

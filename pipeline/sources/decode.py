@@ -9,6 +9,8 @@ files by event time), Vault's socket audit device, Kafka.
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable
 
 from pipeline.errors import ParseError
 from pipeline.events import AccessEvent, DeadLetter
@@ -16,6 +18,10 @@ from pipeline.parsers import FORMATS, detect_format
 from pipeline.parsers.limits import InputLimits
 
 Item = AccessEvent | DeadLetter
+# How far ahead of this host's clock a live source (socket, Kafka) accepts an entry: far above
+# NTP-level skew between a Vault node and this host, so a sane clock never loses entries, yet
+# an entry dated years ahead cannot drag event time (windows, watermarks) with it.
+LIVE_MAX_AHEAD_SECONDS = 3600.0
 
 
 def dead_letter(raw: bytes, error: ParseError) -> DeadLetter:
@@ -32,12 +38,20 @@ class Decoder:
     ``fmt`` names the format, or None to detect it from the first record that is of a
     supported format; records before that one are dead-lettered with the reason detection gave
     (so one garbled record at the head of a stream does not condemn the rest).
+
+    ``max_ahead_seconds`` is for live sources: an entry timed further than that ahead of this
+    host's clock is a ``bad_time`` dead letter. Event time only moves forward, so one such entry
+    would otherwise move its identity's windows and the stream's latest time (from which Kafka
+    watermarks are derived) years ahead. Replays of old logs leave it None.
     """
 
     def __init__(self, fmt: str | None = None, limits: InputLimits = InputLimits(),
-                 join_timeout: float = 30.0) -> None:
+                 join_timeout: float = 30.0, max_ahead_seconds: float | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.limits = limits
         self.join_timeout = join_timeout
+        self.max_ahead_seconds = max_ahead_seconds
+        self.clock = clock
         self.format = FORMATS[fmt] if fmt else None
         self.joiner = self.format.joiner(join_timeout=join_timeout,
                                          max_field_chars=limits.max_field_chars) if fmt else None
@@ -48,6 +62,11 @@ class Decoder:
         return self.joiner.duplicates if self.joiner is not None else 0
 
     def feed(self, raw: bytes, origin: str) -> list[Item]:
+        if len(raw) > self.limits.max_record_bytes:
+            # before format detection, which would decode the whole record
+            self.dead_letters += 1
+            return [dead_letter(raw, ParseError(
+                "oversize", f"{len(raw)} bytes > {self.limits.max_record_bytes}", origin))]
         if self.format is None:
             try:
                 self.format = FORMATS[detect_format(raw, origin)]
@@ -58,10 +77,18 @@ class Decoder:
                                              max_field_chars=self.limits.max_field_chars)
         try:
             entry = self.format.parse_entry(raw, origin, self.limits)
+            if self.max_ahead_seconds is not None:
+                self._check_not_ahead(entry.ts, origin)
         except ParseError as exc:
             self.dead_letters += 1
             return [dead_letter(raw, exc)]
         return self.joiner.feed(entry)
+
+    def _check_not_ahead(self, ts: float, origin: str) -> None:
+        ahead = ts - self.clock()
+        if ahead > self.max_ahead_seconds:
+            raise ParseError("bad_time", f"{ahead:.0f} s ahead of this host's clock (a live "
+                             f"source accepts {self.max_ahead_seconds:.0f} s)", origin, "time")
 
     def oldest_pending(self):
         """The earliest entry not yet emitted as part of an event, or None."""

@@ -1,7 +1,9 @@
 """File and stdin replay: plain or gzip files, several merged in event-time order.
 
-Each file's format is detected from its first record. Lines that fail to parse become
-:class:`~pipeline.events.DeadLetter` items in the stream, so the caller can store them and go on.
+Each file's format is detected from its first record of a supported format. Lines that fail to
+parse, lines over ``max_record_bytes`` (skipped as they stream, never held whole) and the cut of a
+truncated or corrupt ``.gz`` become :class:`~pipeline.events.DeadLetter` items in the stream, so
+the caller can store them and go on; cut files are also listed in ``ReplayCounters.incomplete``.
 """
 
 from __future__ import annotations
@@ -10,7 +12,9 @@ import gzip
 import heapq
 import logging
 import sys
+import zlib
 from collections.abc import Iterable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -22,18 +26,21 @@ from pipeline.sources.decode import dead_letter
 
 log = logging.getLogger(__name__)
 STDIN = "-"
+_SKIP_BYTES = 1 << 20  # piece size when reading past the rest of an oversize line
 
 
 class ReplayCounters:
     """What a replay has read so far; read by progress output and the run summary."""
 
-    __slots__ = ("lines", "dead_letters", "duplicates", "total_bytes", "_finished_bytes", "_open")
+    __slots__ = ("lines", "dead_letters", "duplicates", "total_bytes", "incomplete",
+                 "_finished_bytes", "_open")
 
     def __init__(self, total_bytes: int) -> None:
         self.lines = 0
         self.dead_letters = 0
         self.duplicates = 0
         self.total_bytes = total_bytes
+        self.incomplete: list[str] = []  # "file: why reading stopped after N lines", one per cut file
         self._finished_bytes = 0
         self._open: dict[str, BinaryIO] = {}
 
@@ -61,38 +68,85 @@ def _open(path: str) -> BinaryIO:
 
 def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
     """Yield (ts, seq, format, entry-or-dead-letter) for one file, ts non-decreasing enough for
-    merging: dead letters take the time of the last good entry so they keep their place."""
+    merging: dead letters take the time of the last good entry so they keep their place.
+
+    Lines are read at most ``max_record_bytes + 1`` at a time, so an oversize line is never held
+    whole. The format is detected from the first line that is of a supported one; lines before it
+    are dead-lettered, so a cut-off or foreign first line does not condemn the rest. A read that
+    fails (a truncated or corrupt ``.gz``) ends the file: the lines before it are kept, and the
+    cut is recorded in ``counters.incomplete`` and as a "truncated" dead letter.
+    """
     name = "stdin" if path == STDIN else path
     fmt = None
     last_ts = float("-inf")
+    cap = limits.max_record_bytes + 1
+    lineno = 0
     with _open(path) as fh:
         if path != STDIN:
             # the on-disk position: a gzip reader's own tell() counts decompressed bytes
             counters._open[path] = getattr(fh, "fileobj", None) or fh
-        for lineno, raw in enumerate(fh, 1):
-            counters.lines += 1
-            if raw.isspace():
-                continue
-            origin = f"{name}:{lineno}"
-            if fmt is None:
-                try:
-                    fmt = FORMATS[detect_format(raw, origin)]
-                except ParseError as exc:
-                    log.error("skipping %s: %s", name, exc)
+        try:
+            # iter(readline) keeps the loop in C; each read is bounded by cap
+            for raw in iter(partial(fh.readline, cap), b""):
+                lineno += 1
+                counters.lines += 1
+                origin = f"{name}:{lineno}"
+                if len(raw) == cap and raw[-1] != 10:
                     counters.dead_letters += 1
-                    yield last_ts, lineno, None, dead_letter(raw, exc)
-                    break
-            try:
-                entry = fmt.parse_entry(raw, origin, limits)
-            except ParseError as exc:
-                counters.dead_letters += 1
-                yield last_ts, lineno, fmt.name, dead_letter(raw, exc)
-                continue
-            last_ts = entry.ts
-            yield last_ts, lineno, fmt.name, entry
+                    yield last_ts, lineno, None, _skip_oversize(fh, raw, limits, origin)
+                    continue
+                if raw.isspace():
+                    continue
+                if fmt is None:
+                    try:
+                        fmt = FORMATS[detect_format(raw, origin)]
+                    except ParseError as exc:
+                        counters.dead_letters += 1
+                        yield last_ts, lineno, None, dead_letter(raw, exc)
+                        continue
+                try:
+                    entry = fmt.parse_entry(raw, origin, limits)
+                except ParseError as exc:
+                    counters.dead_letters += 1
+                    yield last_ts, lineno, fmt.name, dead_letter(raw, exc)
+                    continue
+                last_ts = entry.ts
+                yield last_ts, lineno, fmt.name, entry
+        except (EOFError, OSError, zlib.error) as exc:
+            cut = f"{_cut_reason(exc)} after {lineno:,} lines"
+            log.error("input incomplete: %s: %s", name, cut)
+            counters.incomplete.append(f"{name}: {cut}")
+            counters.dead_letters += 1
+            yield last_ts, lineno + 1, None, dead_letter(b"", ParseError(
+                "truncated", cut, f"{name}:{lineno + 1}"))
     if path != STDIN:
         counters._open.pop(path, None)
         counters._finished_bytes += _total_size([path])
+
+
+def _skip_oversize(fh: BinaryIO, head: bytes, limits: InputLimits, origin: str) -> DeadLetter:
+    """Read past the rest of an oversize line in bounded pieces, counting its size; the dead
+    letter's digest and size cover the first ``max_record_bytes``, all that was ever held of it
+    (as the socket source does); the detail gives the full size."""
+    size = len(head)
+    while chunk := fh.readline(_SKIP_BYTES):
+        if chunk[-1] == 10:
+            size += len(chunk) - 1
+            break
+        size += len(chunk)
+    limit = limits.max_record_bytes
+    return dead_letter(head[:limit], ParseError(
+        "oversize", f"{size} bytes > {limit} (digest of the first {limit})", origin))
+
+
+def _cut_reason(exc: BaseException) -> str:
+    if isinstance(exc, EOFError):
+        return "compressed stream ended before the end-of-stream marker"
+    if isinstance(exc, gzip.BadGzipFile):
+        return f"not a valid gzip stream ({exc})"
+    if isinstance(exc, zlib.error):
+        return f"corrupt compressed data ({exc})"
+    return f"read failed ({getattr(exc, 'strerror', None) or exc})"
 
 
 def replay(paths: Iterable[str | Path], limits: InputLimits = InputLimits(),

@@ -51,11 +51,27 @@ def client_options(k: KafkaSettings) -> dict:
     return options
 
 
-def consumer(k: KafkaSettings, group: str) -> KafkaConsumer:
+_FETCH_SLACK = 64 * 1024  # record batch and header overhead above one record's value
+
+
+def consumer(k: KafkaSettings, group: str, max_record_bytes: int | None = None) -> KafkaConsumer:
+    """A consumer of ``group``. With ``max_record_bytes`` (the parse stage), fetches are sized to
+    one record over that limit per partition, so normal fetches stay bounded. kafka-python cannot
+    stream a record: the broker still returns a first batch larger than the limits (so the
+    consumer makes progress), and a compressed batch is inflated whole, so one oversize record
+    costs memory in proportion to its uncompressed size (which the topic's
+    ``max.message.bytes`` bounds only for uncompressed batches); the parse stage dead-letters it
+    without decoding it."""
+    fetch: dict = {}
+    if max_record_bytes is not None:
+        per_partition = max_record_bytes + _FETCH_SLACK
+        fetch = {"max_partition_fetch_bytes": per_partition,
+                 "fetch_max_bytes": max(per_partition, 50 * 1024 * 1024)}
     return KafkaConsumer(
         **client_options(k), group_id=group, enable_auto_commit=False,
         auto_offset_reset="earliest", max_poll_records=k.max_poll_records,
         session_timeout_ms=k.session_timeout_ms, heartbeat_interval_ms=k.heartbeat_interval_ms,
+        **fetch,
     )
 
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pipeline.errors import ParseError
 from pipeline.events import AccessEvent, DeadLetter
 from pipeline.parsers.limits import InputLimits
-from pipeline.sources.decode import Decoder, dead_letter
+from pipeline.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder, dead_letter
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +126,9 @@ class SocketAuditSource:
     emitted without it. A line longer than ``max_line_bytes`` (default
     ``limits.max_record_bytes``) is dropped as it arrives and becomes an "oversize" dead letter;
     a connection that ends inside a line (including connections cut by ``stop()``) leaves a
-    "truncated" one. Origins read ``socket:<peer ip>:<peer port>:<line on that connection>``.
+    "truncated" one; an entry timed more than ``LIVE_MAX_AHEAD_SECONDS`` ahead of this host's
+    clock is a "bad_time" one. Origins read ``socket:<peer ip>:<peer port>:<line on that
+    connection>``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9090,
@@ -139,7 +141,7 @@ class SocketAuditSource:
         self.port = port
         self.max_line_bytes = limits.max_record_bytes if max_line_bytes is None else max_line_bytes
         self.counters = SocketCounters()
-        self._decoder = Decoder("vault", limits, join_timeout)
+        self._decoder = Decoder("vault", limits, join_timeout, LIVE_MAX_AHEAD_SECONDS)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_LINES)
         self._address: tuple[str, int] | None = None
         self._wake: socket.socket | None = None  # closed by stop() to wake the server thread
