@@ -113,6 +113,8 @@ def replay(
               f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings "
               f"({stats.updates:,} updates, {stats.closes:,} closed); "
               f"{stats.dead_letters:,} dead letters; {counters.duplicates:,} duplicate entries dropped"
+              + (f"; {counters.self_tests:,} audit device self-tests dropped"
+                 if counters.self_tests else "")
               + (f"; {stats.truncated_fields:,} fields cut" if stats.truncated_fields else ""))
     if table:
         _print_findings(list(collected.values()))

@@ -32,13 +32,14 @@ _SKIP_BYTES = 1 << 20  # piece size when reading past the rest of an oversize li
 class ReplayCounters:
     """What a replay has read so far; read by progress output and the run summary."""
 
-    __slots__ = ("lines", "dead_letters", "duplicates", "total_bytes", "incomplete",
+    __slots__ = ("lines", "dead_letters", "duplicates", "self_tests", "total_bytes", "incomplete",
                  "_finished_bytes", "_open")
 
     def __init__(self, total_bytes: int) -> None:
         self.lines = 0
         self.dead_letters = 0
         self.duplicates = 0
+        self.self_tests = 0  # audit devices' start-up self-test entries (not calls), dropped
         self.total_bytes = total_bytes
         self.incomplete: list[str] = []  # "file: why reading stopped after N lines", one per cut file
         self._finished_bytes = 0
@@ -168,6 +169,7 @@ def replay(paths: Iterable[str | Path], limits: InputLimits = InputLimits(),
     for joiner in joiners.values():
         yield from joiner.flush()
         counters.duplicates += joiner.duplicates
+        counters.self_tests += getattr(joiner, "self_tests", 0)
 
 
 def _total_size(paths: list[str]) -> int:
