@@ -11,6 +11,8 @@ import pytest
 
 from conftest import ROOT
 
+pytestmark = pytest.mark.slow  # each case runs a benchmark script in a new process
+
 BENCHMARKS = ROOT / "benchmarks"
 NUMBER = r"([\d,]+(?:\.\d+)?)"
 

@@ -268,6 +268,7 @@ def postgres_store(postgres_url):
     engine.dispose()
 
 
+@pytest.mark.postgres
 def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lines, tmp_path,
                                                          postgres_store):
     split = quiet_point(fleet_lines)
