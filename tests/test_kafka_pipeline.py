@@ -461,3 +461,72 @@ def test_no_secret_value_in_kafka_topics_or_snapshots(kafka_broker, fleet_lines,
         assert len(state) > 1000 and secret not in state, key
     assert secret not in db.read_bytes()
     assert secret not in (tmp_path / f"{tag}-0.log").read_bytes()
+
+
+def rewrite_version(db: Path, key: str, version: int) -> bytes:
+    """Make the snapshot under ``key`` look written by another version (checksum kept valid,
+    as that version would have written it); returns the new blob."""
+    import hashlib
+
+    engine = create_engine(_url(db))
+    try:
+        with engine.begin() as conn:
+            blob = conn.execute(text("select data from snapshots where key = :k"),
+                                {"k": key}).scalar_one()
+            state = msgspec.msgpack.decode(zlib.decompress(bytes(blob)))
+            state["version"] = version
+            new = zlib.compress(msgspec.msgpack.encode(state), 3)
+            conn.execute(text("update snapshots set data = :d, checksum = :c where key = :k"),
+                         {"d": new, "c": hashlib.sha256(new).hexdigest(), "k": key})
+        return new
+    finally:
+        engine.dispose()
+
+
+def snapshot_blob(db: Path, key: str) -> bytes | None:
+    engine = create_engine(_url(db))
+    try:
+        with engine.connect() as conn:
+            blob = conn.execute(text("select data from snapshots where key = :k"),
+                                {"k": key}).scalar()
+        return None if blob is None else bytes(blob)
+    finally:
+        engine.dispose()
+
+
+def test_snapshot_of_another_version_stops_the_service_until_deleted(kafka_broker, fleet_lines,
+                                                                     tmp_path):
+    from pipeline.snapshot import VERSION
+
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    first, rest = fleet_lines[:3000], fleet_lines[3000:3000 + quiet_point(fleet_lines[3000:6000])]
+    produce(kafka_broker.bootstrap, audit, first)
+    tag = unique_topic("version")
+    run_once(tmp_path, kafka_broker, audit, tag)
+    db = tmp_path / f"{tag}.db"
+    key = f"score/events-{tag}/0"
+    foreign = rewrite_version(db, key, VERSION + 1)
+    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, _url(db))
+    log = tmp_path / f"{tag}-refused.log"
+    proc = start(cfg, log)
+    assert proc.wait(timeout=120) == 2, log.read_text()[-3000:]
+    error = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+    assert error == [f"error: snapshot {key}: snapshot version {VERSION + 1} is not {VERSION}: "
+                     "it was written by another secretscope version. Run that version, or "
+                     "delete the snapshot row; the score stage then starts from its group's "
+                     "committed offset with empty baselines"]
+    assert snapshot_blob(db, key) == foreign  # refused, not overwritten
+    # the remedy the message names: without the row, that partition starts afresh
+    engine = create_engine(_url(db))
+    with engine.begin() as conn:
+        conn.execute(text("delete from snapshots where key = :k"), {"k": key})
+    engine.dispose()
+    produce(kafka_broker.bootstrap, audit, rest)
+    log = tmp_path / f"{tag}-afresh.log"
+    proc = start(cfg, log)
+    wait_done(kafka_broker.bootstrap, audit, tag, [proc])
+    (summary,) = stop([proc], [log])
+    assert summary["score"]["events"] > 0
+    restored = snapshot_blob(db, key)
+    assert restored is not None and restored != foreign
