@@ -530,3 +530,63 @@ def test_snapshot_of_another_version_stops_the_service_until_deleted(kafka_broke
     assert summary["score"]["events"] > 0
     restored = snapshot_blob(db, key)
     assert restored is not None and restored != foreign
+
+
+def call(template: list[bytes], request_id: str, second: int) -> list[bytes]:
+    """The request and response lines of ``template`` as another call at 10:00:SS."""
+    out = []
+    for line in template:
+        entry = orjson.loads(line)
+        entry["request"]["id"] = request_id
+        entry["time"] = f"2026-03-02T10:00:{second:02d}.000000Z"
+        out.append(orjson.dumps(entry))
+    return out
+
+
+def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False, allow_auto_create_topics=False)
+    try:
+        return consumer.committed(tp)
+    finally:
+        consumer.close()
+
+
+def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
+        kafka_broker, fleet_lines, tmp_path):
+    """A restart must read the waiting request again, or its call would lose its request half.
+    The stage is driven poll by poll here, so each commit is known to have happened."""
+    from pipeline.config import load_settings
+    from pipeline.sources.kafka import ensure_topics
+    from pipeline.stages import ParseStage
+
+    first = orjson.loads(fleet_lines[0])["request"]["id"]
+    template = [l for l in fleet_lines[:200] if orjson.loads(l)["request"]["id"] == first]
+    assert [orjson.loads(l)["type"] for l in template] == ["request", "response"]
+    held_request, held_response = call(template, "held-0", 0)
+    audit = unique_topic("audit")
+    tp = TopicPartition(audit, 0)
+    kafka_broker.create_topic(audit, partitions=1)
+    # the held request at offset 0, then ten whole calls within the join timeout
+    produce(kafka_broker.bootstrap, audit,
+            [held_request] + [l for i in range(1, 11) for l in call(template, f"c-{i}", i)])
+    tag = unique_topic("commit")
+    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, "sqlite://")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kafka"]["idle_seconds"] = 3600  # a quiet partition must not release the request
+    cfg.write_text(yaml.safe_dump(doc))
+    settings = load_settings(cfg)
+    ensure_topics(settings.kafka, 1, 1)
+    stage = ParseStage(settings)
+    try:
+        wait_for(lambda: stage.poll_once() or stage.counters.records == 21, 60,
+                 lambda: f"the 21 records to be read ({stage.counters.records} so far)")
+        stage.poll_once()  # nothing new: flushes and commits
+        assert committed_offset(kafka_broker.bootstrap, f"parse-{tag}", tp) == 0
+        produce(kafka_broker.bootstrap, audit, [held_response])
+        wait_for(lambda: stage.poll_once() or stage.counters.events == 11, 60,
+                 "the held call to be joined")
+        stage.poll_once()
+        assert committed_offset(kafka_broker.bootstrap, f"parse-{tag}", tp) == 22
+    finally:
+        stage.close()
