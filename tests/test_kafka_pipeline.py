@@ -30,6 +30,7 @@ from pipeline.stages import WATERMARK, Watermark
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 AUDIT_PARTITIONS = 4
+EVENTS_PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +65,8 @@ def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
         "bootstrap_servers": [bootstrap], "audit_topics": [audit],
         "events_topic": f"events-{tag}", "dead_letter_topic": f"dlq-{tag}",
         "parse_group": f"parse-{tag}", "score_group": f"score-{tag}",
-        "events_partitions": 4, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
+        "events_partitions": EVENTS_PARTITIONS, "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
         "idle_seconds": 1.5, "snapshot_seconds": 0.5, "client_id": client_id,
     }
     path = tmp / f"{tag}-{client_id}.yaml"
@@ -128,9 +130,8 @@ def finished(bootstrap: str, audit: str, tag: str) -> bool:
     if lag(bootstrap, f"parse-{tag}", audit) != 0:
         return False
     marks = last_watermarks(bootstrap, f"events-{tag}")
-    events_parts = {p for p, _ in marks}
-    sources = {f"{audit}/{p}" for p in range(AUDIT_PARTITIONS)}
-    if not events_parts or not all(marks.get((p, s)) for p in events_parts for s in sources):
+    sources = [f"{audit}/{p}" for p in range(AUDIT_PARTITIONS)]
+    if not all(marks.get((p, s)) for p in range(EVENTS_PARTITIONS) for s in sources):
         return False
     return lag(bootstrap, f"score-{tag}", f"events-{tag}") == 0
 
@@ -221,10 +222,10 @@ def run_once(tmp, broker, audit, tag, processes=1, kill=False, store=None, later
     if kill:
         wait_for(lambda: snapshots_written(db) > 0, 120, f"a first state snapshot in {db}")
         # the process killed holds partitions of both stages, so the others must take them over
-        wait_for(lambda: all(owned(broker, group, clients[0]) for group in
-                             (f"parse-{tag}", f"score-{tag}")), 60,
+        groups = (f"parse-{tag}", f"score-{tag}")
+        wait_for(lambda: all(owned(broker, group, clients[0]) for group in groups), 60,
                  lambda: f"{clients[0]} to own partitions of both stages: "
-                         f"{[owned(broker, g, clients[0]) for g in (f'parse-{tag}', f'score-{tag}')]}")
+                         f"{[owned(broker, group, clients[0]) for group in groups]}")
         assert procs[0].poll() is None, logs[0].read_text()[-3000:]
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
@@ -455,7 +456,7 @@ def test_no_secret_value_in_kafka_topics_or_snapshots(kafka_broker, fleet_lines,
             blobs = dict(conn.execute(text("select key, data from snapshots")).all())
     finally:
         engine.dispose()
-    assert len(blobs) == 4  # one per events partition
+    assert len(blobs) == EVENTS_PARTITIONS  # one snapshot each
     for key, blob in blobs.items():
         state = zlib.decompress(bytes(blob))
         assert len(state) > 1000 and secret not in state, key
