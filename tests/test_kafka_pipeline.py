@@ -287,7 +287,8 @@ def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lin
     produce(kafka_broker.bootstrap, audit, fleet_lines[:split])
     pair, summaries = run_once(tmp_path, kafka_broker, audit, unique_topic("two"), processes=2,
                                kill=True, store=postgres_store, later=fleet_lines[split:])
-    assert pair == single
+    assert pair == single, (f"only with the kill: {sorted(set(pair) - set(single))}; "
+                            f"only in one process: {sorted(set(single) - set(pair))}")
     # the survivor took over the killed process's partitions: it parsed all of the second part
     assert summaries[0]["parse"]["records"] >= len(fleet_lines) - split
     assert summaries[0]["score"]["events"] > 0
