@@ -32,6 +32,7 @@ import msgspec
 
 from pipeline import snapshot
 from pipeline.config import Settings
+from pipeline.errors import ModelIntegrityError
 from pipeline.events import AccessEvent, DeadLetter
 from pipeline.parsers.limits import InputLimits
 from pipeline.runner import Pipeline
@@ -350,7 +351,10 @@ class ScoreStage:
             worker = self.workers[tp] = PartitionWorker(self.make_pipeline(), self.sources)
             saved = self.store.load_snapshot(self._key(tp))
             if saved is not None:
-                worker.load(saved[1])
+                try:
+                    worker.load(saved[1])
+                except ModelIntegrityError as exc:  # name the row the operator may delete
+                    raise ModelIntegrityError(f"snapshot {self._key(tp)}: {exc}") from None
                 log.info("score: %s restored at offset %d", self._key(tp), worker.next_offset)
             self.consumer.seek(tp, worker.next_offset)
         return worker

@@ -639,7 +639,8 @@ def parse_rfc5424(frame: bytes) -> SyslogMessage:
 
 class SyslogServer:
     """A TCP (or TLS, RFC 5425) syslog receiver parsing octet-counted RFC 5424 frames
-    (RFC 6587). ``drop_after(n)`` closes the current connections after ``n`` more frames."""
+    (RFC 6587). ``drop_after(n)`` closes the current connections after ``n`` more frames;
+    ``dropped`` is set once such a connection is closed."""
 
     def __init__(self, tls: LocalCA | None = None) -> None:
         self._tls = tls.server_context() if tls else None
@@ -652,6 +653,7 @@ class SyslogServer:
         self._conns: list[socket.socket] = []
         self._lock = threading.Lock()
         self._closed = False
+        self.dropped = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
     def drop_after(self, n: int) -> None:
@@ -707,6 +709,8 @@ class SyslogServer:
                     except ValueError as exc:
                         self.errors.append(str(exc))
                     if self._count_down():
+                        conn.close()
+                        self.dropped.set()
                         return
         except OSError:
             return

@@ -1,11 +1,15 @@
-"""Building events for tests without going through a parser."""
+"""Building events for tests without going through a parser, and waiting on conditions."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
+from typing import TypeVar
 
 from pipeline.events import SUCCESS, AccessEvent
 
+_T = TypeVar("_T")
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday, 09:00 UTC
 _counter = 0
 
@@ -36,16 +40,20 @@ def created(versions):
     return [v for v in versions if v.activity_id == 1]
 
 
-def wait_for(condition, timeout: float, what: str, interval: float = 0.05):
-    """Poll ``condition`` until it returns something true (returned) or ``timeout`` seconds
-    pass (AssertionError naming ``what``): tests wait on a condition, never on a fixed sleep."""
-    import time
+def wait_for(condition: Callable[[], _T], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.05) -> _T:
+    """Poll ``condition`` until it returns something truthy, and return that.
 
+    Raises AssertionError naming ``what`` (a callable is called for the message, so it can
+    describe the state at the time) when ``timeout`` seconds pass first: a test that waits on
+    something that never happens fails instead of carrying on with what it has.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        result = condition()
+        if result:
+            return result
+        if time.monotonic() >= deadline:
+            described = what() if callable(what) else what
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {described}")
         time.sleep(interval)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import math
-import time
 from collections import deque
 
 import msgspec
@@ -294,36 +293,6 @@ def test_constructor_rejects_unknown_measures():
         RobustBaselineDetector(measures=("reqs",))
     with pytest.raises(ValueError, match="min_hours"):
         RobustBaselineDetector(window_hours=10, min_hours=11)
-
-
-@pytest.mark.parametrize("days", [1, 14])
-def test_micro_benchmark(capsys, days):
-    """Printed, not asserted: us per row for 100k rows, ~100 identities, batches of 256. The
-    cost grows with hour closes per row: ~42 rows per identity-hour over 1 day, ~3 over 14."""
-    rng = np.random.default_rng(0)
-    n, identities = 100_000, 100
-    ids = [f"entity:svc-{k}" for k in range(identities)]
-    ts = np.sort(rng.uniform(0, days * 86400.0, size=n)) + 1_770_000_000.0
-    who = rng.integers(0, identities, size=n)
-    level = rng.uniform(1, 50, size=identities)
-    values = np.zeros((n, N_FEATURES))
-    for name, scale in (("requests_count_1m", 0.1), ("requests_count_1h", 1.0),
-                        ("secrets_distinct_1h", 0.3), ("denied_count_5m", 0.01)):
-        values[:, INDEX[name]] = rng.poisson(level[who] * scale)
-    events = [make_event(identity=ids[w], ts=float(t)) for w, t in zip(who, ts)]
-    rows = [FeatureVector(e, "k8s-prod", tuple(v)) for e, v in zip(events, values.tolist())]
-    det = RobustBaselineDetector()
-    exclude = np.zeros(256, bool)
-    fired = 0
-    start = time.perf_counter()
-    for pos in range(0, n, 256):
-        part = rows[pos:pos + 256]
-        sb = det.score_then_learn(part, exclude[:len(part)], values[pos:pos + 256])
-        fired += int(sb.fired.sum())
-    elapsed = time.perf_counter() - start
-    with capsys.disabled():
-        print(f"\nRobustBaselineDetector: {1e6 * elapsed / n:.2f} us/row over {n:,} rows, "
-              f"{identities} identities over {days} day(s), batches of 256, {fired} fired")
 
 
 def test_in_the_pipeline_with_snapshots():

@@ -8,17 +8,36 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import yaml
 
 from conftest import ROOT, SAMPLES, CANARY
+from helpers import wait_for
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def connect(port: int, proc: subprocess.Popen, log: Path) -> socket.socket | None:
+    """A connection to the service, or None while it is still starting (fails if it died)."""
+    assert proc.poll() is None, f"the service exited: {log.read_text()[-2000:]}"
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError:
+        return None
+
+
+def stored_findings(db: Path) -> int:
+    """Findings in the service's SQLite store; 0 until the store exists."""
+    try:  # read-only: never create the file under the service
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            return conn.execute("select count(*) from findings").fetchone()[0]
+    except sqlite3.Error:
+        return 0
 
 
 def test_run_listens_for_vault_socket_device(tmp_path):
@@ -35,14 +54,8 @@ def test_run_listens_for_vault_socket_device(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     try:
-        deadline = time.time() + 30
-        while True:
-            try:
-                client = socket.create_connection(("127.0.0.1", port), timeout=2)
-                break
-            except OSError:
-                assert time.time() < deadline and proc.poll() is None, log.read_text()
-                time.sleep(0.2)
+        client = wait_for(lambda: connect(port, proc, log), 30,
+                          lambda: f"the service to listen on 127.0.0.1:{port}")
         lines = (SAMPLES / "vault_audit_reference.jsonl").read_bytes()
         client.sendall(lines)
         client.close()
@@ -51,15 +64,9 @@ def test_run_listens_for_vault_socket_device(tmp_path):
         broken.sendall(b'{"time":"2026-03-04T11:06:00Z","type":"request","request":{"id":"cut')
         broken.close()
         # findings arrive while the service runs (an idle source flushes its batch)
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                with sqlite3.connect(db) as conn:
-                    if conn.execute("select count(*) from findings").fetchone()[0] >= 2:
-                        break
-            except sqlite3.Error:
-                pass
-            time.sleep(0.3)
+        wait_for(lambda: stored_findings(db) >= 2, 30,
+                 lambda: f"2 findings in {db} (found {stored_findings(db)}); "
+                         f"service log: {log.read_text()[-2000:]}")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0, log.read_text()
     finally:

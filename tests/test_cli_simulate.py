@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import orjson
+import pytest
 import yaml
 
 from conftest import ROOT
@@ -14,6 +15,7 @@ import subprocess
 import sys
 
 
+@pytest.mark.slow  # a simulated week through three commands
 def test_simulate_replay_evaluate(tmp_path):
     log = tmp_path / "fleet.log.gz"
     proc = secretscope("simulate", log, "--days", "5", "--seed", "101", "--calls", "40000", cwd=tmp_path)

@@ -15,6 +15,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from kafka_broker import SCRIPT, kafka_broker, unique_topic  # noqa: F401
 
+pytestmark = pytest.mark.kafka
+
 # Reconnect quickly after a broker restart (kafka-python backs off up to 30 s by default).
 CLIENT = {"reconnect_backoff_ms": 50, "reconnect_backoff_max_ms": 1000, "retry_backoff_ms": 100,
           "request_timeout_ms": 15000}

@@ -7,22 +7,30 @@ import signal
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
+import msgspec
 import orjson
 import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from conftest import ROOT
+from conftest import CANARY, ROOT, SAMPLES
+from helpers import wait_for
 from kafka_broker import kafka_broker, unique_topic  # noqa: F401
 from postgres_server import postgres_url  # noqa: F401
 from pipeline.simulate import SimulationSpec, simulate
+from pipeline.stages import WATERMARK, Watermark
+
+pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
 AUDIT_PARTITIONS = 4
+EVENTS_PARTITIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,8 @@ def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
     producer.close()
 
 
-def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str) -> Path:
+def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
+           client_id: str = "secretscope") -> Path:
     doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     # below the broker's 1 MB message limit, so the tests can put oversize records on the topic
     doc["input"]["max_record_bytes"] = 65536
@@ -56,10 +65,11 @@ def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str) -> Path:
         "bootstrap_servers": [bootstrap], "audit_topics": [audit],
         "events_topic": f"events-{tag}", "dead_letter_topic": f"dlq-{tag}",
         "parse_group": f"parse-{tag}", "score_group": f"score-{tag}",
-        "events_partitions": 4, "session_timeout_ms": 6000, "heartbeat_interval_ms": 1000,
-        "idle_seconds": 1.5, "snapshot_seconds": 0.5,
+        "events_partitions": EVENTS_PARTITIONS, "session_timeout_ms": 6000,
+        "heartbeat_interval_ms": 1000,
+        "idle_seconds": 1.5, "snapshot_seconds": 0.5, "client_id": client_id,
     }
-    path = tmp / f"{tag}.yaml"
+    path = tmp / f"{tag}-{client_id}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
 
@@ -72,8 +82,10 @@ def start(cfg: Path, log: Path) -> subprocess.Popen:
 
 
 def lag(bootstrap: str, group: str, topic: str) -> int | None:
+    # a metadata request must not create the events topic before the service does (with the
+    # broker's default partition count)
     consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
-                             enable_auto_commit=False)
+                             enable_auto_commit=False, allow_auto_create_topics=False)
     try:
         parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         if not parts:
@@ -88,21 +100,51 @@ def lag(bootstrap: str, group: str, topic: str) -> int | None:
         consumer.close()
 
 
+def last_watermarks(bootstrap: str, events: str) -> dict[tuple[int, str], bool]:
+    """Whether the last watermark each audit partition sent to each events partition says it is
+    idle: {(events partition, "audit-topic/partition"): idle}."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             allow_auto_create_topics=False)
+    try:
+        parts = [TopicPartition(events, p) for p in consumer.partitions_for_topic(events) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        last: dict[tuple[int, str], bool] = {}
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            for tp, records in consumer.poll(timeout_ms=1000).items():
+                for r in records:
+                    if ("secretscope-kind", WATERMARK) in (r.headers or ()):
+                        mark = msgspec.msgpack.decode(r.value, type=Watermark)
+                        last[(tp.partition, mark.source)] = mark.idle
+        return last
+    finally:
+        consumer.close()
+
+
+def finished(bootstrap: str, audit: str, tag: str) -> bool:
+    """Both stages are done with everything on the audit topic: the parse stage committed it
+    all and told every events partition that every audit partition is idle (so the score stage
+    holds nothing back), and the score stage committed past those watermarks (its state and
+    findings are saved)."""
+    if lag(bootstrap, f"parse-{tag}", audit) != 0:
+        return False
+    marks = last_watermarks(bootstrap, f"events-{tag}")
+    sources = [f"{audit}/{p}" for p in range(AUDIT_PARTITIONS)]
+    if not all(marks.get((p, s)) for p in range(EVENTS_PARTITIONS) for s in sources):
+        return False
+    return lag(bootstrap, f"score-{tag}", f"events-{tag}") == 0
+
+
 def wait_done(bootstrap: str, audit: str, tag: str, procs, timeout: float = 240) -> None:
-    """Until both stages have committed everything (and the stage-2 input stopped growing)."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
+    def done() -> bool:
         for p in procs:
             assert p.poll() is None, "a service process died"
-        if lag(bootstrap, f"parse-{tag}", audit) == 0 and lag(bootstrap, f"score-{tag}",
-                                                               f"events-{tag}") == 0:
-            time.sleep(2)  # idle watermarks may still add records; check once more
-            if lag(bootstrap, f"score-{tag}", f"events-{tag}") == 0:
-                return
-        time.sleep(1)
-    raise AssertionError(f"the service did not finish in time: parse lag "
-                         f"{lag(bootstrap, f'parse-{tag}', audit)}, score lag "
-                         f"{lag(bootstrap, f'score-{tag}', f'events-{tag}')}")
+        return finished(bootstrap, audit, tag)
+
+    wait_for(done, timeout, lambda: (
+        f"the service to finish: parse lag {lag(bootstrap, f'parse-{tag}', audit)}, score lag "
+        f"{lag(bootstrap, f'score-{tag}', f'events-{tag}')}"), interval=0.5)
 
 
 def stop(procs, logs) -> list[dict]:
@@ -178,15 +220,18 @@ def run_once(tmp, broker, audit, tag, processes=1, kill=False, store=None, later
     once scoring has saved state, then produce ``later`` (the rest of the stream) for the
     survivor."""
     db = store or tmp / f"{tag}.db"
-    cfg = config(tmp, broker.bootstrap, audit, tag, _url(db))
+    clients = [f"secretscope-{i}" for i in range(processes)]
     logs = [tmp / f"{tag}-{i}.log" for i in range(processes)]
-    procs = [start(cfg, log) for log in logs]
+    procs = [start(config(tmp, broker.bootstrap, audit, tag, _url(db), client), log)
+             for client, log in zip(clients, logs)]
     if kill:
-        deadline = time.time() + 120
-        while snapshots_written(db) == 0 and time.time() < deadline:
-            time.sleep(0.2)
+        wait_for(lambda: snapshots_written(db) > 0, 120, f"a first state snapshot in {db}")
+        # the process killed holds partitions of both stages, so the others must take them over
+        groups = (f"parse-{tag}", f"score-{tag}")
+        wait_for(lambda: all(owned(broker, group, clients[0]) for group in groups), 60,
+                 lambda: f"{clients[0]} to own partitions of both stages: "
+                         f"{[owned(broker, group, clients[0]) for group in groups]}")
         assert procs[0].poll() is None, logs[0].read_text()[-3000:]
-        assert lag(broker.bootstrap, f"score-{tag}", f"events-{tag}") != 0 or later
         procs[0].send_signal(signal.SIGKILL)
         procs[0].wait()
         procs, logs = procs[1:], logs[1:]
@@ -194,6 +239,21 @@ def run_once(tmp, broker, audit, tag, processes=1, kill=False, store=None, later
         produce(broker.bootstrap, audit, later)
     wait_done(broker.bootstrap, audit, tag, procs)
     return findings(db), stop(procs, logs)
+
+
+def owned(broker, group: str, client_id: str) -> list[int]:
+    """Partitions the consumer ``client_id`` is assigned in ``group`` (a stable group only)."""
+    admin = broker.admin()
+    try:
+        described = admin.describe_groups([group])[group]
+    except KafkaError:  # the group's coordinator is still being elected
+        return []
+    finally:
+        admin.close()
+    if described["group_state"] != "Stable":
+        return []
+    return [p for m in described["members"] if m["client_id"] == client_id
+            for a in m["member_assignment"]["assigned_partitions"] for p in a["partitions"]]
 
 
 @pytest.fixture
@@ -214,6 +274,7 @@ def postgres_store(postgres_url):
     engine.dispose()
 
 
+@pytest.mark.postgres
 def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lines, tmp_path,
                                                          postgres_store):
     split = quiet_point(fleet_lines)
@@ -231,7 +292,8 @@ def test_two_processes_one_killed_equal_a_single_process(kafka_broker, fleet_lin
     produce(kafka_broker.bootstrap, audit, fleet_lines[:split])
     pair, summaries = run_once(tmp_path, kafka_broker, audit, unique_topic("two"), processes=2,
                                kill=True, store=postgres_store, later=fleet_lines[split:])
-    assert pair == single
+    assert pair == single, (f"only with the kill: {sorted(f[:2] for f in set(pair) - set(single))}; "
+                            f"only in one process: {sorted(f[:2] for f in set(single) - set(pair))}")
     # the survivor took over the killed process's partitions: it parsed all of the second part
     assert summaries[0]["parse"]["records"] >= len(fleet_lines) - split
     assert summaries[0]["score"]["events"] > 0
@@ -315,9 +377,7 @@ def test_broker_restart_mid_stream(kafka_broker, fleet_lines, tmp_path):
     cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, f"sqlite:///{db}")
     log = tmp_path / f"{tag}.log"
     proc = start(cfg, log)
-    deadline = time.time() + 120
-    while snapshots_written(db) == 0 and time.time() < deadline:
-        time.sleep(0.2)
+    wait_for(lambda: snapshots_written(db) > 0, 120, f"a first state snapshot in {db}")
     kafka_broker.restart()  # the service keeps running across the outage
     produce(kafka_broker.bootstrap, audit, lines[half:])
     wait_done(kafka_broker.bootstrap, audit, tag, [proc], timeout=300)
@@ -328,3 +388,223 @@ def test_broker_restart_mid_stream(kafka_broker, fleet_lines, tmp_path):
     assert summary["score"]["events"] == len(calls)  # every call scored once; copies dropped
     keys = [f[:2] for f in findings(db) if len(f) == 3]  # (finding id, version)
     assert keys and len(keys) == len(set(keys))
+
+
+def with_canary(lines: list[bytes]) -> list[bytes]:
+    """The lines as a Vault with ``log_raw`` on writes them: plaintext secret values in every
+    response's data and in the body of every write."""
+    out = []
+    for line in lines:
+        entry = orjson.loads(line)
+        if entry["type"] == "response":
+            response = entry.setdefault("response", {})
+            response["data"] = {**(response.get("data") or {}), "password": CANARY}
+        elif entry["request"].get("operation") in ("create", "update"):
+            entry["request"]["data"] = {"value": CANARY}
+        out.append(orjson.dumps(entry))
+    return out
+
+
+def every_record(bootstrap: str, topic: str) -> list:
+    """Every record on ``topic`` now, from the beginning of each partition."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                             allow_auto_create_topics=False)
+    try:
+        parts = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(parts)
+        consumer.seek_to_beginning(*parts)
+        ends = consumer.end_offsets(parts)
+        records = []
+        while any(consumer.position(tp) < ends[tp] for tp in parts):
+            for batch in consumer.poll(timeout_ms=1000).values():
+                records += batch
+        return records
+    finally:
+        consumer.close()
+
+
+def record_bytes(record) -> bytes:
+    headers = b"".join(k.encode() + (v or b"") for k, v in record.headers or ())
+    return (record.key or b"") + (record.value or b"") + headers
+
+
+def test_no_secret_value_in_kafka_topics_or_snapshots(kafka_broker, fleet_lines, tmp_path):
+    secret = CANARY.encode()
+    # the fleet's first day, then the reference calls (two days later; their findings are
+    # certain, and Vault itself wrote the canary into one of them)
+    reference = (SAMPLES / "vault_audit_reference.jsonl").read_bytes().splitlines()
+    good = with_canary(fleet_lines[:8000]) + reference
+    # malformed records that still carry the canary: cut after it, and the wrong type
+    carrier = next(line for line in good if secret in line)
+    bad = [carrier[: carrier.index(secret) + len(secret)],
+           carrier.replace(b'"request":{', b'"request":"oops","x":{', 1)]
+    assert all(secret in b for b in bad)
+    lines = good[:4000] + bad + good[4000:]
+    assert sum(secret in line for line in lines) >= 4000  # the canary is in the input
+    assert any(secret in line for line in reference)
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    produce(kafka_broker.bootstrap, audit, lines)
+    tag = unique_topic("canary")
+    found, (summary,) = run_once(tmp_path, kafka_broker, audit, tag)
+    assert found, summary
+    assert summary["parse"]["dead_letters"] == len(bad)
+    events = every_record(kafka_broker.bootstrap, f"events-{tag}")
+    letters = every_record(kafka_broker.bootstrap, f"dlq-{tag}")
+    assert len(events) > summary["parse"]["events"] and len(letters) == len(bad)
+    leaked = [f"{r.topic}/{r.partition}/{r.offset}" for r in events + letters
+              if secret in record_bytes(r)]
+    assert leaked == []
+    db = tmp_path / f"{tag}.db"
+    engine = create_engine(_url(db))
+    try:
+        with engine.connect() as conn:
+            blobs = dict(conn.execute(text("select key, data from snapshots")).all())
+    finally:
+        engine.dispose()
+    assert len(blobs) == EVENTS_PARTITIONS  # one snapshot each
+    for key, blob in blobs.items():
+        state = zlib.decompress(bytes(blob))
+        assert len(state) > 1000 and secret not in state, key
+    assert secret not in db.read_bytes()
+    assert secret not in (tmp_path / f"{tag}-0.log").read_bytes()
+
+
+def rewrite_version(db: Path, key: str, version: int) -> bytes:
+    """Make the snapshot under ``key`` look written by another version (checksum kept valid,
+    as that version would have written it); returns the new blob."""
+    import hashlib
+
+    engine = create_engine(_url(db))
+    try:
+        with engine.begin() as conn:
+            blob = conn.execute(text("select data from snapshots where key = :k"),
+                                {"k": key}).scalar_one()
+            state = msgspec.msgpack.decode(zlib.decompress(bytes(blob)))
+            state["version"] = version
+            new = zlib.compress(msgspec.msgpack.encode(state), 3)
+            conn.execute(text("update snapshots set data = :d, checksum = :c where key = :k"),
+                         {"d": new, "c": hashlib.sha256(new).hexdigest(), "k": key})
+        return new
+    finally:
+        engine.dispose()
+
+
+def snapshot_blob(db: Path, key: str) -> bytes | None:
+    engine = create_engine(_url(db))
+    try:
+        with engine.connect() as conn:
+            blob = conn.execute(text("select data from snapshots where key = :k"),
+                                {"k": key}).scalar()
+        return None if blob is None else bytes(blob)
+    finally:
+        engine.dispose()
+
+
+def test_snapshot_of_another_version_stops_the_service_until_deleted(kafka_broker, fleet_lines,
+                                                                     tmp_path):
+    from pipeline.snapshot import VERSION
+
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    first, rest = fleet_lines[:3000], fleet_lines[3000:3000 + quiet_point(fleet_lines[3000:6000])]
+    produce(kafka_broker.bootstrap, audit, first)
+    tag = unique_topic("version")
+    run_once(tmp_path, kafka_broker, audit, tag)
+    db = tmp_path / f"{tag}.db"
+    key = f"score/events-{tag}/0"
+    foreign = rewrite_version(db, key, VERSION + 1)
+    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, _url(db))
+    log = tmp_path / f"{tag}-refused.log"
+    proc = start(cfg, log)
+    assert proc.wait(timeout=120) == 2, log.read_text()[-3000:]
+    error = [line for line in log.read_text().splitlines() if line.startswith("error: ")]
+    assert error == [f"error: snapshot {key}: snapshot version {VERSION + 1} is not {VERSION}: "
+                     "it was written by another secretscope version. Run that version, or "
+                     "delete the snapshot row; the score stage then starts from its group's "
+                     "committed offset with empty baselines"]
+    assert snapshot_blob(db, key) == foreign  # refused, not overwritten
+    # the remedy the message names: without the row, that partition starts afresh
+    engine = create_engine(_url(db))
+    with engine.begin() as conn:
+        conn.execute(text("delete from snapshots where key = :k"), {"k": key})
+    engine.dispose()
+    produce(kafka_broker.bootstrap, audit, rest)
+    log = tmp_path / f"{tag}-afresh.log"
+    proc = start(cfg, log)
+    wait_done(kafka_broker.bootstrap, audit, tag, [proc])
+    (summary,) = stop([proc], [log])
+    assert summary["score"]["events"] > 0
+    restored = snapshot_blob(db, key)
+    assert restored is not None and restored != foreign
+
+
+def call(template: list[bytes], request_id: str, second: int) -> list[bytes]:
+    """The request and response lines of ``template`` as another call at 10:00:SS."""
+    out = []
+    for line in template:
+        entry = orjson.loads(line)
+        entry["request"]["id"] = request_id
+        entry["time"] = f"2026-03-02T10:00:{second:02d}.000000Z"
+        out.append(orjson.dumps(entry))
+    return out
+
+
+def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                             enable_auto_commit=False, allow_auto_create_topics=False)
+    try:
+        return consumer.committed(tp)
+    finally:
+        consumer.close()
+
+
+def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
+        kafka_broker, fleet_lines, tmp_path):
+    """A restart must read the waiting request again, or its call would lose its request half.
+    The stage is driven poll by poll here, so each commit is known to have happened."""
+    from pipeline.config import load_settings
+    from pipeline.sources.kafka import ensure_topics
+    from pipeline.stages import ParseStage
+
+    first = orjson.loads(fleet_lines[0])["request"]["id"]
+    template = [l for l in fleet_lines[:200] if orjson.loads(l)["request"]["id"] == first]
+    assert [orjson.loads(l)["type"] for l in template] == ["request", "response"]
+    held_request, held_response = call(template, "held-0", 0)
+    audit = unique_topic("audit")
+    tp = TopicPartition(audit, 0)
+    kafka_broker.create_topic(audit, partitions=1)
+    # the held request at offset 0, then ten whole calls within the join timeout
+    produce(kafka_broker.bootstrap, audit,
+            [held_request] + [l for i in range(1, 11) for l in call(template, f"c-{i}", i)])
+    tag = unique_topic("commit")
+    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, "sqlite://")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kafka"]["idle_seconds"] = 3600  # a quiet partition must not release the request
+    cfg.write_text(yaml.safe_dump(doc))
+    settings = load_settings(cfg)
+    ensure_topics(settings.kafka, 1, 1)
+    stage = ParseStage(settings)
+    try:
+        wait_for(lambda: stage.poll_once() or stage.counters.records >= 21, 60,
+                 lambda: f"the 21 records to be read ({stage.counters.records} so far)")
+        stage.poll_once()  # nothing new: flushes and commits
+        assert committed_offset(kafka_broker.bootstrap, f"parse-{tag}", tp) == 0
+        produce(kafka_broker.bootstrap, audit, [held_response])
+        wait_for(lambda: stage.poll_once() or
+                 committed_offset(kafka_broker.bootstrap, f"parse-{tag}", tp) == 22, 60,
+                 "a commit past the held call once its response arrived")
+    finally:
+        stage.close()
+    held = [e for e in parsed_events(kafka_broker.bootstrap, f"events-{tag}")
+            if e.event_id == "held-0"]
+    assert [e.phases for e in held] == ["request+response"]
+
+
+def parsed_events(bootstrap: str, topic: str) -> list:
+    """The events (not watermarks) on the events topic."""
+    from pipeline.events import AccessEvent
+
+    return [msgspec.msgpack.decode(r.value, type=AccessEvent)
+            for r in every_record(bootstrap, topic)
+            if ("secretscope-kind", WATERMARK) not in (r.headers or ())]

@@ -100,18 +100,21 @@ def broker_log_since(broker: KafkaBroker, offset: int, needle: str, timeout: flo
 
 
 # --- SASL -------------------------------------------------------------------------------------------
+@pytest.mark.kafka
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_sasl_round_trip_with_password_file(broker, mechanism):
     round_trip(settings(broker.sasl_bootstrap, mechanism,
                         sasl_password_file=str(broker.sasl_password_file)))
 
 
+@pytest.mark.kafka
 def test_sasl_round_trip_with_password_env(broker, monkeypatch):
     monkeypatch.setenv("SECRETSCOPE_TEST_KAFKA_PASSWORD", broker.sasl_password)
     round_trip(settings(broker.sasl_bootstrap, "SCRAM-SHA-256",
                         sasl_password_env="SECRETSCOPE_TEST_KAFKA_PASSWORD"))
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("mechanism", MECHANISMS)
 def test_sasl_wrong_password_is_an_authentication_failure(broker, mechanism, tmp_path):
     wrong = tmp_path / "wrong-password"
@@ -124,6 +127,7 @@ def test_sasl_wrong_password_is_an_authentication_failure(broker, mechanism, tmp
     assert "Failed authentication" in log and reason in log, log[-2000:]
 
 
+@pytest.mark.kafka
 def test_sasl_unknown_user_is_rejected(broker):
     offset = broker.log_file.stat().st_size
     bootstrap_fails(settings(broker.sasl_bootstrap, "SCRAM-SHA-512", sasl_username="mallory",
@@ -132,6 +136,7 @@ def test_sasl_unknown_user_is_rejected(broker):
 
 
 # --- TLS --------------------------------------------------------------------------------------------
+@pytest.mark.kafka
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-512"])
 def test_sasl_ssl_round_trip_with_the_test_ca(broker, mechanism):
     # ssl_check_hostname stays on: the server certificate is for IP 127.0.0.1 (and localhost).
@@ -150,6 +155,7 @@ def other_ca(tmp_path: Path) -> Path:
     return ca
 
 
+@pytest.mark.kafka
 @pytest.mark.parametrize("cafile", ["other", "system"])
 def test_sasl_ssl_fails_verification_without_the_test_ca(broker, cafile, tmp_path, caplog):
     keys = {"ssl_cafile": str(other_ca(tmp_path))} if cafile == "other" else {}
@@ -160,6 +166,7 @@ def test_sasl_ssl_fails_verification_without_the_test_ca(broker, cafile, tmp_pat
     assert "CERTIFICATE_VERIFY_FAILED" in caplog.text, caplog.text[-2000:]
 
 
+@pytest.mark.kafka
 def test_script_files_and_outputs(broker):
     mode = stat.S_IMODE(broker.sasl_password_file.stat().st_mode)
     assert mode == 0o600, oct(mode)

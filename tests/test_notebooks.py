@@ -11,6 +11,7 @@ from conftest import ROOT
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs_headless(path, monkeypatch, tmp_path):
     monkeypatch.setenv("SIM_CALLS", "12000")

@@ -36,17 +36,23 @@ def test_event_that_raised_a_finding_is_not_learned():
     assert run(p, history) == []
     state = p.extractor.state("entity:svc-1")
     hst = p.detectors[0].model
-    before = (state.history, dict(state.segments), set(state.secrets_seen), hst.leaf_l_mass_.sum())
+    before = (state.history, dict(state.segments), set(state.secrets_seen), hst.leaf_l_mass_.sum(),
+              hst.counter_)
     attack = make_event(at=history[-1].time + timedelta(minutes=1), operation="delete",
                         path="sys/audit/file-primary", remote_address="203.0.113.7")
     (finding,) = p.process_batch([attack])
     assert "vault-audit-device-change" in finding.detectors
-    after = (state.history, dict(state.segments), set(state.secrets_seen), hst.leaf_l_mass_.sum())
+    after = (state.history, dict(state.segments), set(state.secrets_seen), hst.leaf_l_mass_.sum(),
+             hst.counter_)
     assert after == before  # neither the baseline nor the forest saw the attack
-    # a benign event right after is learned: history grows and the forest's mass grows by one row
+    # a benign event right after is learned: history grows and the forest counts exactly one
+    # more row, in its latest window or, if that row completed the window, in the reference
+    # window the latest one became
     p.process_batch([make_event(at=attack.time + timedelta(minutes=1), path="secret/data/team/s0")])
     assert state.history == before[0] + 1
-    assert hst.leaf_l_mass_.sum() in (before[3] + hst.n_trees, 0)  # 0 if the window pivoted
+    assert hst.counter_ == (before[4] + 1) % hst.window_size
+    window_mass = hst.leaf_l_mass_.sum() if hst.counter_ else hst.r_mass_[:, 0].sum()
+    assert window_mass == before[3] + hst.n_trees
 
 
 def test_streaming_detector_findings_are_not_learned_either():

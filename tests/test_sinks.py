@@ -21,6 +21,7 @@ from pipeline.delivery.sinks import SINK_TYPES, build_sink
 
 from fake_siems import (AzureServer, ElasticServer, LocalCA, PagerDutyServer, SecOpsServer,
                         SlackServer, SplunkHecServer, SyslogServer, WebhookServer, make_local_ca)
+from helpers import wait_for
 
 TOKEN = "hec-0f1e2d3c-token"
 ES_KEY = "ZXMta2V5OnNlY3JldA=="
@@ -472,7 +473,9 @@ def test_azure_token_lifetime_is_honoured(make_rig, deliveries):
     r = make_rig("azure_logs")
     r.server.token_lifetime = 1  # refreshed at half its lifetime: 0.5 s
     r.sink.send(deliveries[:1])
-    time.sleep(0.6)
+    # the sink's own refresh time, not a guess at it: a sleep would race a slow machine
+    wait_for(lambda: time.monotonic() >= r.sink._token_expires, 5,
+             "the Azure token to reach its refresh time")
     r.sink.send(deliveries[1:2])
     assert r.server.tokens_issued == 2
 
@@ -657,8 +660,8 @@ def test_syslog_reconnects_after_the_receiver_closed(syslog_rig, deliveries):
     server.drop_after(2)
     first = sink.send(deliveries[:2])
     assert all(o.ok for o in first), first
-    server.wait_for(2)
-    time.sleep(0.1)  # the receiver has closed its end
+    assert len(server.wait_for(2)) == 2
+    assert server.dropped.wait(5), "the receiver did not close its end"
     assert all(o.ok for o in sink.send(deliveries[2:5]))
     assert len(server.wait_for(5)) == 5 and server.connections == 2
 

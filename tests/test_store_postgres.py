@@ -41,7 +41,7 @@ def _head() -> str:
     return ScriptDirectory.from_config(cfg).get_current_head()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def db_url(request, tmp_path):
     """URL of an empty database on each backend."""
     if request.param == "sqlite":
@@ -250,3 +250,49 @@ def test_alembic_command_line_with_repo_ini(tmp_path):
                              timeout=60)
         assert res.returncode == 0, res.stdout + res.stderr
     assert _head() in res.stdout
+
+
+@pytest.mark.postgres
+def test_concurrent_openers_on_postgresql_wait_for_each_other(postgres_url):
+    """Several processes of a deployment start at once on an empty database: every one opens
+    its store, and the schema is migrated once (without the migration lock the losers fail on
+    'relation already exists' or a duplicate pg_type row)."""
+    import threading
+    import time
+
+    openers = 6
+    with fresh_schema(postgres_url) as schema_url:
+        # any lock wait gives up after 20 s, so a broken migration lock fails the test instead
+        # of hanging it (waiting for 5 others' migrations takes a few seconds)
+        url = make_url(schema_url)
+        url = url.update_query_dict({"options": url.query["options"] + " -clock_timeout=20s"})
+        url = url.render_as_string(hide_password=False)
+        start = threading.Barrier(openers)
+        errors: list[BaseException] = []
+        stores: list[Store] = []
+
+        def open_store() -> None:
+            start.wait()
+            try:
+                stores.append(Store(url))
+            except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=open_store) for _ in range(openers)]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 120
+        for t in threads:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        try:
+            assert not any(t.is_alive() for t in threads), "an opener is still waiting"
+            assert errors == [] and len(stores) == openers
+            eng = stores[0].engine
+            with eng.connect() as conn:
+                versions = conn.execute(text("select version_num from alembic_version")).all()
+            assert [v for (v,) in versions] == [_head()]
+            assert set(inspect(eng).get_table_names()) == TABLES | {"alembic_version"}
+            assert schema_diff(eng) == []
+        finally:
+            for store in stores:
+                store.close()
