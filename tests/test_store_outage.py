@@ -34,6 +34,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from conftest import ROOT
+from kafka_broker import kafka_broker  # noqa: F401
 from helpers import make_event, wait_for
 from postgres_server import SCRIPT, START_TIMEOUT, free_port
 
@@ -458,8 +459,44 @@ rules: {{directory: "{ROOT / 'config' / 'rules'}"}}
                 "delivered": count(self.url, "outbox WHERE status = 'delivered'")}
 
 
+class KafkaRun:
+    """``secretscope run`` with Kafka (both stages in one process) over an audit topic holding
+    the first three quarters of the lines; the last quarter is produced during the outage."""
+
+    def __init__(self, url: str, lines: list[bytes], tmp_path: Path, broker) -> None:
+        import test_kafka_pipeline as k
+
+        self.k, self.url, self.broker = k, url, broker
+        self.audit, self.tag = k.unique_topic("audit"), k.unique_topic("outage")
+        broker.create_topic(self.audit, partitions=k.AUDIT_PARTITIONS)
+        lines = [ln.rstrip(b"\n") for ln in lines]
+        cut = len(lines) * 3 // 4
+        self.rest = lines[cut:]
+        k.produce(broker.bootstrap, self.audit, lines[:cut])
+        cfg = k.config(tmp_path, broker.bootstrap, self.audit, self.tag, url)
+        self.log = tmp_path / f"{self.tag}.log"
+        self.proc = k.start(cfg, self.log)
+
+    def ready(self) -> bool:
+        return (count(self.url, "finding_versions") or 0) > 0
+
+    def resume(self) -> None:
+        self.k.produce(self.broker.bootstrap, self.audit, self.rest)
+
+    def finish(self) -> dict:
+        try:
+            self.k.wait_done(self.broker.bootstrap, self.audit, self.tag, [self.proc],
+                             timeout=300)
+            (summary,) = self.k.stop([self.proc], [self.log])
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+        return {"code": self.proc.returncode, "stderr": self.log.read_text(),
+                "summary": summary, "stored": stored(self.url)}
+
+
 @pytest.fixture(scope="module")
-def outage(tmp_path_factory) -> Iterator[dict]:
+def outage(tmp_path_factory, kafka_broker) -> Iterator[dict]:
     """Runs of replay, run (socket) and deliver through one 30 s PostgreSQL outage, and the
     same replay and run without it; the tests below each check one of them."""
     workdir = tempfile.mkdtemp(prefix="ss-pgo-", dir="/tmp")
@@ -472,11 +509,13 @@ def outage(tmp_path_factory) -> Iterator[dict]:
                              capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         lines = sim.read_bytes().splitlines(keepends=True)
-        calm = {"replay": ReplayRun(pg.schema(), lines), "run": SocketRun(pg.schema(), lines, tmp)}
+        calm = {"replay": ReplayRun(pg.schema(), lines), "run": SocketRun(pg.schema(), lines, tmp),
+                "kafka": KafkaRun(pg.schema(), lines, tmp, kafka_broker)}
         for run in calm.values():
             run.resume()
         results = {f"calm {name}": run.finish() for name, run in calm.items()}
         runs = {"replay": ReplayRun(pg.schema(), lines), "run": SocketRun(pg.schema(), lines, tmp),
+                "kafka": KafkaRun(pg.schema(), lines, tmp, kafka_broker),
                 "deliver": DeliverRun(pg.schema(), lines, tmp)}
         for name, run in runs.items():
             wait_for(run.ready, 300, f"{name} to get going", interval=0.2)
@@ -521,6 +560,21 @@ def test_socket_service_waits_out_an_outage_and_stores_the_same_findings(outage)
     assert res["code"] == 0, res["stderr"]
     check_outage_log(res["stderr"])
     assert res["summary"]["lines"] == calm["summary"]["lines"] > 0
+    expected, got = calm["stored"], res["stored"]
+    assert len(expected["findings"]) >= 10
+    assert got["findings"].keys() == expected["findings"].keys()
+    assert got == expected
+
+
+@pytest.mark.postgres
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_kafka_service_waits_out_an_outage_and_stores_the_same_findings(outage):
+    calm, res = outage["calm kafka"], outage["kafka"]
+    assert calm["code"] == 0 and "unreachable" not in calm["stderr"], calm["stderr"]
+    assert res["code"] == 0, res["stderr"][-3000:]
+    check_outage_log(res["stderr"])
+    assert res["summary"]["score"]["events"] == calm["summary"]["score"]["events"] > 0
     expected, got = calm["stored"], res["stored"]
     assert len(expected["findings"]) >= 10
     assert got["findings"].keys() == expected["findings"].keys()
