@@ -102,6 +102,7 @@ class ParseStage:
                                           settings.input.max_record_bytes)
         self.producer = kafka_io.producer(self.k)
         self.decoders: dict = {}
+        self._parked: dict = {}  # decoders of revoked partitions, until the new assignment is known
         self.last_record_at: dict = {}
         self.idle: set = set()
         self.sent: dict = {}
@@ -221,14 +222,26 @@ class ParseStage:
             self.consumer.commit(offsets)
 
     def _apply_rebalances(self) -> None:
-        """Forget revoked partitions. Offsets were committed after the last poll; the next owner
-        re-reads anything after them, and the score stage drops the copies."""
+        """Forget partitions a rebalance took away; keep the state of those it gave back.
+
+        A rebalance revokes every partition, then assigns the new set. A partition in both
+        keeps its position in the consumer (kafka-python preserves it), so its decoder, with the
+        requests still waiting for their responses, must be kept too: dropped, the waiting
+        requests would be lost while reading went on past them. A partition that went elsewhere
+        is forgotten; its next owner re-reads from the committed offset (never past a waiting
+        request), and the score stage drops the copies."""
         for kind, tps in self.rebalances.drain():
             if kind == "revoked":
                 for tp in tps:
-                    self.decoders.pop(tp, None)
+                    if tp in self.decoders:
+                        self._parked[tp] = self.decoders.pop(tp)
                     self.idle.discard(tp)
                     self.sent.pop(tp, None)
+                continue
+            for tp in tps:
+                if tp in self._parked:
+                    self.decoders[tp] = self._parked[tp]
+            self._parked.clear()
 
     def close(self) -> None:
         self.producer.flush()
