@@ -20,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from itertools import chain
+from itertools import chain, islice
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -64,18 +64,31 @@ class RunStats:
 
 class _Recent:
     """An identity's recent-event lists as they were before a batch, so the events a finding
-    names are those the identity had at its trigger, whatever came later in the batch."""
+    names are those the identity had at its trigger, whatever came later in the batch.
 
-    __slots__ = ("recent", "denied", "failed", "newest")
+    The bounded ``recent`` list is not copied whole: only the entries the batch's ``appends``
+    will push out of it are; the rest is read back from the live list afterwards."""
 
-    def __init__(self, st) -> None:
+    __slots__ = ("evicted", "live", "appends", "denied", "failed", "newest")
+
+    def __init__(self, st, appends: int) -> None:
+        self.appends = appends
         if st is None:
-            self.recent, self.denied, self.failed, self.newest = [], [], [], float("-inf")
-        else:
-            self.recent = list(st.recent)
-            self.denied = list(st.denied_5m.items) if st.denied_5m.items else []
-            self.failed = list(st.login_failed_5m.items) if st.login_failed_5m.items else []
-            self.newest = st.newest_ts
+            self.evicted, self.live, self.denied, self.failed = [], (), [], []
+            self.newest = float("-inf")
+            return
+        live = self.live = st.recent
+        out = len(live) + appends - live.maxlen
+        self.evicted = list(islice(live, out)) if out > 0 else []
+        self.denied = list(st.denied_5m.items) if st.denied_5m.items else []
+        self.failed = list(st.login_failed_5m.items) if st.login_failed_5m.items else []
+        self.newest = st.newest_ts
+
+    @property
+    def recent(self) -> list:
+        """The ``recent`` list before the batch (once the whole batch has been observed)."""
+        live = list(self.live)
+        return self.evicted + live[:len(live) - min(self.appends, len(live))]
 
 
 # kind -> (which list, its length limit, its horizon in seconds); see IdentityState
@@ -204,12 +217,12 @@ class Pipeline:
             return []
         self._refresh_labels()
         identities = self.extractor.identities
-        before: dict[str, _Recent] = {}
-        windows = []
+        appends: dict[str, int] = {}
         for e in events:
-            if e.identity not in before:
-                before[e.identity] = _Recent(identities.get(e.identity))
-            windows.append(self.extractor.observe_windows(e))
+            appends[e.identity] = appends.get(e.identity, 0) + 1
+        before = {identity: _Recent(identities.get(identity), k)
+                  for identity, k in appends.items()}
+        windows = [self.extractor.observe_windows(e) for e in events]
         batch = _Batch(events, windows, [identities[e.identity].peer for e in events], before)
         for i in range(n):
             self._derive(batch, i)
