@@ -45,6 +45,7 @@ def fleet(request, tmp_path_factory):
     return settings_, events, reference
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(sizes=st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=30))
@@ -93,6 +94,7 @@ def test_a_real_openbao_log_gives_the_same_versions_at_any_batch_size():
         assert named & set(episode.request_ids), episode.episode
 
 
+@pytest.mark.slow
 def test_replay_at_any_runner_batch_size_writes_the_same_alerts_and_store(tmp_path):
     """What a user sees: ``secretscope replay`` with ``runner.batch_size`` 1, 7, 256 and 4096
     writes the same alerts file, line for line, and stores the same findings and versions."""

@@ -140,6 +140,7 @@ def worker_for(store, settings, clock) -> tuple[DeliveryWorker, dict]:
     return DeliveryWorker(store, sinks, policy, clock=clock, sleep=lambda s: None), sinks
 
 
+@pytest.mark.slow
 def test_every_version_reaches_every_sink_once_or_is_dead_lettered(rig):
     """Every sink type, each with its own misbehaviour."""
     tmp_path, config, servers = rig
@@ -297,6 +298,7 @@ def test_an_incident_that_grows_after_delivery_arrives_in_its_final_form(rig):
     store.close()
 
 
+@pytest.mark.slow
 def test_a_replay_killed_and_rerun_delivers_no_version_twice(rig):
     """A replay killed half way (SIGKILL) has stored and queued some versions; they are
     delivered; the replay is run again over the same input into the same store, and delivery

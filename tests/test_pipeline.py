@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from datetime import timedelta
 from types import SimpleNamespace
 
@@ -118,6 +120,7 @@ def test_findings_explain_observed_vs_baseline():
     assert np.isfinite(f.score) and 0 < f.score <= 1
 
 
+@pytest.mark.slow
 def test_findings_do_not_depend_on_batching(tmp_path):
     """Kafka polls and file replays cut the stream differently; the findings must not change."""
     from pipeline.findings import to_ocsf
