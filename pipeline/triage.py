@@ -80,7 +80,7 @@ class _Incident:
         return min(close, self.emitted_at + update_seconds) if self.pending else close
 
 
-_VERSION_CODEC = msgspec.msgpack.Encoder()
+_FINDING_ENCODER = msgspec.msgpack.Encoder()
 _FINDING_DECODER = msgspec.msgpack.Decoder(Finding)
 
 
@@ -335,7 +335,7 @@ class Triage:
         """Open incidents with their findings, the clock and counters, for snapshots: a
         restored pipeline goes on growing, updating and closing them."""
         return [self.clock, [
-            [identity, _VERSION_CODEC.encode(inc.finding), inc.last_ts, inc.emitted_at,
+            [identity, _FINDING_ENCODER.encode(inc.finding), inc.last_ts, inc.emitted_at,
              inc.pending, inc.triggers]
             for identity, inc in self.incidents.items()]]
 
