@@ -7,6 +7,12 @@ Each seed is a different fleet, different attack episodes and different benign t
 ``pipeline.simulate``). Quote a seed the detectors were not tuned on. Exits 1 if any seed misses a
 target: recall >= 0.95 of attack episodes, precision >= 0.8 of findings, <= 1 false finding per
 10k benign calls.
+
+    python benchmarks/detection_quality.py --world drift --seeds 1 2 3 --calls 200000
+
+runs the drift world (14 days by default; see ``pipeline.simulate.drift``) and prints the same
+figures; its targets are printed but not applied (exit 0) until the detectors are worked on for
+it, unless ``--enforce`` is given.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[2027])
-    ap.add_argument("--days", type=int, default=7)
+    ap.add_argument("--days", type=int, help="default 7 (default world), 14 (drift world)")
+    ap.add_argument("--world", choices=("default", "drift"), default="default")
+    ap.add_argument("--enforce", action="store_true",
+                    help="exit 1 on a missed target for the drift world too")
     ap.add_argument("--calls", type=int, default=150_000)
     ap.add_argument("--config", type=Path, help="pipeline config (default: the embedded one)")
     ap.add_argument("--min-recall", type=float, default=0.95)
@@ -34,17 +43,17 @@ def main() -> int:
 
     from models.evaluation import evaluate_log
     from pipeline.config import load_settings
-    from pipeline.simulate import SimulationSpec, simulate
+    from pipeline.simulate import simulate, world_spec
 
     settings = load_settings(args.config, store__url="sqlite://")
     failed = False
     for seed in args.seeds:
-        log = args.cache / f"quality-{args.days}d-{args.calls}-{seed}.log.gz"
+        spec = world_spec(args.world, args.days, seed, args.calls)
+        log = args.cache / f"quality-{args.world}-{spec.days}d-{args.calls}-{seed}.log.gz"
         labels = log.with_name(log.name.removesuffix(".gz") + ".labels.jsonl")
         windows = log.with_name(log.name.removesuffix(".gz") + ".windows.jsonl")
         if not (log.exists() and labels.exists() and windows.exists()):
-            simulate(SimulationSpec(days=args.days, seed=seed, target_calls=args.calls), log,
-                     labels, windows)
+            simulate(spec, log, labels, windows)
         started = time.perf_counter()
         report = evaluate_log(log, settings, labels, windows)
         elapsed = time.perf_counter() - started
@@ -71,6 +80,10 @@ def main() -> int:
         if misses:
             failed = True
             print(f"FAIL seed {seed}: " + "; ".join(misses), file=sys.stderr)
+    if args.world != "default" and not args.enforce:
+        # Detection work on this world comes later: report, do not gate.
+        print(f"{args.world} world: targets reported, not applied (--enforce applies them)")
+        return 0
     if not failed:
         print("ok: every seed meets the targets")
     return 1 if failed else 0
