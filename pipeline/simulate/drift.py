@@ -25,9 +25,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pipeline.simulate.world import (ALWAYS, BATCH, CI_UAS, DAY, HOUR, K8S_PROD, K8S_STAGING,
-                                     MINUTE, PRODUCT_TEAMS, SRE_TEAM, TEAMS, Human, Job, Service,
-                                     SimulationSpec, World, _ip, _uuid)
+from pipeline.simulate.world import (ALWAYS, BATCH, CI_UAS, DAY, HOUR, K8S_STAGING, MINUTE,
+                                     PRODUCT_TEAMS, SRE_TEAM, Human, Job, Service, SimulationSpec,
+                                     World, _ip, _uuid)
 
 
 # Eight teams own the production services; the other teams' secrets exist (shared ones,
@@ -143,9 +143,11 @@ class DriftWorld(World):
         moving = rng.sample(movable, 2)
         self.moved_services = []
         for svc in moving:
-            t = self.start_ns + rng.randint(4, self.days - 5) * DAY + int(rng.uniform(9, 16) * HOUR)
+            t = self.start_ns + rng.randint(4, self.days - 5) * DAY
+            t += int(rng.uniform(9, 16) * HOUR)
             new_team = rng.choice([x for x in DRIFT_TEAMS if x not in (svc.actor.team, SRE_TEAM)])
-            old = replace(svc, epochs=tuple(e for e in svc.epochs if e[0] < t), active=(ALWAYS[0], t))
+            old = replace(svc, epochs=tuple(e for e in svc.epochs if e[0] < t),
+                          active=(ALWAYS[0], t))
             pool = [self.secret(new_team, s.name) for s in svc.secrets]
             new = self._workload(self.rand("moved", svc.actor.key), new_team,
                                  svc.actor.metadata["role"], False, pool, (t, ALWAYS[1]))
@@ -181,6 +183,3 @@ def _moved(actor, team: str):
     return replace(actor, team=team, policies=("default", f"{team}-dev"),
                    readable=frozenset((team,)))
 
-
-__all__ = ["DRIFT_TEAMS", "DriftWorld", "HOME_NETS", "MIGRATION_ROLE", "MIN_DAYS", "drift_spec",
-           "K8S_PROD", "TEAMS"]

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import random
 
-from pipeline.simulate.attacks import ATTACKS, EpisodeGen, _other_team_secrets, _service_session, _when
+from pipeline.simulate.attacks import (ATTACKS, EpisodeGen, _other_team_secrets, _service_session,
+                                       _when)
 from pipeline.simulate.calls import _call, kv_list, kv_read, login, sys_call
-from pipeline.simulate.world import (ATTACKER_UAS, CI_RUNNERS, CORP_VPN, Call, DAY, HOUR, MINUTE,
+from pipeline.simulate.world import (ATTACKER_UAS, CI_RUNNERS, CORP_VPN, Call, DAY, HOUR,
                                      Human, SRE_TEAM, Session, TOKEN, UNKNOWN_NETS, World, _ip,
                                      _seconds)
 
@@ -153,5 +154,3 @@ def low_and_slow_campaign(w: World, rng: random.Random, day: int) -> tuple[str, 
         calls.append(kv_read(w, _service_session(svc, at, rng), at, rng, secret, force=True))
     return svc.actor.display_name, calls
 
-
-__all__ = ["DRIFT_ATTACKS", "MINUTE"]

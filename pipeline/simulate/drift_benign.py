@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pipeline.simulate.benign import (BenignGen, _active, _human_burst, _job_run, batch_runs,
                                       dynamic_credentials, secret_rotation, service_logins)
 from pipeline.simulate.calls import _call, kv_read, login, policy_write, sys_call
-from pipeline.simulate.world import (CORP_VPN, K8S_PROD, OFFICE, Call, DAY, HOUR, MINUTE, Human,
+from pipeline.simulate.world import (CI_RUNNERS, CORP_VPN, K8S_PROD, Call, DAY, HOUR, MINUTE, Human,
                                      Session, TEAMS, World, _ip, _seconds)
 
 DRIFT_BENIGN: list[BenignGen] = [service_logins, batch_runs, dynamic_credentials,
@@ -101,7 +101,7 @@ def drift_ci_runs(w: World) -> Iterator[Call]:
             if rng.random() < 0.85:
                 secrets = [rng.choice(job.secrets) for _ in range(rng.randint(3, 15))]
                 yield from _job_run(w, job, rng, t + _seconds(rng, 0, 120),
-                                    _ip(rng, "10.30"), secrets)
+                                    _ip(rng, CI_RUNNERS), secrets)
 
 
 @drift_benign
@@ -202,5 +202,3 @@ def _new_audit_device(w: World, h: Human) -> Iterator[Call]:
                    "sys/audit/file-archive",
                    data={"type": w.hmac("type", "file"), "options": options})
 
-
-__all__ = ["DRIFT_BENIGN", "OFFICE"]
