@@ -66,6 +66,7 @@ class DriftWorld(World):
                                       frozenset("*"))
         self.migrator_host = _ip(rng, BATCH)
         self.new_services = self.new_services[:3]
+        self._partner_teams()
         self._reorganise(rng)
         self.staging = [self._staging_copy(s) for s in self.services
                         if self.rand("has-staging", s.actor.key).random() < 0.6]
@@ -101,7 +102,8 @@ class DriftWorld(World):
         own = rng.sample(self.teams[team], min(len(self.teams[team]), rng.randint(4, 9)))
         secrets = tuple(self.secret(team, f"staging/{s.name}") for s in own)
         if kind == "deploy":
-            secrets += (self.secret(team, "ci/deploy-token"),)
+            # Deploys run the database migrations with a production credential.
+            secrets += (self.secret(team, "ci/deploy-token"), rng.choice(self.teams[team]))
         return Job(actor, secrets, rng.choice(CI_UAS), "", 0)
 
     def _pipeline_times(self, team: str) -> tuple[int, ...]:
@@ -135,6 +137,30 @@ class DriftWorld(World):
                        for t in sorted(times))
         return Service(actor, secrets, svc.ua, epochs, frozenset(), None)
 
+    def _partner_teams(self) -> None:
+        """Each product team works with a partner team and may read a few of its shared
+        secrets (an integration's credentials): a team's engineers read another team's folder
+        as part of their job, so a cross-team read alone proves nothing."""
+        rng = self.rand("partners")
+        self.partner = {t: rng.choice([x for x in PRODUCT_TEAMS if x != t]) for t in PRODUCT_TEAMS}
+        self.shared = {t: tuple(rng.sample(self.teams[t], 3)) for t in PRODUCT_TEAMS}
+        self.humans = [self._partnered(h) for h in self.humans]
+        self.new_humans = [self._partnered(h) for h in self.new_humans]
+        self.legacy_humans = [self._partnered(h) for h in self.legacy_humans]
+
+    def _partnered(self, h: Human) -> Human:
+        if h.sre:
+            return h
+        return replace(h, actor=self.member(h.actor, h.actor.team),
+                       userpass=self.member(h.userpass, h.actor.team))
+
+    def member(self, actor, team: str):
+        """``actor`` as an engineer of ``team``: its policies, and its partner's shared read."""
+        partner = self.partner[team]
+        return replace(actor, team=team,
+                       policies=("default", f"{team}-dev", f"{partner}-shared-read"),
+                       readable=frozenset((team, partner)))
+
     def _reorganise(self, rng) -> None:
         """Two services move to another team: the old identity stops, a new one (namespace,
         entity, policy, secret paths of the new team) starts. Two engineers change team: same
@@ -160,8 +186,9 @@ class DriftWorld(World):
             t = self.start_ns + rng.randint(3, self.days - 4) * DAY
             new_team = rng.choice([x for x in PRODUCT_TEAMS if x != h.actor.team])
             self.movers += [replace(h, active=(ALWAYS[0], t)),
-                            replace(h, actor=_moved(h.actor, new_team),
-                                    userpass=_moved(h.userpass, new_team), active=(t, ALWAYS[1]))]
+                            replace(h, actor=self.member(h.actor, new_team),
+                                    userpass=self.member(h.userpass, new_team),
+                                    active=(t, ALWAYS[1]))]
         self.humans = [h for h in self.humans if h not in changing]
 
     def _plan_people(self, rng) -> None:
@@ -178,8 +205,4 @@ class DriftWorld(World):
         from pipeline.simulate.drift_benign import _drift_human_calls
         return _drift_human_calls(self, h)
 
-
-def _moved(actor, team: str):
-    return replace(actor, team=team, policies=("default", f"{team}-dev"),
-                   readable=frozenset((team,)))
 

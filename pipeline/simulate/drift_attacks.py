@@ -40,14 +40,21 @@ def _steady_engineer(w: World, rng: random.Random) -> Human:
 @drift_attack("insider_peer_team_read")
 def insider_peer_team_read(w: World, rng: random.Random, day: int) -> tuple[str, list[Call]]:
     """An engineer reads a neighbouring team's secrets in working hours, inside their own
-    session, from their usual VPN connection: only the team of the secrets is new."""
+    session, from their usual VPN connection: only the secrets are new. Half the time the
+    team is their partner team, whose folder they and their peers read anyway (the secrets
+    taken are the ones not shared with them); otherwise another team."""
     h = _steady_engineer(w, rng)
     session, t = _owner_session(w, h, _when(w, rng, day, 9.5, 15, h.tz_min), rng)
     c = session[-1]
     s = Session(c.actor, c.issued, c.addr, c.ua)
-    peer = rng.choice([x for x in w.teams if x not in (h.actor.team, SRE_TEAM)])
+    partner = w.partner[h.actor.team]
+    if rng.random() < 0.5:
+        peer, pool = partner, [x for x in w.teams[partner] if x not in w.shared[partner]]
+    else:
+        peer = rng.choice([x for x in w.teams if x not in (h.actor.team, partner, SRE_TEAM)])
+        pool = list(w.teams[peer])
     calls = [kv_list(w, s, t, rng, peer)] if rng.random() < 0.4 else []
-    for secret in rng.sample(w.teams[peer], min(len(w.teams[peer]), rng.randint(3, 10))):
+    for secret in rng.sample(pool, min(len(pool), rng.randint(3, 10))):
         t += _seconds(rng, 20, 240)
         calls.append(kv_read(w, s, t, rng, secret, force=True))
     return h.actor.display_name, calls
@@ -133,7 +140,9 @@ def ci_runner_prod_read(w: World, rng: random.Random, day: int) -> tuple[str, li
         calls.append(kv_read(w, s, t, rng, secret))
     team = job.actor.team if rng.random() < 0.6 else rng.choice(
         [x for x in w.teams if x != job.actor.team])
-    for secret in rng.sample(w.teams[team], min(len(w.teams[team]), rng.randint(3, 12))):
+    # Production secrets the pipelines never need (deploys read one, for migrations).
+    pool = [x for x in w.teams[team] if x not in job.secrets]
+    for secret in rng.sample(pool, min(len(pool), rng.randint(3, 12))):
         t += _seconds(rng, 0.05, 5)
         calls.append(kv_read(w, s, t, rng, secret, force=True))
     return "approle-" + job.actor.metadata["role_name"], calls

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 from pipeline.simulate.benign import (BenignGen, _active, _human_burst, _job_run, batch_runs,
                                       dynamic_credentials, secret_rotation, service_logins)
-from pipeline.simulate.calls import _call, kv_read, login, policy_write, sys_call
+from pipeline.simulate.calls import _call, kv_list, kv_read, login, policy_write, sys_call
 from pipeline.simulate.world import (CI_RUNNERS, CORP_VPN, K8S_PROD, Call, DAY, HOUR, MINUTE, Human,
                                      Session, TEAMS, World, _ip, _seconds)
 
@@ -74,7 +74,23 @@ def _day(w: World, h: Human, rng: random.Random, midnight: int, weekend: bool,
     for bt in sorted(rng.uniform(issued + MINUTE, max(end, issued + 2 * MINUTE))
                      for _ in range(bursts)):
         ua = h.uas[0] if rng.random() < 0.75 else h.uas[1]
-        yield from _human_burst(w, h, Session(h.actor, issued, next(where), ua), int(bt), rng)
+        s = Session(h.actor, issued, next(where), ua)
+        if not h.sre and rng.random() < 0.15:
+            yield from _partner_burst(w, h, s, int(bt), rng)
+        else:
+            yield from _human_burst(w, h, s, int(bt), rng)
+
+
+def _partner_burst(w: World, h: Human, s: Session, t: int, rng: random.Random) -> Iterator[Call]:
+    """Work on the integration with the partner team: its shared secrets, sometimes after a
+    look at its folder."""
+    partner = w.partner[h.actor.team]
+    if rng.random() < 0.3:
+        yield kv_list(w, s, t, rng, partner)
+        t += _seconds(rng, 2, 30)
+    for _ in range(rng.randint(1, 3)):
+        yield kv_read(w, s, t, rng, rng.choice(w.shared[partner]))
+        t += _seconds(rng, 5, 60)
 
 
 def _page(w: World, h: Human, rng: random.Random, midnight: int) -> Iterator[Call]:
