@@ -337,7 +337,7 @@ def test_low_and_slow_is_one_extra_read_an_hour_for_two_days(run):
         assert len({_who(r) for r in ep}) == 1 and _who(ep[0]).startswith("k8s:")
 
 
-def test_insider_reads_a_peer_team_from_their_usual_connection(run):
+def test_insider_reads_a_peer_team_from_their_usual_connection(run, world):
     _, _, requests, _, _ = run
     for ep in _by_episode(run, "insider_peer_team_read"):
         token = (ep[0]["auth"]["accessor"], ep[0]["auth"]["token_issue_time"])
@@ -348,7 +348,41 @@ def test_insider_reads_a_peer_team_from_their_usual_connection(run):
         usual = {r["request"]["remote_address"] for r in own}
         assert ep[0]["request"]["remote_address"] in usual
         teams = {r["request"]["path"].split("/")[2] for r in ep}
-        assert len(teams) == 1 and ep[0]["auth"]["policies"][-1] != f"{teams.pop()}-dev"
+        own_team = ep[0]["auth"]["policies"][1].removesuffix("-dev")
+        assert len(teams) == 1 and own_team not in teams
+        reads = {r["request"]["path"] for r in ep if r["request"]["operation"] == "read"}
+        shared = {x.path for x in world.shared[world.partner[own_team]]}
+        assert reads and not reads & shared  # never the secrets shared with them
+
+
+def test_engineers_read_their_partner_teams_shared_secrets(run, world):
+    """The benign look-alike of the insider: cross-team reads, of the shared secrets only."""
+    _, _, requests, _, _ = run
+    attack = _attack_ids(run)
+    teams = {h.actor.entity_id: h.actor.team for h in world.humans if not h.sre}
+    cross = Counter()
+    for r in requests:
+        e, path = r["auth"].get("entity_id"), r["request"]["path"]
+        if (e in teams and r["request"]["id"] not in attack and path.startswith("secret/data/")
+                and path.split("/")[2] != teams[e]):
+            cross[path.split("/")[2] == world.partner[teams[e]]] += 1
+    # A typo in a team name is the only other way out of one's own folder.
+    assert cross[True] > 50 and cross[False] < cross[True] / 5
+
+
+def test_deploy_pipelines_read_one_production_secret(run, world):
+    _, _, requests, _, _ = run
+    attack = _attack_ids(run)
+    prod = defaultdict(set)
+    for r in requests:
+        who, path = _who(r), r["request"]["path"]
+        if (who.startswith("approle:ci-") and r["request"]["id"] not in attack
+                and path.startswith("secret/data/") and "/staging/" not in path):
+            prod[who].add(path)
+    deploys = {f"approle:{j.actor.metadata['role_name']}" for j in world.ci
+               if "-deploy" in j.actor.metadata["role_name"]}
+    assert set(prod) == deploys
+    assert all(len([p for p in v if "/ci/" not in p]) == 1 for v in prod.values())
 
 
 def test_default_benign_generators_are_not_changed_by_the_drift_ones():

@@ -49,6 +49,8 @@ would know of: each weekly rotation run and each planned deploy (not the rare re
 
 Modules: ``world`` (the fleet, its identities and secrets), ``calls`` (building one call),
 ``benign`` and ``attacks`` (the two registries), ``render`` (audit lines, labels, windows).
+``drift``, ``drift_benign`` and ``drift_attacks`` are a second world (``SimulationSpec.world``
+"drift", :func:`world_spec`) whose normal changes during the log, with five more attack classes.
 
 Simplification: a token is per identity (stable accessor and token HMAC), only its issue time
 changes with logins, so an identity keeps one accessor across the whole log.

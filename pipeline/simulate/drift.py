@@ -14,7 +14,10 @@ meets a different normal in week two. This world adds, on top of the default beh
 * humans whose VPN address changes per connection, who work from home some days (a public
   address from their ISP, same user agent), one engineer back from nine days away working
   from home, SREs on call at weekends, a public holiday;
-* SRE administrators editing policies as part of their job, and a new audit device enabled.
+* SRE administrators editing policies as part of their job, and a new audit device enabled;
+* partner teams: engineers read a few shared secrets of one other team, and deploy pipelines
+  read one production credential (migrations), so a cross-team or production read alone is
+  no proof of an attack.
 
 Attacks: the ten default classes plus the shapes a stationary world cannot show (see
 ``drift_attacks``). Deterministic per seed like the default world; the default world's output
