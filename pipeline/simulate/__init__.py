@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     spec = world_spec(a.world, a.days, a.seed, a.target_calls, not a.no_attacks)
     began = _time.perf_counter()
-    summary = simulate(spec, a.out, a.labels, a.windows)
+    try:
+        summary = simulate(spec, a.out, a.labels, a.windows)
+    except ValueError as e:
+        p.error(str(e))
     elapsed = _time.perf_counter() - began
     print(f"{summary.calls} calls, {summary.lines} lines ({summary.attack_calls} attack calls, "
           f"episodes {summary.episodes}) in {elapsed:.2f} s", file=sys.stderr)
