@@ -389,3 +389,34 @@ def test_default_benign_generators_are_not_changed_by_the_drift_ones():
     names = [g.__name__ for g in BENIGN]
     assert names == ["service_logins", "human_days", "ci_runs", "batch_runs",
                      "dynamic_credentials", "secret_rotation"]
+
+
+@pytest.mark.slow  # one more replay of the two-week log
+def test_quality_benchmark_reports_the_drift_world_without_gating(run, tmp_path):
+    import gzip
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    _, _, _, labels, d = run
+    # The benchmark's cache names: the log it would simulate for this seed and size.
+    stem = tmp_path / "quality-drift-14d-20000-5.log"
+    stem.with_suffix(".log.gz").write_bytes(gzip.compress((d / "audit.jsonl").read_bytes()))
+    shutil.copyfile(d / "audit.jsonl.labels.jsonl", tmp_path / (stem.name + ".labels.jsonl"))
+    shutil.copyfile(d / "audit.jsonl.windows.jsonl", tmp_path / (stem.name + ".windows.jsonl"))
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_quality.py"),
+                           "--world", "drift", "--seeds", "5", "--calls", "20000",
+                           "--cache", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    rows = re.findall(r"^  (\w+)\s+(\d+)/(\d+) episodes .* findings (\d+)$", proc.stdout, re.M)
+    assert {r[0] for r in rows} == set(DRIFT_ATTACKS)
+    assert all(int(r[2]) == 3 for r in rows)
+    assert "targets reported, not applied" in proc.stdout
+    enforced = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_quality.py"),
+                               "--world", "drift", "--seeds", "5", "--calls", "20000",
+                               "--cache", str(tmp_path), "--min-recall", "1.01", "--enforce"],
+                              capture_output=True, text=True, timeout=300)
+    assert enforced.returncode == 1 and "FAIL seed 5: recall" in enforced.stderr
