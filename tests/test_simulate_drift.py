@@ -307,6 +307,7 @@ def test_concurrent_token_theft_shares_the_owners_token_while_owner_is_on_vpn(ru
                  and r["request"]["id"] not in ids and lo <= _ns(r["time"]) <= hi]
         assert owner and all(r["auth"]["token_issue_time"] == ep[0]["auth"]["token_issue_time"]
                              for r in owner)
+        assert all(r["request"]["remote_address"].startswith("172.16.") for r in owner)
 
 
 def test_secret_id_minting_then_login_and_reads(run):
@@ -347,6 +348,7 @@ def test_insider_reads_a_peer_team_from_their_usual_connection(run, world):
         assert own  # the engineer's own session, same token
         usual = {r["request"]["remote_address"] for r in own}
         assert ep[0]["request"]["remote_address"] in usual
+        assert all(r["request"]["remote_address"].startswith("172.16.") for r in ep)
         teams = {r["request"]["path"].split("/")[2] for r in ep}
         own_team = ep[0]["auth"]["policies"][1].removesuffix("-dev")
         assert len(teams) == 1 and own_team not in teams
