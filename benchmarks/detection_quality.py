@@ -7,6 +7,12 @@ Each seed is a different fleet, different attack episodes and different benign t
 ``pipeline.simulate``). Quote a seed the detectors were not tuned on. Exits 1 if any seed misses a
 target: recall >= 0.95 of attack episodes, precision >= 0.8 of findings, <= 1 false finding per
 10k benign calls.
+
+    python benchmarks/detection_quality.py --world drift --seeds 1 2 3 --calls 200000
+
+runs the drift world (14 days by default; see ``pipeline.simulate.drift``) and prints the same
+figures; its targets are printed but not applied (exit 0) until the detectors are worked on for
+it, unless ``--enforce`` is given.
 """
 
 from __future__ import annotations
@@ -22,7 +28,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[2027])
-    ap.add_argument("--days", type=int, default=7)
+    ap.add_argument("--days", type=int, help="default 7 (default world), 14 (drift world)")
+    ap.add_argument("--world", choices=("default", "drift"), default="default")
+    ap.add_argument("--enforce", action="store_true",
+                    help="exit 1 on a missed target for the drift world too")
     ap.add_argument("--calls", type=int, default=150_000)
     ap.add_argument("--config", type=Path, help="pipeline config (default: the embedded one)")
     ap.add_argument("--min-recall", type=float, default=0.95)
@@ -32,28 +41,27 @@ def main() -> int:
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    from models.evaluation import evaluate_log
     from pipeline.config import load_settings
-    from pipeline.simulate import SimulationSpec, simulate
+    from pipeline.simulate import simulate, world_spec
 
     settings = load_settings(args.config, store__url="sqlite://")
     failed = False
     for seed in args.seeds:
-        log = args.cache / f"quality-{args.days}d-{args.calls}-{seed}.log.gz"
+        spec = world_spec(args.world, args.days, seed, args.calls)
+        log = args.cache / f"quality-{args.world}-{spec.days}d-{args.calls}-{seed}.log.gz"
         labels = log.with_name(log.name.removesuffix(".gz") + ".labels.jsonl")
         windows = log.with_name(log.name.removesuffix(".gz") + ".windows.jsonl")
         if not (log.exists() and labels.exists() and windows.exists()):
-            simulate(SimulationSpec(days=args.days, seed=seed, target_calls=args.calls), log,
-                     labels, windows)
+            simulate(spec, log, labels, windows)
         started = time.perf_counter()
-        report = evaluate_log(log, settings, labels, windows)
+        report, per_class = _score(log, settings, labels, windows)
         elapsed = time.perf_counter() - started
         print(f"seed {seed}: {report.benign_events + report.attack_events:,} calls replayed "
               f"and scored in {elapsed:.1f}s")
         for c in report.classes:
             delay = "-" if c.median_delay_seconds is None else f"{c.median_delay_seconds:.0f}s"
-            print(f"  {c.attack_class:28s} {c.detected}/{c.episodes} episodes  "
-                  f"median delay {delay}")
+            print(f"  {c.attack_class:31s} {c.detected}/{c.episodes} episodes  "
+                  f"median delay {delay:>7s}  findings {per_class.get(c.attack_class, 0)}")
         delay = report.median_delay_seconds
         print(f"  recall {report.recall:.3f}  precision {report.precision:.3f} "
               f"({report.true_findings}/{report.findings})  false per 10k benign "
@@ -71,9 +79,43 @@ def main() -> int:
         if misses:
             failed = True
             print(f"FAIL seed {seed}: " + "; ".join(misses), file=sys.stderr)
+    if args.world != "default" and not args.enforce:
+        # Detection work on this world comes later: report, do not gate.
+        print(f"{args.world} world: targets reported, not applied (--enforce applies them)")
+        return 0
     if not failed:
         print("ok: every seed meets the targets")
     return 1 if failed else 0
+
+
+def _score(log: Path, settings, labels: Path, windows: Path):
+    """``evaluate_log``'s replay and score, keeping the findings to count how many name each
+    class's events: one growing finding per episode is the aim, and a campaign split into one
+    finding per firing shows here as findings far above episodes."""
+    from models.evaluation import evaluate, load_episodes
+    from pipeline.runner import Pipeline
+    from pipeline.sources.files import replay
+    from pipeline.store import Store
+
+    settings = settings.model_copy(update={"triage": settings.triage.model_copy(
+        update={"change_window_feed": str(windows.resolve())})})
+    versions: list = []
+    store = Store(settings.store.url)
+    try:
+        pipeline = Pipeline(settings, store=store, on_version=versions.append)
+        stats = pipeline.run(replay([str(log)]))
+    finally:
+        store.close()
+    episodes = load_episodes(labels)
+    owner = {rid: ep.attack_class for ep in episodes for rid in ep.request_ids}
+    hits: dict[str, set[str]] = {}  # finding id -> classes any of its versions names
+    for f in versions:
+        hits.setdefault(f.id, set()).update(owner[r] for r in f.related_event_ids if r in owner)
+    per_class: dict[str, int] = {}
+    for classes in hits.values():
+        for cls in classes:
+            per_class[cls] = per_class.get(cls, 0) + 1
+    return evaluate(versions, episodes, stats.events), per_class
 
 
 if __name__ == "__main__":

@@ -130,18 +130,24 @@ def simulate(
     out: Path = typer.Argument(..., help="Where to write the simulated Vault audit log (.gz ok)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Attack labels (JSONL); default OUT.labels.jsonl"),
     windows: Optional[Path] = typer.Option(None, "--windows", help="Expected-burst windows (rotations, deploys; JSONL); default OUT.windows.jsonl"),
-    days: int = typer.Option(7, min=1, max=366),
+    days: Optional[int] = typer.Option(None, min=1, max=366, help="Default 7 (default world), 14 (drift world)."),
     seed: int = typer.Option(7),
     calls: Optional[int] = typer.Option(None, "--calls", help="Scale the fleet to about this many calls."),
     attacks: bool = typer.Option(True, "--attacks/--no-attacks"),
+    world: str = typer.Option("default", "--world", help="default, or drift: staging churn, migrations, reorganisations, home working, on-call, and the attacks that hide in them."),
 ) -> None:
     """Write a labelled, simulated Vault audit log of a company fleet."""
-    from pipeline.simulate import SimulationSpec, simulate as run_simulation
+    from pipeline.simulate import WORLDS, simulate as run_simulation, world_spec
 
+    if world not in WORLDS:
+        raise typer.BadParameter(f"{world!r} is not one of {', '.join(WORLDS)}", param_hint="--world")
     labels = labels or out.with_name(out.name.removesuffix(".gz") + ".labels.jsonl")
     windows = windows or out.with_name(out.name.removesuffix(".gz") + ".windows.jsonl")
-    summary = run_simulation(SimulationSpec(days=days, seed=seed, attacks=attacks,
-                                            target_calls=calls), out, labels, windows)
+    try:
+        spec = world_spec(world, days, seed, calls, attacks)
+        summary = run_simulation(spec, out, labels, windows)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="--days") from None
     classes = ", ".join(f"{k} {v}" for k, v in sorted(summary.episodes.items()))
     err.print(f"wrote {summary.calls:,} calls ({summary.lines:,} lines) to {out}; "
               f"{summary.attack_calls:,} attack calls in episodes: {classes or 'none'}; labels in {labels}; "

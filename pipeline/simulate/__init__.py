@@ -49,6 +49,8 @@ would know of: each weekly rotation run and each planned deploy (not the rare re
 
 Modules: ``world`` (the fleet, its identities and secrets), ``calls`` (building one call),
 ``benign`` and ``attacks`` (the two registries), ``render`` (audit lines, labels, windows).
+``drift``, ``drift_benign`` and ``drift_attacks`` are a second world (``SimulationSpec.world``
+"drift", :func:`world_spec`) whose normal changes during the log, with five more attack classes.
 
 Simplification: a token is per identity (stable accessor and token HMAC), only its issue time
 changes with logins, so an identity keeps one accessor across the whole log.
@@ -95,10 +97,10 @@ def simulate(spec: SimulationSpec, out: Path | TextIO,
         raise ValueError("days must be at least 1")
     if spec.attacks and not (spec.services and spec.humans):
         raise ValueError("attack episodes need at least one service and one human")
-    world = World(spec)
-    calls = [c for gen in BENIGN for c in gen(world) if world.start_ns <= c.t < world.end_ns]
+    world, benign_gens, attacks, per_class = _profile(spec)
+    calls = [c for gen in benign_gens for c in gen(world) if world.start_ns <= c.t < world.end_ns]
     n_benign = len(calls)
-    episodes = _attack_episodes(world) if spec.attacks else []
+    episodes = _attack_episodes(world, attacks, per_class) if spec.attacks else []
     owner = [-1] * n_benign
     for k, ep in enumerate(episodes):
         calls.extend(ep.calls)
@@ -114,7 +116,7 @@ def simulate(spec: SimulationSpec, out: Path | TextIO,
         _write_windows(_change_windows(world), windows_out)
     total = len(calls) + len(bulk.t)
     attack_calls = len(calls) - n_benign
-    counts = dict.fromkeys(ATTACKS, 0) if spec.attacks else {}
+    counts = dict.fromkeys(attacks, 0) if spec.attacks else {}
     for ep in episodes:
         counts[ep.cls] = counts.get(ep.cls, 0) + 1
     return SimulationSummary(
@@ -123,6 +125,35 @@ def simulate(spec: SimulationSpec, out: Path | TextIO,
         first_time=None if first is None else _datetime(first),
         last_time=None if last is None else _datetime(last),
     )
+
+
+WORLDS = ("default", "drift")
+
+
+def world_spec(world: str = "default", days: int | None = None, seed: int = SimulationSpec.seed,
+               target_calls: int | None = None, attacks: bool = True) -> SimulationSpec:
+    """The spec of a named world; ``days`` None is that world's usual length."""
+    if world == "drift":
+        from pipeline.simulate.drift import MIN_DAYS, drift_spec
+        return drift_spec(days or MIN_DAYS, seed, target_calls, attacks)
+    if world != "default":
+        raise ValueError(f"unknown world {world!r}; one of {', '.join(WORLDS)}")
+    return SimulationSpec(days=days or SimulationSpec.days, seed=seed, target_calls=target_calls,
+                          attacks=attacks)
+
+
+def _profile(spec: SimulationSpec) -> tuple[World, list, dict, int | None]:
+    """The world of ``spec.world``, its benign generators, attack classes and episodes per
+    class (None: the default count for the length of the log)."""
+    if spec.world == "default":
+        return World(spec), BENIGN, ATTACKS, None
+    if spec.world == "drift":
+        from pipeline.simulate.drift import DriftWorld
+        from pipeline.simulate.drift_attacks import DRIFT_ATTACKS
+        from pipeline.simulate.drift_benign import DRIFT_BENIGN
+        # Fifteen classes: three episodes each keeps attacks rare among ~200k calls.
+        return DriftWorld(spec), DRIFT_BENIGN, DRIFT_ATTACKS, 3
+    raise ValueError(f"unknown world {spec.world!r}; one of {', '.join(WORLDS)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,15 +168,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--labels", type=Path)
     p.add_argument("--windows", type=Path, help="expected-burst windows (JSONL)")
-    p.add_argument("--days", type=int, default=SimulationSpec.days)
+    p.add_argument("--days", type=int, help="default 7 (default world), 14 (drift world)")
     p.add_argument("--seed", type=int, default=SimulationSpec.seed)
     p.add_argument("--target-calls", type=int)
     p.add_argument("--no-attacks", action="store_true")
+    p.add_argument("--world", choices=WORLDS, default="default")
     a = p.parse_args(argv)
-    spec = SimulationSpec(days=a.days, seed=a.seed, target_calls=a.target_calls,
-                          attacks=not a.no_attacks)
+    spec = world_spec(a.world, a.days, a.seed, a.target_calls, not a.no_attacks)
     began = _time.perf_counter()
-    summary = simulate(spec, a.out, a.labels, a.windows)
+    try:
+        summary = simulate(spec, a.out, a.labels, a.windows)
+    except ValueError as e:
+        p.error(str(e))
     elapsed = _time.perf_counter() - began
     print(f"{summary.calls} calls, {summary.lines} lines ({summary.attack_calls} attack calls, "
           f"episodes {summary.episodes}) in {elapsed:.2f} s", file=sys.stderr)

@@ -26,12 +26,13 @@ def attack(cls: str) -> Callable[[EpisodeGen], EpisodeGen]:
     return register
 
 
-def _attack_episodes(w: World) -> list[Episode]:
+def _attack_episodes(w: World, attacks: dict[str, EpisodeGen] | None = None,
+                     per_class: int | None = None) -> list[Episode]:
     """A few episodes per class, stratified over days 3..N so every identity has a history."""
-    per_class = max(2, round(3 * w.days / 7))
+    per_class = per_class or max(2, round(3 * w.days / 7))
     window = w.days - w.attack_day0
     episodes = []
-    for cls, gen in ATTACKS.items():
+    for cls, gen in (ATTACKS if attacks is None else attacks).items():
         rng = w.rand("attack", cls)
         for k in range(per_class):
             day = w.attack_day0 + int((k + rng.random()) * window / per_class)
@@ -258,7 +259,9 @@ def _work_session(w: World, h: Human, t: int, span: int,
     """The engineer's own session (token, address, client) next after ``t``, or the last one
     before it, with a start for reads that fits ``span`` before the log ends."""
     lo, hi = w.start_ns + w.attack_day0 * DAY, w.end_ns - span - 10 * MINUTE
-    own = [c for c in _human_calls(w, h) if c.kind == TOKEN and lo <= c.t <= hi]
+    # A world whose engineers behave otherwise (the drift world) says how they do.
+    sessions = w.human_calls(h) if hasattr(w, "human_calls") else _human_calls(w, h)
+    own = [c for c in sessions if c.kind == TOKEN and lo <= c.t <= hi]
     if not own:
         return _human_session(w, h, t, rng), t
     later = [c for c in own if c.t >= t]
