@@ -559,10 +559,10 @@ def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | No
         consumer.close()
 
 
-def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
-        kafka_broker, fleet_lines, tmp_path):
-    """A restart must read the waiting request again, or its call would lose its request half.
-    The stage is driven poll by poll here, so each commit is known to have happened."""
+def held_call_stage(broker, fleet_lines, tmp_path, held_id: str, whole: int, name: str):
+    """A one-partition audit topic holding a request whose response is not there yet (offset
+    0), then ``whole`` complete calls within the join timeout; and a parse stage on it, driven
+    poll by poll. Returns (topic, tag, the held response's line, the stage)."""
     from pipeline.config import load_settings
     from pipeline.sources.kafka import ensure_topics
     from pipeline.stages import ParseStage
@@ -570,21 +570,28 @@ def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
     first = orjson.loads(fleet_lines[0])["request"]["id"]
     template = [l for l in fleet_lines[:200] if orjson.loads(l)["request"]["id"] == first]
     assert [orjson.loads(l)["type"] for l in template] == ["request", "response"]
-    held_request, held_response = call(template, "held-0", 0)
+    held_request, held_response = call(template, held_id, 0)
     audit = unique_topic("audit")
-    tp = TopicPartition(audit, 0)
-    kafka_broker.create_topic(audit, partitions=1)
-    # the held request at offset 0, then ten whole calls within the join timeout
-    produce(kafka_broker.bootstrap, audit,
-            [held_request] + [l for i in range(1, 11) for l in call(template, f"c-{i}", i)])
-    tag = unique_topic("commit")
-    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, "sqlite://")
+    broker.create_topic(audit, partitions=1)
+    produce(broker.bootstrap, audit, [held_request] + [
+        l for i in range(1, whole + 1) for l in call(template, f"{held_id}-{i}", i)])
+    tag = unique_topic(name)
+    cfg = config(tmp_path, broker.bootstrap, audit, tag, "sqlite://")
     doc = yaml.safe_load(cfg.read_text())
     doc["kafka"]["idle_seconds"] = 3600  # a quiet partition must not release the request
     cfg.write_text(yaml.safe_dump(doc))
     settings = load_settings(cfg)
     ensure_topics(settings.kafka, 1, 1)
-    stage = ParseStage(settings)
+    return audit, tag, held_response, ParseStage(settings)
+
+
+def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
+        kafka_broker, fleet_lines, tmp_path):
+    """A restart must read the waiting request again, or its call would lose its request half.
+    The stage is driven poll by poll here, so each commit is known to have happened."""
+    audit, tag, held_response, stage = held_call_stage(kafka_broker, fleet_lines, tmp_path,
+                                                       "held-0", 10, "commit")
+    tp = TopicPartition(audit, 0)
     try:
         wait_for(lambda: stage.poll_once() or stage.counters.records >= 21, 60,
                  lambda: f"the 21 records to be read ({stage.counters.records} so far)")
@@ -615,25 +622,8 @@ def test_a_rebalance_that_gives_a_partition_back_keeps_its_waiting_requests(
     """A second member joins the parse group and leaves again: each time every partition is
     revoked and the stage's one partition given back, its consumer position kept. The request
     read before the rebalances must still be joined with its response read after them."""
-    from pipeline.config import load_settings
-    from pipeline.sources.kafka import ensure_topics
-    from pipeline.stages import ParseStage
-
-    first = orjson.loads(fleet_lines[0])["request"]["id"]
-    template = [l for l in fleet_lines[:200] if orjson.loads(l)["request"]["id"] == first]
-    held_request, held_response = call(template, "held-r", 0)
-    audit = unique_topic("audit")
-    kafka_broker.create_topic(audit, partitions=1)
-    produce(kafka_broker.bootstrap, audit,
-            [held_request] + [l for i in range(1, 6) for l in call(template, f"r-{i}", i)])
-    tag = unique_topic("rebalance")
-    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, "sqlite://")
-    doc = yaml.safe_load(cfg.read_text())
-    doc["kafka"]["idle_seconds"] = 3600  # a quiet partition must not release the request
-    cfg.write_text(yaml.safe_dump(doc))
-    settings = load_settings(cfg)
-    ensure_topics(settings.kafka, 1, 1)
-    stage = ParseStage(settings)
+    audit, tag, held_response, stage = held_call_stage(kafka_broker, fleet_lines, tmp_path,
+                                                       "held-r", 5, "rebalance")
     intruder = None
     try:
         wait_for(lambda: stage.poll_once() or stage.counters.records >= 11, 60,

@@ -125,14 +125,19 @@ def _human_burst(w: World, h: Human, s: Session, t: int, rng: random.Random) -> 
 
 def _night_incident(w: World, h: Human, rng: random.Random, midnight: int) -> Iterator[Call]:
     t = midnight + int(rng.uniform(0, 5) * HOUR)
-    addr = _ip(rng, CORP_VPN)
+    yield from team_firefight(w, h, rng, t, _ip(rng, CORP_VPN), (3, 10), 120)
+
+
+def team_firefight(w: World, h: Human, rng: random.Random, t: int, addr: str,
+                   reads: tuple[int, int], max_gap: int) -> Iterator[Call]:
+    """An engineer logs in at ``t`` and reads secrets of one team whose service is failing."""
     calls = login(w, h.actor, t, rng, addr, h.uas[0])
     yield from calls
     s = Session(h.actor, calls[-1].t, addr, h.uas[0])
     t = calls[-1].t
     team = rng.choice(TEAMS)
-    for _ in range(rng.randint(3, 10)):
-        t += _seconds(rng, 10, 120)
+    for _ in range(rng.randint(*reads)):
+        t += _seconds(rng, 10, max_gap)
         yield kv_read(w, s, t, rng, rng.choice(w.teams[team]))
 
 

@@ -6,6 +6,7 @@ import random
 from collections.abc import Iterator
 
 from pipeline.simulate.benign import (BenignGen, _active, _human_burst, _job_run, batch_runs,
+                                      team_firefight,
                                       dynamic_credentials, secret_rotation, service_logins)
 from pipeline.simulate.calls import _call, kv_list, kv_read, login, policy_write, sys_call
 from pipeline.simulate.world import (CI_RUNNERS, CORP_VPN, K8S_PROD, Call, DAY, HOUR, MINUTE, Human,
@@ -98,14 +99,7 @@ def _page(w: World, h: Human, rng: random.Random, midnight: int) -> Iterator[Cal
     secrets of the team whose service is failing."""
     t = midnight + int(rng.uniform(0, 24) * HOUR)
     addr = _ip(rng, w.home_net[h.actor.key]) if rng.random() < 0.7 else _ip(rng, CORP_VPN)
-    calls = login(w, h.actor, t, rng, addr, h.uas[0])
-    yield from calls
-    s = Session(h.actor, calls[-1].t, addr, h.uas[0])
-    t = calls[-1].t
-    team = rng.choice(TEAMS)
-    for _ in range(rng.randint(3, 12)):
-        t += _seconds(rng, 10, 300)
-        yield kv_read(w, s, t, rng, rng.choice(w.teams[team]))
+    yield from team_firefight(w, h, rng, t, addr, (3, 12), 300)
 
 
 @drift_benign
