@@ -215,19 +215,11 @@ class ParseStage:
             position = self.consumer.position(tp)
             if position is None:
                 continue
-            # a decoder parked during a rebalance still holds its waiting requests
-            decoder = self.decoders.get(tp) or self._parked.get(tp)
-            pending = decoder.oldest_pending() if decoder is not None else None
+            pending = self.decoders[tp].oldest_pending() if tp in self.decoders else None
             safe = _origin_offset(pending.origin) if pending is not None else position
             offsets[tp] = kafka_io.OffsetAndMetadata(min(safe, position), None, -1)
-        if not offsets:
-            return
-        try:
+        if offsets:
             self.consumer.commit(offsets)
-        except kafka_io.COMMIT_DURING_REBALANCE as exc:
-            # Committed offsets only ever lag: skipping one means a restart reads a little
-            # more again (the score stage drops the copies); the next commit catches up.
-            log.info("parse: commit skipped during a rebalance: %s", exc)
 
     def _apply_rebalances(self) -> None:
         """Forget partitions a rebalance took away; keep the state of those it gave back.

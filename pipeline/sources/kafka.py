@@ -13,17 +13,14 @@ from pathlib import Path
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
-from kafka.errors import CommitFailedError, RebalanceInProgressError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
 from pipeline.config import KafkaSettings
 from pipeline.errors import ConfigError
 
-# A commit refused because the group is rebalancing: safe to skip, the next one covers it.
-COMMIT_DURING_REBALANCE = (CommitFailedError, RebalanceInProgressError)
-
-__all__ = ["COMMIT_DURING_REBALANCE", "ConsumerRebalanceListener", "OffsetAndMetadata",
-           "TopicPartition", "client_options", "consumer", "ensure_topics", "producer"]
+__all__ = ["ConsumerRebalanceListener", "OffsetAndMetadata", "TopicPartition", "client_options",
+           "consumer", "ensure_topics", "producer"]
 
 
 def _password(k: KafkaSettings) -> str:
