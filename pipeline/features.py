@@ -86,12 +86,17 @@ FEATURE_NAMES: tuple[str, ...] = (
     "seq_denied_then_success",  # a success within 15 min after a burst of denials/failed logins
     "seq_token_create_then_read",  # a read within 1 h after creating a token
     "seq_new_segment_login_then_read",  # a read within 1 h after a login from a new segment
+    # sessions and role boundaries
+    "networks_15m",  # networks (segments; an unlisted address by its /16) used in 15 minutes
+    "network_first_seen",  # 1.0 if the identity never called from this network
+    "role_new_secrets_1h",  # distinct secrets read in 1 h that neither it nor its peers had used
+    "role_new_secrets_24h",  # ... in 24 h (a slow campaign adds one an hour)
     # the baseline itself
     "requests_baseline_1h",  # usual requests_count_1h for the identity (EWMA over its history)
     "secrets_baseline_1h",  # usual secrets_distinct_1h for the identity
     "history_events",  # events already in the identity's baseline
     "history_days",  # event time since the identity's first baseline event
-    "idle_days",  # event time since the identity's last baseline event (dormancy)
+    "idle_days",  # event time since the identity's previous call of any kind (dormancy)
     "periodicity",  # 1 for a clockwork caller, towards 0 for an irregular one
     "interval_deviation",  # how far this gap is from the identity's usual gap (robust z, log)
     "peer_history",  # events in the peer group's baseline
@@ -108,6 +113,9 @@ _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
 _LIST_BURST = 3  # lists in 10 minutes
 _DENIED_BURST = 5  # denials or failed logins in 5 minutes
 _LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
+_CONCURRENT = 900.0  # networks used within this long of each other are one session's
+ROLE_NEW_KEEP = 64  # role-new reads kept per identity: thresholds are far below
+_DAY = 86400.0
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
@@ -121,6 +129,8 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     keys: tuple = ()
     how: int = 0  # hour of the week and of the day of the event (see hour_slots)
     hod: int = 0
+    peer: PeerGroup | None = None  # the peer group of the event's policies (learn updates it)
+    network: str = ""  # see network_of
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -149,6 +159,10 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     since_policy_write: float
     since_denied_burst: float
     since_token_create: float
+    since_previous: float  # event time since the identity's previous call (inf for its first)
+    networks_15m: float
+    network: str
+    peer: PeerGroup
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -193,6 +207,53 @@ def _hours_to(hod: list[int], hour: int, floor: float) -> float:
     return 12.0
 
 
+def network_of(segment: str, address: str) -> str:
+    """Where a call came from, coarsely: its segment, or for an address in no segment its /16
+    (IPv4) or /32 (IPv6), so a VPN that hands out a new address per connection, or a home
+    connection, is one network and a second place is another."""
+    if segment != "unknown":
+        return segment
+    if ":" in address:
+        return "unknown:" + ":".join(address.split(":", 2)[:2])
+    return "unknown:" + ".".join(address.split(".", 2)[:2])
+
+
+def _networks(seen: dict[str, float], net: str, ts: float) -> int:
+    """Record a call from network ``net`` at ``ts``; return how many networks the identity used
+    within ``_CONCURRENT`` of it (this one included). ``seen`` holds one time per network."""
+    last = seen.get(net)
+    if last is None or ts > last:
+        seen[net] = ts
+    if len(seen) > 1:
+        floor = ts - _CONCURRENT
+        for old in [k for k, t in seen.items() if t < floor]:
+            del seen[old]  # a network stays only while it is recent
+    return len(seen)
+
+
+def _remember(kept: list[tuple[float, str]], ts: float, secret: str) -> None:
+    """Note a read of a secret new for the whole role. Idempotent (a batch may derive a row
+    twice), bounded, and kept only for a day."""
+    item = (ts, secret)
+    if item in kept:
+        return
+    kept.append(item)
+    floor = ts - _DAY
+    if len(kept) > ROLE_NEW_KEEP or kept[0][0] <= floor:
+        kept[:] = [x for x in kept if x[0] > floor][-ROLE_NEW_KEEP:]
+
+
+def _role_new(kept: list[tuple[float, str]], ts: float) -> tuple[float, float]:
+    """Distinct role-new secrets read in the hour and the day up to ``ts``."""
+    hour, day = set(), set()
+    for t, secret in kept:
+        if ts - _DAY < t <= ts:
+            day.add(secret)
+            if t > ts - 3600.0:
+                hour.add(secret)
+    return float(len(hour)), float(len(day))
+
+
 class FeatureExtractor:
     """Per-identity state and the feature functions; see the module docstring."""
 
@@ -224,12 +285,20 @@ class FeatureExtractor:
         st = self.identities.get(event.identity)
         if st is None:
             st = self.identities[event.identity] = IdentityState()
+        if event.policies != st.policies:
+            # An identity that changes team gets new policies: from now on its peers are the
+            # holders of those, so its new team's folders are its role's, not foreign.
+            st.policies = event.policies
             st.peer = self.peer_group(event.policies)
         ts = event.ts
         eid = event.event_id
         st.recent.append((ts, eid))
+        since_previous = max(0.0, ts - st.newest_ts)
         if ts > st.newest_ts:
             st.newest_ts = ts
+        segment = self.segments.lookup(event.remote_address)
+        network = network_of(segment, event.remote_address)
+        networks = _networks(st.networks, network, ts)
         requests_1m = st.requests_1m.add_count(ts, eid)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)
@@ -268,7 +337,7 @@ class FeatureExtractor:
                 elif event.path.startswith("auth/token/create"):
                     marks[3] = ts
         return Windows(
-            self.segments.lookup(event.remote_address),
+            segment,
             secret_access,
             float(requests_1m),
             float(requests_1h),
@@ -282,12 +351,13 @@ class FeatureExtractor:
             _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
             ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
+            since_previous, float(networks), network, st.peer,
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
         """The features of an event whose windows are ``w``, against the current baseline."""
         st = self.identities[event.identity]
-        peer = st.peer
+        peer = w.peer
         ts = event.ts
         segment = w.segment
         history = st.history
@@ -305,7 +375,7 @@ class FeatureExtractor:
             classes, novelty = frequency_classes(keys, counts, history)
             seg_share = counts[SEGMENT].get(segment, 0) / history if classes[SEGMENT] < UNSEEN \
                 else 0.0
-            idle = (ts - st.last_seen) / 86400.0
+            idle = w.since_previous / _DAY
             gap_std = st.gap_var ** 0.5
             periodicity = 1.0 / (1.0 + gap_std) if history >= 10 else 0.0
             deviation = (abs(math.log1p(max(0.0, ts - st.last_seen)) - st.gap_mean)
@@ -323,6 +393,9 @@ class FeatureExtractor:
         else:
             peer_hod_share = 0.0
         reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
+        if reading and history and classes[SECRET] == UNSEEN and peer_classes[0] == UNSEEN:
+            _remember(st.role_new, ts, event.secret)
+        role_new_1h, role_new_24h = _role_new(st.role_new, ts) if st.role_new else (0.0, 0.0)
         policy_write = not secret_access and is_policy_write(event)
         succeeded = event.outcome == SUCCESS and (secret_access or event.is_login)
         values = (
@@ -360,6 +433,10 @@ class FeatureExtractor:
             1.0 if succeeded and w.since_denied_burst <= _DENIED_FOLLOW else 0.0,
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
             1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
+            w.networks_15m,
+            1.0 if history and w.network not in st.places else 0.0,
+            role_new_1h,
+            role_new_24h,
             st.requests_baseline,
             st.secrets_baseline,
             float(history),
@@ -370,7 +447,7 @@ class FeatureExtractor:
             float(p_history),
             float(len(peer.members)),
         )
-        return FeatureVector(event, segment, values, keys, how, hod)
+        return FeatureVector(event, segment, values, keys, how, hod, peer, w.network)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -389,11 +466,13 @@ class FeatureExtractor:
             st.new_segment_login = ts
         st.how[how] += 1
         st.hod[hod] += 1
+        if fv.network:
+            st.places[fv.network] = st.places.get(fv.network, 0) + 1
         for seen, key in zip(st.counts, keys):
             if key is not None:
                 seen[key] += 1
         policy_write = is_policy_write(event)
-        st.peer.learn(event.identity, keys, hod, policy_write)
+        (fv.peer or st.peer).learn(event.identity, keys, hod, policy_write)
         if policy_write:
             st.policy_writer = True
         learn_rates(st, ts, fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H])
@@ -418,11 +497,13 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         st.how[undo.how] -= 1
         st.hod[undo.hod] -= 1
+        if fv.network:
+            decrement(st.places, fv.network)
         keys = _learned_keys(fv)
         for seen, key in zip(st.counts, keys):
             if key is not None:
                 decrement(seen, key)
-        st.peer.unlearn(event.identity, keys, undo.hod, is_policy_write(event))
+        (fv.peer or st.peer).unlearn(event.identity, keys, undo.hod, is_policy_write(event))
         st._set_scalars(undo.scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = undo.rates

@@ -39,7 +39,8 @@ class IdentityState:
         "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
-        "hours_seen", "peer", "newest_ts",
+        "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new",
+        "places",
     )
 
     def __init__(self) -> None:
@@ -83,6 +84,14 @@ class IdentityState:
         self.hour_secrets = 0.0
         self.hours_seen = 0
         self.peer: PeerGroup | None = None
+        self.policies: tuple[str, ...] | None = None  # of the newest event: they pick the peers
+        # network (segment, or the /16 of an address in no segment) -> last event time from it
+        self.networks: dict[str, float] = {}
+        # (time, secret) of successful reads of secrets neither it nor its peers had used,
+        # newest last, bounded (see features.ROLE_NEW_KEEP)
+        self.role_new: list[tuple[float, str]] = []
+        # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
+        self.places: dict[str, int] = {}
 
     @property
     def segments(self) -> dict[str, int]:
@@ -118,13 +127,22 @@ class IdentityState:
             list(self._scalars()), list(rates(self)),
             self.peer.key if self.peer is not None else None,
             self.newest_ts,
+            list(self.policies) if self.policies is not None else None,
+            self.networks,
+            [list(x) for x in self.role_new],
+            self.places,
         ]
 
     @classmethod
     def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
         st = cls()
         (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
-         scalars, rates, peer, st.newest_ts) = state
+         scalars, rates, peer, st.newest_ts, policies, networks, role_new,
+         places) = state
+        st.places = dict(places)
+        st.policies = tuple(policies) if policies is not None else None
+        st.networks = dict(networks)
+        st.role_new = [tuple(x) for x in role_new]
         st.counts = [defaultdict(int, c) for c in counts]
         for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
                              st.creds_10m), recents):

@@ -223,7 +223,7 @@ class Pipeline:
         before = {identity: _Recent(identities.get(identity), k)
                   for identity, k in appends.items()}
         windows = [self.extractor.observe_windows(e) for e in events]
-        batch = _Batch(events, windows, [identities[e.identity].peer for e in events], before)
+        batch = _Batch(events, windows, [w.peer for w in windows], before)
         for i in range(n):
             self._derive(batch, i)
         findings: list[Finding] = []

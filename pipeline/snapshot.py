@@ -17,7 +17,7 @@ from pipeline.errors import ModelIntegrityError
 from pipeline.features import IdentityState
 from pipeline.novelty import PeerGroup
 
-VERSION = 3
+VERSION = 4
 
 
 def _plain(value: Any) -> Any:
