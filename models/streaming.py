@@ -62,7 +62,10 @@ def hst_inputs(values: np.ndarray) -> np.ndarray:
     seg_peer = v[:, _I["segment_peer_freq_class"]] / _CLASS_MAX
     out[:, 2] = own * (1.0 - np.sqrt(v[:, _I["segment_share"]])) + peer * seg_peer
     out[:, 3] = own * v[:, _I["segment_first_seen"]] + peer * (seg_peer >= 1.0)
-    out[:, 4] = (own * v[:, _I["secret_first_seen"]]
+    # A secret new to an identity that often reads new ones (a person) says less than one new
+    # to a service that reads the same three: discounted by its rate of new secrets.
+    new_rate = v[:, _I["secrets_known"]] / np.maximum(1.0, v[:, _I["history_events"]])
+    out[:, 4] = (own * v[:, _I["secret_first_seen"]] * np.maximum(0.0, 1.0 - 4.0 * new_rate)
                  + peer * (v[:, _I["secret_peer_freq_class"]] >= _CLASS_MAX))
     out[:, 5] = (own * v[:, _I["user_agent_first_seen"]]
                  + peer * (v[:, _I["user_agent_peer_freq_class"]] >= _CLASS_MAX))

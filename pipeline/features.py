@@ -78,6 +78,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "segment_peer_freq_class",
     "user_agent_peer_freq_class",
     "peer_novelty_score",  # unseen by the identity AND its peers, discounted by the peers' rate
+    "secrets_known",  # distinct secrets in the identity's baseline (over history: how often new)
     "folders_known",  # distinct secret folders in the identity's baseline (breadth of its work)
     "peer_folders_known",  # ... in its peer group's (a platform role reads everyone's)
     # sequences: this event completes a suspicious pair within its window
@@ -426,6 +427,7 @@ class FeatureExtractor:
             novelty,
             *peer_classes,
             peer_novelty,
+            float(len(counts[SECRET])),
             float(len(counts[FOLDER])),
             float(len(peer.counts[1])),  # PEER_DIMENSIONS[1] is FOLDER
             1.0 if reading and w.since_list_burst <= _LIST_FOLLOW else 0.0,
