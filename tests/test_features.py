@@ -137,7 +137,7 @@ def _state_snapshot(st):
     return {name: copy.deepcopy(getattr(st, name)) for name in
             ("how", "hod", "history", "segments", "secrets_seen", "agents_seen", "policy_writer",
              "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "baseline_hour",
-             "hour_n", "hour_requests", "hour_secrets", "hours_seen")}
+             "hour_n", "hour_requests", "hour_secrets", "hours_seen", "places")}
 
 
 def test_unlearn_exactly_reverses_learn():
