@@ -1,18 +1,16 @@
 """Detection quality on simulated fleets: recall per attack class, precision, false findings per
-10k benign calls and detection delay, for one or more seeds of the simulator.
+10k benign calls, findings per attack episode and detection delay, for one or more seeds.
 
-    python benchmarks/detection_quality.py --seeds 2027 --calls 150000
+    python benchmarks/detection_quality.py --seeds 5151 6161 7171 --calls 150000
+    python benchmarks/detection_quality.py --world drift --seeds 101 102 103 --calls 200000
 
 Each seed is a different fleet, different attack episodes and different benign traps (see
-``pipeline.simulate``). Quote a seed the detectors were not tuned on. Exits 1 if any seed misses a
-target: recall >= 0.95 of attack episodes, precision >= 0.8 of findings, <= 1 false finding per
-10k benign calls.
-
-    python benchmarks/detection_quality.py --world drift --seeds 1 2 3 --calls 200000
-
-runs the drift world (14 days by default; see ``pipeline.simulate.drift``) and prints the same
-figures; its targets are printed but not applied (exit 0) until the detectors are worked on for
-it, unless ``--enforce`` is given.
+``pipeline.simulate``; ``--world drift`` is the fleet whose normal behaviour changes during the
+log, ``pipeline.simulate.drift``). Thresholds were chosen on seeds 2027 and 4242 of the default
+world and 1, 2 and 3 of the drift world: quote other seeds. Exits 1 if any seed misses a target:
+recall >= 0.9 of attack episodes and of every attack class, precision >= 0.8 of findings,
+<= 0.3 false findings per 10k benign calls, and no episode named by more than 2 findings (an
+episode should be one finding that grows).
 """
 
 from __future__ import annotations
@@ -30,13 +28,13 @@ def main() -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[2027])
     ap.add_argument("--days", type=int, help="default 7 (default world), 14 (drift world)")
     ap.add_argument("--world", choices=("default", "drift"), default="default")
-    ap.add_argument("--enforce", action="store_true",
-                    help="exit 1 on a missed target for the drift world too")
     ap.add_argument("--calls", type=int, default=150_000)
     ap.add_argument("--config", type=Path, help="pipeline config (default: the embedded one)")
-    ap.add_argument("--min-recall", type=float, default=0.95)
+    ap.add_argument("--min-recall", type=float, default=0.90,
+                    help="of all episodes, and of every attack class")
     ap.add_argument("--min-precision", type=float, default=0.80)
-    ap.add_argument("--max-false-per-10k", type=float, default=1.0)
+    ap.add_argument("--max-false-per-10k", type=float, default=0.3)
+    ap.add_argument("--max-findings-per-episode", type=int, default=2)
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "secretscope-bench")
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -61,7 +59,8 @@ def main() -> int:
         for c in report.classes:
             delay = "-" if c.median_delay_seconds is None else f"{c.median_delay_seconds:.0f}s"
             print(f"  {c.attack_class:31s} {c.detected}/{c.episodes} episodes  "
-                  f"median delay {delay:>7s}  findings {per_class.get(c.attack_class, 0)}")
+                  f"median delay {delay:>7s}  findings {per_class.get(c.attack_class, 0)} "
+                  f"(at most {c.max_findings} per episode)")
         delay = report.median_delay_seconds
         print(f"  recall {report.recall:.3f}  precision {report.precision:.3f} "
               f"({report.true_findings}/{report.findings})  false per 10k benign "
@@ -71,6 +70,13 @@ def main() -> int:
         misses = []
         if report.recall < args.min_recall:
             misses.append(f"recall {report.recall:.3f} < {args.min_recall}")
+        misses += [f"{c.attack_class} recall {c.recall:.2f} < {args.min_recall}"
+                   for c in report.classes if c.recall < args.min_recall]
+        if report.max_findings_per_episode > args.max_findings_per_episode:
+            split = [c.attack_class for c in report.classes
+                     if c.max_findings > args.max_findings_per_episode]
+            misses.append(f"an episode named by {report.max_findings_per_episode} findings "
+                          f"> {args.max_findings_per_episode} ({', '.join(split)})")
         if report.precision < args.min_precision:
             misses.append(f"precision {report.precision:.3f} < {args.min_precision}")
         if report.false_per_10k_benign > args.max_false_per_10k:
@@ -79,10 +85,6 @@ def main() -> int:
         if misses:
             failed = True
             print(f"FAIL seed {seed}: " + "; ".join(misses), file=sys.stderr)
-    if args.world != "default" and not args.enforce:
-        # Detection work on this world comes later: report, do not gate.
-        print(f"{args.world} world: targets reported, not applied (--enforce applies them)")
-        return 0
     if not failed:
         print("ok: every seed meets the targets")
     return 1 if failed else 0

@@ -4,6 +4,8 @@ events, detection delay.
 A finding is a true positive when any event it names (``related_event_ids``) belongs to a
 labelled attack episode; an episode is detected when at least one finding names one of its
 events, and its delay is the time from the episode's first event to that finding's trigger.
+An episode should be one finding that grows: how many distinct findings name each episode is
+counted too (``max_findings_per_episode``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class ClassResult:
     episodes: int
     detected: int
     median_delay_seconds: float | None
+    max_findings: int = 0  # most distinct findings naming one episode of the class
 
     @property
     def recall(self) -> float:
@@ -58,6 +61,14 @@ class EvaluationReport:
     def recall(self) -> float:
         total = sum(c.episodes for c in self.classes)
         return sum(c.detected for c in self.classes) / total if total else 0.0
+
+    @property
+    def max_findings_per_episode(self) -> int:
+        return max((c.max_findings for c in self.classes), default=0)
+
+    @property
+    def min_class_recall(self) -> float:
+        return min((c.recall for c in self.classes), default=0.0)
 
     @property
     def precision(self) -> float:
@@ -95,6 +106,7 @@ def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],
     the merged firing's, ``last_time``)."""
     owner = {rid: ep for ep in episodes for rid in ep.request_ids}
     first_detection: dict[str, datetime] = {}
+    naming: dict[str, set[str]] = defaultdict(set)  # episode -> ids of findings naming it
     true_ids: set[str] = set()
     all_ids: set[str] = set()
     for f in findings:
@@ -102,6 +114,8 @@ def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],
         hit = {owner[r].episode for r in f.related_event_ids if r in owner}
         if hit:
             true_ids.add(f.id)
+            for name in hit:
+                naming[name].add(f.id)
         at = f.last_time or f.time
         for name in hit:
             if name not in first_detection or at < first_detection[name]:
@@ -118,7 +132,8 @@ def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],
                         for e in eps if e.episode in first_detection)
         all_delays += delays
         results.append(ClassResult(cls, len(eps), len(delays),
-                                   delays[len(delays) // 2] if delays else None))
+                                   delays[len(delays) // 2] if delays else None,
+                                   max((len(naming[e.episode]) for e in eps), default=0)))
     attack_events = len(owner)
     return EvaluationReport(tuple(results), n_findings, n_true,
                             max(0, total_events - attack_events), attack_events,

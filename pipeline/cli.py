@@ -176,11 +176,12 @@ def evaluate(
     report = evaluate_log(log_file, _settings(config, store), labels, windows,
                           None if quiet else stderr_progress(None), use_windows)
     table = Table(title="detection by attack class")
-    for col in ("class", "episodes", "detected", "recall", "median delay"):
+    for col in ("class", "episodes", "detected", "recall", "median delay", "findings/episode"):
         table.add_column(col)
     for c in report.classes:
         delay = f"{c.median_delay_seconds:.0f}s" if c.median_delay_seconds is not None else "-"
-        table.add_row(c.attack_class, str(c.episodes), str(c.detected), f"{c.recall:.2f}", delay)
+        table.add_row(c.attack_class, str(c.episodes), str(c.detected), f"{c.recall:.2f}", delay,
+                      f"<= {c.max_findings}")
     console = _console()
     console.print(table)
     delay = report.median_delay_seconds
@@ -189,7 +190,8 @@ def evaluate(
         f"({report.true_findings}/{report.findings} findings) | "
         f"false findings per 10k benign events {report.false_per_10k_benign:.2f} "
         f"({report.false_findings} over {report.benign_events:,} benign calls) | "
-        f"median detection delay {'-' if delay is None else f'{delay:.0f}s'}")
+        f"median detection delay {'-' if delay is None else f'{delay:.0f}s'} | "
+        f"at most {report.max_findings_per_episode} findings per episode")
 
 
 @app.command()

@@ -394,7 +394,7 @@ def test_default_benign_generators_are_not_changed_by_the_drift_ones():
 
 
 @pytest.mark.slow  # one more replay of the two-week log
-def test_quality_benchmark_reports_the_drift_world_without_gating(run, tmp_path):
+def test_quality_benchmark_gates_the_drift_world(run, tmp_path):
     import gzip
     import re
     import shutil
@@ -409,16 +409,22 @@ def test_quality_benchmark_reports_the_drift_world_without_gating(run, tmp_path)
     stem.with_suffix(".log.gz").write_bytes(gzip.compress((d / "audit.jsonl").read_bytes()))
     shutil.copyfile(d / "audit.jsonl.labels.jsonl", tmp_path / (stem.name + ".labels.jsonl"))
     shutil.copyfile(d / "audit.jsonl.windows.jsonl", tmp_path / (stem.name + ".windows.jsonl"))
-    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_quality.py"),
-                           "--world", "drift", "--seeds", "5", "--calls", "20000",
-                           "--cache", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    bench = [sys.executable, str(ROOT / "benchmarks" / "detection_quality.py"), "--world",
+             "drift", "--seeds", "5", "--calls", "20000", "--cache", str(tmp_path)]
+    # A 20k-call fortnight is too thin for the real targets: lenient ones pass...
+    lenient = ["--min-recall", "0", "--min-precision", "0", "--max-false-per-10k", "1e9",
+               "--max-findings-per-episode", "1000"]
+    proc = subprocess.run(bench + lenient, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    rows = re.findall(r"^  (\w+)\s+(\d+)/(\d+) episodes .* findings (\d+)$", proc.stdout, re.M)
+    rows = re.findall(r"^  (\w+)\s+(\d+)/(\d+) episodes .* findings (\d+) "
+                      r"\(at most (\d+) per episode\)$", proc.stdout, re.M)
     assert {r[0] for r in rows} == set(DRIFT_ATTACKS)
     assert all(int(r[2]) == 3 for r in rows)
-    assert "targets reported, not applied" in proc.stdout
-    enforced = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "detection_quality.py"),
-                               "--world", "drift", "--seeds", "5", "--calls", "20000",
-                               "--cache", str(tmp_path), "--min-recall", "1.01", "--enforce"],
-                              capture_output=True, text=True, timeout=300)
-    assert enforced.returncode == 1 and "FAIL seed 5: recall" in enforced.stderr
+    assert all(int(r[4]) <= int(r[3]) for r in rows)
+    # ...and each target is applied to the drift world.
+    for option, value, said in (("--min-recall", "1.01", "recall"),
+                                ("--max-findings-per-episode", "0", "findings > 0")):
+        strict = lenient[:]
+        strict[strict.index(option) + 1] = value
+        enforced = subprocess.run(bench + strict, capture_output=True, text=True, timeout=300)
+        assert enforced.returncode == 1 and said in enforced.stderr, enforced.stderr
