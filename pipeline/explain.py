@@ -32,7 +32,10 @@ _LABELS = {
     "policy_write_first_seen": "policy writes", "policy_write_peer_first_seen": "policy writes",
     "policy_write_own": "policy writes", "peer_members": "peer group",
     "peer_history": "peer group", "peer_folders_known": "folders",
-    "requests_baseline_1h": "requests per hour",
+    "requests_baseline_1h": "requests per hour", "networks_15m": "networks",
+    "network_first_seen": "networks", "role_new_secrets_1h": "secrets new for the role",
+    "role_new_secrets_24h": "secrets new for the role", "secrets_known": "secrets",
+    "folders_known": "folders",
 }
 
 
@@ -113,6 +116,14 @@ def baseline_of(feature: str, fv: FeatureVector, state: IdentityState | None) ->
             return _known(state, d)
     if feature in ("peer_members", "peer_history") and state.peer is not None:
         return f"peer group {state.peer.key}"
+    if feature in ("networks_15m", "network_first_seen"):
+        usual = sorted(state.places.items(), key=lambda kv: -kv[1])[:4]
+        where = ", ".join(f"{net} {n / state.history:.0%}" for net, n in usual) or "none"
+        recent = ", ".join(sorted(state.networks))
+        return (f"networks: one at a time; usually {where} ({len(state.places)} known); "
+                f"calls in the last 15 minutes from {recent}")
+    if feature in ("role_new_secrets_1h", "role_new_secrets_24h"):
+        return _known(state, DIMENSIONS.index("secret"))
     if feature == "dynamic_creds_count_10m":
         return f"dynamic credential requests: usual {state.requests_baseline:.1f} requests/h in all"
     return f"{label}: {state.history} events of history"
