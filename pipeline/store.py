@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import orjson
 from sqlalchemy import (BigInteger, CheckConstraint, Column, DateTime, Float, ForeignKey, Index,
                         Integer, LargeBinary, MetaData, String, Table, Text, create_engine, func,
-                        select)
+                        and_, or_, select)
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -436,13 +436,16 @@ class Store:
 
     @_retried
     def closed_by_analyst(self, finding_ids: Iterable[str]) -> set[str]:
-        """Those of ``finding_ids`` an analyst has closed."""
+        """Those of ``finding_ids`` an analyst has closed, or acknowledged before the pipeline
+        closed them: neither takes more firings (a campaign does not reopen them)."""
         out: set[str] = set()
         with self.engine.connect() as conn:
             for chunk in _chunks(sorted(set(finding_ids)), 500):
                 out |= set(conn.execute(select(findings.c.id).where(
                     findings.c.id.in_(chunk),
-                    findings.c.analyst_status_id == RESOLVED)).scalars())
+                    or_(findings.c.analyst_status_id == RESOLVED,
+                        and_(findings.c.analyst_status_id.is_not(None),
+                             findings.c.status_id == RESOLVED)))).scalars())
         return out
 
     @_retried
@@ -627,10 +630,14 @@ class Store:
 
     @_retried
     def false_positive_labels(self) -> list[FalsePositiveLabel]:
-        """Findings labelled "fp", oldest label first, with their detectors and reason codes."""
+        """Findings labelled "fp", oldest label first, with the detectors and reason codes of
+        their Create: what raised the finding, not what a long incident or a reopened campaign
+        merged into it later."""
         query = (select(labels.c.finding_id, labels.c.identity, labels.c.labelled_at,
-                        findings.c.time, findings.c.ocsf)
+                        findings.c.time, finding_versions.c.ocsf)
                  .join(findings, findings.c.id == labels.c.finding_id)
+                 .join(finding_versions, (finding_versions.c.finding_id == labels.c.finding_id)
+                       & (finding_versions.c.version == 1))
                  .where(labels.c.label == "fp")
                  .order_by(labels.c.labelled_at, labels.c.finding_id))
         with self.engine.connect() as conn:
