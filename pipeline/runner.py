@@ -274,6 +274,7 @@ class Pipeline:
             held = self.triage.open_findings() + self.triage.reopenable_findings()
             if held:
                 self.triage.closed_by_analyst(self.store.closed_by_analyst(held))
+                self.triage.acknowledged_by_analyst(self.store.acknowledged_by_analyst(held))
 
     def _derive(self, batch: "_Batch", i: int) -> None:
         """Baseline features and rules of row i, then learn it unless a rule fired."""

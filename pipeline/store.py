@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 import orjson
 from sqlalchemy import (BigInteger, CheckConstraint, Column, DateTime, Float, ForeignKey, Index,
                         Integer, LargeBinary, MetaData, String, Table, Text, create_engine, func,
-                        and_, or_, select)
+                        select)
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
@@ -436,16 +436,24 @@ class Store:
 
     @_retried
     def closed_by_analyst(self, finding_ids: Iterable[str]) -> set[str]:
-        """Those of ``finding_ids`` an analyst has closed, or acknowledged before the pipeline
-        closed them: neither takes more firings (a campaign does not reopen them)."""
+        """Those of ``finding_ids`` an analyst has closed."""
         out: set[str] = set()
         with self.engine.connect() as conn:
             for chunk in _chunks(sorted(set(finding_ids)), 500):
                 out |= set(conn.execute(select(findings.c.id).where(
                     findings.c.id.in_(chunk),
-                    or_(findings.c.analyst_status_id == RESOLVED,
-                        and_(findings.c.analyst_status_id.is_not(None),
-                             findings.c.status_id == RESOLVED)))).scalars())
+                    findings.c.analyst_status_id == RESOLVED)).scalars())
+        return out
+
+    @_retried
+    def acknowledged_by_analyst(self, finding_ids: Iterable[str]) -> set[str]:
+        """Those of ``finding_ids`` an analyst has acknowledged (and not closed)."""
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(finding_ids)), 500):
+                out |= set(conn.execute(select(findings.c.id).where(
+                    findings.c.id.in_(chunk),
+                    findings.c.analyst_status_id == IN_PROGRESS)).scalars())
         return out
 
     @_retried

@@ -68,17 +68,20 @@ class _Incident:
 
     ``finding`` is the newest content; ``finding.version`` the last version emitted. Merges that
     are not emitted at once leave ``pending`` set until ``emitted_at + update_seconds`` of event
-    time (or the close, which carries them)."""
+    time (or the close, which carries them). ``acknowledged``: an analyst took it on, so once
+    closed it is never reopened."""
 
-    __slots__ = ("finding", "last_ts", "emitted_at", "pending", "triggers")
+    __slots__ = ("finding", "last_ts", "emitted_at", "pending", "triggers", "acknowledged")
 
     def __init__(self, finding: Finding, last_ts: float, emitted_at: float,
-                 pending: bool = False, triggers: list[str] | None = None) -> None:
+                 pending: bool = False, triggers: list[str] | None = None,
+                 acknowledged: bool = False) -> None:
         self.finding = finding
         self.last_ts = last_ts
         self.emitted_at = emitted_at
         self.pending = pending
         self.triggers = triggers if triggers is not None else [finding.trigger.event_id]
+        self.acknowledged = acknowledged
 
     def due(self, incident_seconds: float, update_seconds: float) -> float:
         """Event time of its next scheduled version: a coalesced update, or the close."""
@@ -204,11 +207,18 @@ class Triage:
         return out
 
     def closed_by_analyst(self, finding_ids: set[str]) -> None:
-        """Findings an analyst closed (or acknowledged, then the pipeline closed): later
-        firings of their identities open new findings, never reopen these."""
+        """Findings an analyst closed: later firings of their identities open new findings."""
         for held in (self.incidents, self.closed):
             for identity in [k for k, inc in held.items() if inc.finding.id in finding_ids]:
                 del held[identity]
+
+    def acknowledged_by_analyst(self, finding_ids: set[str]) -> None:
+        """Findings an analyst acknowledged: open ones still grow, but none is reopened."""
+        for inc in self.incidents.values():
+            if inc.finding.id in finding_ids:
+                inc.acknowledged = True
+        for identity in [k for k, inc in self.closed.items() if inc.finding.id in finding_ids]:
+            del self.closed[identity]
 
     def open_findings(self) -> list[str]:
         return [inc.finding.id for inc in self.incidents.values()]
@@ -218,7 +228,7 @@ class Triage:
         return [inc.finding.id for inc in self.closed.values()]
 
     def _remember(self, identity: str, inc: _Incident) -> None:
-        if self.campaign_seconds > 0:
+        if self.campaign_seconds > 0 and not inc.acknowledged:
             self.closed[identity] = inc
             heapq.heappush(self._expiry, (inc.emitted_at, inc.finding.id, identity))
 
@@ -291,9 +301,8 @@ class Triage:
         activity resumed within ``campaign_hours`` of the close: an Update with status New."""
         ts = candidate.trigger.ts
         identity = candidate.identity
-        inc = self.closed.get(identity)
-        if (inc is None or ts < inc.last_ts or ts - inc.emitted_at >= self.campaign_seconds
-                or not _same_activity(inc.finding, candidate)):
+        inc = self.closed.get(identity)  # closed less than campaign_hours before the clock
+        if inc is None or ts < inc.last_ts or not _same_activity(inc.finding, candidate):
             return False
         del self.closed[identity]
         self.quieted[INCIDENT] += 1
@@ -411,14 +420,15 @@ class Triage:
 
 def _incidents_state(incidents: dict[str, _Incident]) -> list:
     return [[identity, _FINDING_ENCODER.encode(inc.finding), inc.last_ts, inc.emitted_at,
-             inc.pending, inc.triggers]
+             inc.pending, inc.triggers, inc.acknowledged]
             for identity, inc in incidents.items()]
 
 
 def _incidents_of(state: list) -> dict[str, _Incident]:
-    return {identity: _Incident(_FINDING_DECODER.decode(blob), last_ts, emitted_at, pending,
-                                list(triggers))
-            for identity, blob, last_ts, emitted_at, pending, triggers in state}
+    # rows of snapshots written before campaigns have no acknowledged flag
+    return {row[0]: _Incident(_FINDING_DECODER.decode(row[1]), row[2], row[3], row[4],
+                              list(row[5]), bool(row[6]) if len(row) > 6 else False)
+            for row in state}
 
 
 def _same_activity(finding: Finding, candidate: Finding) -> bool:
