@@ -204,6 +204,10 @@ class TriageSettings(_Strict):
     # One finding per identity per incident: later firings within this much event time of the
     # incident's last one are merged into it (unless they are more severe).
     incident_minutes: float = Field(60, ge=0)
+    # A closed finding whose activity resumes (a shared reason code or detector) within this much
+    # event time of its close is reopened rather than a new finding: a slow campaign is one
+    # finding that grows. 0: never reopened.
+    campaign_hours: float = Field(24, ge=0)
     # A growing incident's finding is re-sent (an Update version) at most once per this much
     # event time, and at once when its severity rises; the Close carries whatever is left.
     update_minutes: float = Field(5, ge=0)

@@ -271,9 +271,10 @@ class Pipeline:
         if now - self._labels_read >= self.settings.triage.labels_refresh_seconds:
             self._labels_read = now
             self.triage.suppressions.set_false_positives(self._false_positives())
-            open_ids = self.triage.open_findings()
-            if open_ids:
-                self.triage.closed_by_analyst(self.store.closed_by_analyst(open_ids))
+            held = self.triage.open_findings() + self.triage.reopenable_findings()
+            if held:
+                self.triage.closed_by_analyst(self.store.closed_by_analyst(held))
+                self.triage.acknowledged_by_analyst(self.store.acknowledged_by_analyst(held))
 
     def _derive(self, batch: "_Batch", i: int) -> None:
         """Baseline features and rules of row i, then learn it unless a rule fired."""

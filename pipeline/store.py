@@ -446,6 +446,17 @@ class Store:
         return out
 
     @_retried
+    def acknowledged_by_analyst(self, finding_ids: Iterable[str]) -> set[str]:
+        """Those of ``finding_ids`` an analyst has acknowledged (and not closed)."""
+        out: set[str] = set()
+        with self.engine.connect() as conn:
+            for chunk in _chunks(sorted(set(finding_ids)), 500):
+                out |= set(conn.execute(select(findings.c.id).where(
+                    findings.c.id.in_(chunk),
+                    findings.c.analyst_status_id == IN_PROGRESS)).scalars())
+        return out
+
+    @_retried
     def versions(self, finding_id: str | None = None) -> list[dict]:
         """Stored versions (OCSF documents), oldest first (per finding when none is named)."""
         query = select(finding_versions.c.ocsf).order_by(finding_versions.c.finding_id,
@@ -627,10 +638,14 @@ class Store:
 
     @_retried
     def false_positive_labels(self) -> list[FalsePositiveLabel]:
-        """Findings labelled "fp", oldest label first, with their detectors and reason codes."""
+        """Findings labelled "fp", oldest label first, with the detectors and reason codes of
+        their Create: what raised the finding, not what a long incident or a reopened campaign
+        merged into it later."""
         query = (select(labels.c.finding_id, labels.c.identity, labels.c.labelled_at,
-                        findings.c.time, findings.c.ocsf)
+                        findings.c.time, finding_versions.c.ocsf)
                  .join(findings, findings.c.id == labels.c.finding_id)
+                 .join(finding_versions, (finding_versions.c.finding_id == labels.c.finding_id)
+                       & (finding_versions.c.version == 1))
                  .where(labels.c.label == "fp")
                  .order_by(labels.c.labelled_at, labels.c.finding_id))
         with self.engine.connect() as conn:

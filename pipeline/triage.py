@@ -13,7 +13,13 @@ For each event on which a detector fired:
    detectors, severity, last seen) and an **Update** follows: at once when the severity rises,
    otherwise at most one per ``update_minutes`` of event time. After ``incident_minutes`` of
    quiet the finding is **Closed**. All of it is decided in event time, so the same input gives
-   the same versions however it was batched.
+   the same versions however it was batched;
+5. a slow campaign (one firing an hour for days) is one finding that grows, not one per firing:
+   a candidate of an identity with no open incident **reopens** the identity's last finding if
+   the pipeline closed it (after quiet, not an analyst) less than ``campaign_hours`` of event
+   time ago and the candidate shares a reason code or a detector with it. The candidate is
+   merged in and an Update with status New follows at once; the finding closes again after
+   quiet like any incident.
 
 Events of every firing, emitted, merged or dropped, stay out of the baseline (the runner sees
 to that): an expected burst is not evidence of normal behaviour either.
@@ -37,7 +43,7 @@ from pipeline.config import TriageSettings
 from pipeline.events import AccessEvent
 from pipeline.explain import factors, peer_comparison, rule_reason, streaming_reasons
 from pipeline.features import FeatureExtractor, FeatureVector, IdentityState
-from pipeline.findings import (CLOSE, RESOLVED, UPDATE, Finding, Reason, finding_id,
+from pipeline.findings import (CLOSE, NEW, RESOLVED, UPDATE, Finding, Reason, finding_id,
                                titled)
 from pipeline.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDOW, FALSE_POSITIVE,
                                   INCIDENT, Suppressions)
@@ -62,17 +68,20 @@ class _Incident:
 
     ``finding`` is the newest content; ``finding.version`` the last version emitted. Merges that
     are not emitted at once leave ``pending`` set until ``emitted_at + update_seconds`` of event
-    time (or the close, which carries them)."""
+    time (or the close, which carries them). ``acknowledged``: an analyst took it on, so once
+    closed it is never reopened."""
 
-    __slots__ = ("finding", "last_ts", "emitted_at", "pending", "triggers")
+    __slots__ = ("finding", "last_ts", "emitted_at", "pending", "triggers", "acknowledged")
 
     def __init__(self, finding: Finding, last_ts: float, emitted_at: float,
-                 pending: bool = False, triggers: list[str] | None = None) -> None:
+                 pending: bool = False, triggers: list[str] | None = None,
+                 acknowledged: bool = False) -> None:
         self.finding = finding
         self.last_ts = last_ts
         self.emitted_at = emitted_at
         self.pending = pending
         self.triggers = triggers if triggers is not None else [finding.trigger.event_id]
+        self.acknowledged = acknowledged
 
     def due(self, incident_seconds: float, update_seconds: float) -> float:
         """Event time of its next scheduled version: a coalesced update, or the close."""
@@ -99,6 +108,7 @@ class Triage:
         settings = settings or TriageSettings()
         self.extractor = extractor
         self.incident_seconds = settings.incident_minutes * 60.0
+        self.campaign_seconds = settings.campaign_hours * 3600.0
         self.update_seconds = settings.update_minutes * 60.0
         self.false_positive_seconds = settings.false_positive_days * 86400.0
         self.max_related = settings.max_related_events
@@ -108,6 +118,10 @@ class Triage:
         self.incidents: dict[str, _Incident] = {}  # identity -> its open finding
         self.clock = float("-inf")
         self._due: list[tuple[float, str, str]] = []  # (due, finding id, identity), lazily pruned
+        # identity -> its last finding, closed after quiet less than campaign_hours ago (its
+        # emitted_at is the close): the finding a resumed campaign reopens
+        self.closed: dict[str, _Incident] = {}
+        self._expiry: list[tuple[float, str, str]] = []  # (closed at, finding id, identity)
         self.quieted = dict.fromkeys((ALLOWLIST, CHANGE_WINDOW, BELOW_MIN_SEVERITY, FALSE_POSITIVE,
                                       INCIDENT), 0)
 
@@ -176,9 +190,11 @@ class Triage:
             if at >= inc.last_ts + self.incident_seconds:
                 del self.incidents[identity]
                 out.append(self._version(inc, CLOSE, at))
+                self._remember(identity, inc)
             else:
                 out.append(self._version(inc, UPDATE, at))
                 self._schedule(identity, inc)
+        self._forget_stale()
 
     def finish(self) -> list[Finding]:
         """End of input: the merges still waiting for their update are emitted now (the
@@ -192,24 +208,52 @@ class Triage:
 
     def closed_by_analyst(self, finding_ids: set[str]) -> None:
         """Findings an analyst closed: later firings of their identities open new findings."""
-        for identity in [k for k, inc in self.incidents.items() if inc.finding.id in finding_ids]:
-            del self.incidents[identity]
+        for held in (self.incidents, self.closed):
+            for identity in [k for k, inc in held.items() if inc.finding.id in finding_ids]:
+                del held[identity]
+
+    def acknowledged_by_analyst(self, finding_ids: set[str]) -> None:
+        """Findings an analyst acknowledged: open ones still grow, but none is reopened."""
+        for inc in self.incidents.values():
+            if inc.finding.id in finding_ids:
+                inc.acknowledged = True
+        for identity in [k for k, inc in self.closed.items() if inc.finding.id in finding_ids]:
+            del self.closed[identity]
 
     def open_findings(self) -> list[str]:
         return [inc.finding.id for inc in self.incidents.values()]
+
+    def reopenable_findings(self) -> list[str]:
+        """Findings closed after quiet that a resumed campaign would reopen."""
+        return [inc.finding.id for inc in self.closed.values()]
+
+    def _remember(self, identity: str, inc: _Incident) -> None:
+        if self.campaign_seconds > 0 and not inc.acknowledged:
+            self.closed[identity] = inc
+            heapq.heappush(self._expiry, (inc.emitted_at, inc.finding.id, identity))
+
+    def _forget_stale(self) -> None:
+        """Drop closed findings the clock has left ``campaign_hours`` behind: the memory is
+        bounded by the identities closed within one campaign window."""
+        expiry, horizon = self._expiry, self.clock - self.campaign_seconds
+        while expiry and expiry[0][0] <= horizon:
+            at, fid, identity = heapq.heappop(expiry)
+            inc = self.closed.get(identity)
+            if inc is not None and inc.finding.id == fid and inc.emitted_at == at:
+                del self.closed[identity]
 
     def _schedule(self, identity: str, inc: _Incident) -> None:
         heapq.heappush(self._due, (inc.due(self.incident_seconds, self.update_seconds),
                                    inc.finding.id, identity))
 
     def _version(self, inc: _Incident, activity: int, at: float,
-                 raised: bool = False) -> Finding:
+                 raised: bool = False, note: str = "") -> Finding:
         """Emit the incident's current content as its next version."""
         f = inc.finding
         inc.finding = replace(
             f, version=f.version + 1, activity_id=activity,
             status_id=RESOLVED if activity == CLOSE else f.status_id,
-            raised=raised, closed_time=_utc(at) if activity == CLOSE else None)
+            raised=raised, closed_time=_utc(at) if activity == CLOSE else None, status_note=note)
         inc.emitted_at = at
         inc.pending = False
         return inc.finding
@@ -245,9 +289,33 @@ class Triage:
                 inc.pending = True
             self._schedule(identity, inc)
             return
+        if inc is None and self._reopen(candidate, out):
+            return
+        self.closed.pop(identity, None)  # its last finding is this one now
         inc = self.incidents[identity] = _Incident(candidate, ts, self.clock)
         out.append(candidate)
         self._schedule(identity, inc)
+
+    def _reopen(self, candidate: Finding, out: list[Finding]) -> bool:
+        """Merge ``candidate`` into its identity's finding closed after quiet, if the same
+        activity resumed within ``campaign_hours`` of the close: an Update with status New."""
+        ts = candidate.trigger.ts
+        identity = candidate.identity
+        inc = self.closed.get(identity)  # closed less than campaign_hours before the clock
+        if inc is None or ts < inc.last_ts or not _same_activity(inc.finding, candidate):
+            return False
+        del self.closed[identity]
+        self.quieted[INCIDENT] += 1
+        raised = candidate.severity_id > inc.finding.severity_id
+        quiet_minutes = round((ts - inc.last_ts) / 60.0)
+        inc.finding = replace(self._merge(inc, candidate), status_id=NEW)
+        inc.last_ts = ts
+        self.incidents[identity] = inc
+        out.append(self._version(
+            inc, UPDATE, self.clock, raised,
+            note=f"reopened: the same activity resumed after {quiet_minutes} minutes of quiet"))
+        self._schedule(identity, inc)
+        return True
 
     def _merge(self, incident: _Incident, candidate: Finding) -> Finding:
         f = incident.finding
@@ -332,22 +400,41 @@ class Triage:
         )
 
     def to_state(self) -> list:
-        """Open incidents with their findings, the clock and counters, for snapshots: a
-        restored pipeline goes on growing, updating and closing them."""
-        return [self.clock, [
-            [identity, _FINDING_ENCODER.encode(inc.finding), inc.last_ts, inc.emitted_at,
-             inc.pending, inc.triggers]
-            for identity, inc in self.incidents.items()]]
+        """Open incidents and the findings a campaign may reopen, with their content, and the
+        clock, for snapshots: a restored pipeline goes on growing, updating, closing and
+        reopening them."""
+        return [self.clock, _incidents_state(self.incidents), _incidents_state(self.closed)]
 
     def load_state(self, state: list) -> None:
-        self.clock, incidents = state
-        self.incidents = {}
+        # snapshots written before campaigns hold no closed findings
+        self.clock, incidents, closed = state if len(state) == 3 else (*state, [])
+        self.incidents = _incidents_of(incidents)
         self._due = []
-        for identity, blob, last_ts, emitted_at, pending, triggers in incidents:
-            inc = _Incident(_FINDING_DECODER.decode(blob), last_ts, emitted_at, pending,
-                            list(triggers))
-            self.incidents[identity] = inc
+        for identity, inc in self.incidents.items():
             self._schedule(identity, inc)
+        self.closed, self._expiry = {}, []
+        for identity, inc in _incidents_of(closed).items():
+            self._remember(identity, inc)
+        self._forget_stale()
+
+
+def _incidents_state(incidents: dict[str, _Incident]) -> list:
+    return [[identity, _FINDING_ENCODER.encode(inc.finding), inc.last_ts, inc.emitted_at,
+             inc.pending, inc.triggers, inc.acknowledged]
+            for identity, inc in incidents.items()]
+
+
+def _incidents_of(state: list) -> dict[str, _Incident]:
+    # rows of snapshots written before campaigns have no acknowledged flag
+    return {row[0]: _Incident(_FINDING_DECODER.decode(row[1]), row[2], row[3], row[4],
+                              list(row[5]), bool(row[6]) if len(row) > 6 else False)
+            for row in state}
+
+
+def _same_activity(finding: Finding, candidate: Finding) -> bool:
+    """The candidate continues the finding's activity: a reason code or a detector in common."""
+    return (not {r.code for r in finding.reasons}.isdisjoint(r.code for r in candidate.reasons)
+            or not set(finding.detectors).isdisjoint(candidate.detectors))
 
 
 def _strongest_first(reasons: Sequence[Reason]) -> tuple[Reason, ...]:

@@ -49,7 +49,7 @@ def observe(fx, at, **fields):
 
 
 def test_one_finding_per_incident_carrying_all_its_events():
-    fx, triage = make_triage()
+    fx, triage = make_triage(TriageSettings(campaign_hours=0))  # no reopening (test_campaigns)
     start = T0 + timedelta(days=2)
     first = [observe(fx, start, path="secret/data/ledger/a")]
     (opened,) = triage.decide(first, [()], [hst_firing(first)])
@@ -256,7 +256,8 @@ def test_a_running_pipeline_picks_up_new_labels(tmp_path):
     def run(label_in_between: bool):
         store = Store(f"sqlite:///{tmp_path / f'store-{label_in_between}.db'}")
         found = []
-        settings = load_settings(triage__labels_refresh_seconds=0)  # reread before every batch
+        # reread before every batch; the day-6 burst is a new finding, not a reopened campaign
+        settings = load_settings(triage__labels_refresh_seconds=0, triage__campaign_hours=0)
         pipeline = Pipeline(settings, store=store, on_version=found.append)
         pipeline.process_batch(history)
         first = created(pipeline.process_batch(burst(5)))
