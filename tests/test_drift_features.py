@@ -81,7 +81,7 @@ def test_home_network_used_before_is_not_a_second_place():
 
 def test_reads_new_for_the_role_are_counted_per_hour_and_day():
     fx = FeatureExtractor(SEGMENTS)
-    working_days(fx, days=4)  # the role has shown what it uses (300+ calls)
+    working_days(fx)
     t = T0 + timedelta(days=4, hours=1)
     fvs = [fx.observe(make_event(at=t + timedelta(minutes=2 * k),
                                  path=f"secret/data/ledger/k{k}", **PERSON)) for k in range(3)]
