@@ -86,9 +86,10 @@ def rig(tmp_path):
 
 def received(servers, rows) -> dict[str, Counter]:
     """(finding id, version) each stand-in accepted, with how many times. ``rows`` are the
-    stored versions: a PagerDuty ``resolve`` carries no document, so a finding's n-th resolve
-    is taken for its n-th Close (a campaign reopens a closed finding; an extra resolve counts
-    for the last Close again)."""
+    stored versions: a PagerDuty ``resolve`` carries no document, so it is taken for the first
+    Close after the version PagerDuty last heard of (a campaign reopens a closed finding, and
+    a finding may reach PagerDuty's route only after its first Close; a resolve sent again
+    counts for the last Close again)."""
     closes: dict[str, list[int]] = {}
     for r in rows:
         if r.activity_id == 3:
@@ -99,11 +100,15 @@ def received(servers, rows) -> dict[str, Counter]:
              for msg in servers["slack"].messages]
     pd = Counter()
     for key, events in servers["pd"].alerts.items():
-        resolved = iter(closes.get(key, ()))
+        last = 0  # the version PagerDuty last heard of: a resolve is the next Close after it
         for e in events:
             doc = (e.get("payload") or {}).get("custom_details")
-            close = None if doc else next(resolved, closes.get(key, [None])[-1])
-            pd[(key, finding_version(doc) if doc else close)] += 1
+            if doc:
+                last = finding_version(doc)
+            else:
+                later = [c for c in closes.get(key, ()) if c > last]
+                last = later[0] if later else closes.get(key, [None])[-1]
+            pd[(key, last)] += 1
     return {
         "hook": Counter({(k.rsplit(".", 1)[0], int(k.rsplit(".", 1)[1])): n
                          for k, n in servers["hook"].received.items()}),
