@@ -119,9 +119,9 @@ def baseline_of(feature: str, fv: FeatureVector, state: IdentityState | None) ->
     if feature in ("networks_15m", "network_first_seen"):
         usual = sorted(state.places.items(), key=lambda kv: -kv[1])[:4]
         where = ", ".join(f"{net} {n / state.history:.0%}" for net, n in usual) or "none"
-        recent = ", ".join(sorted(state.networks))
-        return (f"networks: one at a time; usually {where} ({len(state.places)} known); "
-                f"calls in the last 15 minutes from {recent}")
+        now = f", calls in the last 15 minutes from {', '.join(fv.concurrent)}" \
+            if fv.concurrent else ""
+        return f"networks: one at a time{now}, usually {where} ({len(state.places)} known)"
     if feature in ("role_new_secrets_1h", "role_new_secrets_24h"):
         return _known(state, DIMENSIONS.index("secret"))
     if feature == "dynamic_creds_count_10m":

@@ -132,6 +132,7 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     hod: int = 0
     peer: PeerGroup | None = None  # the peer group of the event's policies (learn updates it)
     network: str = ""  # see network_of
+    concurrent: tuple[str, ...] = ()  # the networks of the last 15 minutes, when more than one
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -164,6 +165,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     networks_15m: float
     network: str
     peer: PeerGroup
+    concurrent: tuple[str, ...]
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -353,6 +355,7 @@ class FeatureExtractor:
             float(st.creds_10m.count(ts)),
             ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
             since_previous, float(networks), network, st.peer,
+            tuple(sorted(st.networks)) if networks > 1 else (),
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
@@ -449,7 +452,7 @@ class FeatureExtractor:
             float(p_history),
             float(len(peer.members)),
         )
-        return FeatureVector(event, segment, values, keys, how, hod, peer, w.network)
+        return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
