@@ -28,6 +28,8 @@ import msgspec
 
 from pipeline.events import DENIED, SUCCESS, AccessEvent
 from pipeline.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
+from pipeline.lineage import (LOGIN_AFTER_UNMANAGED_MINT, MINT_UNMANAGED, READ_AFTER_SUCH_LOGIN,
+                              LineageTracker)
 from pipeline.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
                               dimension_keys, frequency_classes, peer_key)
 from pipeline.segments import SegmentTable
@@ -86,6 +88,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "seq_denied_then_success",  # a success within 15 min after a burst of denials/failed logins
     "seq_token_create_then_read",  # a read within 1 h after creating a token
     "seq_new_segment_login_then_read",  # a read within 1 h after a login from a new segment
+    # AppRole lineage (pipeline.lineage): who may mint a role's secret ids, and what followed
+    "secret_id_mint_unmanaged",  # mints a secret id for a role neither it nor its peers managed
+    "login_minted_by_outsider",  # an AppRole login within 24 h after such a mint for its role
+    "seq_outsider_mint_then_read",  # a read by that login's session within 1 h after it
     # the baseline itself
     "requests_baseline_1h",  # usual requests_count_1h for the identity (EWMA over its history)
     "secrets_baseline_1h",  # usual secrets_distinct_1h for the identity
@@ -149,6 +155,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     since_policy_write: float
     since_denied_burst: float
     since_token_create: float
+    lineage: int = 0  # verdict bits of pipeline.lineage for this event
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -200,6 +207,7 @@ class FeatureExtractor:
         self.segments = segments
         self.identities: dict[str, IdentityState] = {}
         self.peers: dict[str, PeerGroup] = {}
+        self.lineage = LineageTracker()
 
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
@@ -267,6 +275,11 @@ class FeatureExtractor:
                     marks[1] = ts
                 elif event.path.startswith("auth/token/create"):
                     marks[3] = ts
+        lineage = 0
+        if event.path.startswith("auth/") or event.identity.startswith("approle:"):
+            lineage = self.lineage.observe(
+                event.identity, st.peer.key, event.path, op, event.mount_type,
+                event.outcome == SUCCESS, event.is_login, secret_access, event.remote_address, ts)
         return Windows(
             self.segments.lookup(event.remote_address),
             secret_access,
@@ -282,6 +295,7 @@ class FeatureExtractor:
             _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
             ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
+            lineage,
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
@@ -360,6 +374,9 @@ class FeatureExtractor:
             1.0 if succeeded and w.since_denied_burst <= _DENIED_FOLLOW else 0.0,
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
             1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
+            1.0 if w.lineage & MINT_UNMANAGED else 0.0,
+            1.0 if w.lineage & LOGIN_AFTER_UNMANAGED_MINT else 0.0,
+            1.0 if w.lineage & READ_AFTER_SUCH_LOGIN else 0.0,
             st.requests_baseline,
             st.secrets_baseline,
             float(history),

@@ -1,0 +1,166 @@
+"""Who manages each AppRole, and whether the latest secret-id was minted by one of them.
+
+An AppRole login proves only that the caller holds a role id and a secret id; whoever can mint a
+secret id (``auth/approle/role/<R>/secret-id``) can become the role. So the tracker keeps a
+lineage per role: the identities (and peer groups) that managed it, that is created, changed,
+deleted it, minted its secret ids or read its role id, and when each first did; and the role's
+latest mint. A mint is *unmanaged* when neither the minter nor an identity with the same
+policies managed the role more than :data:`STANDING` seconds of event time before: creating a
+role a minute before minting for it gives no standing. A role nobody managed before has no
+lineage to compare with, so there the question becomes whether the minter (or its peers) looked
+after *any* AppRole before: that is the job of a platform team, not of a product engineer.
+
+The tracker is fed every event (``FeatureExtractor.observe_windows``), whether or not it raised a
+finding: a mint is evidence either way. It answers in the same call, so a verdict depends only on
+the events before it. State is a few entries per role, and roles are capped at
+:data:`MAX_ROLES` (the least recently touched role is forgotten first).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+STANDING = 86400.0  # management older than this (event time) counts as standing over a role
+LOGIN_FOLLOW = 86400.0  # logins this long after an unmanaged mint are suspect
+READ_FOLLOW = 3600.0  # reads this long after such a login are suspect
+MAX_ROLES = 10_000
+MAX_MANAGERS = 64  # per role: identities and peer groups kept (oldest standing first)
+_WRITE_OPS = frozenset({"create", "update", "delete"})
+_MINT_TAILS = frozenset({"secret-id", "custom-secret-id"})
+
+# Verdict bits of one event, as observe() returns them.
+MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN = 1, 2, 4
+
+
+class RoleLineage:
+    """One role: first management time per identity and per peer group, and its latest mint."""
+
+    __slots__ = ("managers", "peers", "mint_ts", "mint_unmanaged", "login_ts", "login_addr")
+
+    def __init__(self) -> None:
+        self.managers: dict[str, float] = {}
+        self.peers: dict[str, float] = {}
+        self.mint_ts = -1e18
+        self.mint_unmanaged = False
+        self.login_ts = -1e18  # the latest login that followed an unmanaged mint
+        self.login_addr = ""
+
+    def to_state(self) -> list:
+        return [self.managers, self.peers, self.mint_ts, self.mint_unmanaged, self.login_ts,
+                self.login_addr]
+
+    @classmethod
+    def from_state(cls, state: list) -> "RoleLineage":
+        r = cls()
+        managers, peers, r.mint_ts, r.mint_unmanaged, r.login_ts, r.login_addr = state
+        r.managers, r.peers = dict(managers), dict(peers)
+        return r
+
+
+def role_call(path: str, mount_type: str) -> tuple[str, str] | None:
+    """(role, what follows it) for ``auth/<mount>/role/<R>[/...]`` on an AppRole mount."""
+    if not path.startswith("auth/"):
+        return None
+    parts = path.split("/", 5)
+    if len(parts) < 4 or parts[2] != "role" or not parts[3]:
+        return None
+    if parts[1] != "approle" and mount_type != "approle":
+        return None
+    return parts[3], parts[4] if len(parts) > 4 else ""
+
+
+def _stood_before(first: dict[str, float], key: str, ts: float) -> bool:
+    return first.get(key, ts) <= ts - STANDING
+
+
+def _note(first: dict[str, float], key: str, ts: float) -> None:
+    if key not in first and len(first) < MAX_MANAGERS:
+        first[key] = ts
+
+
+class LineageTracker:
+    """Per-role lineage; :meth:`observe` is called once per event, in event order."""
+
+    def __init__(self, max_roles: int = MAX_ROLES) -> None:
+        self.max_roles = max_roles
+        self.roles: OrderedDict[str, RoleLineage] = OrderedDict()
+        # Identities and peer groups that had any AppRole role in their care, and since when.
+        self.admins: dict[str, float] = {}
+        self.admin_peers: dict[str, float] = {}
+
+    def observe(self, identity: str, peer: str, path: str, operation: str, mount_type: str,
+                succeeded: bool, is_login: bool, secret_access: bool, address: str,
+                ts: float) -> int:
+        """Record one event; return its verdict bits (0 for almost every event)."""
+        if not succeeded:
+            return 0
+        call = role_call(path, mount_type)
+        if call is not None:
+            return self._manage(identity, peer, operation, call, ts)
+        if not identity.startswith("approle:"):
+            return 0
+        role = self.roles.get(identity[8:])
+        if role is None:
+            return 0
+        if is_login:
+            if role.mint_unmanaged and 0.0 <= ts - role.mint_ts <= LOGIN_FOLLOW:
+                role.login_ts, role.login_addr = ts, address
+                return LOGIN_AFTER_UNMANAGED_MINT
+            return 0
+        # The session the suspect login opened: same role, same address, within the hour.
+        if (secret_access and operation == "read" and address == role.login_addr
+                and 0.0 <= ts - role.login_ts <= READ_FOLLOW):
+            return READ_AFTER_SUCH_LOGIN
+        return 0
+
+    def _manage(self, identity: str, peer: str, operation: str, call: tuple[str, str],
+                ts: float) -> int:
+        name, tail = call
+        if not (operation in _WRITE_OPS or (operation == "read" and tail == "role-id")):
+            return 0  # reading a role's settings or listing its secret ids manages nothing
+        role = self._role(name)
+        verdict = 0
+        if operation in ("create", "update") and tail in _MINT_TAILS:
+            unmanaged = not self._standing(role, identity, peer, ts)
+            role.mint_ts, role.mint_unmanaged = ts, unmanaged
+            if unmanaged:
+                verdict = MINT_UNMANAGED
+        _note(role.managers, identity, ts)
+        _note(role.peers, peer, ts)
+        if len(self.admins) < self.max_roles:
+            self.admins.setdefault(identity, ts)
+        if len(self.admin_peers) < self.max_roles:
+            self.admin_peers.setdefault(peer, ts)
+        return verdict
+
+    def _standing(self, role: RoleLineage, identity: str, peer: str, ts: float) -> bool:
+        if _stood_before(role.managers, identity, ts) or _stood_before(role.peers, peer, ts):
+            return True
+        if any(t <= ts - STANDING for t in role.managers.values()):
+            return False  # the role has keepers, and the minter is not one of them
+        # A new role: standing comes from looking after AppRoles at all.
+        return (_stood_before(self.admins, identity, ts)
+                or _stood_before(self.admin_peers, peer, ts))
+
+    def _role(self, name: str) -> RoleLineage:
+        roles = self.roles
+        role = roles.get(name)
+        if role is None:
+            role = roles[name] = RoleLineage()
+            if len(roles) > self.max_roles:
+                roles.popitem(last=False)
+        else:
+            roles.move_to_end(name)
+        return role
+
+    def to_state(self) -> dict:
+        return {"roles": [[k, r.to_state()] for k, r in self.roles.items()],
+                "admins": self.admins, "admin_peers": self.admin_peers}
+
+    @classmethod
+    def from_state(cls, state: dict | None, max_roles: int = MAX_ROLES) -> "LineageTracker":
+        t = cls(max_roles)
+        if state:
+            t.roles.update((k, RoleLineage.from_state(v)) for k, v in state["roles"])
+            t.admins, t.admin_peers = dict(state["admins"]), dict(state["admin_peers"])
+        return t
