@@ -9,6 +9,12 @@ policies managed the role more than :data:`STANDING` seconds of event time befor
 role a minute before minting for it gives no standing. A role nobody managed before has no
 lineage to compare with, so there the question becomes whether the minter (or its peers) looked
 after *any* AppRole before: that is the job of a platform team, not of a product engineer.
+Minting as an outsider earns no such general standing.
+
+Logins of the role within :data:`LOGIN_FOLLOW` after an unmanaged mint are suspect (the audit log
+does not say which secret id a login used), and so are reads of those sessions (same role, same
+address) within :data:`READ_FOLLOW`. The role's own scheduled runs in those hours are suspect
+too; the rule on them also asks that the session come from a segment the role rarely uses.
 
 The tracker is fed every event (``FeatureExtractor.observe_windows``), whether or not it raised a
 finding: a mint is evidence either way. It answers in the same call, so a verdict depends only on
@@ -25,6 +31,7 @@ LOGIN_FOLLOW = 86400.0  # logins this long after an unmanaged mint are suspect
 READ_FOLLOW = 3600.0  # reads this long after such a login are suspect
 MAX_ROLES = 10_000
 MAX_MANAGERS = 64  # per role: identities and peer groups kept (oldest standing first)
+MAX_SESSIONS = 8  # per role: suspect login sessions followed at once
 _WRITE_OPS = frozenset({"create", "update", "delete"})
 _MINT_TAILS = frozenset({"secret-id", "custom-secret-id"})
 
@@ -35,25 +42,25 @@ MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN = 1, 2, 4
 class RoleLineage:
     """One role: first management time per identity and per peer group, and its latest mint."""
 
-    __slots__ = ("managers", "peers", "mint_ts", "mint_unmanaged", "login_ts", "login_addr")
+    __slots__ = ("managers", "peers", "mint_ts", "mint_unmanaged", "sessions")
 
     def __init__(self) -> None:
         self.managers: dict[str, float] = {}
         self.peers: dict[str, float] = {}
         self.mint_ts = -1e18
         self.mint_unmanaged = False
-        self.login_ts = -1e18  # the latest login that followed an unmanaged mint
-        self.login_addr = ""
+        # address -> time of the latest login from it after an unmanaged mint: the role's own
+        # runs log in too in those hours, and must not hide the suspect session's reads
+        self.sessions: dict[str, float] = {}
 
     def to_state(self) -> list:
-        return [self.managers, self.peers, self.mint_ts, self.mint_unmanaged, self.login_ts,
-                self.login_addr]
+        return [self.managers, self.peers, self.mint_ts, self.mint_unmanaged, self.sessions]
 
     @classmethod
     def from_state(cls, state: list) -> "RoleLineage":
         r = cls()
-        managers, peers, r.mint_ts, r.mint_unmanaged, r.login_ts, r.login_addr = state
-        r.managers, r.peers = dict(managers), dict(peers)
+        managers, peers, r.mint_ts, r.mint_unmanaged, sessions = state
+        r.managers, r.peers, r.sessions = dict(managers), dict(peers), dict(sessions)
         return r
 
 
@@ -84,9 +91,13 @@ class LineageTracker:
     def __init__(self, max_roles: int = MAX_ROLES) -> None:
         self.max_roles = max_roles
         self.roles: OrderedDict[str, RoleLineage] = OrderedDict()
-        # Identities and peer groups that had any AppRole role in their care, and since when.
+        # Identities and peer groups that had any AppRole role in their care, and since when;
+        # those that minted as outsiders earn no such standing from it (an attacker's second
+        # role, or a colleague's, must not look managed because of the first).
         self.admins: dict[str, float] = {}
         self.admin_peers: dict[str, float] = {}
+        self.outsiders: set[str] = set()
+        self.outsider_peers: set[str] = set()
 
     def observe(self, identity: str, peer: str, path: str, operation: str, mount_type: str,
                 succeeded: bool, is_login: bool, secret_access: bool, address: str,
@@ -104,13 +115,17 @@ class LineageTracker:
             return 0
         if is_login:
             if role.mint_unmanaged and 0.0 <= ts - role.mint_ts <= LOGIN_FOLLOW:
-                role.login_ts, role.login_addr = ts, address
+                sessions = role.sessions
+                sessions.pop(address, None)
+                sessions[address] = ts
+                if len(sessions) > MAX_SESSIONS:
+                    del sessions[next(iter(sessions))]
                 return LOGIN_AFTER_UNMANAGED_MINT
             return 0
-        # The session the suspect login opened: same role, same address, within the hour.
-        if (secret_access and operation == "read" and address == role.login_addr
-                and 0.0 <= ts - role.login_ts <= READ_FOLLOW):
-            return READ_AFTER_SUCH_LOGIN
+        # The session a suspect login opened: same role, same address, within the hour.
+        if secret_access and operation == "read" and role.sessions:
+            if 0.0 <= ts - role.sessions.get(address, -1e18) <= READ_FOLLOW:
+                return READ_AFTER_SUCH_LOGIN
         return 0
 
     def _manage(self, identity: str, peer: str, operation: str, call: tuple[str, str],
@@ -123,15 +138,27 @@ class LineageTracker:
         if operation in ("create", "update") and tail in _MINT_TAILS:
             unmanaged = not self._standing(role, identity, peer, ts)
             role.mint_ts, role.mint_unmanaged = ts, unmanaged
+            role.sessions.clear()
             if unmanaged:
                 verdict = MINT_UNMANAGED
+                self._outsider(identity, peer, ts)
         _note(role.managers, identity, ts)
         _note(role.peers, peer, ts)
-        if len(self.admins) < self.max_roles:
+        if len(self.admins) < self.max_roles and identity not in self.outsiders:
             self.admins.setdefault(identity, ts)
-        if len(self.admin_peers) < self.max_roles:
+        if len(self.admin_peers) < self.max_roles and peer not in self.outsider_peers:
             self.admin_peers.setdefault(peer, ts)
         return verdict
+
+    def _outsider(self, identity: str, peer: str, ts: float) -> None:
+        """Undo the general standing the minter's episode just earned (its role-id read or role
+        write came first); standing from before it stays."""
+        for first, key, marked in ((self.admins, identity, self.outsiders),
+                                   (self.admin_peers, peer, self.outsider_peers)):
+            if first.get(key, -1e18) > ts - STANDING:
+                del first[key]
+            if len(marked) < self.max_roles:
+                marked.add(key)
 
     def _standing(self, role: RoleLineage, identity: str, peer: str, ts: float) -> bool:
         if _stood_before(role.managers, identity, ts) or _stood_before(role.peers, peer, ts):
@@ -155,7 +182,8 @@ class LineageTracker:
 
     def to_state(self) -> dict:
         return {"roles": [[k, r.to_state()] for k, r in self.roles.items()],
-                "admins": self.admins, "admin_peers": self.admin_peers}
+                "admins": self.admins, "admin_peers": self.admin_peers,
+                "outsiders": sorted(self.outsiders), "outsider_peers": sorted(self.outsider_peers)}
 
     @classmethod
     def from_state(cls, state: dict | None, max_roles: int = MAX_ROLES) -> "LineageTracker":
@@ -163,4 +191,5 @@ class LineageTracker:
         if state:
             t.roles.update((k, RoleLineage.from_state(v)) for k, v in state["roles"])
             t.admins, t.admin_peers = dict(state["admins"]), dict(state["admin_peers"])
+            t.outsiders, t.outsider_peers = set(state["outsiders"]), set(state["outsider_peers"])
         return t
