@@ -275,13 +275,15 @@ class FeatureExtractor:
                     marks[1] = ts
                 elif event.path.startswith("auth/token/create"):
                     marks[3] = ts
+        segment = self.segments.lookup(event.remote_address)
         lineage = 0
         if event.path.startswith("auth/") or event.identity.startswith("approle:"):
             lineage = self.lineage.observe(
                 event.identity, st.peer.key, event.path, op, event.mount_type,
-                event.outcome == SUCCESS, event.is_login, secret_access, event.remote_address, ts)
+                event.outcome == SUCCESS, event.is_login, secret_access, event.remote_address,
+                segment, ts)
         return Windows(
-            self.segments.lookup(event.remote_address),
+            segment,
             secret_access,
             float(requests_1m),
             float(requests_1h),

@@ -12,9 +12,9 @@ after *any* AppRole before: that is the job of a platform team, not of a product
 Minting as an outsider earns no such general standing.
 
 Logins of the role within :data:`LOGIN_FOLLOW` after an unmanaged mint are suspect (the audit log
-does not say which secret id a login used), and so are reads of those sessions (same role, same
-address) within :data:`READ_FOLLOW`. The role's own scheduled runs in those hours are suspect
-too; the rule on them also asks that the session come from a segment the role rarely uses.
+does not say which secret id a login used). The reads of such a session (same role, same address,
+within :data:`READ_FOLLOW`) are flagged when it came from a network segment the role had not
+logged in from outside those hours: the role's own scheduled runs log in then too, from home.
 
 The tracker is fed every event (``FeatureExtractor.observe_windows``), whether or not it raised a
 finding: a mint is evidence either way. It answers in the same call, so a verdict depends only on
@@ -32,6 +32,7 @@ READ_FOLLOW = 3600.0  # reads this long after such a login are suspect
 MAX_ROLES = 10_000
 MAX_MANAGERS = 64  # per role: identities and peer groups kept (oldest standing first)
 MAX_SESSIONS = 8  # per role: suspect login sessions followed at once
+MAX_HOMES = 16  # per role: network segments it logs in from
 _WRITE_OPS = frozenset({"create", "update", "delete"})
 _MINT_TAILS = frozenset({"secret-id", "custom-secret-id"})
 
@@ -42,7 +43,7 @@ MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN = 1, 2, 4
 class RoleLineage:
     """One role: first management time per identity and per peer group, and its latest mint."""
 
-    __slots__ = ("managers", "peers", "mint_ts", "mint_unmanaged", "sessions")
+    __slots__ = ("managers", "peers", "mint_ts", "mint_unmanaged", "sessions", "homes")
 
     def __init__(self) -> None:
         self.managers: dict[str, float] = {}
@@ -52,15 +53,19 @@ class RoleLineage:
         # address -> time of the latest login from it after an unmanaged mint: the role's own
         # runs log in too in those hours, and must not hide the suspect session's reads
         self.sessions: dict[str, float] = {}
+        # segments the role logged in from outside those hours: where its own runs come from
+        self.homes: dict[str, None] = {}
 
     def to_state(self) -> list:
-        return [self.managers, self.peers, self.mint_ts, self.mint_unmanaged, self.sessions]
+        return [self.managers, self.peers, self.mint_ts, self.mint_unmanaged, self.sessions,
+                list(self.homes)]
 
     @classmethod
     def from_state(cls, state: list) -> "RoleLineage":
         r = cls()
-        managers, peers, r.mint_ts, r.mint_unmanaged, sessions = state
+        managers, peers, r.mint_ts, r.mint_unmanaged, sessions, homes = state
         r.managers, r.peers, r.sessions = dict(managers), dict(peers), dict(sessions)
+        r.homes = dict.fromkeys(homes)
         return r
 
 
@@ -101,7 +106,7 @@ class LineageTracker:
 
     def observe(self, identity: str, peer: str, path: str, operation: str, mount_type: str,
                 succeeded: bool, is_login: bool, secret_access: bool, address: str,
-                ts: float) -> int:
+                segment: str, ts: float) -> int:
         """Record one event; return its verdict bits (0 for almost every event)."""
         if not succeeded:
             return 0
@@ -110,22 +115,28 @@ class LineageTracker:
             return self._manage(identity, peer, operation, call, ts)
         if not identity.startswith("approle:"):
             return 0
-        role = self.roles.get(identity[8:])
-        if role is None:
-            return 0
         if is_login:
-            if role.mint_unmanaged and 0.0 <= ts - role.mint_ts <= LOGIN_FOLLOW:
+            return self._login(self._role(identity[8:]), address, segment, ts)
+        role = self.roles.get(identity[8:])
+        # The session a suspect login opened: same role, same address, within the hour.
+        if role is not None and role.sessions and secret_access and operation == "read":
+            if 0.0 <= ts - role.sessions.get(address, -1e18) <= READ_FOLLOW:
+                return READ_AFTER_SUCH_LOGIN
+        return 0
+
+    @staticmethod
+    def _login(role: RoleLineage, address: str, segment: str, ts: float) -> int:
+        homes = role.homes
+        if role.mint_unmanaged and 0.0 <= ts - role.mint_ts <= LOGIN_FOLLOW:
+            if segment not in homes:  # the role's own runs come from its usual segments
                 sessions = role.sessions
                 sessions.pop(address, None)
                 sessions[address] = ts
                 if len(sessions) > MAX_SESSIONS:
                     del sessions[next(iter(sessions))]
-                return LOGIN_AFTER_UNMANAGED_MINT
-            return 0
-        # The session a suspect login opened: same role, same address, within the hour.
-        if secret_access and operation == "read" and role.sessions:
-            if 0.0 <= ts - role.sessions.get(address, -1e18) <= READ_FOLLOW:
-                return READ_AFTER_SUCH_LOGIN
+            return LOGIN_AFTER_UNMANAGED_MINT
+        if segment not in homes and len(homes) < MAX_HOMES:
+            homes[segment] = None
         return 0
 
     def _manage(self, identity: str, peer: str, operation: str, call: tuple[str, str],

@@ -138,15 +138,16 @@ def test_minting_as_an_outsider_earns_no_standing_over_other_roles():
     assert [v[0] for v in got] == [0, 1, 0, 1, 1]
 
 
-def test_the_roles_own_login_in_between_does_not_hide_the_suspect_session():
+def test_the_roles_own_runs_after_an_outsider_mint_are_told_from_the_suspect_session():
     got = _verdicts([
+        _login(-5, address="10.40.1.9"),  # the job's usual place
         _mint(ENGINEER, 0),
         _login(0.2),
-        _login(0.3, address="10.40.1.9"),  # the job's scheduled run
-        _read(0.31, address="10.40.1.9"),
-        _read(0.4),
+        _login(0.3, address="10.40.1.12"),  # its scheduled run, from its usual segment
+        _read(0.31, address="10.40.1.12"),
+        _read(0.4),  # the suspect session is still followed
     ])
-    assert got == [(1, 0, 0), (0, 1, 0), (0, 1, 0), (0, 0, 1), (0, 0, 1)]
+    assert got == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
 
 
 def test_denied_mints_and_other_calls_change_nothing():
@@ -174,7 +175,7 @@ def test_roles_are_capped_least_recently_touched_first():
     tracker = LineageTracker(max_roles=2)
     for k, role in enumerate(("a", "b", "a", "c")):
         tracker.observe("entity:x", "p", f"auth/approle/role/{role}", "update", "approle", True,
-                        False, False, "", float(k))
+                        False, False, "", "", float(k))
     assert list(tracker.roles) == ["a", "c"]
 
 
