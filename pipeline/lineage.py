@@ -9,7 +9,9 @@ policies managed the role more than :data:`STANDING` seconds of event time befor
 role a minute before minting for it gives no standing. A role nobody managed before has no
 lineage to compare with, so there the question becomes whether the minter (or its peers) looked
 after *any* AppRole before: that is the job of a platform team, not of a product engineer.
-Minting as an outsider earns no such general standing.
+Minting as an outsider earns no such general standing. Mints in the tracker's first
+:data:`STANDING` seconds of event time are not judged: nobody can have standing yet (a replay
+or a new deployment starts with the set-up of roles and their first secret ids).
 
 Logins of the role within :data:`LOGIN_FOLLOW` after an unmanaged mint are suspect (the audit log
 does not say which secret id a login used). The reads of such a session (same role, same address,
@@ -103,11 +105,14 @@ class LineageTracker:
         self.admin_peers: dict[str, float] = {}
         self.outsiders: set[str] = set()
         self.outsider_peers: set[str] = set()
+        self.since: float | None = None  # event time of the first event observed
 
     def observe(self, identity: str, peer: str, path: str, operation: str, mount_type: str,
                 succeeded: bool, is_login: bool, secret_access: bool, address: str,
                 segment: str, ts: float) -> int:
         """Record one event; return its verdict bits (0 for almost every event)."""
+        if self.since is None:
+            self.since = ts
         if not succeeded:
             return 0
         call = role_call(path, mount_type)
@@ -147,7 +152,8 @@ class LineageTracker:
         role = self._role(name)
         verdict = 0
         if operation in ("create", "update") and tail in _MINT_TAILS:
-            unmanaged = not self._standing(role, identity, peer, ts)
+            unmanaged = (ts - self.since >= STANDING
+                         and not self._standing(role, identity, peer, ts))
             role.mint_ts, role.mint_unmanaged = ts, unmanaged
             role.sessions.clear()
             if unmanaged:
@@ -194,7 +200,8 @@ class LineageTracker:
     def to_state(self) -> dict:
         return {"roles": [[k, r.to_state()] for k, r in self.roles.items()],
                 "admins": self.admins, "admin_peers": self.admin_peers,
-                "outsiders": sorted(self.outsiders), "outsider_peers": sorted(self.outsider_peers)}
+                "outsiders": sorted(self.outsiders), "outsider_peers": sorted(self.outsider_peers),
+                "since": self.since}
 
     @classmethod
     def from_state(cls, state: dict | None, max_roles: int = MAX_ROLES) -> "LineageTracker":
@@ -203,4 +210,5 @@ class LineageTracker:
             t.roles.update((k, RoleLineage.from_state(v)) for k, v in state["roles"])
             t.admins, t.admin_peers = dict(state["admins"]), dict(state["admin_peers"])
             t.outsiders, t.outsider_peers = set(state["outsiders"]), set(state["outsider_peers"])
+            t.since = state["since"]
         return t

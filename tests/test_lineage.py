@@ -54,8 +54,15 @@ def _read(hours: float, role: str = ROLE, address: str = ATTACKER):
                       auth_method="approle", remote_address=address)
 
 
-def _verdicts(events) -> list[tuple[int, int, int]]:
+def _warm_fx() -> FeatureExtractor:
+    """An extractor whose lineage has watched for more than a day (mints are judged)."""
     fx = _fx()
+    fx.observe(_call(dict(identity="entity:someone"), -100, "read", "auth/token/lookup-self"))
+    return fx
+
+
+def _verdicts(events, fx: FeatureExtractor | None = None) -> list[tuple[int, int, int]]:
+    fx = fx or _warm_fx()
     return [tuple(int(fx.observe(e)[n]) for n in FEATURES) for e in events]
 
 
@@ -150,6 +157,13 @@ def test_the_roles_own_runs_after_an_outsider_mint_are_told_from_the_suspect_ses
     assert got == [(0, 0, 0), (1, 0, 0), (0, 1, 0), (0, 1, 0), (0, 0, 0), (0, 0, 1)]
 
 
+def test_mints_in_the_first_day_watched_are_not_judged():
+    set_up = [_call(ENGINEER, 0, "update", f"auth/approle/role/{ROLE}"), _mint(ENGINEER, 0.01),
+              _login(0.02), _read(0.03)]
+    assert _verdicts(set_up, _fx()) == [(0, 0, 0)] * 4
+    assert _verdicts([_mint(OWNER, 25), _mint(ENGINEER, 25.1)], _warm_fx()) == [(1, 0, 0)] * 2
+
+
 def test_denied_mints_and_other_calls_change_nothing():
     got = _verdicts([
         _mint(ENGINEER, 0, outcome="denied", error="permission denied"),
@@ -180,7 +194,7 @@ def test_roles_are_capped_least_recently_touched_first():
 
 
 def test_state_survives_a_msgpack_round_trip():
-    fx = _fx()
+    fx = _warm_fx()
     for e in (_call(OWNER, -48, "update", f"auth/approle/role/{ROLE}"), _mint(ENGINEER, 0)):
         fx.observe(e)
     blob = msgspec.msgpack.encode(fx.lineage.to_state())
