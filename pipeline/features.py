@@ -114,6 +114,9 @@ _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
 _LIST_BURST = 3  # lists in 10 minutes
 _DENIED_BURST = 5  # denials or failed logins in 5 minutes
 _LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
+# The three lineage features for each combination of pipeline.lineage's verdict bits.
+_LINEAGE_VALUES = tuple(tuple(1.0 if bits & bit else 0.0 for bit in (
+    MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN)) for bits in range(8))
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
@@ -376,9 +379,7 @@ class FeatureExtractor:
             1.0 if succeeded and w.since_denied_burst <= _DENIED_FOLLOW else 0.0,
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
             1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
-            1.0 if w.lineage & MINT_UNMANAGED else 0.0,
-            1.0 if w.lineage & LOGIN_AFTER_UNMANAGED_MINT else 0.0,
-            1.0 if w.lineage & READ_AFTER_SUCH_LOGIN else 0.0,
+            *_LINEAGE_VALUES[w.lineage],
             st.requests_baseline,
             st.secrets_baseline,
             float(history),
