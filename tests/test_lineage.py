@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import msgspec
 import orjson
 import pytest
 
@@ -193,15 +192,21 @@ def test_roles_are_capped_least_recently_touched_first():
     assert list(tracker.roles) == ["a", "c"]
 
 
-def test_state_survives_a_msgpack_round_trip():
-    fx = _warm_fx()
-    for e in (_call(OWNER, -48, "update", f"auth/approle/role/{ROLE}"), _mint(ENGINEER, 0)):
-        fx.observe(e)
-    blob = msgspec.msgpack.encode(fx.lineage.to_state())
-    restored = _fx()
-    restored.lineage = LineageTracker.from_state(msgspec.msgpack.decode(blob))
-    assert restored.observe(_login(0.5))["login_minted_by_outsider"] == 1
-    assert _fx().observe(_login(0.5))["login_minted_by_outsider"] == 0
+def test_lineage_survives_a_snapshot_of_the_pipeline():
+    from pipeline import snapshot
+    from pipeline.runner import Pipeline
+
+    first = Pipeline(SETTINGS)
+    first.process_batch([
+        _call(dict(identity="entity:someone"), -100, "read", "auth/token/lookup-self"),
+        _call(OWNER, -48, "update", f"auth/approle/role/{ROLE}"),
+        _mint(ENGINEER, 0),
+    ])
+    restored = Pipeline(SETTINGS)
+    snapshot.load(restored, snapshot.dump(first))
+    assert restored.extractor.lineage.to_state() == first.extractor.lineage.to_state()
+    assert restored.extractor.observe(_login(0.5))["login_minted_by_outsider"] == 1
+    assert Pipeline(SETTINGS).extractor.observe(_login(0.5))["login_minted_by_outsider"] == 0
 
 
 # -- a small drift world -------------------------------------------------------------------
