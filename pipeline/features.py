@@ -28,8 +28,7 @@ import msgspec
 
 from pipeline.events import DENIED, SUCCESS, AccessEvent
 from pipeline.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
-from pipeline.lineage import (LOGIN_AFTER_UNMANAGED_MINT, MINT_UNMANAGED, READ_AFTER_SUCH_LOGIN,
-                              LineageTracker)
+from pipeline.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from pipeline.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
                               dimension_keys, frequency_classes, peer_key)
 from pipeline.segments import SegmentTable
@@ -114,9 +113,6 @@ _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
 _LIST_BURST = 3  # lists in 10 minutes
 _DENIED_BURST = 5  # denials or failed logins in 5 minutes
 _LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
-# The three lineage features for each combination of pipeline.lineage's verdict bits.
-_LINEAGE_VALUES = tuple(tuple(1.0 if bits & bit else 0.0 for bit in (
-    MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN)) for bits in range(8))
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
@@ -158,7 +154,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     since_policy_write: float
     since_denied_burst: float
     since_token_create: float
-    lineage: int = 0  # verdict bits of pipeline.lineage for this event
+    lineage: int = 0  # verdict bits of pipeline.lineage (index of _LINEAGE_VALUES)
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -278,15 +274,14 @@ class FeatureExtractor:
                     marks[1] = ts
                 elif event.path.startswith("auth/token/create"):
                     marks[3] = ts
-        segment = self.segments.lookup(event.remote_address)
         lineage = 0
         if event.path.startswith("auth/") or event.identity.startswith("approle:"):
             lineage = self.lineage.observe(
                 event.identity, st.peer.key, event.path, op, event.mount_type,
                 event.outcome == SUCCESS, event.is_login, secret_access, event.remote_address,
-                segment, ts)
+                self.segments.lookup(event.remote_address), ts)
         return Windows(
-            segment,
+            self.segments.lookup(event.remote_address),
             secret_access,
             float(requests_1m),
             float(requests_1h),

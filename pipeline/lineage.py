@@ -40,6 +40,10 @@ _MINT_TAILS = frozenset({"secret-id", "custom-secret-id"})
 
 # Verdict bits of one event, as observe() returns them.
 MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN = 1, 2, 4
+# The features secret_id_mint_unmanaged, login_minted_by_outsider, seq_outsider_mint_then_read
+# for each combination of verdict bits.
+FEATURE_VALUES = tuple(tuple(1.0 if bits & bit else 0.0 for bit in (
+    MINT_UNMANAGED, LOGIN_AFTER_UNMANAGED_MINT, READ_AFTER_SUCH_LOGIN)) for bits in range(8))
 
 
 class RoleLineage:
