@@ -28,6 +28,7 @@ import msgspec
 
 from pipeline.events import DENIED, SUCCESS, AccessEvent
 from pipeline.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
+from pipeline.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from pipeline.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
                               dimension_keys, frequency_classes, peer_key)
 from pipeline.segments import SegmentTable
@@ -92,6 +93,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "network_first_seen",  # 1.0 if the identity never called from this network
     "role_new_secrets_1h",  # distinct secrets read in 1 h that neither it nor its peers had used
     "role_new_secrets_24h",  # ... in 24 h (a slow campaign adds one an hour)
+    # AppRole lineage (pipeline.lineage): who may mint a role's secret ids, and what followed
+    "secret_id_mint_unmanaged",  # mints a secret id for a role neither it nor its peers managed
+    "login_minted_by_outsider",  # an AppRole login within 24 h after such a mint for its role
+    "seq_outsider_mint_then_read",  # a read by that login's session within 1 h after it
     # the baseline itself
     "requests_baseline_1h",  # usual requests_count_1h for the identity (EWMA over its history)
     "secrets_baseline_1h",  # usual secrets_distinct_1h for the identity
@@ -166,6 +171,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     network: str
     peer: PeerGroup
     concurrent: tuple[str, ...]
+    lineage: int = 0  # verdict bits of pipeline.lineage (index of _LINEAGE_VALUES)
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -264,6 +270,7 @@ class FeatureExtractor:
         self.segments = segments
         self.identities: dict[str, IdentityState] = {}
         self.peers: dict[str, PeerGroup] = {}
+        self.lineage = LineageTracker()
 
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
@@ -339,6 +346,12 @@ class FeatureExtractor:
                     marks[1] = ts
                 elif event.path.startswith("auth/token/create"):
                     marks[3] = ts
+        lineage = 0
+        if event.path.startswith("auth/") or event.identity.startswith("approle:"):
+            lineage = self.lineage.observe(
+                event.identity, st.peer.key, event.path, op, event.mount_type,
+                event.outcome == SUCCESS, event.is_login, secret_access, event.remote_address,
+                segment, ts)
         return Windows(
             segment,
             secret_access,
@@ -356,6 +369,7 @@ class FeatureExtractor:
             ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
             since_previous, float(networks), network, st.peer,
             tuple(sorted(st.networks)) if networks > 1 else (),
+            lineage,
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
@@ -442,6 +456,7 @@ class FeatureExtractor:
             1.0 if history and w.network not in st.places else 0.0,
             role_new_1h,
             role_new_24h,
+            *_LINEAGE_VALUES[w.lineage],
             st.requests_baseline,
             st.secrets_baseline,
             float(history),

@@ -15,6 +15,7 @@ import msgspec
 
 from pipeline.errors import ModelIntegrityError
 from pipeline.features import IdentityState
+from pipeline.lineage import LineageTracker
 from pipeline.novelty import PeerGroup
 
 VERSION = 4
@@ -34,6 +35,7 @@ def dump(pipeline, extra: dict | None = None) -> bytes:
         "version": VERSION,
         "peers": {k: g.to_state() for k, g in pipeline.extractor.peers.items()},
         "identities": {k: st.to_state() for k, st in pipeline.extractor.identities.items()},
+        "lineage": pipeline.extractor.lineage.to_state(),
         "detectors": [_plain(d.state_dict()) for d in pipeline.detectors],
         "incidents": pipeline.triage.to_state(),
         "extra": extra or {},
@@ -56,6 +58,7 @@ def load(pipeline, blob: bytes) -> dict:
     pipeline.extractor.peers = peers
     pipeline.extractor.identities = {k: IdentityState.from_state(v, peers)
                                      for k, v in state["identities"].items()}
+    pipeline.extractor.lineage = LineageTracker.from_state(state.get("lineage"))
     if len(state["detectors"]) != len(pipeline.detectors):
         raise ModelIntegrityError("snapshot holds a different set of detectors than the config")
     for detector, saved in zip(pipeline.detectors, state["detectors"]):

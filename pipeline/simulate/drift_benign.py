@@ -9,8 +9,9 @@ from pipeline.simulate.benign import (BenignGen, _active, _human_burst, _job_run
                                       team_firefight,
                                       dynamic_credentials, secret_rotation, service_logins)
 from pipeline.simulate.calls import _call, kv_list, kv_read, login, policy_write, sys_call
-from pipeline.simulate.world import (CI_RUNNERS, CORP_VPN, K8S_PROD, Call, DAY, HOUR, MINUTE, Human,
-                                     Session, TEAMS, World, _ip, _seconds)
+from pipeline.simulate.world import (BATCH, CI_RUNNERS, CORP_VPN, K8S_PROD, SERVICE_UAS, Call,
+                                     DAY, HOUR, MINUTE, Actor, Human, Session, TEAMS, World, _ip,
+                                     _seconds)
 
 DRIFT_BENIGN: list[BenignGen] = [service_logins, batch_runs, dynamic_credentials,
                                  secret_rotation]
@@ -212,3 +213,102 @@ def _new_audit_device(w: World, h: Human) -> Iterator[Call]:
                    "sys/audit/file-archive",
                    data={"type": w.hmac("type", "file"), "options": options})
 
+
+
+ORCHESTRATOR_ROLE = "deploy-orchestrator"
+
+
+def deploy_role(team: str) -> str:
+    return f"deploy-{team}"
+
+
+@drift_benign
+def approle_secret_id_issuing(w: World) -> Iterator[Call]:
+    """The look-alikes of secret-id minting. A deploy orchestrator (an AppRole of the platform
+    team) set up its team's deploy AppRole before the log starts (its write is the first thing
+    it does in the log) and issues that role a fresh secret id every working day, which the
+    role logs in with from the deploy host. SREs look after the fleet's AppRoles: one tunes the
+    rotator's role at the start of the log, and later another onboards a new service by
+    creating its AppRole and issuing its first secret id."""
+    rng = w.rand("approle-issuing")
+    sres = [h for h in w.humans if h.sre and h.actor.key not in w.away]
+    team = rng.choice([t for t in TEAMS if w.teams[t]])
+    orchestrator = w._approle(ORCHESTRATOR_ROLE, "platform", ORCHESTRATOR_ROLE, 3600,
+                              frozenset())
+    deploy = w._approle(deploy_role(team), team, deploy_role(team), 1200, frozenset((team,)))
+    host, ua = _ip(rng, BATCH), "python-requests/2.31.0"
+    t = w.start_ns + _seconds(rng, 60, 900)
+    yield from _issuer_session(w, orchestrator, deploy, t, rng, host, ua, mint=False)
+    for day in range(1, w.days):
+        if w.weekday(day) >= 5 or day == w.holiday:
+            continue
+        t = w.start_ns + day * DAY + int(rng.uniform(7, 9) * HOUR)
+        calls = list(_issuer_session(w, orchestrator, deploy, t, rng, host, ua, mint=True))
+        yield from calls
+        yield from _role_run(w, deploy, calls[-1].t + _seconds(rng, 5, 60), rng, host, ua,
+                             w.teams[team])
+    if len(sres) >= 2:
+        yield from _sre_role_work(w, sres[0], sres[1], rng)
+
+
+def _issuer_session(w: World, issuer: Actor, role: Actor, t: int, rng: random.Random,
+                    addr: str, ua: str, mint: bool) -> Iterator[Call]:
+    """Log in; then either write the role and read its role id, or issue it a secret id."""
+    calls = login(w, issuer, t, rng, addr, ua)
+    yield from calls
+    s = Session(issuer, calls[-1].t, addr, ua)
+    t = calls[-1].t + _seconds(rng, 1, 20)
+    name = role.metadata["role_name"]
+    if not mint:
+        yield sys_call(w, s, t, rng, "update", f"auth/approle/role/{name}",
+                       data={"token_policies": w.hmac("policies", name)})
+        yield sys_call(w, s, t + _seconds(rng, 1, 10), rng, "read",
+                       f"auth/approle/role/{name}/role-id",
+                       response={"role_id": w.hmac("role_id", role.key)})
+        return
+    yield sys_call(w, s, t, rng, "update", f"auth/approle/role/{name}/secret-id",
+                   response={"secret_id": w.hmac("secret_id", role.key, t),
+                             "secret_id_accessor": w.hmac("secret_id_accessor", role.key, t),
+                             "secret_id_ttl": 86400})
+
+
+def _role_run(w: World, role: Actor, t: int, rng: random.Random, addr: str, ua: str,
+              pool) -> Iterator[Call]:
+    calls = login(w, role, t, rng, addr, ua)
+    yield from calls
+    s = Session(role, calls[-1].t, addr, ua)
+    t = calls[-1].t
+    for secret in rng.sample(pool, min(len(pool), rng.randint(2, 4))):
+        t += _seconds(rng, 1, 20)
+        yield kv_read(w, s, t, rng, secret)
+
+
+def _sre_role_work(w: World, tuner: Human, onboarder: Human,
+                   rng: random.Random) -> Iterator[Call]:
+    """The rotator's role tuned on day 0; a new service's AppRole created and given its first
+    secret id on a working day of the second half, and the service logging in with it."""
+    t = w.start_ns + int(rng.uniform(1, 3) * HOUR)
+    yield from _sre_session(w, tuner, t, rng, [("update", "auth/approle/role/secret-rotator")])
+    day = next(d for d in range(w.days // 2, w.days) if w.weekday(d) < 5 and d != w.holiday)
+    t = w.start_ns + day * DAY - onboarder.tz_min * MINUTE + int(rng.uniform(10, 16) * HOUR)
+    team = rng.choice([x for x in TEAMS if w.teams[x]])
+    name = f"{team}-ledger-export"
+    role = w._approle(name, team, f"{team}-read", 3600, frozenset((team,)))
+    base = f"auth/approle/role/{name}"
+    calls = list(_sre_session(w, onboarder, t, rng, [("update", base), ("read", base + "/role-id"),
+                                                     ("update", base + "/secret-id")]))
+    yield from calls
+    yield from _role_run(w, role, calls[-1].t + _seconds(rng, 300, 1800), rng, _ip(rng, K8S_PROD),
+                         rng.choice(SERVICE_UAS), w.teams[team])
+
+
+def _sre_session(w: World, h: Human, t: int, rng: random.Random,
+                 steps: list[tuple[str, str]]) -> Iterator[Call]:
+    addr = h.office_ip or _ip(rng, CORP_VPN)
+    calls = login(w, h.actor, t, rng, addr, h.uas[0])
+    yield from calls
+    s = Session(h.actor, calls[-1].t, addr, h.uas[0])
+    t = calls[-1].t
+    for op, path in steps:
+        t += _seconds(rng, 20, 240)
+        yield sys_call(w, s, t, rng, op, path)
