@@ -428,3 +428,12 @@ def test_quality_benchmark_gates_the_drift_world(run, tmp_path):
         strict[strict.index(option) + 1] = value
         enforced = subprocess.run(bench + strict, capture_output=True, text=True, timeout=300)
         assert enforced.returncode == 1 and said in enforced.stderr, enforced.stderr
+
+
+def test_token_theft_needs_no_vpn_day_of_its_victim(tmp_path):
+    """Seed 4 at 60k calls picks a victim who was never on the VPN in the attack days: the
+    theft happens in one of their other sessions instead of failing the simulation."""
+    spec = world_spec("drift", seed=4, target_calls=60_000)
+    simulate(spec, tmp_path / "a.jsonl", tmp_path / "a.labels.jsonl", tmp_path / "a.windows.jsonl")
+    labels = [orjson.loads(x) for x in (tmp_path / "a.labels.jsonl").read_bytes().splitlines()]
+    assert Counter(e["class"] for e in labels)["concurrent_session_token_theft"] == 3

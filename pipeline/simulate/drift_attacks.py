@@ -24,10 +24,13 @@ def drift_attack(cls: str):
 
 def _owner_session(w: World, h: Human, t: int, rng: random.Random) -> tuple[list[Call], int]:
     """The engineer's own token calls of the VPN working session nearest after ``t`` (the last
-    one otherwise), and a time inside it: on a VPN day, not an office or home one."""
+    one otherwise), and a time inside it: on a VPN day, not an office or home one, unless the
+    engineer had none."""
     lo, hi = w.start_ns + w.attack_day0 * DAY, w.end_ns - 6 * HOUR
-    own = [c for c in w.human_calls(h)
-           if c.kind == TOKEN and lo <= c.t <= hi and c.addr.startswith(CORP_VPN + ".")]
+    mine = [c for c in w.human_calls(h) if c.kind == TOKEN and lo <= c.t <= hi]
+    # An engineer who was never on the VPN in those days (always in the office, or a short
+    # log) is attacked in an office or home session instead.
+    own = [c for c in mine if c.addr.startswith(CORP_VPN + ".")] or mine
     later = [c for c in own if c.t >= t] or own[-1:]
     first = later[0]
     session = [c for c in own if c.issued == first.issued]
