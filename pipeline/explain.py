@@ -30,10 +30,11 @@ _LABELS = {
     "dynamic_creds_count_10m": "dynamic credential requests", "history_events": "history",
     "idle_days": "activity", "novelty_score": "new values",
     "policy_write_first_seen": "policy writes", "policy_write_peer_first_seen": "policy writes",
-    "policy_write_own": "policy writes", "peer_members": "peer group",
+    "policy_write_own": "policy writes", "policy_writer_role": "policy writes",
+    "peer_members": "peer group",
     "peer_history": "peer group", "peer_folders_known": "folders",
     "requests_baseline_1h": "requests per hour", "networks_15m": "networks",
-    "network_first_seen": "networks", "role_new_secrets_1h": "secrets new for the role",
+    "network_unfamiliar": "networks", "role_new_secrets_1h": "secrets new for the role",
     "role_new_secrets_24h": "secrets new for the role", "secrets_known": "secrets",
     "folders_known": "folders",
 }
@@ -116,9 +117,10 @@ def baseline_of(feature: str, fv: FeatureVector, state: IdentityState | None) ->
             return _known(state, d)
     if feature in ("peer_members", "peer_history") and state.peer is not None:
         return f"peer group {state.peer.key}"
-    if feature in ("networks_15m", "network_first_seen"):
-        usual = sorted(state.places.items(), key=lambda kv: -kv[1])[:4]
-        where = ", ".join(f"{net} {n / state.history:.0%}" for net, n in usual) or "none"
+    if feature in ("networks_15m", "network_unfamiliar"):
+        usual = sorted(state.places.items(), key=lambda kv: -kv[1][0])[:4]
+        where = ", ".join(f"{net} {v[0] / state.history:.0%} on {v[1]} days"
+                          for net, v in usual) or "none"
         now = f", calls in the last 15 minutes from {', '.join(fv.concurrent)}" \
             if fv.concurrent else ""
         return f"networks: one at a time{now}, usually {where} ({len(state.places)} known)"

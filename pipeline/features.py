@@ -21,6 +21,7 @@ gives the features the live run saw.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -64,6 +65,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "policy_write_first_seen",  # 1.0 if this writes an ACL policy and the identity never did
     "policy_write_peer_first_seen",  # ... and no identity with the same policies ever did
     "policy_write_own",  # 1.0 if this writes an ACL policy the identity itself holds
+    "policy_writer_role",  # 1.0 if the identity or its peers write policies as part of the job
     "secret_freq_class",
     "folder_freq_class",
     "operation_freq_class",
@@ -90,7 +92,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "seq_new_segment_login_then_read",  # a read within 1 h after a login from a new segment
     # sessions and role boundaries
     "networks_15m",  # networks (segments; an unlisted address by its /16) used in 15 minutes
-    "network_first_seen",  # 1.0 if the identity never called from this network
+    "network_unfamiliar",  # 1.0 if the identity never called from this network alone (see _ALONE)
     "role_new_secrets_1h",  # distinct secrets read in 1 h that neither it nor its peers had used
     "role_new_secrets_24h",  # ... in 24 h (a slow campaign adds one an hour)
     # AppRole lineage (pipeline.lineage): who may mint a role's secret ids, and what followed
@@ -120,7 +122,10 @@ _LIST_BURST = 3  # lists in 10 minutes
 _DENIED_BURST = 5  # denials or failed logins in 5 minutes
 _LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
 _CONCURRENT = 900.0  # networks used within this long of each other are one session's
-ROLE_NEW_KEEP = 64  # role-new reads kept per identity: thresholds are far below
+# A network becomes familiar only through calls made while the identity used no other network
+# for this long: a thief's calls right after its owner stopped working do not make it a habit.
+_ALONE = 3600.0
+ROLE_NEW_KEEP = 1024  # secrets new for the role kept per identity: thresholds are far below
 _DAY = 86400.0
 
 
@@ -138,6 +143,7 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     peer: PeerGroup | None = None  # the peer group of the event's policies (learn updates it)
     network: str = ""  # see network_of
     concurrent: tuple[str, ...] = ()  # the networks of the last 15 minutes, when more than one
+    alone: bool = True  # no other network in the last hour: learn makes this one familiar
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -171,6 +177,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     network: str
     peer: PeerGroup
     concurrent: tuple[str, ...]
+    alone: bool
     lineage: int = 0  # verdict bits of pipeline.lineage (index of _LINEAGE_VALUES)
 
 
@@ -229,38 +236,75 @@ def network_of(segment: str, address: str) -> str:
 
 def _networks(seen: dict[str, float], net: str, ts: float) -> int:
     """Record a call from network ``net`` at ``ts``; return how many networks the identity used
-    within ``_CONCURRENT`` of it (this one included). ``seen`` holds one time per network."""
+    within ``_CONCURRENT`` of it (this one included), or 0 when it used no other in ``_ALONE``.
+    ``seen`` holds one time per network of the last ``_ALONE``."""
     last = seen.get(net)
     if last is None or ts > last:
         seen[net] = ts
-    if len(seen) > 1:
-        floor = ts - _CONCURRENT
-        for old in [k for k, t in seen.items() if t < floor]:
-            del seen[old]  # a network stays only while it is recent
-    return len(seen)
+    if len(seen) == 1:
+        return 0
+    floor = ts - _ALONE
+    for old in [k for k, t in seen.items() if t < floor]:
+        del seen[old]  # a network stays only while it is recent
+    if len(seen) == 1:
+        return 0
+    floor = ts - _CONCURRENT
+    return sum(1 for t in seen.values() if t >= floor) or 1
 
 
-def _remember(kept: list[tuple[float, str]], ts: float, secret: str) -> None:
-    """Note a read of a secret new for the whole role. Idempotent (a batch may derive a row
-    twice), bounded, and kept only for a day."""
-    item = (ts, secret)
-    if item in kept:
+def _learn_place(places: dict[str, list[int]], net: str, ts: float) -> None:
+    """Count a learned call from ``net``: [calls, distinct days, last day]."""
+    day = int(ts // _DAY)
+    entry = places.get(net)
+    if entry is None:
+        places[net] = [1, 1, day]
         return
-    kept.append(item)
-    floor = ts - _DAY
-    if len(kept) > ROLE_NEW_KEEP or kept[0][0] <= floor:
-        kept[:] = [x for x in kept if x[0] > floor][-ROLE_NEW_KEEP:]
+    entry[0] += 1
+    if day > entry[2]:
+        entry[1] += 1
+        entry[2] = day
 
 
-def _role_new(kept: list[tuple[float, str]], ts: float) -> tuple[float, float]:
+def _remember(kept: dict[str, list[float]], ts: float, secret: str) -> None:
+    """Note a read at ``ts`` of a secret new for the whole role.
+
+    Exact whatever the batching: a batch may derive a row twice, and rows later in a batch may
+    be derived before an earlier one is derived again, so every read is kept (sorted times per
+    secret, each time once) and counted by time, never cut by count alone. Bounded: times older
+    than two days before the newest are dropped (a batch spans far less), at most
+    ``ROLE_NEW_KEEP`` secrets and 256 times per secret are kept (beyond that a sweep is
+    long past every threshold)."""
+    times = kept.get(secret)
+    if times is None:
+        if len(kept) >= ROLE_NEW_KEEP:
+            floor = ts - 2 * _DAY
+            for old in [k for k, v in kept.items() if v[-1] < floor]:
+                del kept[old]
+            if len(kept) >= ROLE_NEW_KEEP:
+                return
+        kept[secret] = [ts]
+        return
+    i = bisect_left(times, ts)
+    if i < len(times) and times[i] == ts:
+        return
+    times.insert(i, ts)
+    if len(times) > 256 or times[0] < ts - 2 * _DAY:
+        floor = ts - 2 * _DAY
+        times[:] = [t for t in times if t >= floor][-256:]
+
+
+def _role_new(kept: dict[str, list[float]], ts: float) -> tuple[float, float]:
     """Distinct role-new secrets read in the hour and the day up to ``ts``."""
-    hour, day = set(), set()
-    for t, secret in kept:
-        if ts - _DAY < t <= ts:
-            day.add(secret)
-            if t > ts - 3600.0:
-                hour.add(secret)
-    return float(len(hour)), float(len(day))
+    hour = day = 0
+    for times in kept.values():
+        i = bisect_right(times, ts)
+        if i:
+            last = times[i - 1]
+            if last > ts - _DAY:
+                day += 1
+                if last > ts - 3600.0:
+                    hour += 1
+    return float(hour), float(day)
 
 
 class FeatureExtractor:
@@ -308,7 +352,7 @@ class FeatureExtractor:
             st.newest_ts = ts
         segment = self.segments.lookup(event.remote_address)
         network = network_of(segment, event.remote_address)
-        networks = _networks(st.networks, network, ts)
+        networks = _networks(st.networks, network, ts)  # 0: alone in the last hour
         requests_1m = st.requests_1m.add_count(ts, eid)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)
@@ -367,8 +411,10 @@ class FeatureExtractor:
             _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
             ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
-            since_previous, float(networks), network, st.peer,
-            tuple(sorted(st.networks)) if networks > 1 else (),
+            since_previous, float(networks or 1), network, st.peer,
+            tuple(sorted(k for k, t in st.networks.items() if t >= ts - _CONCURRENT))
+            if networks > 1 else (),
+            networks == 0,
             lineage,
         )
 
@@ -440,6 +486,7 @@ class FeatureExtractor:
             1.0 if policy_write and not st.policy_writer else 0.0,
             1.0 if policy_write and not peer.policy_writes else 0.0,
             1.0 if policy_write and event.path.rpartition("/")[2] in event.policies else 0.0,
+            1.0 if st.policy_writer or peer.policy_writes else 0.0,
             *classes,
             novelty,
             *peer_classes,
@@ -467,7 +514,8 @@ class FeatureExtractor:
             float(p_history),
             float(len(peer.members)),
         )
-        return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent)
+        return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent,
+                             w.alone)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -480,14 +528,15 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         ts = event.ts
         how, hod = fv.how, fv.hod
-        undo = Undo(how, hod, st._scalars(), rates(st))
+        place = st.places.get(fv.network) if fv.network and fv.alone else None
+        undo = Undo(how, hod, st._scalars(), rates(st), tuple(place) if place else None)
         keys = _learned_keys(fv)
         if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
             st.new_segment_login = ts
         st.how[how] += 1
         st.hod[hod] += 1
-        if fv.network:
-            st.places[fv.network] = st.places.get(fv.network, 0) + 1
+        if fv.network and fv.alone:
+            _learn_place(st.places, fv.network, ts)
         for seen, key in zip(st.counts, keys):
             if key is not None:
                 seen[key] += 1
@@ -517,8 +566,11 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         st.how[undo.how] -= 1
         st.hod[undo.hod] -= 1
-        if fv.network:
-            decrement(st.places, fv.network)
+        if fv.network and fv.alone:
+            if undo.place is None:
+                del st.places[fv.network]
+            else:
+                st.places[fv.network] = list(undo.place)
         keys = _learned_keys(fv)
         for seen, key in zip(st.counts, keys):
             if key is not None:

@@ -20,13 +20,15 @@ WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a workin
 class Undo:
     """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back."""
 
-    __slots__ = ("how", "hod", "scalars", "rates")
+    __slots__ = ("how", "hod", "scalars", "rates", "place")
 
-    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple) -> None:
+    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple,
+                 place: tuple | None = None) -> None:
         self.how = how
         self.hod = hod
         self.scalars = scalars
         self.rates = rates
+        self.place = place  # the network's entry in ``places`` before the learn (None: absent)
 
 
 class IdentityState:
@@ -87,11 +89,12 @@ class IdentityState:
         self.policies: tuple[str, ...] | None = None  # of the newest event: they pick the peers
         # network (segment, or the /16 of an address in no segment) -> last event time from it
         self.networks: dict[str, float] = {}
-        # (time, secret) of successful reads of secrets neither it nor its peers had used,
-        # newest last, bounded (see features.ROLE_NEW_KEEP)
-        self.role_new: list[tuple[float, str]] = []
-        # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
-        self.places: dict[str, int] = {}
+        # secret -> sorted times of successful reads of it while neither the identity nor its
+        # peers had used it; bounded (see features._remember)
+        self.role_new: dict[str, list[float]] = {}
+        # baseline: per network (features.network_of), e.g. a home ISP's range: learned calls,
+        # distinct days, last day
+        self.places: dict[str, list[int]] = {}
 
     @property
     def segments(self) -> dict[str, int]:
@@ -129,7 +132,7 @@ class IdentityState:
             self.newest_ts,
             list(self.policies) if self.policies is not None else None,
             self.networks,
-            [list(x) for x in self.role_new],
+            self.role_new,
             self.places,
         ]
 
@@ -142,7 +145,7 @@ class IdentityState:
         st.places = dict(places)
         st.policies = tuple(policies) if policies is not None else None
         st.networks = dict(networks)
-        st.role_new = [tuple(x) for x in role_new]
+        st.role_new = {k: list(v) for k, v in role_new.items()}
         st.counts = [defaultdict(int, c) for c in counts]
         for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
                              st.creds_10m), recents):

@@ -28,7 +28,7 @@ import numpy as np
 import orjson
 
 from models.base import ScoreBatch
-from models.ensemble import SEVERITY_SCORE
+from models.ensemble import SEVERITY_SCORE, combine, rule_score, severity_of
 from models.registry import build_detectors
 from models.rules import SEVERITIES, RuleSet, load_rules
 from pipeline.config import Settings
@@ -191,6 +191,7 @@ class Pipeline:
             Suppressions.from_settings(settings, self._false_positives()),
         )
         self.history = HistoryRecorder(store, settings.store.feature_history_sample)
+        self._min_severity = SEVERITIES[settings.triage.min_severity]
         self.alerts_out = alerts_out
         self.on_version = on_version
         self.defer_writes = defer_writes
@@ -277,12 +278,24 @@ class Pipeline:
                 self.triage.acknowledged_by_analyst(self.store.acknowledged_by_analyst(held))
 
     def _derive(self, batch: "_Batch", i: int) -> None:
-        """Baseline features and rules of row i, then learn it unless a rule fired."""
+        """Baseline features and rules of row i, then learn it unless rules raise a finding on it.
+
+        Rules that fire below ``min_severity`` (a low signal such as a policy write by a role
+        not yet seen writing one) are counted, not raised: their event is learned, or an SRE
+        team's first policy writes would never become part of its role and every later one
+        would look like the first."""
         fv = self.extractor.derive(batch.events[i], batch.windows[i])
         hits = self.rules.evaluate_one(fv)
         batch.vectors[i] = fv
         batch.hits[i] = hits
-        batch.undo[i] = None if hits else self.extractor.learn(fv)
+        batch.undo[i] = None if self._raises(hits) else self.extractor.learn(fv)
+
+    def _raises(self, hits: tuple) -> bool:
+        if not hits:
+            return False
+        if len(hits) == 1:
+            return hits[0].severity_id >= self._min_severity
+        return severity_of(combine(rule_score(r.severity_id) for r in hits)) >= self._min_severity
 
     def _score(self, batch: "_Batch", start: int, end: int | None = None) -> list[ScoreBatch]:
         rows = batch.vectors[start:end]

@@ -32,11 +32,11 @@ def fired(fv):
     return {r.id for r in RULES.evaluate_one(fv)}
 
 
-def working_days(fx, days=3, address="172.16.{}.7", **fields):
+def working_days(fx, days=3, address="172.16.{}.7", first=0, **fields):
     """A person's history: reads of the team's secrets through the day from the VPN, with a
     new VPN address per connection."""
     events = []
-    for d in range(days):
+    for d in range(first, first + days):
         for i, t in enumerate(every(T0 + timedelta(days=d), timedelta(minutes=5), 90)):
             events.append(make_event(at=t, remote_address=address.format(i % 200),
                                      path=f"secret/data/payments/s{i % 6}", **{**PERSON, **fields}))
@@ -58,7 +58,7 @@ def test_a_stolen_session_used_elsewhere_while_its_owner_works_is_concurrent():
     assert own["networks_15m"] == 1  # a new VPN address is the same network
     thief = fx.observe(make_event(at=now + timedelta(minutes=6), remote_address="203.0.113.50",
                                   **PERSON))
-    assert thief["networks_15m"] == 2 and thief["network_first_seen"] == 1
+    assert thief["networks_15m"] == 2 and thief["network_unfamiliar"] == 1
     assert "vault-concurrent-session" in fired(thief)
     # The same outside address an hour after the owner stopped is not concurrent.
     later = fx.observe(make_event(at=now + timedelta(minutes=80), remote_address="203.0.113.50",
@@ -70,13 +70,38 @@ def test_a_stolen_session_used_elsewhere_while_its_owner_works_is_concurrent():
 def test_home_network_used_before_is_not_a_second_place():
     fx = FeatureExtractor(SEGMENTS)
     working_days(fx, days=2)
-    working_days(fx, days=1, address="81.2.{}.40")  # worked from home one day (same ISP range)
+    working_days(fx, days=1, first=2, address="81.2.{}.40")  # a day at home (an ISP range)
     at = T0 + timedelta(days=4, hours=3)
     fx.observe(make_event(at=at, remote_address="172.16.3.3", **PERSON))
     home = fx.observe(make_event(at=at + timedelta(minutes=3), remote_address="81.2.99.1",
                                  **PERSON))
-    assert home["networks_15m"] == 2 and home["network_first_seen"] == 0
+    assert home["networks_15m"] == 2 and home["network_unfamiliar"] == 0
     assert "vault-concurrent-session" not in fired(home)
+
+
+def test_a_thiefs_calls_right_after_its_owner_stopped_do_not_make_its_network_familiar():
+    fx = FeatureExtractor(SEGMENTS)
+    working_days(fx)
+    t = T0 + timedelta(days=3, hours=1)
+    observe_all(fx, [make_event(at=t, remote_address="172.16.3.3", **PERSON)])
+    # The owner stopped 20 minutes ago: the thief's calls are not concurrent, fire nothing and
+    # are learned, but within the hour of the owner's call they do not make a habit.
+    thief = observe_all(fx, [make_event(at=t + timedelta(minutes=20 + k),
+                                        remote_address="203.0.113.9", **PERSON)
+                             for k in range(30)])
+    assert not any(fired(fv) & {"vault-concurrent-session"} for fv in thief)
+    t = T0 + timedelta(days=4, hours=1)
+    fx.observe(make_event(at=t, remote_address="172.16.3.3", **PERSON))
+    again = fx.observe(make_event(at=t + timedelta(minutes=2), remote_address="203.0.113.77",
+                                  **PERSON))
+    assert again["network_unfamiliar"] == 1
+    assert "vault-concurrent-session" in fired(again)
+    # Calls from a network with no other network in the hour do make it familiar.
+    later = T0 + timedelta(days=6)
+    observe_all(fx, [make_event(at=later + timedelta(minutes=k), remote_address="203.0.113.9",
+                                **PERSON) for k in range(3)])
+    assert fx.observe(make_event(at=later + timedelta(minutes=4), remote_address="203.0.113.9",
+                                 **PERSON))["network_unfamiliar"] == 0
 
 
 def test_reads_new_for_the_role_are_counted_per_hour_and_day():
@@ -148,7 +173,7 @@ def test_a_returning_person_with_their_own_client_is_not_a_dormant_reactivation(
     working_days(fx)
     back = T0 + timedelta(days=12)
     home = fx.observe(make_event(at=back, remote_address="92.40.1.2", **PERSON))
-    assert home["idle_days"] > 5 and home["network_first_seen"] == 1
+    assert home["idle_days"] > 5 and home["network_unfamiliar"] == 1
     assert "vault-dormant-identity-reactivated" not in fired(home)
     stolen = fx.observe(make_event(at=back + timedelta(days=5), remote_address="198.51.100.3",
                                    **{**PERSON, "user_agent": "curl/8.5.0"}))
