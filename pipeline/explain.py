@@ -118,9 +118,8 @@ def baseline_of(feature: str, fv: FeatureVector, state: IdentityState | None) ->
     if feature in ("peer_members", "peer_history") and state.peer is not None:
         return f"peer group {state.peer.key}"
     if feature in ("networks_15m", "network_unfamiliar"):
-        usual = sorted(state.places.items(), key=lambda kv: -kv[1][0])[:4]
-        where = ", ".join(f"{net} {v[0] / state.history:.0%} on {v[1]} days"
-                          for net, v in usual) or "none"
+        usual = sorted(state.places.items(), key=lambda kv: -kv[1])[:4]
+        where = ", ".join(f"{net} {n / state.history:.0%}" for net, n in usual) or "none"
         now = f", calls in the last 15 minutes from {', '.join(fv.concurrent)}" \
             if fv.concurrent else ""
         return f"networks: one at a time{now}, usually {where} ({len(state.places)} known)"

@@ -252,19 +252,6 @@ def _networks(seen: dict[str, float], net: str, ts: float) -> int:
     return sum(1 for t in seen.values() if t >= floor) or 1
 
 
-def _learn_place(places: dict[str, list[int]], net: str, ts: float) -> None:
-    """Count a learned call from ``net``: [calls, distinct days, last day]."""
-    day = int(ts // _DAY)
-    entry = places.get(net)
-    if entry is None:
-        places[net] = [1, 1, day]
-        return
-    entry[0] += 1
-    if day > entry[2]:
-        entry[1] += 1
-        entry[2] = day
-
-
 def _remember(kept: dict[str, list[float]], ts: float, secret: str) -> None:
     """Note a read at ``ts`` of a secret new for the whole role.
 
@@ -459,7 +446,12 @@ class FeatureExtractor:
         reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
         if reading and history and classes[SECRET] == UNSEEN and peer_classes[0] == UNSEEN:
             _remember(st.role_new, ts, event.secret)
-        role_new_1h, role_new_24h = _role_new(st.role_new, ts) if st.role_new else (0.0, 0.0)
+            if ts > st.role_new_newest:
+                st.role_new_newest = ts
+        if ts - _DAY < st.role_new_newest:  # most identities have none in the last day
+            role_new_1h, role_new_24h = _role_new(st.role_new, ts)
+        else:
+            role_new_1h = role_new_24h = 0.0
         policy_write = not secret_access and is_policy_write(event)
         succeeded = event.outcome == SUCCESS and (secret_access or event.is_login)
         values = (
@@ -528,15 +520,15 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         ts = event.ts
         how, hod = fv.how, fv.hod
-        place = st.places.get(fv.network) if fv.network and fv.alone else None
-        undo = Undo(how, hod, st._scalars(), rates(st), tuple(place) if place else None)
+        undo = Undo(how, hod, st._scalars(), rates(st))
         keys = _learned_keys(fv)
         if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
             st.new_segment_login = ts
         st.how[how] += 1
         st.hod[hod] += 1
-        if fv.network and fv.alone:
-            _learn_place(st.places, fv.network, ts)
+        if fv.alone and fv.network:
+            places = st.places
+            places[fv.network] = places.get(fv.network, 0) + 1
         for seen, key in zip(st.counts, keys):
             if key is not None:
                 seen[key] += 1
@@ -566,11 +558,8 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         st.how[undo.how] -= 1
         st.hod[undo.hod] -= 1
-        if fv.network and fv.alone:
-            if undo.place is None:
-                del st.places[fv.network]
-            else:
-                st.places[fv.network] = list(undo.place)
+        if fv.alone and fv.network:
+            decrement(st.places, fv.network)
         keys = _learned_keys(fv)
         for seen, key in zip(st.counts, keys):
             if key is not None:

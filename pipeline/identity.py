@@ -20,15 +20,13 @@ WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a workin
 class Undo:
     """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back."""
 
-    __slots__ = ("how", "hod", "scalars", "rates", "place")
+    __slots__ = ("how", "hod", "scalars", "rates")
 
-    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple,
-                 place: tuple | None = None) -> None:
+    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple) -> None:
         self.how = how
         self.hod = hod
         self.scalars = scalars
         self.rates = rates
-        self.place = place  # the network's entry in ``places`` before the learn (None: absent)
 
 
 class IdentityState:
@@ -41,7 +39,7 @@ class IdentityState:
         "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
-        "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new",
+        "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
         "places",
     )
 
@@ -92,9 +90,9 @@ class IdentityState:
         # secret -> sorted times of successful reads of it while neither the identity nor its
         # peers had used it; bounded (see features._remember)
         self.role_new: dict[str, list[float]] = {}
-        # baseline: per network (features.network_of), e.g. a home ISP's range: learned calls,
-        # distinct days, last day
-        self.places: dict[str, list[int]] = {}
+        self.role_new_newest = NEVER  # newest time in role_new
+        # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
+        self.places: dict[str, int] = {}
 
     @property
     def segments(self) -> dict[str, int]:
@@ -146,6 +144,7 @@ class IdentityState:
         st.policies = tuple(policies) if policies is not None else None
         st.networks = dict(networks)
         st.role_new = {k: list(v) for k, v in role_new.items()}
+        st.role_new_newest = max((v[-1] for v in st.role_new.values()), default=NEVER)
         st.counts = [defaultdict(int, c) for c in counts]
         for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
                              st.creds_10m), recents):
