@@ -178,3 +178,20 @@ def test_a_returning_person_with_their_own_client_is_not_a_dormant_reactivation(
     stolen = fx.observe(make_event(at=back + timedelta(days=5), remote_address="198.51.100.3",
                                    **{**PERSON, "user_agent": "curl/8.5.0"}))
     assert "vault-dormant-identity-reactivated" in fired(stolen)
+
+
+def test_a_young_role_reading_other_teams_folders_is_judged_without_long_history():
+    fx = FeatureExtractor(SEGMENTS)
+    young = dict(PERSON, identity="entity:dave", display_name="dave", policies=("default", "new"))
+    observe_all(fx, [make_event(at=t, remote_address="172.16.4.4", **young,
+                                path=f"secret/data/payments/s{i % 6}")
+                     for i, t in enumerate(every(T0, timedelta(minutes=30), 60))])
+    t = T0 + timedelta(days=2)
+    own = [fx.observe(make_event(at=t + timedelta(minutes=k), remote_address="172.16.4.4",
+                                 path=f"secret/data/payments/n{k}", **young)) for k in range(3)]
+    assert own[-1]["role_new_secrets_1h"] == 3 and own[-1]["peer_history"] < 100
+    assert not fired(own[-1])  # its own team's folder: a young role still learning its work
+    other = [fx.observe(make_event(at=t + timedelta(minutes=10 + k), remote_address="172.16.4.4",
+                                   path=f"secret/data/{team}/db", **young))
+             for k, team in enumerate(("ledger", "search", "fraud"))]
+    assert "vault-role-new-secrets-foreign-folders" in fired(other[-1])
