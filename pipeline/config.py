@@ -8,6 +8,7 @@ environment when sinks need them.
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -53,6 +54,23 @@ class Segment(_Strict):
             ipaddress.ip_network(value, strict=False)
         except ValueError as exc:
             raise ValueError(f"not a CIDR network: {exc}") from None
+        return value
+
+
+class Environment(_Strict):
+    """Secrets whose path matches ``paths`` (a regex, searched) belong to environment ``name``;
+    a path no entry matches is production."""
+
+    name: str = Field(min_length=1)
+    paths: str
+
+    @field_validator("paths")
+    @classmethod
+    def _valid_regex(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
         return value
 
 
@@ -304,6 +322,7 @@ class Settings(_Strict):
     store: StoreSettings = StoreSettings()
     input: InputSettings = InputSettings()
     segments: tuple[Segment, ...] = ()
+    environments: tuple[Environment, ...] = ()
     rules: RulesSettings = RulesSettings()
     detectors: tuple[DetectorSettings, ...] = ()
     triage: TriageSettings = TriageSettings()

@@ -36,6 +36,7 @@ _LABELS = {
     "requests_baseline_1h": "requests per hour", "networks_15m": "networks",
     "network_unfamiliar": "networks", "role_new_secrets_1h": "secrets new for the role",
     "role_new_secrets_24h": "secrets new for the role", "secrets_known": "secrets",
+    "environment_crossing": "environments",
     "folders_known": "folders",
 }
 

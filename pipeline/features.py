@@ -21,6 +21,7 @@ gives the features the live run saw.
 from __future__ import annotations
 
 import math
+import re
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -95,6 +96,8 @@ FEATURE_NAMES: tuple[str, ...] = (
     "network_unfamiliar",  # 1.0 if the identity never called from this network alone (see _ALONE)
     "role_new_secrets_1h",  # distinct secrets read in 1 h that neither it nor its peers had used
     "role_new_secrets_24h",  # ... in 24 h (a slow campaign adds one an hour)
+    "environment_crossing",  # 1.0: reads a production secret, all its reads were elsewhere
+    "folder_in_role_tree",  # 1.0: a folder new for the role, above or below one it works in
     # AppRole lineage (pipeline.lineage): who may mint a role's secret ids, and what followed
     "secret_id_mint_unmanaged",  # mints a secret id for a role neither it nor its peers managed
     "login_minted_by_outsider",  # an AppRole login within 24 h after such a mint for its role
@@ -125,6 +128,8 @@ _CONCURRENT = 900.0  # networks used within this long of each other are one sess
 # A network becomes familiar only through calls made while the identity used no other network
 # for this long: a thief's calls right after its owner stopped working do not make it a habit.
 _ALONE = 3600.0
+PRODUCTION = "production"  # the environment of a path no `environments` entry matches
+_ENV_CACHE_MAX = 100_000
 ROLE_NEW_KEEP = 1024  # secrets new for the role kept per identity: thresholds are far below
 _DAY = 86400.0
 
@@ -144,6 +149,7 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     network: str = ""  # see network_of
     concurrent: tuple[str, ...] = ()  # the networks of the last 15 minutes, when more than one
     alone: bool = True  # no other network in the last hour: learn makes this one familiar
+    environment: str = ""  # of the secret a successful read names ("" for other calls)
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -252,6 +258,17 @@ def _networks(seen: dict[str, float], net: str, ts: float) -> int:
     return sum(1 for t in seen.values() if t >= floor) or 1
 
 
+def _in_tree(folder: str, known) -> bool:
+    """Whether ``folder`` is an ancestor or a descendant of a known folder (a production folder
+    above the role's staging one, a new subfolder of its own), counting only relations whose
+    shorter folder is below a mount's top level."""
+    for k in known:
+        short, long_ = (folder, k) if len(folder) < len(k) else (k, folder)
+        if short.count("/") >= 1 and long_.startswith(short + "/"):
+            return True
+    return False
+
+
 def _remember(kept: dict[str, list[float]], ts: float, secret: str) -> None:
     """Note a read at ``ts`` of a secret new for the whole role.
 
@@ -297,11 +314,25 @@ def _role_new(kept: dict[str, list[float]], ts: float) -> tuple[float, float]:
 class FeatureExtractor:
     """Per-identity state and the feature functions; see the module docstring."""
 
-    def __init__(self, segments: SegmentTable) -> None:
+    def __init__(self, segments: SegmentTable,
+                 environments: Iterable[tuple[str, str]] = ()) -> None:
         self.segments = segments
+        # (name, compiled regex) in order; a path none matches is production
+        self.environments = [(name, re.compile(paths)) for name, paths in environments]
+        self._env_cache: dict[str, str] = {}
         self.identities: dict[str, IdentityState] = {}
         self.peers: dict[str, PeerGroup] = {}
         self.lineage = LineageTracker()
+
+    def environment_of(self, secret: str) -> str:
+        env = self._env_cache.get(secret)
+        if env is None:
+            env = next((name for name, rx in self.environments if rx.search(secret)),
+                       PRODUCTION)
+            if len(self._env_cache) >= _ENV_CACHE_MAX:  # paths are attacker-controlled
+                self._env_cache.clear()
+            self._env_cache[secret] = env
+        return env
 
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
@@ -448,6 +479,11 @@ class FeatureExtractor:
             _remember(st.role_new, ts, event.secret)
             if ts > st.role_new_newest:
                 st.role_new_newest = ts
+        environment = self.environment_of(event.secret) if reading else ""
+        in_tree = 1.0 if peer_classes[1] == UNSEEN and keys[1] and _in_tree(
+            keys[1], peer.counts[1]) else 0.0  # PEER_DIMENSIONS[1] is FOLDER
+        envs = st.envs
+        crossing = 1.0 if (environment == PRODUCTION and envs and PRODUCTION not in envs) else 0.0
         if ts - _DAY < st.role_new_newest:  # most identities have none in the last day
             role_new_1h, role_new_24h = _role_new(st.role_new, ts)
         else:
@@ -495,6 +531,8 @@ class FeatureExtractor:
             1.0 if history and w.network not in st.places else 0.0,
             role_new_1h,
             role_new_24h,
+            crossing,
+            in_tree,
             *_LINEAGE_VALUES[w.lineage],
             st.requests_baseline,
             st.secrets_baseline,
@@ -507,7 +545,7 @@ class FeatureExtractor:
             float(len(peer.members)),
         )
         return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent,
-                             w.alone)
+                             w.alone, environment)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -529,6 +567,8 @@ class FeatureExtractor:
         if fv.alone and fv.network:
             places = st.places
             places[fv.network] = places.get(fv.network, 0) + 1
+        if fv.environment:
+            st.envs[fv.environment] = st.envs.get(fv.environment, 0) + 1
         for seen, key in zip(st.counts, keys):
             if key is not None:
                 seen[key] += 1
@@ -560,6 +600,8 @@ class FeatureExtractor:
         st.hod[undo.hod] -= 1
         if fv.alone and fv.network:
             decrement(st.places, fv.network)
+        if fv.environment:
+            decrement(st.envs, fv.environment)
         keys = _learned_keys(fv)
         for seen, key in zip(st.counts, keys):
             if key is not None:
@@ -572,7 +614,8 @@ class FeatureExtractor:
 
 
 def feature_frame(events: Iterable[AccessEvent], segments: SegmentTable,
-                  extractor: FeatureExtractor | None = None) -> "pd.DataFrame":
+                  extractor: FeatureExtractor | None = None,
+                  environments: Iterable[tuple[str, str]] = ()) -> "pd.DataFrame":
     """Features of ``events`` as a DataFrame, computed by the pipeline's own code.
 
     Every event is learned after it is observed (no detector decides here); pass an extractor to
@@ -580,7 +623,7 @@ def feature_frame(events: Iterable[AccessEvent], segments: SegmentTable,
     """
     import pandas as pd
 
-    extractor = extractor or FeatureExtractor(segments)
+    extractor = extractor or FeatureExtractor(segments, environments)
     rows, index = [], []
     for event in events:
         fv = extractor.observe(event)

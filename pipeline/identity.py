@@ -40,7 +40,7 @@ class IdentityState:
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
         "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
-        "places",
+        "places", "envs",
     )
 
     def __init__(self) -> None:
@@ -93,6 +93,8 @@ class IdentityState:
         self.role_new_newest = NEVER  # newest time in role_new
         # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
         self.places: dict[str, int] = {}
+        # baseline: learned successful reads per environment of the secret (staging, production)
+        self.envs: dict[str, int] = {}
 
     @property
     def segments(self) -> dict[str, int]:
@@ -132,6 +134,7 @@ class IdentityState:
             self.networks,
             self.role_new,
             self.places,
+            self.envs,
         ]
 
     @classmethod
@@ -139,8 +142,9 @@ class IdentityState:
         st = cls()
         (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
          scalars, rates, peer, st.newest_ts, policies, networks, role_new,
-         places) = state
+         places, envs) = state
         st.places = dict(places)
+        st.envs = dict(envs)
         st.policies = tuple(policies) if policies is not None else None
         st.networks = dict(networks)
         st.role_new = {k: list(v) for k, v in role_new.items()}

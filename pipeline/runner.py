@@ -178,7 +178,8 @@ class Pipeline:
         writes them in its snapshot transaction)."""
         self.settings = settings
         self.segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
-        self.extractor = FeatureExtractor(self.segments)
+        self.extractor = FeatureExtractor(self.segments,
+                                          ((e.name, e.paths) for e in settings.environments))
         self.rules = RuleSet(load_rules(settings.rules_dir()))
         self.detectors = build_detectors(settings.detectors, settings.base_dir)
         self.store = store

@@ -195,3 +195,27 @@ def test_a_young_role_reading_other_teams_folders_is_judged_without_long_history
                                    path=f"secret/data/{team}/db", **young))
              for k, team in enumerate(("ledger", "search", "fraud"))]
     assert "vault-role-new-secrets-foreign-folders" in fired(other[-1])
+
+
+def test_a_staging_role_reading_production_crosses_an_environment():
+    fx = FeatureExtractor(SEGMENTS, [("staging", r"(^|/)(staging|stage|stg)(/|$)")])
+    ci = dict(identity="approle:ci-search-test", display_name="ci", auth_method="approle",
+              user_agent="Vault/1.19.2", policies=("default", "ci-search"))
+    deploy = dict(ci, identity="approle:ci-search-deploy")
+    for who, paths in ((ci, ["staging/a", "staging/b"]), (deploy, ["staging/a", "db"])):
+        observe_all(fx, [make_event(at=t, remote_address="10.30.1.1", **who,
+                                    path=f"secret/data/search/{paths[i % 2]}")
+                         for i, t in enumerate(every(T0, timedelta(minutes=20), 120))])
+    t = T0 + timedelta(days=2)
+    assert fx.environment_of("secret/search/staging/a") == "staging"
+    assert fx.environment_of("secret/search/db") == "production"
+    prod = fx.observe(make_event(at=t, remote_address="10.30.1.1", path="secret/data/search/db",
+                                 **ci))
+    assert prod["environment_crossing"] == 1
+    assert "vault-environment-crossing" in fired(prod)
+    same = fx.observe(make_event(at=t, remote_address="10.30.1.1", path="secret/data/search/db",
+                                 **deploy))  # the deploy pipeline reads production already
+    assert same["environment_crossing"] == 0 and "vault-environment-crossing" not in fired(same)
+    staging = fx.observe(make_event(at=t, remote_address="10.30.1.1",
+                                    path="secret/data/search/staging/c", **ci))
+    assert staging["environment_crossing"] == 0
