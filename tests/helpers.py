@@ -31,6 +31,17 @@ def make_event(at: datetime | None = None, **fields) -> AccessEvent:
     return AccessEvent(**defaults)
 
 
+def learn_all(fx, events):
+    """Observe each event and fold it into the baseline, as if no detector fired: the
+    feature vectors, in order."""
+    out = []
+    for e in events:
+        fv = fx.observe(e)
+        fx.learn(fv)
+        out.append(fv)
+    return out
+
+
 def every(start: datetime, step: timedelta, n: int):
     return [start + i * step for i in range(n)]
 

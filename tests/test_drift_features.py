@@ -11,21 +11,12 @@ from pipeline.config import DEFAULT_CONFIG
 from pipeline.features import FeatureExtractor, network_of
 from pipeline.segments import SegmentTable
 
-from helpers import T0, every, make_event
+from helpers import T0, every, learn_all as observe_all, make_event
 
 SEGMENTS = SegmentTable([("k8s-prod", "10.20.0.0/16"), ("corp-vpn", "172.16.0.0/16")])
 RULES = RuleSet(load_rules(DEFAULT_CONFIG.parent / "rules"))
 PERSON = dict(identity="entity:alice", display_name="alice", auth_method="oidc",
               user_agent="Mozilla/5.0 Firefox/135.0", policies=("default", "payments-dev"))
-
-
-def observe_all(fx, events):
-    out = []
-    for e in events:
-        fv = fx.observe(e)
-        fx.learn(fv)
-        out.append(fv)
-    return out
 
 
 def fired(fv):

@@ -14,19 +14,10 @@ from pipeline.novelty import (FREQUENT, INFREQUENT, RARE, UNSEEN, agent_family, 
                               peer_key)
 from pipeline.segments import SegmentTable
 
-from helpers import T0, every, make_event
+from helpers import T0, every, learn_all, make_event
 
 SEGMENTS = SegmentTable([("k8s-prod", "10.20.0.0/16"), ("corp-vpn", "172.16.0.0/16")])
 TEAM = ("default", "payments-read")
-
-
-def learn_all(fx, events):
-    out = []
-    for e in events:
-        fv = fx.observe(e)
-        fx.learn(fv)
-        out.append(fv)
-    return out
 
 
 def service(identity="entity:svc-1", n=300, secrets=3, step=timedelta(minutes=5), start=T0,
