@@ -24,7 +24,7 @@ RATES = (("requests_count_1m", 0.1), ("requests_count_1h", 1.0),
 
 
 def event(identity: str, ts: float, n: int):
-    from pipeline.events import SUCCESS, AccessEvent
+    from secretscope.events import SUCCESS, AccessEvent
 
     return AccessEvent(
         source="vault", event_id=f"bench-{n}", ts=ts, identity=identity,
@@ -38,7 +38,7 @@ def event(identity: str, ts: float, n: int):
 def feature_rows(rows: int, identities: int, days: int, seed: int = 0):
     import numpy as np
 
-    from pipeline.features import FEATURE_NAMES, INDEX, FeatureVector
+    from secretscope.features import FEATURE_NAMES, INDEX, FeatureVector
 
     rng = np.random.default_rng(seed)
     ids = [f"entity:svc-{k}" for k in range(identities)]
@@ -57,7 +57,7 @@ def measure(rows: int, identities: int, days: int) -> tuple[float, int]:
     """(seconds, firings) of score-then-learn over the rows, in pipeline-sized batches."""
     import numpy as np
 
-    from models.baseline import RobustBaselineDetector
+    from secretscope.models.baseline import RobustBaselineDetector
 
     vectors, values = feature_rows(rows, identities, days)
     detector = RobustBaselineDetector()

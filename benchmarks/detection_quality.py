@@ -5,8 +5,8 @@
     python benchmarks/detection_quality.py --world drift --seeds 101 102 103 --calls 200000
 
 Each seed is a different fleet, different attack episodes and different benign traps (see
-``pipeline.simulate``; ``--world drift`` is the fleet whose normal behaviour changes during the
-log, ``pipeline.simulate.drift``). Thresholds were chosen on seeds 2027 and 4242 of the default
+``secretscope.simulate``; ``--world drift`` is the fleet whose normal behaviour changes during the
+log, ``secretscope.simulate.drift``). Thresholds were chosen on seeds 2027 and 4242 of the default
 world and 1, 2 and 3 of the drift world: quote other seeds. Exits 1 if any seed misses a target:
 recall >= 0.9 of attack episodes and of every attack class, precision >= 0.8 of findings,
 <= 0.3 false findings per 10k benign calls, and no episode named by more than 2 findings (an
@@ -39,8 +39,8 @@ def main() -> int:
     args = ap.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    from pipeline.config import load_settings
-    from pipeline.simulate import simulate, world_spec
+    from secretscope.config import load_settings
+    from secretscope.simulate import simulate, world_spec
 
     settings = load_settings(args.config, store__url="sqlite://")
     failed = False
@@ -94,10 +94,10 @@ def _score(log: Path, settings, labels: Path, windows: Path):
     """``evaluate_log``'s replay and score, keeping the findings to count how many name each
     class's events: one growing finding per episode is the aim, and a campaign split into one
     finding per firing shows here as findings far above episodes."""
-    from models.evaluation import evaluate, load_episodes
-    from pipeline.runner import Pipeline
-    from pipeline.sources.files import replay
-    from pipeline.store import Store
+    from secretscope.models.evaluation import evaluate, load_episodes
+    from secretscope.runner import Pipeline
+    from secretscope.sources.files import replay
+    from secretscope.store import Store
 
     settings = settings.model_copy(update={"triage": settings.triage.model_copy(
         update={"change_window_feed": str(windows.resolve())})})

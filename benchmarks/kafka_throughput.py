@@ -74,11 +74,11 @@ def raw_consume(bootstrap: str, topic: str, expect: int) -> float:
 
 
 def stages(bootstrap: str, topic: str, calls: int, db: Path) -> float:
-    from pipeline.config import Settings, load_settings
-    from pipeline.runner import Pipeline
-    from pipeline.sources import kafka as kafka_io
-    from pipeline.stages import ParseStage, ScoreStage
-    from pipeline.store import Store
+    from secretscope.config import Settings, load_settings
+    from secretscope.runner import Pipeline
+    from secretscope.sources import kafka as kafka_io
+    from secretscope.stages import ParseStage, ScoreStage
+    from secretscope.store import Store
 
     base = load_settings()
     tag = uuid.uuid4().hex[:8]
@@ -122,7 +122,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=3)
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT))
-    from pipeline.simulate import SimulationSpec, simulate
+    from secretscope.simulate import SimulationSpec, simulate
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -28,7 +28,7 @@ def peak_rss_mib() -> float:
 
 
 def simulated_log(calls: int, seed: int, cache: Path) -> Path:
-    from pipeline.simulate import SimulationSpec, simulate
+    from secretscope.simulate import SimulationSpec, simulate
 
     path = cache / f"bench-{calls}-{seed}.log"
     if not path.exists():
@@ -45,11 +45,11 @@ def stage_costs(path: Path, settings) -> dict[str, float]:
     adding one stage, so no stage is measured on data held in big lists."""
     import numpy as np
 
-    from models.streaming import HalfSpaceTreesDetector
-    from pipeline.features import FeatureExtractor
-    from pipeline.parsers.limits import InputLimits
-    from pipeline.segments import SegmentTable
-    from pipeline.sources.files import ReplayCounters, _file_entries, replay
+    from secretscope.models.streaming import HalfSpaceTreesDetector
+    from secretscope.features import FeatureExtractor
+    from secretscope.parsers.limits import InputLimits
+    from secretscope.segments import SegmentTable
+    from secretscope.sources.files import ReplayCounters, _file_entries, replay
 
     def timed(fn) -> float:
         t = time.perf_counter()
@@ -108,10 +108,10 @@ def main() -> int:
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
     args.cache.mkdir(parents=True, exist_ok=True)
 
-    from pipeline.config import load_settings
-    from pipeline.runner import Pipeline
-    from pipeline.sources.files import ReplayCounters, replay
-    from pipeline.store import Store
+    from secretscope.config import load_settings
+    from secretscope.runner import Pipeline
+    from secretscope.sources.files import ReplayCounters, replay
+    from secretscope.store import Store
 
     path = simulated_log(args.calls, args.seed, args.cache)
     settings = load_settings()

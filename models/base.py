@@ -4,7 +4,7 @@ Everything above ``models/`` reads scores the same way: **higher = more anomalou
 with the opposite convention (scikit-learn's ``score_samples`` is low = anomalous) are flipped in
 exactly one adapter, never by callers.
 
-Detectors work on micro-batches of :class:`~pipeline.features.FeatureVector` so they can score
+Detectors work on micro-batches of :class:`~secretscope.features.FeatureVector` so they can score
 vectorized; ``score_then_learn`` scores the batch first and learns only from rows that did not
 fire, so an attack never becomes part of the model.
 """
@@ -17,7 +17,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from pipeline.features import FeatureVector
+from secretscope.features import FeatureVector
 
 
 @dataclass(frozen=True, slots=True)

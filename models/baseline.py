@@ -40,8 +40,8 @@ from typing import Any
 
 import numpy as np
 
-from models.base import ScoreBatch
-from pipeline.features import INDEX, FeatureVector
+from secretscope.models.base import ScoreBatch
+from secretscope.features import INDEX, FeatureVector
 
 __all__ = ["DEFAULT_MEASURES", "MeasureExplanation", "RobustBaselineDetector"]
 
@@ -80,7 +80,7 @@ class RobustBaselineDetector:
     Examples
     --------
     >>> import numpy as np
-    >>> from pipeline.features import FEATURE_NAMES, FeatureVector
+    >>> from secretscope.features import FEATURE_NAMES, FeatureVector
     >>> from tests.helpers import make_event
     >>> det = RobustBaselineDetector(measures=("requests_count_1h",), min_hours=3)
     >>> def row(hour, count):

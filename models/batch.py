@@ -12,7 +12,7 @@ less anomalous (an empirical CDF in [0, 1]), so ``threshold: 0.999`` means "more
 99.9% of the baseline it was trained on".
 
     >>> import numpy as np
-    >>> from pipeline.features import FEATURE_NAMES
+    >>> from secretscope.features import FEATURE_NAMES
     >>> rng = np.random.default_rng(0)
     >>> values = rng.random((2000, len(FEATURE_NAMES)))
     >>> values[:, INDEX["history_events"]] = 100.0
@@ -35,9 +35,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 
-from models.base import ScoreBatch
-from pipeline.errors import ModelIntegrityError, TrainingError
-from pipeline.features import FEATURE_NAMES, INDEX, FeatureVector
+from secretscope.models.base import ScoreBatch
+from secretscope.errors import ModelIntegrityError, TrainingError
+from secretscope.features import FEATURE_NAMES, INDEX, FeatureVector
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -215,7 +215,7 @@ def train_isolation_forest(data: "pd.DataFrame | np.ndarray", *, n_estimators: i
     """Fit and calibrate an IsolationForest on baseline feature rows.
 
     ``data``: a DataFrame with feature-name columns (``Store.feature_history`` or
-    ``pipeline.features.feature_frame``; a ``time`` column gives the trained time range) or a
+    ``secretscope.features.feature_frame``; a ``time`` column gives the trained time range) or a
     (rows x FEATURE_NAMES) matrix. Rows of identities with fewer than ``min_history`` baseline
     events are left out, as the detector never fires on them. ``contamination`` only sets
     scikit-learn's own offset; the detector uses the calibration instead.

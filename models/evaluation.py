@@ -18,7 +18,7 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.findings import Finding
+from secretscope.findings import Finding
 
 
 @dataclass(frozen=True)
@@ -145,9 +145,9 @@ def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path 
     """Replay a simulated log through the pipeline of ``settings`` and score it against its
     labels (default ``LOG.labels.jsonl``). A change-window feed (default ``LOG.windows.jsonl``
     if it exists) is given to triage, as a deploy system would, unless ``use_windows`` is off."""
-    from pipeline.runner import Pipeline
-    from pipeline.sources.files import replay
-    from pipeline.store import Store
+    from secretscope.runner import Pipeline
+    from secretscope.sources.files import replay
+    from secretscope.store import Store
 
     stem = log.name.removesuffix(".gz")
     labels = labels or log.with_name(stem + ".labels.jsonl")

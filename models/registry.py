@@ -5,23 +5,23 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from models.base import Detector
+from secretscope.models.base import Detector
 
 
 def _halfspacetrees(s, base_dir: Path) -> Detector:
-    from models.streaming import HalfSpaceTreesDetector
+    from secretscope.models.streaming import HalfSpaceTreesDetector
 
     return HalfSpaceTreesDetector(**s.model_dump(exclude={"type", "severity_at_threshold"}))
 
 
 def _robustbaseline(s, base_dir: Path) -> Detector:
-    from models.baseline import RobustBaselineDetector
+    from secretscope.models.baseline import RobustBaselineDetector
 
     return RobustBaselineDetector(**s.model_dump(exclude={"type", "severity_at_threshold"}))
 
 
 def _isolationforest(s, base_dir: Path) -> Detector:
-    from models.batch import IsolationForestDetector
+    from secretscope.models.batch import IsolationForestDetector
 
     params = s.model_dump(exclude={"type", "model_path", "severity_at_threshold"})
     return IsolationForestDetector(model_path=s.model_file(base_dir), **params)

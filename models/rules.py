@@ -11,7 +11,7 @@ Condition clauses (all must hold)::
       - {field: operation, in: [create, update, delete]}
       - {field: denied_count_5m, gte: 20}
 
-``field`` is an :class:`~pipeline.events.AccessEvent` attribute (``operation``, ``path``,
+``field`` is an :class:`~secretscope.events.AccessEvent` attribute (``operation``, ``path``,
 ``outcome``, ``is_root``, ``is_login``, ...), ``segment``, ``secret_access`` (true for calls on
 secrets, false for ``sys/``, ``auth/`` and other control paths), or a feature name. Operators:
 ``equals``, ``in``, ``not_in``, ``prefix``, ``matches`` (regex search), ``gte``, ``gt``, ``lte``.
@@ -28,10 +28,10 @@ from typing import Any
 
 import yaml
 
-from pipeline.errors import ConfigError
-from pipeline.events import AccessEvent
-from pipeline.features import INDEX, FeatureVector, is_secret_access
-from pipeline.findings import SEVERITY_IDS
+from secretscope.errors import ConfigError
+from secretscope.events import AccessEvent
+from secretscope.features import INDEX, FeatureVector, is_secret_access
+from secretscope.findings import SEVERITY_IDS
 
 SEVERITIES = SEVERITY_IDS  # the names a rule's ``severity`` may take
 RELATED = ("trigger", "denied_5m", "login_failed_5m", "recent_1h")

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from models.base import ScoreBatch
-from models.hst import HalfSpaceTrees
-from pipeline.features import INDEX, FeatureVector
+from secretscope.models.base import ScoreBatch
+from secretscope.models.hst import HalfSpaceTrees
+from secretscope.features import INDEX, FeatureVector
 
 HST_INPUTS: tuple[str, ...] = (
     "hour_of_week_rarity",

@@ -1,3 +1,3 @@
-from pipeline.cli import main
+from secretscope.cli import main
 
 main()

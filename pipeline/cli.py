@@ -16,9 +16,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pipeline.config import load_settings
-from pipeline.errors import SecretscopeError
-from pipeline.findings import Finding
+from secretscope.config import load_settings
+from secretscope.errors import SecretscopeError
+from secretscope.findings import Finding
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="secretscope: anomaly detection for secret-store audit logs.")
@@ -30,6 +30,20 @@ EXIT_INPUT_INCOMPLETE = 3
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from secretscope import __version__
+
+        print(f"secretscope {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _global(version: bool = typer.Option(False, "--version", callback=_print_version,
+                                         is_eager=True, help="Print the version and exit.")) -> None:
+    """secretscope: anomaly detection for secret-store audit logs."""
 
 
 def _settings(config: Optional[Path], store: Optional[str]):
@@ -46,10 +60,10 @@ def _check_inputs(files: list[str]) -> None:
 def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
                 collect: dict[str, Finding] | None = None):
     """Replay ``files``; ``collect``, if given, receives the newest version of every finding."""
-    from pipeline.runner import Pipeline, stderr_progress
-    from pipeline.sources.files import ReplayCounters, _total_size, replay
-    from pipeline.parsers.limits import InputLimits
-    from pipeline.store import Store
+    from secretscope.runner import Pipeline, stderr_progress
+    from secretscope.sources.files import ReplayCounters, _total_size, replay
+    from secretscope.parsers.limits import InputLimits
+    from secretscope.store import Store
 
     store = Store(settings.store.url, routes=settings.sinks,
                   outage_seconds=settings.store.outage_seconds)
@@ -137,7 +151,7 @@ def simulate(
     world: str = typer.Option("default", "--world", help="default, or drift: staging churn, migrations, reorganisations, home working, on-call, and the attacks that hide in them."),
 ) -> None:
     """Write a labelled, simulated Vault audit log of a company fleet."""
-    from pipeline.simulate import WORLDS, simulate as run_simulation, world_spec
+    from secretscope.simulate import WORLDS, simulate as run_simulation, world_spec
 
     if world not in WORLDS:
         raise typer.BadParameter(f"{world!r} is not one of {', '.join(WORLDS)}", param_hint="--world")
@@ -167,8 +181,8 @@ def evaluate(
     """Replay a labelled log; print recall per attack class, precision, false findings per 10k
     benign calls and detection delay. Incident updates count: an episode merged into a finding
     is detected at the time of the merge."""
-    from models.evaluation import evaluate_log
-    from pipeline.runner import stderr_progress
+    from secretscope.models.evaluation import evaluate_log
+    from secretscope.runner import stderr_progress
 
     stem = log_file.name.removesuffix(".gz")
     labels = labels or log_file.with_name(stem + ".labels.jsonl")
@@ -198,7 +212,7 @@ def evaluate(
 def run(config: Path = typer.Option(..., "--config", "-c", help="Service config (YAML).")) -> None:
     """The long-running service: Kafka audit topics (or Vault's socket audit device) in,
     findings to the store."""
-    from pipeline.service import run_service
+    from secretscope.service import run_service
 
     run_service(load_settings(config))
 
@@ -207,9 +221,9 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Service config 
 def validate(config: Optional[Path] = typer.Argument(None, help="Config file (default: embedded).")) -> None:
     """Check a config file, its rules, model files and change-window feed; exit 2 with the
     problem if anything is invalid."""
-    from models.registry import build_detectors
-    from models.rules import load_rules
-    from pipeline.suppression import Suppressions
+    from secretscope.models.registry import build_detectors
+    from secretscope.models.rules import load_rules
+    from secretscope.suppression import Suppressions
 
     settings = load_settings(config)
     rules = load_rules(settings.rules_dir())
@@ -251,8 +265,8 @@ def train(
     seed: int = typer.Option(42, "--seed"),
 ) -> None:
     """Train the IsolationForest detector on the feature history in the store."""
-    from models.batch import manifest_path, save_model, train_isolation_forest
-    from pipeline.store import Store
+    from secretscope.models.batch import manifest_path, save_model, train_isolation_forest
+    from secretscope.store import Store
 
     settings = _settings(config, store)
     if contamination != "auto":
@@ -302,9 +316,9 @@ def alerts(
     ctx.obj = {"config": config, "store": store}
     if ctx.invoked_subcommand is not None:
         return
-    from pipeline.store import Store
+    from secretscope.store import Store
 
-    from pipeline.delivery.outbox import Outbox, format_states
+    from secretscope.delivery.outbox import Outbox, format_states
 
     settings = _settings(config, store)
     st = Store(settings.store.url)
@@ -335,7 +349,7 @@ def alerts_label(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Label a stored finding a true or false positive (a new label replaces the old one)."""
-    from pipeline.store import Store
+    from secretscope.store import Store
 
     group = ctx.obj or {}
     settings = _settings(config or group.get("config"), store or group.get("store"))
@@ -349,7 +363,7 @@ def alerts_label(
 
 def _set_status(ctx: typer.Context, finding_id: str, status: str, note: str,
                 config: Optional[Path], store: Optional[str]) -> None:
-    from pipeline.store import Store
+    from secretscope.store import Store
 
     group = ctx.obj or {}
     settings = _settings(config or group.get("config"), store or group.get("store"))
@@ -396,10 +410,10 @@ def deliver(
     """Send the findings in the outbox to the configured sinks (retrying, dead-lettering)."""
     import threading
 
-    from pipeline.delivery.retry import RetryPolicy
-    from pipeline.delivery.sinks import build_sink
-    from pipeline.delivery.worker import DeliveryWorker
-    from pipeline.store import Store
+    from secretscope.delivery.retry import RetryPolicy
+    from secretscope.delivery.sinks import build_sink
+    from secretscope.delivery.worker import DeliveryWorker
+    from secretscope.store import Store
 
     settings = _settings(config, store)
     if not settings.sinks:
@@ -456,8 +470,8 @@ def redrive(
     store: Optional[str] = StoreOpt,
 ) -> None:
     """Move delivery dead letters back to the outbox (attempts reset) for the next delivery."""
-    from pipeline.delivery.outbox import Outbox
-    from pipeline.store import Store
+    from secretscope.delivery.outbox import Outbox
+    from secretscope.store import Store
 
     if not (sink or finding or all_):
         raise SecretscopeError("redrive: choose --sink NAME, --finding ID or --all")

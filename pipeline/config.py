@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from importlib.resources import as_file
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
@@ -16,11 +17,20 @@ import yaml
 from pydantic import (AwareDatetime, BaseModel, ConfigDict, Field, ValidationError,
                       field_validator, model_validator)
 
-from pipeline.delivery.config import DeliverySettings, SinkSettings
-from pipeline.errors import ConfigError
-from pipeline.features import FEATURE_NAMES
+from secretscope.delivery.config import DeliverySettings, SinkSettings
+from secretscope.errors import ConfigError
+from secretscope.features import FEATURE_NAMES
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.yaml"
+def _embedded_default() -> Path:
+    """The default config shipped as ``secretscope.defaults`` (the checkout's config/ folder, or
+    its copy inside an installed wheel)."""
+    from importlib.resources import files
+
+    with as_file(files("secretscope.defaults") / "default.yaml") as path:
+        return Path(path)
+
+
+DEFAULT_CONFIG = _embedded_default()
 
 
 class _Strict(BaseModel):
@@ -355,8 +365,8 @@ class Settings(_Strict):
 def load_settings(path: str | Path | None = None, **overrides: object) -> Settings:
     """Load and validate a config file (the embedded default when ``path`` is None)."""
     if path is None and not DEFAULT_CONFIG.is_file():
-        raise ConfigError(f"embedded default config not found at {DEFAULT_CONFIG}: install "
-                          "secretscope from its checkout (pip install -e .) or pass --config")
+        raise ConfigError(f"embedded default config not found at {DEFAULT_CONFIG}: the "
+                          "installation is incomplete; reinstall secretscope or pass --config")
     path = Path(path) if path else DEFAULT_CONFIG
     try:
         doc = yaml.safe_load(path.read_text()) or {}

@@ -8,10 +8,10 @@ baseline as it was when the event was scored (the runner makes sure of that).
 
 from __future__ import annotations
 
-from models.rules import Rule
-from pipeline.features import INDEX, FeatureVector, IdentityState
-from pipeline.findings import Factor, PeerComparison, Reason
-from pipeline.novelty import (DIMENSIONS, FREQUENCY_CLASSES, PEER_DIMENSIONS, RARE, SECRET,
+from secretscope.models.rules import Rule
+from secretscope.features import INDEX, FeatureVector, IdentityState
+from secretscope.findings import Factor, PeerComparison, Reason
+from secretscope.novelty import (DIMENSIONS, FREQUENCY_CLASSES, PEER_DIMENSIONS, RARE, SECRET,
                               SEGMENT, UNSEEN, USER_AGENT, FOLDER)
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")

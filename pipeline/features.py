@@ -10,7 +10,7 @@ Two kinds of state per identity:
   now; ``observe`` updates them for every event, anomalous or not.
 * **baseline** (hour-of-week profile, how often it used each secret, folder, segment, address,
   user agent, auth method and mount, usual rates and gaps) describes what is normal for it, and
-  its **peer group** (identities with the same policies, ``pipeline.novelty``) what is normal for
+  its **peer group** (identities with the same policies, ``secretscope.novelty``) what is normal for
   its role; only ``learn`` updates it, and the pipeline calls ``learn``
   only for events that raised no finding, so an attacker never becomes the baseline.
 
@@ -28,13 +28,13 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from pipeline.events import DENIED, SUCCESS, AccessEvent
-from pipeline.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
-from pipeline.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
-from pipeline.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
+from secretscope.events import DENIED, SUCCESS, AccessEvent
+from secretscope.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
+from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
+from secretscope.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
                               dimension_keys, frequency_classes, peer_key)
-from pipeline.segments import SegmentTable
-from pipeline.windows import WindowCounter
+from secretscope.segments import SegmentTable
+from secretscope.windows import WindowCounter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,7 +98,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "role_new_secrets_24h",  # ... in 24 h (a slow campaign adds one an hour)
     "environment_crossing",  # 1.0: reads a production secret, all its reads were elsewhere
     "folder_in_role_tree",  # 1.0: a folder new for the role, above or below one it works in
-    # AppRole lineage (pipeline.lineage): who may mint a role's secret ids, and what followed
+    # AppRole lineage (secretscope.lineage): who may mint a role's secret ids, and what followed
     "secret_id_mint_unmanaged",  # mints a secret id for a role neither it nor its peers managed
     "login_minted_by_outsider",  # an AppRole login within 24 h after such a mint for its role
     "seq_outsider_mint_then_read",  # a read by that login's session within 1 h after it
@@ -136,7 +136,7 @@ _DAY = 86400.0
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     """An event with its features; ``values`` is aligned with :data:`FEATURE_NAMES`.
-    ``keys`` are its values per novelty dimension (see ``pipeline.novelty``).
+    ``keys`` are its values per novelty dimension (see ``secretscope.novelty``).
     (A frozen struct for the same reason as AccessEvent: one per event on the hot path.)"""
 
     event: AccessEvent
@@ -184,7 +184,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     peer: PeerGroup
     concurrent: tuple[str, ...]
     alone: bool
-    lineage: int = 0  # verdict bits of pipeline.lineage (index of _LINEAGE_VALUES)
+    lineage: int = 0  # verdict bits of secretscope.lineage (index of _LINEAGE_VALUES)
 
 
 def hour_slots(ts: float) -> tuple[int, int]:

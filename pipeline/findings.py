@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from pipeline import __version__
-from pipeline.events import AccessEvent
+from secretscope import __version__
+from secretscope.events import AccessEvent
 
 OCSF_VERSION = "1.3.0"
 # The lifecycle of a finding: every version is one OCSF document with the same finding id.
@@ -192,7 +192,7 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             "related_events": [{"uid": uid} for uid in f.related_event_ids],
         },
         # OCSF 1.3.0 has ``actor`` on a finding only through the host profile, and the source
-        # endpoint only inside ``evidences`` (checked by pipeline.delivery.renderings.validate_ocsf)
+        # endpoint only inside ``evidences`` (checked by secretscope.delivery.renderings.validate_ocsf)
         "actor": {"user": {"uid": f.identity, "name": f.display_name}},
         "evidences": [_evidence(f.identity, f.display_name, e.remote_address)],
         "resources": [{"name": e.secret, "type": "secret", "namespace": e.namespace or "root"}],

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.features import FEATURE_NAMES, FeatureVector
+from secretscope.features import FEATURE_NAMES, FeatureVector
 
 if TYPE_CHECKING:
-    from pipeline.features import Undo
-    from pipeline.store import Store
+    from secretscope.features import Undo
+    from secretscope.store import Store
 
 
 def names_hash(names: Sequence[str]) -> str:

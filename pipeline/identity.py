@@ -1,7 +1,7 @@
 """What secretscope keeps about one identity: its event-time windows (what it is doing now) and
 its baseline (what is normal for it), with plain-data snapshots of both.
 
-``pipeline.features`` reads and updates this state; only ``FeatureExtractor.learn`` and
+``secretscope.features`` reads and updates this state; only ``FeatureExtractor.learn`` and
 ``unlearn`` touch the baseline.
 """
 
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 
-from pipeline.novelty import DIMENSIONS, SECRET, SEGMENT, USER_AGENT, PeerGroup
-from pipeline.windows import Distinct, Recent, WindowCounter
+from secretscope.novelty import DIMENSIONS, SECRET, SEGMENT, USER_AGENT, PeerGroup
+from secretscope.windows import Distinct, Recent, WindowCounter
 
 NEVER = -1e18  # the time of a mark that was never set
 _EWMA_ALPHA = 0.1  # per completed hour of activity
@@ -117,7 +117,7 @@ class IdentityState:
          self.new_segment_login) = scalars
 
     def to_state(self) -> list:
-        """Plain lists and numbers, for snapshots (see ``pipeline.snapshot``)."""
+        """Plain lists and numbers, for snapshots (see ``secretscope.snapshot``)."""
         return [
             [list(r.items) for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
                                      self.lists_10m, self.creds_10m)],

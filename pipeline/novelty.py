@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 
-from pipeline.events import AccessEvent
+from secretscope.events import AccessEvent
 
 DIMENSIONS: tuple[str, ...] = ("secret", "folder", "operation", "segment", "ip", "user_agent",
                                "auth_method", "mount")

@@ -27,20 +27,20 @@ from typing import TextIO
 import numpy as np
 import orjson
 
-from models.base import ScoreBatch
-from models.ensemble import SEVERITY_SCORE, combine, rule_score, severity_of
-from models.registry import build_detectors
-from models.rules import SEVERITIES, RuleSet, load_rules
-from pipeline.config import Settings
-from pipeline.events import DENIED, SUCCESS, AccessEvent, DeadLetter
-from pipeline.features import FEATURE_NAMES, FeatureExtractor, FeatureVector, Undo, Windows
-from pipeline.findings import CLOSE, CREATE, Finding, to_ocsf
-from pipeline.history import HistoryRecorder
-from pipeline.segments import SegmentTable
-from pipeline.store import Store
-from pipeline.explain import explainer
-from pipeline.suppression import Suppressions, false_positive_patterns
-from pipeline.triage import StreamingDetectorInfo, Triage
+from secretscope.models.base import ScoreBatch
+from secretscope.models.ensemble import SEVERITY_SCORE, combine, rule_score, severity_of
+from secretscope.models.registry import build_detectors
+from secretscope.models.rules import SEVERITIES, RuleSet, load_rules
+from secretscope.config import Settings
+from secretscope.events import DENIED, SUCCESS, AccessEvent, DeadLetter
+from secretscope.features import FEATURE_NAMES, FeatureExtractor, FeatureVector, Undo, Windows
+from secretscope.findings import CLOSE, CREATE, Finding, to_ocsf
+from secretscope.history import HistoryRecorder
+from secretscope.segments import SegmentTable
+from secretscope.store import Store
+from secretscope.explain import explainer
+from secretscope.suppression import Suppressions, false_positive_patterns
+from secretscope.triage import StreamingDetectorInfo, Triage
 
 log = logging.getLogger(__name__)
 _LOGGED_DEAD_LETTERS = 20  # a file of garbage must not flood the log

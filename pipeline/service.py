@@ -16,10 +16,10 @@ import threading
 
 import orjson
 
-from pipeline.config import Settings
-from pipeline.parsers.limits import InputLimits
-from pipeline.runner import Pipeline
-from pipeline.store import Store
+from secretscope.config import Settings
+from secretscope.parsers.limits import InputLimits
+from secretscope.runner import Pipeline
+from secretscope.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def run_service(settings: Settings) -> dict:
 
 
 def _run_socket(settings: Settings, store: Store, stop: threading.Event) -> dict:
-    from pipeline.sources.socket import SocketAuditSource
+    from secretscope.sources.socket import SocketAuditSource
 
     limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
     source = SocketAuditSource(settings.socket.host, settings.socket.port, limits,
@@ -60,8 +60,8 @@ def _run_socket(settings: Settings, store: Store, stop: threading.Event) -> dict
 
 
 def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
-    from pipeline.sources import kafka as kafka_io
-    from pipeline.stages import ParseCounters, ParseStage, ScoreCounters, ScoreStage
+    from secretscope.sources import kafka as kafka_io
+    from secretscope.stages import ParseCounters, ParseStage, ScoreCounters, ScoreStage
 
     from kafka.errors import KafkaError
 

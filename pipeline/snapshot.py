@@ -2,7 +2,7 @@
 suppression, plus whatever the caller adds (a stage's reorder buffer, watermarks).
 
 Snapshots are msgpack, compressed; the store keeps a SHA-256 beside each one and refuses to load
-a snapshot that does not match it (:class:`~pipeline.errors.ModelIntegrityError`). No pickle:
+a snapshot that does not match it (:class:`~secretscope.errors.ModelIntegrityError`). No pickle:
 only plain lists, numbers and strings are decoded.
 """
 
@@ -13,10 +13,10 @@ from typing import Any
 
 import msgspec
 
-from pipeline.errors import ModelIntegrityError
-from pipeline.features import IdentityState
-from pipeline.lineage import LineageTracker
-from pipeline.novelty import PeerGroup
+from secretscope.errors import ModelIntegrityError
+from secretscope.features import IdentityState
+from secretscope.lineage import LineageTracker
+from secretscope.novelty import PeerGroup
 
 VERSION = 4
 

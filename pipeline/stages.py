@@ -30,15 +30,15 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from pipeline import snapshot
-from pipeline.config import Settings
-from pipeline.errors import ModelIntegrityError
-from pipeline.events import AccessEvent, DeadLetter
-from pipeline.parsers.limits import InputLimits
-from pipeline.runner import Pipeline
-from pipeline.sources import kafka as kafka_io
-from pipeline.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder
-from pipeline.store import Store
+from secretscope import snapshot
+from secretscope.config import Settings
+from secretscope.errors import ModelIntegrityError
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.parsers.limits import InputLimits
+from secretscope.runner import Pipeline
+from secretscope.sources import kafka as kafka_io
+from secretscope.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder
+from secretscope.store import Store
 
 log = logging.getLogger(__name__)
 WATERMARK = b"watermark"

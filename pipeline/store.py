@@ -27,13 +27,13 @@ from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from pipeline.errors import ModelIntegrityError, SecretscopeError, UnknownFindingError
-from pipeline.events import DeadLetter
-from pipeline.features import FEATURE_NAMES
-from pipeline.findings import (CLOSE, CREATE, IN_PROGRESS, RESOLVED, STATUS_NAMES, UPDATE,
+from secretscope.errors import ModelIntegrityError, SecretscopeError, UnknownFindingError
+from secretscope.events import DeadLetter
+from secretscope.features import FEATURE_NAMES
+from secretscope.findings import (CLOSE, CREATE, IN_PROGRESS, RESOLVED, STATUS_NAMES, UPDATE,
                                Finding, to_ocsf)
-from pipeline.history import NAMES_HASH, HistoryRow, decode_values
-from pipeline.store_retry import StoreRetry
+from secretscope.history import NAMES_HASH, HistoryRow, decode_values
+from secretscope.store_retry import StoreRetry
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -551,7 +551,7 @@ class Store:
             return
         if any(r.names_hash != NAMES_HASH for r in rows):
             raise SecretscopeError("feature history rows for a feature set this build does not "
-                                   "know; record them with pipeline.history.HistoryRecorder")
+                                   "know; record them with secretscope.history.HistoryRecorder")
         now = datetime.now(timezone.utc)
         if not self._sets_known:
             conn.execute(self._insert_ignore(feature_sets), [
@@ -567,7 +567,7 @@ class Store:
     def feature_history(self, since: datetime | None = None, until: datetime | None = None,
                         limit: int | None = None) -> "pd.DataFrame":
         """Stored feature rows with ``since <= time < until`` (the newest ``limit`` of them), as
-        a DataFrame shaped like ``pipeline.features.feature_frame``: index ``event_id``, columns
+        a DataFrame shaped like ``secretscope.features.feature_frame``: index ``event_id``, columns
         ``time``, ``identity`` and one per feature name. Rows recorded under another feature
         set are aligned by name; features they lack are NaN."""
         import pandas as pd

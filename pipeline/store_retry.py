@@ -22,7 +22,7 @@ from typing import TypeVar
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from pipeline.errors import SecretscopeError
+from secretscope.errors import SecretscopeError
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import orjson
 from pydantic import ValidationError
 
-from pipeline.config import AllowEntry, ChangeWindow, Settings
-from pipeline.errors import ConfigError
-from pipeline.events import AccessEvent
+from secretscope.config import AllowEntry, ChangeWindow, Settings
+from secretscope.errors import ConfigError
+from secretscope.events import AccessEvent
 
 # Why a firing did not become a new finding (counted per reason in ``Triage.quieted``).
 ALLOWLIST, CHANGE_WINDOW, BELOW_MIN_SEVERITY, FALSE_POSITIVE, INCIDENT = (

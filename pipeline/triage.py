@@ -36,16 +36,16 @@ from datetime import datetime, timezone
 import msgspec
 import numpy as np
 
-from models.base import ScoreBatch
-from models.ensemble import combine, detector_score, rule_score, severity_of
-from models.rules import SEVERITIES, Rule
-from pipeline.config import TriageSettings
-from pipeline.events import AccessEvent
-from pipeline.explain import factors, peer_comparison, rule_reason, streaming_reasons
-from pipeline.features import FeatureExtractor, FeatureVector, IdentityState
-from pipeline.findings import (CLOSE, NEW, RESOLVED, UPDATE, Finding, Reason, finding_id,
+from secretscope.models.base import ScoreBatch
+from secretscope.models.ensemble import combine, detector_score, rule_score, severity_of
+from secretscope.models.rules import SEVERITIES, Rule
+from secretscope.config import TriageSettings
+from secretscope.events import AccessEvent
+from secretscope.explain import factors, peer_comparison, rule_reason, streaming_reasons
+from secretscope.features import FeatureExtractor, FeatureVector, IdentityState
+from secretscope.findings import (CLOSE, NEW, RESOLVED, UPDATE, Finding, Reason, finding_id,
                                titled)
-from pipeline.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDOW, FALSE_POSITIVE,
+from secretscope.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDOW, FALSE_POSITIVE,
                                   INCIDENT, Suppressions)
 
 _MAX_REASONS = 12

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TypeVar
 
-from pipeline.events import SUCCESS, AccessEvent
+from secretscope.events import SUCCESS, AccessEvent
 
 _T = TypeVar("_T")
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=timezone.utc)  # a Monday, 09:00 UTC

@@ -22,8 +22,8 @@ import hvac
 import orjson
 from hvac.exceptions import Forbidden, InvalidRequest, VaultError
 
-from pipeline.events import AccessEvent
-from pipeline.sources.files import replay
+from secretscope.events import AccessEvent
+from secretscope.sources.files import replay
 
 ADMIN = "127.0.0.1"
 PODS = {"payments-api": ("127.0.0.10", "127.0.0.11"), "ledger-api": ("127.0.0.12",),

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from river import stats
 
-import models.baseline as baseline_module
-from models.baseline import DEFAULT_MEASURES, RobustBaselineDetector
-from models.registry import build_detectors
-from pipeline.config import RobustBaselineSettings, load_settings
-from pipeline.errors import ConfigError
-from pipeline.features import FEATURE_NAMES, INDEX, FeatureVector
+import secretscope.models.baseline as baseline_module
+from secretscope.models.baseline import DEFAULT_MEASURES, RobustBaselineDetector
+from secretscope.models.registry import build_detectors
+from secretscope.config import RobustBaselineSettings, load_settings
+from secretscope.errors import ConfigError
+from secretscope.features import FEATURE_NAMES, INDEX, FeatureVector
 from tests.helpers import make_event
 
 N_FEATURES = len(FEATURE_NAMES)
@@ -247,7 +247,7 @@ def test_state_dict_round_trip_gives_identical_scores():
     kwargs = dict(measures=MEASURES, window_hours=10, min_hours=3, threshold=0.9)
     det = RobustBaselineDetector(**kwargs)
     run(det, rows[:1500], exclude[:1500])
-    # Plain types only: it must survive msgpack like pipeline.snapshot does.
+    # Plain types only: it must survive msgpack like secretscope.snapshot does.
     state = msgspec.msgpack.decode(msgspec.msgpack.encode(det.state_dict()))
     loaded = RobustBaselineDetector(**kwargs)
     loaded.load_state_dict(state)
@@ -296,11 +296,11 @@ def test_constructor_rejects_unknown_measures():
 
 
 def test_in_the_pipeline_with_snapshots():
-    """Wired through the runner (checkpoints, restores) and pipeline.snapshot as configured."""
+    """Wired through the runner (checkpoints, restores) and secretscope.snapshot as configured."""
     from datetime import timedelta
 
-    from pipeline import snapshot
-    from pipeline.runner import Pipeline
+    from secretscope import snapshot
+    from secretscope.runner import Pipeline
     from tests.helpers import T0
 
     base = load_settings()

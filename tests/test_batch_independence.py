@@ -9,9 +9,9 @@ from datetime import timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from pipeline.config import load_settings
-from pipeline.findings import to_ocsf
-from pipeline.runner import Pipeline
+from secretscope.config import load_settings
+from secretscope.findings import to_ocsf
+from secretscope.runner import Pipeline
 
 from helpers import T0, created, make_event
 
@@ -31,8 +31,8 @@ def versions(settings_, events, sizes) -> list[dict]:
 
 @pytest.fixture(scope="module", params=[5, 23])
 def fleet(request, tmp_path_factory):
-    from pipeline.simulate import SimulationSpec, simulate
-    from pipeline.sources.files import replay
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.sources.files import replay
 
     d = tmp_path_factory.mktemp(f"fleet{request.param}")
     log = d / "fleet.log"
@@ -78,8 +78,8 @@ def test_a_real_openbao_log_gives_the_same_versions_at_any_batch_size():
 
     from conftest import ROOT
     from openbao_fleet import SEGMENTS, Episode
-    from pipeline.config import Segment
-    from pipeline.sources.files import replay
+    from secretscope.config import Segment
+    from secretscope.sources.files import replay
 
     data = ROOT / "tests" / "data"
     base = load_settings()
@@ -106,7 +106,7 @@ def test_replay_at_any_runner_batch_size_writes_the_same_alerts_and_store(tmp_pa
     from sqlalchemy import create_engine, text
 
     from conftest import ROOT
-    from pipeline.simulate import SimulationSpec, simulate
+    from secretscope.simulate import SimulationSpec, simulate
 
     log = tmp_path / "fleet.log"
     simulate(SimulationSpec(days=3, seed=11, target_calls=8000), log, tmp_path / "labels.jsonl")
@@ -118,7 +118,7 @@ def test_replay_at_any_runner_batch_size_writes_the_same_alerts_and_store(tmp_pa
         cfg = tmp_path / f"batch-{size}.yaml"
         cfg.write_text(yaml.safe_dump(doc))
         alerts, db = tmp_path / f"alerts-{size}.jsonl", tmp_path / f"store-{size}.db"
-        proc = subprocess.run([sys.executable, "-m", "pipeline", "replay", str(log), "--config",
+        proc = subprocess.run([sys.executable, "-m", "secretscope", "replay", str(log), "--config",
                                str(cfg), "--store", f"sqlite:///{db}", "--alerts-out",
                                str(alerts), "--quiet", "--no-table"],
                               capture_output=True, text=True, timeout=600)
@@ -145,11 +145,11 @@ def test_the_drift_world_gives_the_same_findings_at_any_batch_size(tmp_path):
     feature row and every finding version is the same at batch sizes 1, 97 and 4096."""
     import orjson
 
-    from pipeline.config import load_settings
-    from pipeline.findings import to_ocsf
-    from pipeline.runner import Pipeline
-    from pipeline.simulate import simulate, world_spec
-    from pipeline.sources.files import replay
+    from secretscope.config import load_settings
+    from secretscope.findings import to_ocsf
+    from secretscope.runner import Pipeline
+    from secretscope.simulate import simulate, world_spec
+    from secretscope.sources.files import replay
 
     log = tmp_path / "drift.log"
     simulate(world_spec("drift", seed=3, target_calls=40_000), log, tmp_path / "labels.jsonl")

@@ -15,16 +15,16 @@ import skops.io as sio
 from conftest import ROOT
 from typer.testing import CliRunner
 
-from models.batch import (IFOREST_INPUTS, IFOREST_SOURCES, IsolationForestDetector,
+from secretscope.models.batch import (IFOREST_INPUTS, IFOREST_SOURCES, IsolationForestDetector,
                           iforest_inputs, load_model, manifest_path, train_isolation_forest)
-from pipeline.cli import app
-from pipeline.config import load_settings
-from pipeline.errors import ModelIntegrityError, TrainingError
-from pipeline.features import FEATURE_NAMES, INDEX, feature_frame
-from pipeline.runner import Pipeline
-from pipeline.simulate import SimulationSpec, simulate
-from pipeline.sources.files import replay
-from pipeline.store import Store, feature_history
+from secretscope.cli import app
+from secretscope.config import load_settings
+from secretscope.errors import ModelIntegrityError, TrainingError
+from secretscope.features import FEATURE_NAMES, INDEX, feature_frame
+from secretscope.runner import Pipeline
+from secretscope.simulate import SimulationSpec, simulate
+from secretscope.sources.files import replay
+from secretscope.store import Store, feature_history
 
 RULES = ROOT / "config" / "rules"
 

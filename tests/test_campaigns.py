@@ -8,13 +8,13 @@ from itertools import cycle, islice
 
 import numpy as np
 
-from models.base import ScoreBatch
-from pipeline.config import TriageSettings, load_settings
-from pipeline.delivery.renderings import validate_ocsf
-from pipeline.events import DENIED
-from pipeline.findings import CLOSE, CREATE, IN_PROGRESS, NEW, RESOLVED, UPDATE, to_ocsf
-from pipeline.runner import Pipeline
-from pipeline.store import Store
+from secretscope.models.base import ScoreBatch
+from secretscope.config import TriageSettings, load_settings
+from secretscope.delivery.renderings import validate_ocsf
+from secretscope.events import DENIED
+from secretscope.findings import CLOSE, CREATE, IN_PROGRESS, NEW, RESOLVED, UPDATE, to_ocsf
+from secretscope.runner import Pipeline
+from secretscope.store import Store
 
 from helpers import T0, created, make_event
 from test_triage import RULES, hst_firing, make_triage

@@ -16,7 +16,7 @@ CHECKER = ROOT.parent / "shared" / "tools" / "check_findings.py"
 
 def secretscope(*args, cwd):
     exe = shutil.which("secretscope")
-    cmd = [exe] if exe else [sys.executable, "-m", "pipeline"]
+    cmd = [exe] if exe else [sys.executable, "-m", "secretscope"]
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True, cwd=cwd)
 
 

@@ -51,7 +51,7 @@ def test_run_listens_for_vault_socket_device(tmp_path):
     cfg = tmp_path / "socket.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     log = tmp_path / "run.log"
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     try:
         client = wait_for(lambda: connect(port, proc, log), 30,

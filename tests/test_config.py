@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from pipeline.config import DEFAULT_CONFIG, load_settings
-from pipeline.errors import ConfigError
+from secretscope.config import DEFAULT_CONFIG, load_settings
+from secretscope.errors import ConfigError
 
 
 def test_default_config_is_valid():
@@ -37,14 +37,14 @@ def test_bad_config_names_file_and_key(tmp_path, text, key):
 def test_cli_reports_bad_config_and_exits_2(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("store: {uri: x}\n")
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(path)],
+    proc = subprocess.run([sys.executable, "-m", "secretscope", "validate", str(path)],
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "store.uri" in proc.stderr and str(path) in proc.stderr.replace("\n", "")
 
 
 def test_cli_validate_default():
-    proc = subprocess.run([sys.executable, "-m", "pipeline", "validate", str(DEFAULT_CONFIG)],
+    proc = subprocess.run([sys.executable, "-m", "secretscope", "validate", str(DEFAULT_CONFIG)],
                           capture_output=True, text=True)
     rules = len(list((DEFAULT_CONFIG.parent / "rules").glob("*.yaml")))
     assert proc.returncode == 0 and f"{rules} rules, 2 detectors (hst, baseline)" in proc.stderr
@@ -52,7 +52,7 @@ def test_cli_validate_default():
 
 @pytest.mark.parametrize("name", ["kafka.yaml", "socket.yaml"])
 def test_example_configs_are_valid(name):
-    from models.rules import load_rules
+    from secretscope.models.rules import load_rules
 
     settings = load_settings(DEFAULT_CONFIG.parent / "examples" / name)
     assert load_rules(settings.rules_dir())

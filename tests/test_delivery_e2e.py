@@ -30,15 +30,15 @@ from fake_siems import (AzureServer, ElasticServer, PagerDutyServer, SecOpsServe
 from helpers import wait_for
 from test_outbox import FakeClock, drain
 
-from pipeline.cli import app
-from pipeline.config import load_settings
-from pipeline.delivery.retry import RetryPolicy
-from pipeline.delivery.sinks import build_sink
-from pipeline.delivery.worker import DeliveryWorker
-from pipeline.runner import Pipeline
-from pipeline.simulate import SimulationSpec, simulate
-from pipeline.sources.files import replay
-from pipeline.store import Store, delivery_dead_letters, finding_versions, findings, outbox
+from secretscope.cli import app
+from secretscope.config import load_settings
+from secretscope.delivery.retry import RetryPolicy
+from secretscope.delivery.sinks import build_sink
+from secretscope.delivery.worker import DeliveryWorker
+from secretscope.runner import Pipeline
+from secretscope.simulate import SimulationSpec, simulate
+from secretscope.sources.files import replay
+from secretscope.store import Store, delivery_dead_letters, finding_versions, findings, outbox
 
 TOKEN, ES_KEY, PD_KEY, SECOPS_KEY = "hec-token-1", "ZXMta2V5Om9r", "R0UTINGKEY0123456789", "AIza-k"
 AZ = dict(tenant_id="tenant-1", client_id="client-1", rule_id="dcr-0123",
@@ -321,7 +321,7 @@ def test_a_replay_killed_and_rerun_delivers_no_version_twice(rig):
     simulate(SimulationSpec(days=6, seed=5, target_calls=40000), log)
     db = tmp_path / "store.db"
     url = f"sqlite:///{db}"
-    cmd = [sys.executable, "-m", "pipeline", "replay", str(log), "--config", str(config),
+    cmd = [sys.executable, "-m", "secretscope", "replay", str(log), "--config", str(config),
            "--store", url, "--quiet", "--no-table"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:

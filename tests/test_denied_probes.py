@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pipeline.events import DENIED
-from pipeline.features import FeatureExtractor
-from pipeline.novelty import UNSEEN
-from pipeline.segments import SegmentTable
+from secretscope.events import DENIED
+from secretscope.features import FeatureExtractor
+from secretscope.novelty import UNSEEN
+from secretscope.segments import SegmentTable
 
 from helpers import T0, every, make_event
 

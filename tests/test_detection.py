@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 
-from models.evaluation import evaluate, load_episodes
-from pipeline.config import load_settings
-from pipeline.findings import TECHNIQUES, to_ocsf
-from pipeline.runner import Pipeline
-from pipeline.simulate import ATTACKS, SimulationSpec, simulate
-from pipeline.sources.files import replay
+from secretscope.models.evaluation import evaluate, load_episodes
+from secretscope.config import load_settings
+from secretscope.findings import TECHNIQUES, to_ocsf
+from secretscope.runner import Pipeline
+from secretscope.simulate import ATTACKS, SimulationSpec, simulate
+from secretscope.sources.files import replay
 
 SEED = 31  # not one of the seeds the thresholds were chosen on (11, 23, 5)
 
@@ -86,8 +86,8 @@ _DIMENSION_WORDS = {"SEGMENT": "segment", "SECRET": "secret", "FOLDER": "folder"
 
 
 def test_explanations_lead_with_the_strongest_evidence(week):
-    from models.rules import load_rules
-    from pipeline.explain import dimension_label
+    from secretscope.models.rules import load_rules
+    from secretscope.explain import dimension_label
 
     _, created, versions, pipeline = week
     rules = {r.id: r for r in load_rules(pipeline.settings.rules_dir())}

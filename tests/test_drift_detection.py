@@ -8,14 +8,14 @@ from collections import Counter
 
 import pytest
 
-from models.evaluation import evaluate, load_episodes
-from pipeline.config import load_settings
-from pipeline.runner import Pipeline
-from pipeline.simulate import simulate, world_spec
-from pipeline.simulate.drift import MIGRATION_ROLE, DriftWorld
-from pipeline.simulate.drift_attacks import DRIFT_ATTACKS
-from pipeline.sources.files import replay
-from pipeline.store import Store
+from secretscope.models.evaluation import evaluate, load_episodes
+from secretscope.config import load_settings
+from secretscope.runner import Pipeline
+from secretscope.simulate import simulate, world_spec
+from secretscope.simulate.drift import MIGRATION_ROLE, DriftWorld
+from secretscope.simulate.drift_attacks import DRIFT_ATTACKS
+from secretscope.sources.files import replay
+from secretscope.store import Store
 
 pytestmark = pytest.mark.slow
 SPEC = world_spec("drift", seed=3, target_calls=100_000)

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from models.rules import RuleSet, load_rules
-from pipeline.config import DEFAULT_CONFIG
-from pipeline.features import FeatureExtractor, network_of
-from pipeline.segments import SegmentTable
+from secretscope.models.rules import RuleSet, load_rules
+from secretscope.config import DEFAULT_CONFIG
+from secretscope.features import FeatureExtractor, network_of
+from secretscope.segments import SegmentTable
 
 from helpers import T0, every, learn_all as observe_all, make_event
 

@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from models.evaluation import Episode, evaluate
-from pipeline.findings import Finding, Reason, finding_id
+from secretscope.models.evaluation import Episode, evaluate
+from secretscope.findings import Finding, Reason, finding_id
 
 from helpers import T0, make_event
 

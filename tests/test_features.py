@@ -7,10 +7,10 @@ from datetime import timedelta
 import pandas as pd
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.events import DENIED, FAILED
-from pipeline.features import FEATURE_NAMES, FeatureExtractor, feature_frame, hour_slots
-from pipeline.segments import UNKNOWN, SegmentTable
+from secretscope.config import load_settings
+from secretscope.events import DENIED, FAILED
+from secretscope.features import FEATURE_NAMES, FeatureExtractor, feature_frame, hour_slots
+from secretscope.segments import UNKNOWN, SegmentTable
 
 from helpers import T0, every, make_event
 

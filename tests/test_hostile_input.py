@@ -17,13 +17,13 @@ from alembic import command
 from sqlalchemy import create_engine, func, select
 
 from conftest import ROOT, SAMPLES
-from pipeline.errors import ParseError
-from pipeline.events import AccessEvent, DeadLetter
-from pipeline.parsers.limits import InputLimits
-from pipeline.parsers.vault import parse_entry
-from pipeline.sources.decode import Decoder
-from pipeline.sources.files import ReplayCounters, replay
-from pipeline.store import Store, dead_letters
+from secretscope.errors import ParseError
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.parsers.limits import InputLimits
+from secretscope.parsers.vault import parse_entry
+from secretscope.sources.decode import Decoder
+from secretscope.sources.files import ReplayCounters, replay
+from secretscope.store import Store, dead_letters
 from postgres_server import postgres_url  # noqa: F401
 from test_store_postgres import alembic_config, db_url, schema_diff  # noqa: F401
 

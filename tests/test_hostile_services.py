@@ -88,7 +88,7 @@ def base_config(tmp: Path, db: Path, **sections) -> Path:
 
 def secretscope_exe() -> list[str]:
     exe = shutil.which("secretscope") or str(ROOT / ".venv" / "bin" / "secretscope")
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "pipeline"]
+    return [exe] if Path(exe).exists() else [sys.executable, "-m", "secretscope"]
 
 
 def peak_rss(proc: subprocess.Popen) -> tuple[int, int]:

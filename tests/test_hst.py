@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from river import anomaly
 
-import models.hst as hst_module
-from models.hst import HalfSpaceTrees
+import secretscope.models.hst as hst_module
+from secretscope.models.hst import HalfSpaceTrees
 
 # Deliberately not in sorted order: columns of X follow this order, river sorts the names.
 FEATURES = ["user", "bytes", "path_depth", "hour", "method"]
@@ -279,7 +279,7 @@ def test_module_doctests():
 
 
 def test_checkpoint_restore_replays_identically():
-    from models.hst import HalfSpaceTrees as NumpyHST
+    from secretscope.models.hst import HalfSpaceTrees as NumpyHST
     rng = np.random.default_rng(3)
     X = rng.random((900, 4))
     model = NumpyHST(["a", "b", "c", "d"], n_trees=5, height=4, window_size=50, seed=9)

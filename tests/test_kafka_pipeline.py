@@ -24,8 +24,8 @@ from conftest import CANARY, ROOT, SAMPLES
 from helpers import wait_for
 from kafka_broker import kafka_broker, unique_topic  # noqa: F401
 from postgres_server import postgres_url  # noqa: F401
-from pipeline.simulate import SimulationSpec, simulate
-from pipeline.stages import WATERMARK, Watermark
+from secretscope.simulate import SimulationSpec, simulate
+from secretscope.stages import WATERMARK, Watermark
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -75,7 +75,7 @@ def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
 
 
 def start(cfg: Path, log: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "run", "--config", str(cfg)],
                             stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     _started.append(proc)
     return proc
@@ -503,7 +503,7 @@ def snapshot_blob(db: Path, key: str) -> bytes | None:
 
 def test_snapshot_of_another_version_stops_the_service_until_deleted(kafka_broker, fleet_lines,
                                                                      tmp_path):
-    from pipeline.snapshot import VERSION
+    from secretscope.snapshot import VERSION
 
     audit = unique_topic("audit")
     kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
@@ -563,9 +563,9 @@ def held_call_stage(broker, fleet_lines, tmp_path, held_id: str, whole: int, nam
     """A one-partition audit topic holding a request whose response is not there yet (offset
     0), then ``whole`` complete calls within the join timeout; and a parse stage on it, driven
     poll by poll. Returns (topic, tag, the held response's line, the stage)."""
-    from pipeline.config import load_settings
-    from pipeline.sources.kafka import ensure_topics
-    from pipeline.stages import ParseStage
+    from secretscope.config import load_settings
+    from secretscope.sources.kafka import ensure_topics
+    from secretscope.stages import ParseStage
 
     first = orjson.loads(fleet_lines[0])["request"]["id"]
     template = [l for l in fleet_lines[:200] if orjson.loads(l)["request"]["id"] == first]
@@ -613,7 +613,7 @@ def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
 
 def parsed_events(bootstrap: str, topic: str) -> list:
     """The events (not watermarks) on the events topic."""
-    from pipeline.events import AccessEvent
+    from secretscope.events import AccessEvent
 
     return [msgspec.msgpack.decode(r.value, type=AccessEvent)
             for r in every_record(bootstrap, topic)

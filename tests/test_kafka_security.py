@@ -4,7 +4,7 @@ real broker, and the config checks that reject inconsistent ``kafka:`` security 
 The broker is a private one (``scripts/kafka start --sasl-port P --ssl-port Q``) with a
 SASL_PLAINTEXT and a SASL_SSL listener, the user ``secretscope`` and a random password in
 DIR/sasl-password; its server certificate is signed by a test CA the script makes (DIR/tls/ca.pem).
-The shared session broker stays plain. Clients come from ``pipeline.sources.kafka``.
+The shared session broker stays plain. Clients come from ``secretscope.sources.kafka``.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from kafka import KafkaAdminClient
 from kafka.errors import KafkaError
 
 from kafka_broker import BOOTSTRAP_ENV, SCRIPT, KafkaBroker, unique_topic
-from pipeline.config import KafkaSettings, load_settings
-from pipeline.errors import ConfigError
-from pipeline.sources.kafka import client_options, consumer, ensure_topics, producer
+from secretscope.config import KafkaSettings, load_settings
+from secretscope.errors import ConfigError
+from secretscope.sources.kafka import client_options, consumer, ensure_topics, producer
 
 MECHANISMS = ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 # kafka-python keeps retrying a failed bootstrap until this runs out, then raises KafkaTimeoutError

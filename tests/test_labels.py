@@ -16,9 +16,9 @@ from test_store_postgres import (_head, alembic_config, db_url, describe,  # noq
                                  insert_finding_row, make_finding, schema_diff)
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.errors import SecretscopeError, UnknownFindingError
-from pipeline.store import (FalsePositiveLabel, Store, feature_history,
+from secretscope.cli import app
+from secretscope.errors import SecretscopeError, UnknownFindingError
+from secretscope.store import (FalsePositiveLabel, Store, feature_history,
                             findings, labels, snapshots)
 
 NEW_TABLES = {"feature_history", "feature_sets", "labels"}

@@ -8,15 +8,15 @@ from datetime import timedelta
 import pytest
 from typer.testing import CliRunner
 
-from pipeline import snapshot
-from pipeline.cli import app
-from pipeline.config import TriageSettings, load_settings
-from pipeline.delivery.renderings import validate_ocsf
-from pipeline.errors import SecretscopeError, UnknownFindingError
-from pipeline.events import DENIED
-from pipeline.findings import CLOSE, CREATE, IN_PROGRESS, NEW, RESOLVED, UPDATE, to_ocsf
-from pipeline.runner import Pipeline
-from pipeline.store import Route, Store, outbox
+from secretscope import snapshot
+from secretscope.cli import app
+from secretscope.config import TriageSettings, load_settings
+from secretscope.delivery.renderings import validate_ocsf
+from secretscope.errors import SecretscopeError, UnknownFindingError
+from secretscope.events import DENIED
+from secretscope.findings import CLOSE, CREATE, IN_PROGRESS, NEW, RESOLVED, UPDATE, to_ocsf
+from secretscope.runner import Pipeline
+from secretscope.store import Route, Store, outbox
 
 from helpers import T0, created, make_event
 from test_triage import hst_firing, make_triage, observe
@@ -49,7 +49,7 @@ def _silent(fvs):
     """A detector that scored the rows and fired on none."""
     import numpy as np
 
-    from models.base import ScoreBatch
+    from secretscope.models.base import ScoreBatch
 
     n = len(fvs)
     return ScoreBatch("hst", np.zeros(n), np.ones(n, bool), np.zeros(n, bool))

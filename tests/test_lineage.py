@@ -8,12 +8,12 @@ from datetime import timedelta
 import orjson
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.features import FeatureExtractor
-from pipeline.lineage import LineageTracker
-from pipeline.segments import SegmentTable
-from pipeline.simulate import simulate, world_spec
-from pipeline.simulate.drift_benign import ORCHESTRATOR_ROLE
+from secretscope.config import load_settings
+from secretscope.features import FeatureExtractor
+from secretscope.lineage import LineageTracker
+from secretscope.segments import SegmentTable
+from secretscope.simulate import simulate, world_spec
+from secretscope.simulate.drift_benign import ORCHESTRATOR_ROLE
 
 from helpers import T0, make_event
 
@@ -193,8 +193,8 @@ def test_roles_are_capped_least_recently_touched_first():
 
 
 def test_lineage_survives_a_snapshot_of_the_pipeline():
-    from pipeline import snapshot
-    from pipeline.runner import Pipeline
+    from secretscope import snapshot
+    from secretscope.runner import Pipeline
 
     first = Pipeline(SETTINGS)
     first.process_batch([
@@ -217,9 +217,9 @@ RULES = {"vault-approle-secret-id-minted-by-outsider",
 
 @pytest.fixture(scope="module")
 def drift_replay(tmp_path_factory):
-    from pipeline.runner import Pipeline
-    from pipeline.sources.files import replay
-    from pipeline.store import Store
+    from secretscope.runner import Pipeline
+    from secretscope.sources.files import replay
+    from secretscope.store import Store
 
     d = tmp_path_factory.mktemp("lineage")
     log, labels = d / "audit.jsonl", d / "audit.labels.jsonl"

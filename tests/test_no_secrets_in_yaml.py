@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError
+from secretscope.config import load_settings
+from secretscope.errors import ConfigError
 
 VALUE = "hunter2-literal-credential"
 

@@ -8,11 +8,11 @@ from datetime import timedelta
 
 import pytest
 
-from pipeline.events import DENIED, FAILED
-from pipeline.features import FEATURE_NAMES, FeatureExtractor
-from pipeline.novelty import (FREQUENT, INFREQUENT, RARE, UNSEEN, agent_family, frequency_class,
+from secretscope.events import DENIED, FAILED
+from secretscope.features import FEATURE_NAMES, FeatureExtractor
+from secretscope.novelty import (FREQUENT, INFREQUENT, RARE, UNSEEN, agent_family, frequency_class,
                               peer_key)
-from pipeline.segments import SegmentTable
+from secretscope.segments import SegmentTable
 
 from helpers import T0, every, learn_all, make_event
 

@@ -32,7 +32,7 @@ def test_replay_of_captured_openbao_log_finds_every_episode(tmp_path):
     assert [e.episode for e in episodes] == ["bootstrap", *ATTACK_CLASSES]
     alerts = tmp_path / "alerts.jsonl"
     proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "replay", str(DATA / "openbao_audit.log"),
+        [sys.executable, "-m", "secretscope", "replay", str(DATA / "openbao_audit.log"),
          "--config", str(cfg), "--store", "sqlite://", "--alerts-out", str(alerts), "--no-table"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -50,7 +50,7 @@ def write_config(tmp_path: Path, db: Path, port: int, webhook: WebhookServer) ->
 
 
 def start_socket_pipeline(cfg: Path, port: int, out: Path, err: Path) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "run", "--config", str(cfg)],
+    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "run", "--config", str(cfg)],
                             stdout=open(out, "wb"), stderr=open(err, "wb"), cwd=cfg.parent)
     deadline = time.monotonic() + 60
     while True:
@@ -120,7 +120,7 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
 
         alerts = tmp_path / "alerts.jsonl"
         replay = subprocess.run(
-            [sys.executable, "-m", "pipeline", "replay", str(audit), "--config", str(cfg),
+            [sys.executable, "-m", "secretscope", "replay", str(audit), "--config", str(cfg),
              "--store", f"sqlite:///{replay_db}", "--alerts-out", str(alerts), "--no-table"],
             capture_output=True, cwd=tmp_path, timeout=300)
         assert replay.returncode == 0, replay.stderr.decode()
@@ -135,7 +135,7 @@ def test_openbao_attacks_detected_on_file_replay_and_socket_run(tmp_path, log_ra
         if pipeline.poll() is None:
             pipeline.kill()
     live = stored_findings(run_db)
-    deliver = subprocess.run([sys.executable, "-m", "pipeline", "deliver", "--config", str(cfg),
+    deliver = subprocess.run([sys.executable, "-m", "secretscope", "deliver", "--config", str(cfg),
                               "--once"], capture_output=True, cwd=tmp_path, timeout=120)
     webhook.close()
     assert deliver.returncode == 0, deliver.stderr.decode()

@@ -13,8 +13,8 @@ import pytest
 
 from conftest import ROOT
 from openbao_server import FileDevice, OpenBaoServer, openbao  # noqa: F401
-from pipeline.events import AccessEvent
-from pipeline.sources.files import replay
+from secretscope.events import AccessEvent
+from secretscope.sources.files import replay
 
 pytestmark = pytest.mark.openbao
 

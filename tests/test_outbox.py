@@ -38,14 +38,14 @@ from test_store_postgres import (_head, alembic_config, db_url, describe,  # noq
 from typer.testing import CliRunner
 
 from helpers import wait_for
-from pipeline.cli import app
-from pipeline.config import load_settings
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.outbox import Outbox
-from pipeline.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
-from pipeline.delivery.worker import DeliveryMetrics, DeliveryWorker
-from pipeline.runner import Pipeline
-from pipeline.store import (Route, Store, delivery_dead_letters, finding_versions, findings,
+from secretscope.cli import app
+from secretscope.config import load_settings
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.outbox import Outbox
+from secretscope.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
+from secretscope.delivery.worker import DeliveryMetrics, DeliveryWorker
+from secretscope.runner import Pipeline
+from secretscope.store import (Route, Store, delivery_dead_letters, finding_versions, findings,
                             outbox)
 
 ROUTES = (Route("hook", 1), Route("crit", 5))
@@ -197,8 +197,8 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
-    from pipeline.simulate import SimulationSpec, simulate
-    from pipeline.sources.files import replay
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.sources.files import replay
 
     d = tmp_path_factory.mktemp("fleet")
     log = d / "fleet.log"
@@ -543,7 +543,7 @@ delivery: {{metrics_port: {port}, retry_base_seconds: 0.01, poll_seconds: 0.05}}
     store.close()
     receiver.plan = lambda sink, key, n: ("status", 503) if n == 1 else None
     env = {**os.environ, "HOOK_SECRET": receiver.webhook_secret}
-    exe = [sys.executable, "-m", "pipeline"]
+    exe = [sys.executable, "-m", "secretscope"]
     once = subprocess.run([*exe, "deliver", "--once", "--config", str(config), "--store", url],
                           env=env, capture_output=True, text=True, timeout=120)
     assert once.returncode == 0, once.stderr

@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from pipeline.config import load_settings
-from pipeline.runner import Pipeline
+from secretscope.config import load_settings
+from secretscope.runner import Pipeline
 
 from helpers import T0, created, make_event
 
@@ -123,9 +123,9 @@ def test_findings_explain_observed_vs_baseline():
 @pytest.mark.slow
 def test_findings_do_not_depend_on_batching(tmp_path):
     """Kafka polls and file replays cut the stream differently; the findings must not change."""
-    from pipeline.findings import to_ocsf
-    from pipeline.simulate import SimulationSpec, simulate
-    from pipeline.sources.files import replay
+    from secretscope.findings import to_ocsf
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.sources.files import replay
 
     log = tmp_path / "fleet.log"
     simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log, tmp_path / "labels.jsonl")

@@ -18,14 +18,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.config import load_settings
-from pipeline.delivery.renderings import (
+from secretscope.config import load_settings
+from secretscope.delivery.renderings import (
     ALWAYS_KEPT, OCSF_VERSION, OcsfValidationError, cef_extension, cef_header, leef_attributes,
     leef_header, select_fields, to_cef, to_ecs, to_hec, to_leef, validate_ocsf)
-from pipeline.errors import SecretscopeError
-from pipeline.events import AccessEvent
-from pipeline.findings import to_ocsf
-from pipeline.runner import Pipeline
+from secretscope.errors import SecretscopeError
+from secretscope.events import AccessEvent
+from secretscope.findings import to_ocsf
+from secretscope.runner import Pipeline
 
 from conftest import VAULT_SAMPLES
 
@@ -41,8 +41,8 @@ def _findings(events) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def docs(tmp_path_factory, samples) -> list[dict]:
-    from pipeline.simulate import SimulationSpec, simulate
-    from pipeline.sources.files import replay
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.sources.files import replay
 
     vault = [e for e in replay(VAULT_SAMPLES) if isinstance(e, AccessEvent)]
     vault.sort(key=lambda e: e.time)

@@ -8,9 +8,9 @@ from email.utils import format_datetime
 
 import pytest
 
-from pipeline.delivery.config import Credential
-from pipeline.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
-from pipeline.errors import ConfigError
+from secretscope.delivery.config import Credential
+from secretscope.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
+from secretscope.errors import ConfigError
 
 
 @pytest.mark.parametrize("status, retry", [

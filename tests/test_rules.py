@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from models.rules import compile_rule, load_rules
-from pipeline.config import load_settings
-from pipeline.errors import ConfigError
-from pipeline.features import INDEX, FeatureExtractor, FeatureVector
-from pipeline.segments import SegmentTable
+from secretscope.models.rules import compile_rule, load_rules
+from secretscope.config import load_settings
+from secretscope.errors import ConfigError
+from secretscope.features import INDEX, FeatureExtractor, FeatureVector
+from secretscope.segments import SegmentTable
 
 from helpers import make_event
 

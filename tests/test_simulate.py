@@ -1,4 +1,4 @@
-"""Tests for pipeline.simulate: a deterministic, well-formed, correctly labelled Vault audit log."""
+"""Tests for secretscope.simulate: a deterministic, well-formed, correctly labelled Vault audit log."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from pipeline.simulate import ATTACKS, SimulationSpec, World, main, simulate
+from secretscope.simulate import ATTACKS, SimulationSpec, World, main, simulate
 
 SPEC = SimulationSpec(days=7, target_calls=25_000)
 UNKNOWN_PREFIXES = ("203.0.113.", "198.51.100.")
@@ -428,7 +428,7 @@ def test_lease_ids_are_the_only_clear_strings_in_responses(run):
 def test_cli_and_module_write_the_windows_beside_the_log(tmp_path):
     from typer.testing import CliRunner
 
-    from pipeline.cli import app
+    from secretscope.cli import app
 
     log = tmp_path / "fleet.log.gz"
     result = CliRunner().invoke(app, ["simulate", str(log), "--days", "3", "--calls", "4000"])

@@ -11,14 +11,14 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.events import AccessEvent
-from pipeline.simulate import SimulationSpec, simulate, world_spec
-from pipeline.simulate.benign import BENIGN
-from pipeline.simulate.drift import HOME_NETS, MIGRATION_ROLE, DriftWorld
-from pipeline.simulate.drift_attacks import DRIFT_ATTACKS
-from pipeline.simulate.drift_benign import autoscaling
-from pipeline.sources.files import replay
+from secretscope.cli import app
+from secretscope.events import AccessEvent
+from secretscope.simulate import SimulationSpec, simulate, world_spec
+from secretscope.simulate.benign import BENIGN
+from secretscope.simulate.drift import HOME_NETS, MIGRATION_ROLE, DriftWorld
+from secretscope.simulate.drift_attacks import DRIFT_ATTACKS
+from secretscope.simulate.drift_benign import autoscaling
+from secretscope.sources.files import replay
 
 SPEC = world_spec("drift", seed=5, target_calls=20_000)
 NEW_CLASSES = {"insider_peer_team_read", "concurrent_session_token_theft",

@@ -13,11 +13,11 @@ from typing import Any
 
 import pytest
 
-from pipeline.delivery.config import (AzureLogsSink, Credential, ElasticSink, PagerDutySink,
+from secretscope.delivery.config import (AzureLogsSink, Credential, ElasticSink, PagerDutySink,
                                       SecOpsSink, SlackSink, SplunkHecSink, SyslogSink,
                                       WebhookSink)
-from pipeline.delivery.model import Delivery, Outcome, Sink
-from pipeline.delivery.sinks import SINK_TYPES, build_sink
+from secretscope.delivery.model import Delivery, Outcome, Sink
+from secretscope.delivery.sinks import SINK_TYPES, build_sink
 
 from fake_siems import (AzureServer, ElasticServer, LocalCA, PagerDutyServer, SecOpsServer,
                         SlackServer, SplunkHecServer, SyslogServer, WebhookServer, make_local_ca)
@@ -39,11 +39,11 @@ PD_KEY = "R0UTINGKEY0123456789abcdefABCDEF"
 
 @pytest.fixture(scope="module")
 def deliveries(tmp_path_factory) -> list[Delivery]:
-    from pipeline.config import load_settings
-    from pipeline.findings import to_ocsf
-    from pipeline.runner import Pipeline
-    from pipeline.simulate import SimulationSpec, simulate
-    from pipeline.sources.files import replay
+    from secretscope.config import load_settings
+    from secretscope.findings import to_ocsf
+    from secretscope.runner import Pipeline
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.sources.files import replay
 
     log = tmp_path_factory.mktemp("sim") / "fleet.log"
     simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log)
@@ -180,7 +180,7 @@ def assert_no_secrets(outcomes: list[Outcome], secrets: tuple[str, ...]) -> None
 
 def test_registry_covers_every_sink_type():
     from typing import get_args
-    from pipeline.delivery.config import SinkSettings
+    from secretscope.delivery.config import SinkSettings
     settings_types = {cls.model_fields["type"].annotation.__args__[0]
                       for cls in get_args(get_args(SinkSettings)[0])}
     assert set(SINK_TYPES) == settings_types

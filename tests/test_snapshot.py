@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline import snapshot
-from pipeline.config import load_settings
-from pipeline.errors import ModelIntegrityError
-from pipeline.findings import to_ocsf
-from pipeline.runner import Pipeline
-from pipeline.simulate import SimulationSpec, simulate
-from pipeline.sources.files import replay
-from pipeline.store import Store
+from secretscope import snapshot
+from secretscope.config import load_settings
+from secretscope.errors import ModelIntegrityError
+from secretscope.findings import to_ocsf
+from secretscope.runner import Pipeline
+from secretscope.simulate import SimulationSpec, simulate
+from secretscope.sources.files import replay
+from secretscope.store import Store
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +68,7 @@ def test_tampered_snapshot_is_refused(events, tmp_path):
 def test_deferred_findings_are_stored_in_the_snapshot_transaction(events, tmp_path):
     """The Kafka score stage commits its progress and the findings it raised together: until
     the snapshot is saved nothing is in the store or the outbox."""
-    from pipeline.store import Route, finding_versions, findings, outbox
+    from secretscope.store import Route, finding_versions, findings, outbox
 
     store = Store(f"sqlite:///{tmp_path / 's.db'}", routes=[Route("hook", 1)])
     p = Pipeline(load_settings(), store=store, defer_writes=True)

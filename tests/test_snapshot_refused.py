@@ -11,12 +11,12 @@ import msgspec
 import pytest
 
 from helpers import T0, make_event
-from pipeline import snapshot
-from pipeline.config import load_settings
-from pipeline.errors import ModelIntegrityError
-from pipeline.runner import Pipeline
-from pipeline.stages import PartitionWorker
-from pipeline.store import Store, snapshots
+from secretscope import snapshot
+from secretscope.config import load_settings
+from secretscope.errors import ModelIntegrityError
+from secretscope.runner import Pipeline
+from secretscope.stages import PartitionWorker
+from secretscope.store import Store, snapshots
 
 
 def warm_pipeline() -> Pipeline:

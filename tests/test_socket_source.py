@@ -10,14 +10,14 @@ from collections import Counter
 import msgspec
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.events import AccessEvent, DeadLetter
-from pipeline.parsers.limits import InputLimits
-from pipeline.runner import Pipeline
-from pipeline.sources import socket as socket_source
-from pipeline.sources.files import replay
-from pipeline.sources.socket import SocketAuditSource
-from pipeline.store import Store
+from secretscope.config import load_settings
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.parsers.limits import InputLimits
+from secretscope.runner import Pipeline
+from secretscope.sources import socket as socket_source
+from secretscope.sources.files import replay
+from secretscope.sources.socket import SocketAuditSource
+from secretscope.store import Store
 
 from conftest import CANARY, SAMPLES
 

@@ -38,15 +38,15 @@ from kafka_broker import kafka_broker  # noqa: F401
 from helpers import make_event, wait_for
 from postgres_server import SCRIPT, START_TIMEOUT, free_port
 
-from pipeline.features import FEATURE_NAMES
-from pipeline.findings import Finding, Reason, finding_id
-from pipeline.history import NAMES_HASH, HistoryRow, encode_values
-from pipeline.store import Route, Store, feature_history, finding_versions, outbox
-from pipeline.store_retry import StoreUnavailableError, is_transient
+from secretscope.features import FEATURE_NAMES
+from secretscope.findings import Finding, Reason, finding_id
+from secretscope.history import NAMES_HASH, HistoryRow, encode_values
+from secretscope.store import Route, Store, feature_history, finding_versions, outbox
+from secretscope.store_retry import StoreUnavailableError, is_transient
 
 OUTAGE_SECONDS = 30.0
 PASSWORD_IN_URL = "secretscope:secretscope@"
-EXE = [sys.executable, "-m", "pipeline"]
+EXE = [sys.executable, "-m", "secretscope"]
 
 
 SECRET = "s3cr3t-Pw-7d1e"
@@ -58,7 +58,7 @@ def refused_url() -> str:
 
 
 def outage_lines(caplog) -> tuple[list[str], list[str]]:
-    msgs = [r.getMessage() for r in caplog.records if r.name == "pipeline.store_retry"]
+    msgs = [r.getMessage() for r in caplog.records if r.name == "secretscope.store_retry"]
     return ([m for m in msgs if m.startswith("store unreachable")],
             [m for m in msgs if m.startswith("store reachable again after")])
 

@@ -24,9 +24,9 @@ from postgres_server import postgres_url  # noqa: F401
 from sqlalchemy import create_engine, inspect, select, text
 from sqlalchemy.engine import make_url
 
-from pipeline.events import DeadLetter
-from pipeline.findings import Finding, Reason, finding_id
-from pipeline.store import (MIGRATIONS_DIR, Store, dead_letters, findings, metadata, migrate,
+from secretscope.events import DeadLetter
+from secretscope.findings import Finding, Reason, finding_id
+from secretscope.store import (MIGRATIONS_DIR, Store, dead_letters, findings, metadata, migrate,
                             snapshots)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +107,7 @@ def insert_finding_row(conn, f: Finding) -> None:
     """A finding row written as an older version would have, bypassing ``Store``."""
     import orjson
 
-    from pipeline.findings import to_ocsf
+    from secretscope.findings import to_ocsf
 
     conn.execute(findings.insert().values(
         id=f.id, time=f.time, identity=f.identity, display_name=f.display_name, title=f.title,

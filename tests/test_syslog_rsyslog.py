@@ -8,16 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_settings
-from pipeline.delivery.config import SyslogSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.renderings import cef_header, leef_header, to_cef, to_leef
-from pipeline.delivery.sinks import build_sink
-from pipeline.delivery.sinks._common import iso_time
-from pipeline.delivery.sinks.syslog import SYSLOG_SEVERITY, frame
-from pipeline.findings import to_ocsf
-from pipeline.runner import Pipeline
-from pipeline.sources.files import replay
+from secretscope.config import load_settings
+from secretscope.delivery.config import SyslogSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.renderings import cef_header, leef_header, to_cef, to_leef
+from secretscope.delivery.sinks import build_sink
+from secretscope.delivery.sinks._common import iso_time
+from secretscope.delivery.sinks.syslog import SYSLOG_SEVERITY, frame
+from secretscope.findings import to_ocsf
+from secretscope.runner import Pipeline
+from secretscope.sources.files import replay
 
 from fake_siems import make_local_ca
 from rsyslog_server import Received, Rsyslog, rsyslog, rsyslog_ca  # noqa: F401

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from models.base import ScoreBatch
-from models.ensemble import combine, detector_score, rule_score, severity_of
-from models.rules import load_rules
-from pipeline.config import AllowEntry, ChangeWindow, TriageSettings, load_settings
-from pipeline.errors import ConfigError
-from pipeline.features import FeatureExtractor
-from pipeline.segments import SegmentTable
-from pipeline.suppression import FalsePositivePattern, Suppressions, load_change_window_feed
-from pipeline.triage import StreamingDetectorInfo, Triage
+from secretscope.models.base import ScoreBatch
+from secretscope.models.ensemble import combine, detector_score, rule_score, severity_of
+from secretscope.models.rules import load_rules
+from secretscope.config import AllowEntry, ChangeWindow, TriageSettings, load_settings
+from secretscope.errors import ConfigError
+from secretscope.features import FeatureExtractor
+from secretscope.segments import SegmentTable
+from secretscope.suppression import FalsePositivePattern, Suppressions, load_change_window_feed
+from secretscope.triage import StreamingDetectorInfo, Triage
 
 from helpers import T0, created, every, make_event
 
@@ -206,9 +206,9 @@ def test_ensemble_calibration():
 
 
 def test_fp_label_in_the_store_suppresses_repeats_on_the_next_replay(tmp_path):
-    from pipeline.cli import app
-    from pipeline.simulate import SimulationSpec, simulate
-    from pipeline.store import Store
+    from secretscope.cli import app
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.store import Store
 
     log = tmp_path / "fleet.log"
     simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log, tmp_path / "labels.jsonl")
@@ -241,9 +241,9 @@ def test_fp_label_in_the_store_suppresses_repeats_on_the_next_replay(tmp_path):
 
 
 def test_a_running_pipeline_picks_up_new_labels(tmp_path):
-    from pipeline.events import DENIED
-    from pipeline.runner import Pipeline
-    from pipeline.store import Store
+    from secretscope.events import DENIED
+    from secretscope.runner import Pipeline
+    from secretscope.store import Store
 
     history = [make_event(at=t, path=f"secret/data/team/s{i % 3}")
                for i, t in enumerate(every(T0, timedelta(minutes=10), 600))]

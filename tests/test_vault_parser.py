@@ -8,12 +8,12 @@ from datetime import datetime, timezone
 import orjson
 import pytest
 
-from pipeline.errors import ParseError
-from pipeline.events import DENIED, FAILED, SUCCESS, AccessEvent, DeadLetter
-from pipeline.parsers import detect_format
-from pipeline.parsers.limits import InputLimits
-from pipeline.parsers.vault import VaultJoiner, parse_entry
-from pipeline.sources.files import ReplayCounters, replay
+from secretscope.errors import ParseError
+from secretscope.events import DENIED, FAILED, SUCCESS, AccessEvent, DeadLetter
+from secretscope.parsers import detect_format
+from secretscope.parsers.limits import InputLimits
+from secretscope.parsers.vault import VaultJoiner, parse_entry
+from secretscope.sources.files import ReplayCounters, replay
 
 from conftest import CANARY, ROOT, VAULT_SAMPLES
 

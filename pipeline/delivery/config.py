@@ -12,8 +12,8 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from pipeline.errors import ConfigError
-from pipeline.findings import SEVERITY_IDS
+from secretscope.errors import ConfigError
+from secretscope.findings import SEVERITY_IDS
 
 Severity = Literal["informational", "low", "medium", "high", "critical"]
 
@@ -148,7 +148,7 @@ SinkSettings = Annotated[Union[WebhookSink, SplunkHecSink, ElasticSink, AzureLog
 
 
 class DeliverySettings(_Strict):
-    """The one retry policy for all sinks (``pipeline.delivery.retry``) and the worker's pace."""
+    """The one retry policy for all sinks (``secretscope.delivery.retry``) and the worker's pace."""
 
     retry_base_seconds: float = Field(0.5, gt=0)
     retry_cap_seconds: float = Field(60.0, gt=0)

@@ -2,7 +2,7 @@
 which were given up on (``delivery_dead_letters``, with the reason).
 
 Rows are keyed on (finding id, version, sink) and queued by
-:meth:`pipeline.store.Store.add_versions` in the transaction that stores the versions. A sink gets
+:meth:`secretscope.store.Store.add_versions` in the transaction that stores the versions. A sink gets
 the versions of one finding in order: a version is due only once the sink has no earlier version
 of that finding pending, so an Update never overtakes its Create and a Close comes last. :meth:`Outbox.process` claims a sink's due rows and records what became of them. On
 PostgreSQL the claim is ``SELECT ... FOR UPDATE SKIP LOCKED`` held until the outcomes are
@@ -21,8 +21,8 @@ import orjson
 from sqlalchemy import and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.engine import Connection
 
-from pipeline.delivery.model import Delivery
-from pipeline.store import (Store, _chunks, _utc, delivery_dead_letters, finding_versions,
+from secretscope.delivery.model import Delivery
+from secretscope.store import (Store, _chunks, _utc, delivery_dead_letters, finding_versions,
                             outbox)
 
 

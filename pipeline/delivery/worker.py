@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 
-from pipeline.delivery.model import Outcome, Sink
-from pipeline.delivery.outbox import Claimed, Dead, Delivered, Outbox, Result, Retry
-from pipeline.delivery.retry import RetryPolicy
-from pipeline.store import Store
+from secretscope.delivery.model import Outcome, Sink
+from secretscope.delivery.outbox import Claimed, Dead, Delivered, Outbox, Result, Retry
+from secretscope.delivery.retry import RetryPolicy
+from secretscope.store import Store
 
 log = logging.getLogger(__name__)
 

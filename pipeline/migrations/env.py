@@ -2,7 +2,7 @@
 
 Used two ways:
 
-* programmatically by :func:`pipeline.store.migrate`, which passes an open connection in
+* programmatically by :func:`secretscope.store.migrate`, which passes an open connection in
   ``config.attributes["connection"]`` (the migration then runs in the caller's transaction);
 * from the command line with the repository's ``alembic.ini``; the database URL is then
   ``sqlalchemy.url`` (``-x url=...`` also works) or, when that is empty, ``SECRETSCOPE_STORE_URL``.
@@ -17,7 +17,7 @@ from alembic import context
 from sqlalchemy import create_engine, pool
 from sqlalchemy.engine import Connection
 
-from pipeline.store import metadata
+from secretscope.store import metadata
 
 config = context.config
 

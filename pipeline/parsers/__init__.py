@@ -2,7 +2,7 @@
 
 Each supported format provides ``parse_entry(raw, origin, limits)`` returning an entry with a
 ``ts`` attribute (event time, POSIX seconds) and a joiner class whose ``feed(entry)`` and
-``flush()`` return :class:`~pipeline.events.AccessEvent` lists. Formats with one record per call
+``flush()`` return :class:`~secretscope.events.AccessEvent` lists. Formats with one record per call
 use a pass-through joiner.
 """
 
@@ -13,8 +13,8 @@ from typing import Any, Callable
 
 import orjson
 
-from pipeline.errors import ParseError
-from pipeline.parsers import vault
+from secretscope.errors import ParseError
+from secretscope.parsers import vault
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Vault writes two entries per call, ``type: request`` then ``type: response``, joined by
 ``request.id``. :func:`parse_entry` turns one line into a :class:`VaultEntry` (identifiers only);
-:class:`VaultJoiner` joins the two halves into one :class:`~pipeline.events.AccessEvent`, works
+:class:`VaultJoiner` joins the two halves into one :class:`~secretscope.events.AccessEvent`, works
 with request-only and response-only feeds, and drops the copies that several audit devices
 write of the same call.
 
@@ -19,9 +19,9 @@ from datetime import datetime, timezone
 
 import msgspec
 
-from pipeline.errors import ParseError
-from pipeline.events import DENIED, FAILED, SUCCESS, AccessEvent
-from pipeline.parsers.limits import InputLimits
+from secretscope.errors import ParseError
+from secretscope.events import DENIED, FAILED, SUCCESS, AccessEvent
+from secretscope.parsers.limits import InputLimits
 
 SOURCE = "vault"
 _UTC = timezone.utc

@@ -66,10 +66,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TextIO
 
-from pipeline.simulate.attacks import ATTACKS, _attack_episodes
-from pipeline.simulate.benign import BENIGN, _service_reads
-from pipeline.simulate.render import _change_windows, _render, _sink, _write_labels, _write_windows
-from pipeline.simulate.world import SimulationSpec, World, _datetime
+from secretscope.simulate.attacks import ATTACKS, _attack_episodes
+from secretscope.simulate.benign import BENIGN, _service_reads
+from secretscope.simulate.render import _change_windows, _render, _sink, _write_labels, _write_windows
+from secretscope.simulate.world import SimulationSpec, World, _datetime
 
 
 # ---------------------------------------------------------------------------------------------
@@ -134,7 +134,7 @@ def world_spec(world: str = "default", days: int | None = None, seed: int = Simu
                target_calls: int | None = None, attacks: bool = True) -> SimulationSpec:
     """The spec of a named world; ``days`` None is that world's usual length."""
     if world == "drift":
-        from pipeline.simulate.drift import MIN_DAYS, drift_spec
+        from secretscope.simulate.drift import MIN_DAYS, drift_spec
         return drift_spec(days or MIN_DAYS, seed, target_calls, attacks)
     if world != "default":
         raise ValueError(f"unknown world {world!r}; one of {', '.join(WORLDS)}")
@@ -148,9 +148,9 @@ def _profile(spec: SimulationSpec) -> tuple[World, list, dict, int | None]:
     if spec.world == "default":
         return World(spec), BENIGN, ATTACKS, None
     if spec.world == "drift":
-        from pipeline.simulate.drift import DriftWorld
-        from pipeline.simulate.drift_attacks import DRIFT_ATTACKS
-        from pipeline.simulate.drift_benign import DRIFT_BENIGN
+        from secretscope.simulate.drift import DriftWorld
+        from secretscope.simulate.drift_attacks import DRIFT_ATTACKS
+        from secretscope.simulate.drift_benign import DRIFT_BENIGN
         # Fifteen classes: three episodes each keeps attacks rare among ~200k calls.
         return DriftWorld(spec), DRIFT_BENIGN, DRIFT_ATTACKS, 3
     raise ValueError(f"unknown world {spec.world!r}; one of {', '.join(WORLDS)}")
@@ -161,7 +161,7 @@ def _profile(spec: SimulationSpec) -> tuple[World, list, dict, int | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.simulate --out log.jsonl.gz [--labels labels.jsonl]
+    """``python -m secretscope.simulate --out log.jsonl.gz [--labels labels.jsonl]
     [--windows windows.jsonl] [--target-calls N]`` (prints the summary and the elapsed time, for
     benchmarks)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])

@@ -1,7 +1,7 @@
-"""``python -m pipeline.simulate``: see :func:`pipeline.simulate.main`."""
+"""``python -m secretscope.simulate``: see :func:`secretscope.simulate.main`."""
 
 import sys
 
-from pipeline.simulate import main
+from secretscope.simulate import main
 
 sys.exit(main())

@@ -5,10 +5,10 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Set
 
-from pipeline.simulate.benign import _human_calls
-from pipeline.simulate.calls import (_call, db_creds, kv_list, kv_read, kv_write, login,
+from secretscope.simulate.benign import _human_calls
+from secretscope.simulate.calls import (_call, db_creds, kv_list, kv_read, kv_write, login,
                                      policy_write, sys_call)
-from pipeline.simulate.world import (ATTACKER_UAS, AUDIT_DEVICES, BRUTEFORCE_UAS, CLI_UA, CORP_VPN,
+from secretscope.simulate.world import (ATTACKER_UAS, AUDIT_DEVICES, BRUTEFORCE_UAS, CLI_UA, CORP_VPN,
                                      Call, DAY, Episode, HOUR, Human, MINUTE, SECRET_NAMES,
                                      STOLEN_TOKEN_NET, Secret, Service, Session, TEAMS, TOKEN,
                                      UNKNOWN_NETS, World, _ip, _seconds)

@@ -9,9 +9,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from pipeline.simulate.calls import (db_creds, kv_list, kv_read, kv_read_metadata, kv_write, login,
+from secretscope.simulate.calls import (db_creds, kv_list, kv_read, kv_read_metadata, kv_write, login,
                                      policy_write)
-from pipeline.simulate.world import (CI_RUNNERS, CORP_VPN, Call, DAY, DB_LEASE_SECONDS, HOUR,
+from secretscope.simulate.world import (CI_RUNNERS, CORP_VPN, Call, DAY, DB_LEASE_SECONDS, HOUR,
                                      Human, Job, MINUTE, NS, SECRET_NAMES, Secret, Service,
                                      Session, TEAMS, World, _ip, _seconds, _typo)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from pipeline.simulate.world import (ANON, Actor, Call, DB_LEASE_SECONDS, DENIED, INVALID, LOGIN,
+from secretscope.simulate.world import (ANON, Actor, Call, DB_LEASE_SECONDS, DENIED, INVALID, LOGIN,
                                      Mount, NS, OK, Secret, Session, TEAMS, TOKEN, World, _digest)
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from pipeline.simulate.world import (ALWAYS, BATCH, CI_UAS, DAY, HOUR, K8S_STAGING, MINUTE,
+from secretscope.simulate.world import (ALWAYS, BATCH, CI_UAS, DAY, HOUR, K8S_STAGING, MINUTE,
                                      PRODUCT_TEAMS, SRE_TEAM, Human, Job, Service, SimulationSpec,
                                      World, _ip, _uuid)
 
@@ -205,7 +205,7 @@ class DriftWorld(World):
                         for week in range(self.days // 7 + 1)} if sres else {}
 
     def human_calls(self, h: Human):
-        from pipeline.simulate.drift_benign import _drift_human_calls
+        from secretscope.simulate.drift_benign import _drift_human_calls
         return _drift_human_calls(self, h)
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import random
 
-from pipeline.simulate.attacks import (ATTACKS, EpisodeGen, _other_team_secrets, _service_session,
+from secretscope.simulate.attacks import (ATTACKS, EpisodeGen, _other_team_secrets, _service_session,
                                        _when)
-from pipeline.simulate.calls import _call, kv_list, kv_read, login, sys_call
-from pipeline.simulate.world import (ATTACKER_UAS, CI_RUNNERS, CORP_VPN, Call, DAY, HOUR,
+from secretscope.simulate.calls import _call, kv_list, kv_read, login, sys_call
+from secretscope.simulate.world import (ATTACKER_UAS, CI_RUNNERS, CORP_VPN, Call, DAY, HOUR,
                                      Human, SRE_TEAM, Session, TOKEN, UNKNOWN_NETS, World, _ip,
                                      _seconds)
 

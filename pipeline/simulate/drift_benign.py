@@ -5,11 +5,11 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 
-from pipeline.simulate.benign import (BenignGen, _active, _human_burst, _job_run, batch_runs,
+from secretscope.simulate.benign import (BenignGen, _active, _human_burst, _job_run, batch_runs,
                                       team_firefight,
                                       dynamic_credentials, secret_rotation, service_logins)
-from pipeline.simulate.calls import _call, kv_list, kv_read, login, policy_write, sys_call
-from pipeline.simulate.world import (BATCH, CI_RUNNERS, CORP_VPN, K8S_PROD, SERVICE_UAS, Call,
+from secretscope.simulate.calls import _call, kv_list, kv_read, login, policy_write, sys_call
+from secretscope.simulate.world import (BATCH, CI_RUNNERS, CORP_VPN, K8S_PROD, SERVICE_UAS, Call,
                                      DAY, HOUR, MINUTE, Actor, Human, Session, TEAMS, World, _ip,
                                      _seconds)
 

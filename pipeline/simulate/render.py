@@ -13,8 +13,8 @@ from typing import TextIO
 import numpy as np
 import orjson
 
-from pipeline.simulate.benign import _Bulk, _rotation_run
-from pipeline.simulate.world import (Actor, Call, DENIED, Episode, MINUTE, Mount, NS, OK, ROOT_NS,
+from secretscope.simulate.benign import _Bulk, _rotation_run
+from secretscope.simulate.world import (Actor, Call, DENIED, Episode, MINUTE, Mount, NS, OK, ROOT_NS,
                                      ROTATOR_POLICY, Secret, Service, TOKEN, World, _ANON_AUTH,
                                      _EPOCH, _ERR_DENIED, _ERR_DENIED_REQUEST, _ERR_INVALID,
                                      _VARIANT, _iso_seconds)

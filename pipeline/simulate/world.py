@@ -101,7 +101,7 @@ class SimulationSpec:
     batch_jobs: int = 5
     attacks: bool = True
     target_calls: int | None = None  # scale service read rates so the log has about this many calls
-    world: str = "default"  # or "drift" (pipeline.simulate.drift): which behaviours and attacks
+    world: str = "default"  # or "drift" (secretscope.simulate.drift): which behaviours and attacks
 
 
 # ---------------------------------------------------------------------------------------------

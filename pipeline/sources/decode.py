@@ -2,7 +2,7 @@
 
 A :class:`Decoder` takes one record at a time (``bytes`` plus where it came from) and returns the
 events it completes and the dead letters for records it could not parse. Sources differ only in
-where records come from: files (see :mod:`pipeline.sources.files`, which also merges several
+where records come from: files (see :mod:`secretscope.sources.files`, which also merges several
 files by event time), Vault's socket audit device, Kafka.
 """
 
@@ -12,10 +12,10 @@ import hashlib
 import time
 from collections.abc import Callable
 
-from pipeline.errors import ParseError
-from pipeline.events import AccessEvent, DeadLetter
-from pipeline.parsers import FORMATS, detect_format
-from pipeline.parsers.limits import InputLimits
+from secretscope.errors import ParseError
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.parsers import FORMATS, detect_format
+from secretscope.parsers.limits import InputLimits
 
 Item = AccessEvent | DeadLetter
 # How far ahead of this host's clock a live source (socket, Kafka) accepts an entry: far above

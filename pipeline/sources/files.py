@@ -2,7 +2,7 @@
 
 Each file's format is detected from its first record of a supported format. Lines that fail to
 parse, lines over ``max_record_bytes`` (skipped as they stream, never held whole) and the cut of a
-truncated or corrupt ``.gz`` become :class:`~pipeline.events.DeadLetter` items in the stream, so
+truncated or corrupt ``.gz`` become :class:`~secretscope.events.DeadLetter` items in the stream, so
 the caller can store them and go on; cut files are also listed in ``ReplayCounters.incomplete``.
 """
 
@@ -18,11 +18,11 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from pipeline.errors import ParseError
-from pipeline.events import AccessEvent, DeadLetter
-from pipeline.parsers import FORMATS, detect_format
-from pipeline.parsers.limits import InputLimits
-from pipeline.sources.decode import dead_letter
+from secretscope.errors import ParseError
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.parsers import FORMATS, detect_format
+from secretscope.parsers.limits import InputLimits
+from secretscope.sources.decode import dead_letter
 
 log = logging.getLogger(__name__)
 STDIN = "-"

@@ -1,6 +1,6 @@
 """Kafka clients for the two stages (the only module that imports kafka-python).
 
-Builds consumers and producers from :class:`~pipeline.config.KafkaSettings`: security options
+Builds consumers and producers from :class:`~secretscope.config.KafkaSettings`: security options
 are passed through to kafka-python, and a SASL password is read from the environment variable or
 file the config names, at start-up, with an error that says which one is missing.
 """
@@ -16,8 +16,8 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import OffsetAndMetadata
 
-from pipeline.config import KafkaSettings
-from pipeline.errors import ConfigError
+from secretscope.config import KafkaSettings
+from secretscope.errors import ConfigError
 
 __all__ = ["ConsumerRebalanceListener", "OffsetAndMetadata", "TopicPartition", "client_options",
            "consumer", "ensure_topics", "producer"]

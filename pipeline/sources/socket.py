@@ -4,7 +4,7 @@ Vault connects to us as a TCP client and writes one JSON audit entry per line, r
 response entries, from every node that has the device enabled, reconnecting when a connection
 drops. One server thread accepts and reads every connection (a selector, so one slow or silent
 node costs nothing) and splits bytes into lines; the iterating thread parses and joins them
-through a single :class:`~pipeline.sources.decode.Decoder`, so a request logged by one node and
+through a single :class:`~secretscope.sources.decode.Decoder`, so a request logged by one node and
 its response by another are joined, and copies from several nodes collapse.
 
 Between the two threads sits a bounded queue: when the consumer falls behind, the server thread
@@ -22,10 +22,10 @@ import socket
 import threading
 from collections.abc import Iterator
 
-from pipeline.errors import ParseError
-from pipeline.events import AccessEvent, DeadLetter
-from pipeline.parsers.limits import InputLimits
-from pipeline.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder, dead_letter
+from secretscope.errors import ParseError
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.parsers.limits import InputLimits
+from secretscope.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder, dead_letter
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Sinks: one module per product, each implementing :class:`pipeline.delivery.model.Sink`.
+"""Sinks: one module per product, each implementing :class:`secretscope.delivery.model.Sink`.
 
 ``build_sink(settings, base_dir)`` picks the implementation by the settings' ``type`` and reads
 its credentials (relative files resolve against ``base_dir``, the config file's directory).
@@ -9,16 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipeline.delivery.model import Sink
-from pipeline.delivery.sinks.azure import AzureLogs
-from pipeline.delivery.sinks.elastic import Elastic
-from pipeline.delivery.sinks.pagerduty import PagerDuty
-from pipeline.delivery.sinks.secops import SecOps
-from pipeline.delivery.sinks.slack import Slack
-from pipeline.delivery.sinks.splunk import SplunkHec
-from pipeline.delivery.sinks.syslog import Syslog
-from pipeline.delivery.sinks.webhook import Webhook
-from pipeline.errors import ConfigError
+from secretscope.delivery.model import Sink
+from secretscope.delivery.sinks.azure import AzureLogs
+from secretscope.delivery.sinks.elastic import Elastic
+from secretscope.delivery.sinks.pagerduty import PagerDuty
+from secretscope.delivery.sinks.secops import SecOps
+from secretscope.delivery.sinks.slack import Slack
+from secretscope.delivery.sinks.splunk import SplunkHec
+from secretscope.delivery.sinks.syslog import Syslog
+from secretscope.delivery.sinks.webhook import Webhook
+from secretscope.errors import ConfigError
 
 SINK_TYPES: dict[str, Any] = {
     "webhook": Webhook,

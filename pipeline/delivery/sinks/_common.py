@@ -1,7 +1,7 @@
 """What every sink shares: field selection, the HTTP session, and mapping failures to outcomes.
 
 Sinks never retry and never raise for product or network errors: each failure becomes an
-:class:`Outcome` (retryable or not, per :mod:`pipeline.delivery.retry`), and the worker applies
+:class:`Outcome` (retryable or not, per :mod:`secretscope.delivery.retry`), and the worker applies
 the one retry policy. Reasons never carry credentials: response excerpts are redacted and network
 errors are named by kind and host only (a Slack webhook URL's path is itself the secret).
 """
@@ -17,9 +17,9 @@ from urllib.parse import urlsplit
 import orjson
 import requests
 
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.renderings import select_fields
-from pipeline.delivery.retry import retry_after_seconds, retryable_status
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.renderings import select_fields
+from secretscope.delivery.retry import retry_after_seconds, retryable_status
 
 BODY_EXCERPT = 200  # characters of a product's error body kept in a reason
 

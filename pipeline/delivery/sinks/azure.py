@@ -16,9 +16,9 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.delivery.config import AzureLogsSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.sinks._common import (HttpSink, chunks_by_size, dumps, failed,
+from secretscope.delivery.config import AzureLogsSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.sinks._common import (HttpSink, chunks_by_size, dumps, failed,
                                              from_response, http_reason, iso_time, selected)
 
 API_VERSION = "2023-01-01"

@@ -12,11 +12,11 @@ from typing import Any
 
 import orjson
 
-from pipeline.delivery.config import ElasticSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.renderings import to_ecs
-from pipeline.delivery.retry import retry_after_seconds, retryable_status
-from pipeline.delivery.sinks._common import BODY_EXCERPT, HttpSink, dumps, failed, selected
+from secretscope.delivery.config import ElasticSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.renderings import to_ecs
+from secretscope.delivery.retry import retry_after_seconds, retryable_status
+from secretscope.delivery.sinks._common import BODY_EXCERPT, HttpSink, dumps, failed, selected
 
 
 class Elastic(HttpSink):

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.delivery.config import PagerDutySink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.sinks._common import HttpSink, dumps, iso_time, selected
+from secretscope.delivery.config import PagerDutySink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.sinks._common import HttpSink, dumps, iso_time, selected
 
 SEVERITIES = {5: "critical", 4: "error", 3: "warning"}  # anything lower is "info"
 MAX_SUMMARY = 1024

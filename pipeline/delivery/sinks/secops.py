@@ -7,9 +7,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.delivery.config import SecOpsSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.sinks._common import HttpSink, chunks_by_size, dumps, selected
+from secretscope.delivery.config import SecOpsSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.sinks._common import HttpSink, chunks_by_size, dumps, selected
 
 
 class SecOps(HttpSink):

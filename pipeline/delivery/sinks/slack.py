@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pipeline.delivery.config import SlackSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.sinks._common import HttpSink, dumps, selected
+from secretscope.delivery.config import SlackSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.sinks._common import HttpSink, dumps, selected
 
 MAX_TEXT = 2900  # a section block's text may hold 3000 characters
 

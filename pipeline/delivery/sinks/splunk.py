@@ -14,10 +14,10 @@ from pathlib import Path
 
 import orjson
 
-from pipeline.delivery.config import SplunkHecSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.renderings import to_hec
-from pipeline.delivery.sinks._common import HttpSink, dumps, failed, http_reason, selected
+from secretscope.delivery.config import SplunkHecSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.renderings import to_hec
+from secretscope.delivery.sinks._common import HttpSink, dumps, failed, http_reason, selected
 
 
 class SplunkHec(HttpSink):

@@ -19,10 +19,10 @@ import ssl
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.delivery.config import SyslogSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.renderings import to_cef, to_leef
-from pipeline.delivery.sinks._common import failed, iso_time, selected
+from secretscope.delivery.config import SyslogSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.renderings import to_cef, to_leef
+from secretscope.delivery.sinks._common import failed, iso_time, selected
 
 FACILITY = 10  # security/authorization (authpriv)
 # OCSF severity_id -> syslog severity: critical->crit, high->err, medium->warning, low->notice

@@ -12,11 +12,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from pipeline.delivery.config import WebhookSink
-from pipeline.delivery.model import Delivery, Outcome
-from pipeline.delivery.renderings import to_ecs
-from pipeline.delivery.sinks._common import HttpSink, dumps, iso_time, selected
-from pipeline.errors import ConfigError
+from secretscope.delivery.config import WebhookSink
+from secretscope.delivery.model import Delivery, Outcome
+from secretscope.delivery.renderings import to_ecs
+from secretscope.delivery.sinks._common import HttpSink, dumps, iso_time, selected
+from secretscope.errors import ConfigError
 
 EVENT_TYPE = "secretscope.finding"
 
