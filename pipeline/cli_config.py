@@ -59,8 +59,9 @@ def _lines(doc: dict[str, Any], prov: Provenance, loc: tuple[str, ...] = (),
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             out.append((f"{pad}{key}:", prov.origin(here)))
             for item in value:
-                out += [(f"{pad}  {'- ' if i == 0 else '  '}{k}: {_flow(v)}", None)
-                        for i, (k, v) in enumerate(item.items())]
+                first = sorted(item, key=lambda k: (k != "type", k != "name"))  # what it is first
+                out += [(f"{pad}  {'- ' if i == 0 else '  '}{k}: {_flow(item[k])}", None)
+                        for i, k in enumerate(first)]
         else:
             out.append((f"{pad}{key}: {_flow(value)}", prov.origin(here)))
     return out

@@ -531,21 +531,22 @@ def _nested(dotted: str, value: object) -> dict[str, Any]:
 
 
 def _layers(path: str | Path | None, env: Mapping[str, str], overrides: Mapping[str, object],
-            overrides_origin: str) -> list[tuple[str, dict[str, Any], Path]]:
-    """(origin, document, folder of its relative paths), lowest precedence first."""
+            overrides_origin: str) -> list[tuple[str, dict[str, Any], Path, bool]]:
+    """(origin, document, folder of its relative paths, whether it is a config file), lowest
+    precedence first."""
     if not DEFAULT_CONFIG.is_file():
         raise ConfigError(f"embedded default config not found at {DEFAULT_CONFIG}: the "
                           "installation is incomplete; reinstall secretscope")
     default_dir = DEFAULT_CONFIG.resolve().parent
-    layers = [(DEFAULT_ORIGIN, _read_layer(DEFAULT_CONFIG), default_dir)]
+    layers = [(DEFAULT_ORIGIN, _read_layer(DEFAULT_CONFIG), default_dir, True)]
     if path is not None:
         path = Path(path)
-        layers.append((str(path), _read_layer(path), path.resolve().parent))
+        layers.append((str(path), _read_layer(path), path.resolve().parent, True))
     if env.get(ENV_STORE_URL):
         layers.append((f"env {ENV_STORE_URL}", _nested("store__url", env[ENV_STORE_URL]),
-                       Path.cwd()))
+                       Path.cwd(), False))
     for dotted, value in overrides.items():
-        layers.append((overrides_origin, _nested(dotted, value), Path.cwd()))
+        layers.append((overrides_origin, _nested(dotted, value), Path.cwd(), False))
     return layers
 
 
@@ -592,9 +593,9 @@ def load_layered(path: str | Path | None = None, *, env: Mapping[str, str] | Non
     env = os.environ if env is None else env
     prov = Provenance()
     doc: dict[str, Any] = {}
-    for origin, layer, folder in _layers(path, env, overrides, overrides_origin):
+    for origin, layer, folder, is_file in _layers(path, env, overrides, overrides_origin):
         prov.dirs[origin] = folder
-        if origin == DEFAULT_ORIGIN or origin == str(path):
+        if is_file:
             prov.files.append(origin)
         doc = merge(doc, layer, origin, prov.origins)
     base_dir = Path(path).resolve().parent if path is not None else prov.dirs[DEFAULT_ORIGIN]
