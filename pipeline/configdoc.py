@@ -167,7 +167,7 @@ def sections(model: type[BaseModel] = Settings, prefix: str = "",
         key = f"{prefix}{name}"
         models = _models_in(info.annotation)
         if models and _is_list(info.annotation):
-            own.rows.append(_row(key, info, f"list of mappings"
+            own.rows.append(_row(key, info, "list of mappings"
                                  + (" (by `type`)" if len(models) > 1 else "")))
             for m in models:
                 kind = typing.get_args(m.model_fields["type"].annotation) if len(models) > 1 else ()

@@ -14,8 +14,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from secretscope.config import (DEFAULT_CONFIG, ENV_STORE_URL, Settings, load_layered,
-                                load_settings, merge)
+from secretscope.config import (DEFAULT_CONFIG, ENV_STORE_URL, Settings, load_settings,
+                                merge)
 from secretscope.configtypes import field_is_path
 from secretscope.errors import ConfigError
 
@@ -101,7 +101,7 @@ def test_a_file_with_only_sinks_validates(tmp_path):
 
 def test_relative_paths_resolve_against_the_file_that_names_them(tmp_path, monkeypatch):
     mine = tmp_path / "etc" / "secretscope"
-    path = write(mine / "svc.yaml", """
+    write(mine / "svc.yaml", """
 rules: {directory: my-rules}
 detectors: [{type: isolationforest, model_path: ../models/if.skops}]
 triage: {change_window_feed: feeds/windows.jsonl}
