@@ -19,9 +19,11 @@ from secretscope.config import DEFAULT_CONFIG, DEFAULT_ORIGIN, Provenance, Setti
 
 config_app = typer.Typer(no_args_is_help=True, help="The effective configuration.")
 
-# scheme://user:password@host...: the password runs to the last "@" (drivers need "@" in a
-# password percent-encoded, but a hand-written URL may not have it)
-_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>.+)@(?P<tail>[^@]*)$")
+# scheme://user:password@host...: the password runs to the last "@" (a URL should have "@" or "/"
+# in a password percent-encoded, but a hand-written one may not): better too much masked than a
+# password shown
+_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>.+)"
+                           r"@(?P<tail>[^@]*)$", re.S)
 _COMMENT_COLUMN = 48
 
 

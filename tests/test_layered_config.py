@@ -381,3 +381,18 @@ def test_every_config_key_is_documented_in_its_section():
 def test_every_config_key_has_a_description():
     undocumented = [key for key, _, info, _ in _all_fields(Settings) if not info.description]
     assert undocumented == []
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("postgresql+psycopg://scope:pw@db:5432/x", "postgresql+psycopg://scope:***@db:5432/x"),
+    ("postgresql://scope:p@ss/w:rd@db/x", "postgresql://scope:***@db/x"),  # should be %-encoded
+    ("postgresql://scope:p@ss@db/x?sslmode=require", "postgresql://scope:***@db/x?sslmode=require"),
+    ("postgresql://:only-pw@db/x", "postgresql://:***@db/x"),
+    ("https://splunk:8088/services/collector/event", "https://splunk:8088/services/collector/event"),
+    ("https://hooks.example:8443/in", "https://hooks.example:8443/in"),
+    ("sqlite:///secretscope.db", "sqlite:///secretscope.db"),
+])
+def test_masked_hides_only_a_url_password(url, shown):
+    from secretscope.cli_config import masked
+
+    assert masked(url) == shown
