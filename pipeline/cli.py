@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from secretscope.cli_config import config_app
 from secretscope.config import load_settings
 from secretscope.errors import SecretscopeError
 from secretscope.findings import Finding
@@ -48,7 +49,7 @@ def _global(version: bool = typer.Option(False, "--version", callback=_print_ver
 
 def _settings(config: Optional[Path], store: Optional[str]):
     overrides = {"store__url": store} if store else {}
-    return load_settings(config, **overrides)
+    return load_settings(config, overrides_origin="--store", **overrides)
 
 
 def _check_inputs(files: list[str]) -> None:
@@ -303,6 +304,7 @@ class Verdict(str, Enum):
 
 alerts_app = typer.Typer(help="Stored findings: list them (no sub-command) or label them.")
 app.add_typer(alerts_app, name="alerts")
+app.add_typer(config_app, name="config")
 
 
 @alerts_app.callback(invoke_without_command=True)

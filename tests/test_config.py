@@ -25,6 +25,9 @@ def test_default_config_is_valid():
     ("detectors: [{type: magic}]\n", "detectors.0"),
     ("detectors: [{type: halfspacetrees, threshold: 3}]\n", "detectors.0.halfspacetrees.threshold"),
     ("colour: red\n", "colour"),
+    ("base_dir: /etc\n", "base_dir: not a configurable key"),
+    ("- runner\n", "top level must be a mapping"),
+    ("runner: {batch_size: [\n", "not valid YAML"),
 ])
 def test_bad_config_names_file_and_key(tmp_path, text, key):
     path = tmp_path / "bad.yaml"

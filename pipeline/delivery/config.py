@@ -12,6 +12,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from secretscope.configtypes import ConfigPath
 from secretscope.errors import ConfigError
 from secretscope.findings import SEVERITY_IDS
 
@@ -23,8 +24,11 @@ class _Strict(BaseModel):
 
 
 class Credential(_Strict):
-    env: str | None = None  # name of the environment variable holding it
-    file: str | None = None  # a file holding it (surrounding whitespace is stripped)
+    """A secret named, never written, in the config: an environment variable or a file."""
+
+    env: str | None = Field(None, description="Name of the environment variable holding it.")
+    file: ConfigPath | None = Field(None, description="A file holding it (surrounding "
+                                    "whitespace is stripped).")
 
     @model_validator(mode="after")
     def _one_source(self) -> "Credential":
@@ -51,17 +55,20 @@ class Credential(_Strict):
 
 
 class _SinkBase(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # the outbox key
-    min_severity: Severity = "low"  # findings below are not routed to this sink
-    # Which versions of a finding it gets: all (Create, Updates, Close), or only the Create and
-    # the Updates that raise its severity.
-    versions: Literal["all", "raises"] = "all"
-    # Field selection: dotted paths of the rendered OCSF document to keep (empty: all). The
-    # finding id, class, time and severity are always kept.
-    fields: tuple[str, ...] = ()
-    batch_size: int = Field(100, ge=1, le=10_000)
-    timeout_seconds: float = Field(10.0, gt=0)
-    ca_file: str | None = None  # a CA bundle for TLS to this product (tests use their own CA)
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
+                      description="Unique sink name: the outbox key, used by `redrive --sink`.")
+    min_severity: Severity = Field("low", description="Findings below are not routed to this "
+                                   "sink.")
+    versions: Literal["all", "raises"] = Field(
+        "all", description="Which versions of a finding it gets: all (Create, Updates, Close), "
+        "or only the Create and the Updates that raise its severity.")
+    fields: tuple[str, ...] = Field(
+        (), description="Field selection: dotted paths of the rendered OCSF document to keep "
+        "(empty: all). The finding id, class, time and severity are always kept.")
+    batch_size: int = Field(100, ge=1, le=10_000, description="Findings per request.")
+    timeout_seconds: float = Field(10.0, gt=0, description="Per request.")
+    ca_file: ConfigPath | None = Field(None, description="A CA bundle for TLS to this product "
+                                       "(default: the system's).")
 
     @property
     def min_severity_id(self) -> int:
@@ -71,76 +78,95 @@ class _SinkBase(_Strict):
 class WebhookSink(_SinkBase):
     """Generic webhook, signed per Standard Webhooks (webhook-id/-timestamp/-signature)."""
 
-    type: Literal["webhook"]
-    url: str
-    secret: Credential  # "whsec_" + base64 key, as Standard Webhooks issues it
-    format: Literal["ocsf", "ecs"] = "ocsf"
+    type: Literal["webhook"] = Field(description="Sink type.")
+    url: str = Field(description="http(s) URL findings are POSTed to.")
+    secret: Credential = Field(description="Signing key: \"whsec_\" + base64, as Standard "
+                               "Webhooks issues it.")
+    format: Literal["ocsf", "ecs"] = Field("ocsf", description="Document format.")
 
 
 class SplunkHecSink(_SinkBase):
-    type: Literal["splunk_hec"]
-    url: str  # https://splunk:8088/services/collector/event
-    token: Credential  # sent as "Authorization: Splunk <token>"
-    index: str | None = None
-    source: str = "secretscope"
-    sourcetype: str = "secretscope:finding"
+    """Splunk HTTP Event Collector."""
+
+    type: Literal["splunk_hec"] = Field(description="Sink type.")
+    url: str = Field(description="The HEC endpoint, e.g. "
+                     "https://splunk:8088/services/collector/event.")
+    token: Credential = Field(description="HEC token, sent as \"Authorization: Splunk <token>\".")
+    index: str | None = Field(None, description="Splunk index (default: the token's).")
+    source: str = Field("secretscope", description="Event source.")
+    sourcetype: str = Field("secretscope:finding", description="Event sourcetype.")
 
 
 class ElasticSink(_SinkBase):
-    type: Literal["elastic"]
-    url: str  # the cluster; documents go to <url>/_bulk with _id = finding id
-    index: str = "secretscope-findings"
-    api_key: Credential | None = None  # "Authorization: ApiKey <key>"
+    """Elasticsearch bulk API, ECS documents."""
+
+    type: Literal["elastic"] = Field(description="Sink type.")
+    url: str = Field(description="The cluster; documents go to <url>/_bulk with _id = finding "
+                     "id.")
+    index: str = Field("secretscope-findings", description="Target index.")
+    api_key: Credential | None = Field(None, description="Sent as \"Authorization: ApiKey "
+                                       "<key>\".")
 
 
 class AzureLogsSink(_SinkBase):
     """Azure Monitor Logs Ingestion API (data collection endpoint + rule), Microsoft Sentinel."""
 
-    type: Literal["azure_logs"]
-    endpoint: str  # the data collection endpoint, https://<dce>.ingest.monitor.azure.com
-    rule_id: str  # the data collection rule's immutable id, dcr-...
-    stream: str = "Custom-SecretscopeFindings_CL"
-    tenant_id: str
-    client_id: str
-    client_secret: Credential
-    authority: str = "https://login.microsoftonline.com"
-    scope: str = "https://monitor.azure.com/.default"
-    max_bytes: int = Field(1_000_000, gt=0)  # the API takes at most 1 MB per call
+    type: Literal["azure_logs"] = Field(description="Sink type.")
+    endpoint: str = Field(description="The data collection endpoint, "
+                          "https://<dce>.ingest.monitor.azure.com.")
+    rule_id: str = Field(description="The data collection rule's immutable id, dcr-....")
+    stream: str = Field("Custom-SecretscopeFindings_CL", description="The rule's stream.")
+    tenant_id: str = Field(description="Entra ID tenant of the app registration.")
+    client_id: str = Field(description="Application (client) id.")
+    client_secret: Credential = Field(description="The application's client secret.")
+    authority: str = Field("https://login.microsoftonline.com", description="Token authority.")
+    scope: str = Field("https://monitor.azure.com/.default", description="Token scope.")
+    max_bytes: int = Field(1_000_000, gt=0, description="Request size cap (the API takes at "
+                           "most 1 MB per call).")
 
 
 class SecOpsSink(_SinkBase):
     """Google SecOps (Chronicle) webhook feed: newline-delimited JSON, size capped."""
 
-    type: Literal["secops"]
-    url: str  # the feed's endpoint URL
-    api_key: Credential  # X-goog-api-key
-    feed_secret: Credential | None = None  # X-Webhook-Access-Key
-    max_bytes: int = Field(1_000_000, gt=0)
+    type: Literal["secops"] = Field(description="Sink type.")
+    url: str = Field(description="The feed's endpoint URL.")
+    api_key: Credential = Field(description="Sent as X-goog-api-key.")
+    feed_secret: Credential | None = Field(None, description="Sent as X-Webhook-Access-Key.")
+    max_bytes: int = Field(1_000_000, gt=0, description="Request size cap.")
 
 
 class SyslogSink(_SinkBase):
-    type: Literal["syslog"]
-    host: str
-    port: int = Field(6514, ge=1, le=65535)
-    tls: bool = True
-    format: Literal["cef", "leef"] = "cef"
-    app_name: str = "secretscope"
+    """RFC 5424 syslog over TCP (TLS by default), CEF or LEEF messages."""
+
+    type: Literal["syslog"] = Field(description="Sink type.")
+    host: str = Field(description="Receiver host.")
+    port: int = Field(6514, ge=1, le=65535, description="Receiver port.")
+    tls: bool = Field(True, description="TLS (verified) to the receiver.")
+    format: Literal["cef", "leef"] = Field("cef", description="Message format.")
+    app_name: str = Field("secretscope", description="Syslog APP-NAME.")
 
 
 class SlackSink(_SinkBase):
-    type: Literal["slack"]
-    webhook_url: Credential  # an incoming-webhook URL is itself the secret
-    min_severity: Severity = "high"
-    versions: Literal["all", "raises"] = "raises"  # a chat message per change would be noise
+    """Slack incoming webhook: one message per finding."""
+
+    type: Literal["slack"] = Field(description="Sink type.")
+    webhook_url: Credential = Field(description="The incoming-webhook URL (it is itself the "
+                                    "secret).")
+    min_severity: Severity = Field("high", description="Findings below are not routed to this "
+                                   "sink.")
+    versions: Literal["all", "raises"] = Field("raises", description="As for every sink; "
+                                               "\"raises\" by default, since a chat message per "
+                                               "change would be noise.")
 
 
 class PagerDutySink(_SinkBase):
     """PagerDuty Events API v2; ``dedup_key`` is the finding id."""
 
-    type: Literal["pagerduty"]
-    routing_key: Credential
-    url: str = "https://events.pagerduty.com/v2/enqueue"
-    min_severity: Severity = "high"
+    type: Literal["pagerduty"] = Field(description="Sink type.")
+    routing_key: Credential = Field(description="The integration's routing key.")
+    url: str = Field("https://events.pagerduty.com/v2/enqueue", description="Events API URL.")
+    min_severity: Severity = Field("high", description="Findings below are not routed to this "
+                                   "sink.")
 
 
 SinkSettings = Annotated[Union[WebhookSink, SplunkHecSink, ElasticSink, AzureLogsSink, SecOpsSink,
@@ -150,10 +176,13 @@ SinkSettings = Annotated[Union[WebhookSink, SplunkHecSink, ElasticSink, AzureLog
 class DeliverySettings(_Strict):
     """The one retry policy for all sinks (``secretscope.delivery.retry``) and the worker's pace."""
 
-    retry_base_seconds: float = Field(0.5, gt=0)
-    retry_cap_seconds: float = Field(60.0, gt=0)
-    retry_budget_seconds: float = Field(900.0, gt=0)  # then the delivery is dead-lettered
-    poll_seconds: float = Field(1.0, gt=0)  # how often an idle worker looks at the outbox
-    # `secretscope deliver` serves its Prometheus metrics over HTTP here when set
-    metrics_port: int | None = Field(None, ge=1, le=65535)
-    metrics_host: str = "127.0.0.1"
+    retry_base_seconds: float = Field(0.5, gt=0, description="First retry delay (exponential "
+                                      "backoff with jitter; Retry-After is honoured).")
+    retry_cap_seconds: float = Field(60.0, gt=0, description="Longest delay between retries.")
+    retry_budget_seconds: float = Field(900.0, gt=0, description="Time to keep retrying; then "
+                                        "the delivery is dead-lettered.")
+    poll_seconds: float = Field(1.0, gt=0, description="How often an idle worker looks at the "
+                                "outbox.")
+    metrics_port: int | None = Field(None, ge=1, le=65535, description="`secretscope deliver` "
+                                     "serves its Prometheus metrics over HTTP here when set.")
+    metrics_host: str = Field("127.0.0.1", description="Address of the metrics server.")
