@@ -89,7 +89,8 @@ class SplunkHecSink(_SinkBase):
 class ElasticSink(_SinkBase):
     type: Literal["elastic"]
     url: str  # the cluster; documents go to <url>/_bulk with _id = finding id
-    index: str = "secretscope-findings"
+    # read by Elastic Security's External Alerts rule (logs-*); see renderings.ELASTIC_INDEX
+    index: str = "logs-secretscope.findings"
     api_key: Credential | None = None  # "Authorization: ApiKey <key>"
 
 

@@ -382,9 +382,10 @@ def to_hec(doc: dict, *, source: str, sourcetype: str, index: str | None = None,
 
 
 def hec_fields(doc: dict) -> dict[str, Any]:
-    """CIM Alerts fields (app, dest, description, id, mitre_technique_id, severity,
-    severity_id, signature, signature_id, type, user) and our finding keys. No field repeats a
-    top-level key of the OCSF event, whose search-time JSON extraction would double it."""
+    """CIM Alerts fields (app, dest, description, id, mitre_technique_id, severity, signature,
+    signature_id, type, user; severity_id is the event's own) and our finding keys. Only ``severity``
+    repeats a top-level key of the OCSF event (whose search-time JSON extraction would double
+    it): the shipped props.conf folds the two into the lower-case value."""
     fi = doc["finding_info"]
     user = _user(doc)
     attacks = Attacks(doc)
@@ -394,7 +395,6 @@ def hec_fields(doc: dict) -> dict[str, Any]:
         "description": fi.get("desc") or fi.get("title", ""),
         "id": fi["uid"],
         "severity": CIM_SEVERITY.get(doc["severity_id"], "unknown"),
-        "severity_id": str(doc["severity_id"]),
         "signature": fi.get("title", ""),
         "signature_id": detector_id(doc),
         "type": "alert",
@@ -452,9 +452,11 @@ def _source_fields(ip: str) -> list[tuple[str, str]]:
         address = ipaddress.ip_address(ip)
     except ValueError:
         return []  # none, or not an address: CEF's address fields take addresses only
-    if address.version == 6 and address.ipv4_mapped is None:
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 client seen over IPv6
+    if address.version == 6:
         return [("c6a2Label", "Source IPv6 Address"), ("c6a2", address.compressed)]
-    return [("src", str(address.ipv4_mapped or address))]
+    return [("src", str(address))]
 
 
 def cef_extension(doc: dict) -> dict[str, str]:
@@ -527,15 +529,17 @@ def _leef_delimiter_field(delimiter: str) -> str:
 
 
 def leef_header(doc: dict) -> tuple[str, str, str, str]:
-    """Vendor, product, version and event id (the leading detector), as written."""
+    """Vendor, product, version and event id (the leading detector), as they arrive."""
     product = doc.get("metadata", {}).get("product", {})
-    return (product.get("vendor_name", "secretscope"), product.get("name", "secretscope"),
-            product.get("version", ""), detector_id(doc))
+    texts = (product.get("vendor_name", "secretscope"), product.get("name", "secretscope"),
+             product.get("version", ""), detector_id(doc))
+    return tuple(t.translate(_LEEF_HEADER) for t in texts)  # type: ignore[return-value]
 
 
-def leef_attributes(doc: dict) -> dict[str, str]:
-    """The attributes, as written, in render order; empty values left out. Predefined LEEF keys
-    where one fits (devTime, sev, cat, usrName, src, identSrc, resource, realm), our own else."""
+def leef_attributes(doc: dict, delimiter: str = "\t") -> dict[str, str]:
+    """The attributes as they arrive, in render order; empty values left out. Predefined LEEF
+    keys where one fits (devTime, sev, cat, usrName, src, identSrc, resource, realm), our own
+    else."""
     fi = doc["finding_info"]
     ss = _ss(doc)
     user = _user(doc)
@@ -573,7 +577,9 @@ def leef_attributes(doc: dict) -> dict[str, str]:
         ("segment", str(ss.get("segment") or "")),
         ("relatedEvents", ",".join(r["uid"] for r in fi.get("related_events") or ())),
     ]
-    return {k: v for k, v in pairs if v}
+    table = _LEEF_TABLES.get(delimiter) or _LEEF_TABLES.setdefault(
+        delimiter, _leef_value_table(delimiter))
+    return {k: v.translate(table) for k, v in pairs if v}
 
 
 def to_leef(doc: dict, *, delimiter: str = "\t") -> str:
@@ -581,10 +587,8 @@ def to_leef(doc: dict, *, delimiter: str = "\t") -> str:
     delimiter is declared in the header (as ``xHH`` when it is not printable, e.g. ``x09``).
     LEEF has no escape: the delimiter, tabs and line breaks in a value become spaces."""
     declared = _leef_delimiter_field(delimiter)
-    table = _LEEF_TABLES.get(delimiter) or _LEEF_TABLES.setdefault(
-        delimiter, _leef_value_table(delimiter))
-    header = "|".join(h.translate(_LEEF_HEADER) for h in leef_header(doc))
-    attrs = delimiter.join(f"{k}={v.translate(table)}" for k, v in leef_attributes(doc).items())
+    header = "|".join(leef_header(doc))
+    attrs = delimiter.join(f"{k}={v}" for k, v in leef_attributes(doc, delimiter).items())
     return f"LEEF:2.0|{header}|{declared}|{attrs}"
 
 
