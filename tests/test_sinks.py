@@ -114,7 +114,7 @@ def rig(kind: str, base: Path, tls: LocalCA | None = None, **opts) -> Rig:
         settings = ElasticSink(type="elastic", name="es", url=s.url,
                                api_key=cred(base, "es.key", ES_KEY), **opts)
         return Rig(s, build_sink(settings, base),
-                   lambda: set(s.indices.get("secretscope-findings", {})), (ES_KEY,))
+                   lambda: set(s.indices.get("logs-secretscope.findings", {})), (ES_KEY,))
     if kind == "azure_logs":
         s = AzureServer(client_secret=AZ_SECRET, tls=tls, **AZ)
         settings = AzureLogsSink(type="azure_logs", name="sentinel", endpoint=s.url,
@@ -396,7 +396,7 @@ def test_elastic_holds_each_findings_newest_version(make_rig, deliveries):
     # version 2 arriving late (a retry) is a conflict, counted as delivered, and changes nothing
     assert r.sink.send([later_version(d1, 2)]) == [Outcome.delivered(d1.finding_id)]
     assert index[d1.finding_id]["secretscope"]["version"] == 3
-    assert r.server.versions[("secretscope-findings", d1.finding_id)] == 3
+    assert r.server.versions[("logs-secretscope.findings", d1.finding_id)] == 3
 
 
 def test_every_version_is_a_message_of_its_own_for_webhooks(make_rig, deliveries):
