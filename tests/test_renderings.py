@@ -471,17 +471,17 @@ def test_the_shipped_splunk_files_put_findings_in_the_alerts_data_model():
 
 
 def test_the_shipped_siem_files_are_package_data():
-    """config/ is the package secretscope.defaults: each shipped file is matched by a
-    package-data glob of pyproject.toml, so the wheel carries it."""
+    """config/ is the package secretscope.defaults: each shipped folder is a package of
+    pyproject.toml whose package-data globs match every file in it, so the wheel carries it."""
     import tomllib
 
     data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
-    globs = data["package-data"]["secretscope.defaults"]
     shipped = sorted((DEFAULTS / "elastic").iterdir()) + sorted((DEFAULTS / "splunk").iterdir())
     assert len(shipped) == 5
     for path in shipped:
-        rel = path.relative_to(DEFAULTS).as_posix()
-        assert any(fnmatch(rel, g) for g in globs), rel
+        package = f"secretscope.defaults.{path.parent.name}"
+        assert package in data["packages"], package
+        assert any(fnmatch(path.name, g) for g in data["package-data"][package]), path
 
 
 # --------------------------------------------------------------------------- CEF parser
