@@ -318,10 +318,18 @@ def to_ecs(doc: dict) -> dict[str, Any]:
         "labels": {"segment": str(ss.get("segment", "")), "finding_title": fi.get("title", "")},
         "secretscope": _ecs_custom(doc, ss, fi, found),
     }
-    if ip:
+    if ip and _is_ip(ip):  # Elasticsearch refuses a whole document whose ip field is not one
         ecs["source"] = {"ip": ip}
         ecs["related"]["ip"] = [ip]
     return ecs
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _ecs_threat(a: Attacks) -> dict[str, Any]:
@@ -383,9 +391,9 @@ def to_hec(doc: dict, *, source: str, sourcetype: str, index: str | None = None,
 
 def hec_fields(doc: dict) -> dict[str, Any]:
     """CIM Alerts fields (app, dest, description, id, mitre_technique_id, severity, signature,
-    signature_id, type, user; severity_id is the event's own) and our finding keys. Only ``severity``
-    repeats a top-level key of the OCSF event (whose search-time JSON extraction would double
-    it): the shipped props.conf folds the two into the lower-case value."""
+    signature_id, type, user; severity_id is the event's own) and our finding keys. Only
+    ``severity`` repeats a top-level key of the OCSF event (whose search-time JSON extraction
+    would double it): the shipped props.conf folds the two into the lower-case value."""
     fi = doc["finding_info"]
     user = _user(doc)
     attacks = Attacks(doc)
