@@ -28,7 +28,9 @@ SEVERITY_NAMES = {0: "Unknown", 1: "Informational", 2: "Low", 3: "Medium", 4: "H
                   5: "Critical", 6: "Fatal", 99: "Other"}
 # The severities config files and rule files name, lower case, to their OCSF severity_id.
 SEVERITY_IDS = {"informational": 1, "low": 2, "medium": 3, "high": 4, "critical": 5}
-# Names of the techniques secretscope maps to (MITRE ATT&CK Enterprise).
+# Names of the techniques secretscope maps to (MITRE ATT&CK Enterprise). A sub-technique
+# (``T1562.008``) carries its own name; its parent technique and tactic come from the parent's
+# entry, so SIEMs get the technique and the sub-technique each in its own field.
 TECHNIQUES = {
     "T1078": ("Valid Accounts", "TA0001", "Initial Access"),
     "T1098": ("Account Manipulation", "TA0003", "Persistence"),
@@ -38,8 +40,14 @@ TECHNIQUES = {
     "T1083": ("File and Directory Discovery", "TA0007", "Discovery"),
     "T1528": ("Steal Application Access Token", "TA0006", "Credential Access"),
     "T1550": ("Use Alternate Authentication Material", "TA0008", "Lateral Movement"),
-    "T1562.008": ("Impair Defenses: Disable or Modify Cloud Logs", "TA0005", "Defense Evasion"),
+    "T1562": ("Impair Defenses", "TA0005", "Defense Evasion"),
+    "T1562.008": ("Disable or Modify Cloud Logs", "TA0005", "Defense Evasion"),
 }
+ATTACK_URL = "https://attack.mitre.org/"
+# OCSF analytic type_id and its enum caption (OCSF 1.3.0 ``analytic.type_id``).
+RULE_ANALYTIC, LEARNED_ANALYTIC = (1, "Rule"), (4, "Learning (ML/DL)")
+# OCSF confidence_id from confidence_score (0-100): 1 Low, 2 Medium, 3 High.
+CONFIDENCE_NAMES = {0: "Unknown", 1: "Low", 2: "Medium", 3: "High"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +103,7 @@ class Finding:
     last_time: datetime | None = None  # last event merged into this incident (None: trigger)
     merged: int = 0  # later firings of the same incident merged into this finding
     learning: bool = False  # a learned model (not only rules) contributed
+    learned: tuple[str, ...] = ()  # which of ``detectors`` are learned models (not rules)
     headline: str = ""  # the title of the strongest firing, without the "(+N more)" suffix
     # The version this value is of: 1 is the Create; each Update or Close adds one.
     version: int = 1
@@ -141,18 +150,46 @@ def version_time(f: Finding) -> datetime:
     return f.last_time or f.time if f.activity_id != CREATE else f.time
 
 
+def technique_url(uid: str) -> str:
+    """The ATT&CK page of a technique or sub-technique (``T1562.008`` -> ``.../T1562/008/``)."""
+    return f"{ATTACK_URL}techniques/{uid.replace('.', '/')}/"
+
+
+def attack_of(uid: str) -> dict[str, Any]:
+    """An OCSF ``attack``: a sub-technique under its parent technique, with the tactic."""
+    parent = uid.split(".", 1)[0]
+    name, tactic_uid, tactic = TECHNIQUES.get(uid, ("", "", ""))
+    attack: dict[str, Any] = {}
+    if parent != uid:
+        attack["technique"] = {"uid": parent, "name": TECHNIQUES.get(parent, ("",))[0],
+                               "src_url": technique_url(parent)}
+        attack["sub_technique"] = {"uid": uid, "name": name, "src_url": technique_url(uid)}
+    else:
+        attack["technique"] = {"uid": uid, "name": name, "src_url": technique_url(uid)}
+    if tactic_uid:
+        attack["tactic"] = {"uid": tactic_uid, "name": tactic,
+                            "src_url": f"{ATTACK_URL}tactics/{tactic_uid}/"}
+    return attack
+
+
+def analytic_of(f: Finding, detector: str) -> dict[str, Any]:
+    """One detector as an OCSF ``analytic``: its stable id as ``uid`` and ``name``."""
+    type_id, type_name = LEARNED_ANALYTIC if detector in f.learned else RULE_ANALYTIC
+    return {"uid": detector, "name": detector, "type_id": type_id, "type": type_name}
+
+
+def confidence_id(score: int) -> int:
+    return 3 if score >= 80 else 2 if score >= 50 else 1
+
+
 def to_ocsf(f: Finding) -> dict[str, Any]:
     """OCSF Detection Finding (class 2004) for one version of a finding: activity Create, Update
-    or Close, its status, and the version number under ``unmapped.secretscope.version``."""
+    or Close, its status, and the version number under ``unmapped.secretscope.version``. The
+    leading detector (the strongest firing's) is ``finding_info.analytic``, the others are
+    ``finding_info.related_analytics``."""
     e = f.trigger
-    attacks = []
-    for tid in f.techniques:
-        name, tactic_uid, tactic = TECHNIQUES.get(tid, ("", "", ""))
-        attack: dict[str, Any] = {"technique": {"uid": tid, "name": name}}
-        if tactic_uid:
-            attack["tactic"] = {"uid": tactic_uid, "name": tactic}
-        attacks.append(attack)
-    rule_names = ", ".join(f.detectors)
+    attacks = [attack_of(tid) for tid in f.techniques]
+    confidence = round(f.score * 100)
     desc = "; ".join(f"{r.text} (observed {r.observed}; baseline {r.baseline})" for r in f.reasons)
     activity = ACTIVITY_NAMES[f.activity_id]
     doc: dict[str, Any] = {
@@ -169,7 +206,9 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
         "status_id": f.status_id,
         "status": STATUS_NAMES[f.status_id],
         "time": _epoch_ms(version_time(f)),
-        "confidence_score": round(f.score * 100),
+        "confidence_id": confidence_id(confidence),
+        "confidence": CONFIDENCE_NAMES[confidence_id(confidence)],
+        "confidence_score": confidence,
         "message": f"{f.title}: {f.display_name or f.identity} {e.operation} {e.secret}",
         "metadata": {
             "version": OCSF_VERSION,
@@ -184,8 +223,7 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             "title": f.title,
             "desc": desc,
             "types": list(dict.fromkeys(r.code for r in f.reasons)),
-            "analytic": {"name": rule_names, "type_id": 4 if f.learning else 1,
-                         "type": "Learning" if f.learning else "Rule"},
+            "analytic": analytic_of(f, f.detectors[0]),
             "attacks": attacks,
             "first_seen_time": _epoch_ms(f.time),
             "last_seen_time": _epoch_ms(f.last_time or f.time),
@@ -223,6 +261,8 @@ def to_ocsf(f: Finding) -> dict[str, Any]:
             }
         },
     }
+    if len(f.detectors) > 1:
+        doc["finding_info"]["related_analytics"] = [analytic_of(f, d) for d in f.detectors[1:]]
     if f.closed_time is not None:
         doc["end_time"] = _epoch_ms(f.closed_time)
     if f.status_note:

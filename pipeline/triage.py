@@ -341,6 +341,7 @@ class Triage:
             related_event_ids=tuple(related),
             score=max(f.score, candidate.score), last_time=candidate.time,
             merged=f.merged + 1, learning=f.learning or candidate.learning,
+            learned=tuple(dict.fromkeys(f.learned + candidate.learned)),
             factors=tuple(dict.fromkeys(f.factors + candidate.factors)),
         )
 
@@ -397,6 +398,7 @@ class Triage:
             techniques=tuple(dict.fromkeys(techniques)), related_event_ids=related_ids,
             trigger=event, segment=fv.segment, factors=factors(fv),
             peers=peer_comparison(state), learning=bool(streaming),
+            learned=tuple(name for name, _ in streaming),
         )
 
     def to_state(self) -> list:

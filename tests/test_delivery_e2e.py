@@ -247,7 +247,7 @@ def test_every_version_reaches_every_sink_once_or_is_dead_lettered(rig):
         assert set(got[name]) == keys and all(n == 1 for n in got[name].values()), name
     # Elastic holds one document per finding, its newest version (the redriven version 1s
     # arrived after newer ones and changed nothing)
-    index = servers["es"].indices["secretscope-findings"]
+    index = servers["es"].indices["logs-secretscope.findings"]
     assert {f: d["secretscope"]["version"] for f, d in index.items()} == {
         f: max(v for g, v in routed["es"] if g == f) for f, _ in routed["es"]}
     for sink in sinks.values():
@@ -301,7 +301,7 @@ def test_an_incident_that_grows_after_delivery_arrives_in_its_final_form(rig):
         if name != "slack":  # Slack hears of creation and raises only
             assert all(expected[f] == last[f] for f in expected), name
     # the final form is the stored one: Elastic's document is the newest version rendered
-    index = servers["es"].indices["secretscope-findings"]
+    index = servers["es"].indices["logs-secretscope.findings"]
     with store.engine.connect() as conn:
         current = dict(conn.execute(select(findings.c.id, findings.c.version)).all())
     assert {f: d["secretscope"]["version"] for f, d in index.items()} == {

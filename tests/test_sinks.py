@@ -114,7 +114,7 @@ def rig(kind: str, base: Path, tls: LocalCA | None = None, **opts) -> Rig:
         settings = ElasticSink(type="elastic", name="es", url=s.url,
                                api_key=cred(base, "es.key", ES_KEY), **opts)
         return Rig(s, build_sink(settings, base),
-                   lambda: set(s.indices.get("secretscope-findings", {})), (ES_KEY,))
+                   lambda: set(s.indices.get("logs-secretscope.findings", {})), (ES_KEY,))
     if kind == "azure_logs":
         s = AzureServer(client_secret=AZ_SECRET, tls=tls, **AZ)
         settings = AzureLogsSink(type="azure_logs", name="sentinel", endpoint=s.url,
@@ -323,6 +323,7 @@ def test_hec_sends_one_request_per_batch_with_the_token(make_rig, deliveries):
     assert r.server.requests[-1].headers["authorization"] == f"Splunk {TOKEN}"
     event = r.server.events[(deliveries[0].finding_id, 1)]
     assert event["index"] == "security" and event["sourcetype"] == "secretscope:finding"
+    assert event["host"] == socket.gethostname()  # set, not left to the token's default
     assert event["event"] == deliveries[0].ocsf
 
 
@@ -366,7 +367,7 @@ def test_hec_server_busy_is_retryable(make_rig, deliveries):
 def test_elastic_ids_are_finding_ids_and_resend_is_idempotent(make_rig, deliveries):
     r = make_rig("elastic")
     assert all(o.ok for o in r.sink.send(deliveries))
-    index = r.server.indices["secretscope-findings"]
+    index = r.server.indices["logs-secretscope.findings"]
     assert list(index) == ids(deliveries)
     assert all(index[d.finding_id]["event"]["id"] == d.finding_id for d in deliveries)
     assert r.server.requests[-1].headers["authorization"] == f"ApiKey {ES_KEY}"
@@ -390,12 +391,12 @@ def test_elastic_holds_each_findings_newest_version(make_rig, deliveries):
     d3 = later_version(d1, 3)
     assert r.sink.send([d1]) == [Outcome.delivered(d1.finding_id)]
     assert r.sink.send([d3]) == [Outcome.delivered(d1.finding_id)]
-    index = r.server.indices["secretscope-findings"]
+    index = r.server.indices["logs-secretscope.findings"]
     assert index[d1.finding_id]["secretscope"]["version"] == 3
     # version 2 arriving late (a retry) is a conflict, counted as delivered, and changes nothing
     assert r.sink.send([later_version(d1, 2)]) == [Outcome.delivered(d1.finding_id)]
     assert index[d1.finding_id]["secretscope"]["version"] == 3
-    assert r.server.versions[("secretscope-findings", d1.finding_id)] == 3
+    assert r.server.versions[("logs-secretscope.findings", d1.finding_id)] == 3
 
 
 def test_every_version_is_a_message_of_its_own_for_webhooks(make_rig, deliveries):
@@ -432,7 +433,7 @@ def test_elastic_per_item_failures_in_a_200_response(make_rig, deliveries):
     assert [o.retryable for o in outcomes[1:4]] == [True, False, True]
     assert outcomes[1].reason.startswith("HTTP 429: es_rejected_execution_exception")
     assert outcomes[2].reason.startswith("HTTP 400: document_parsing_exception")
-    assert set(r.server.indices["secretscope-findings"]) == {batch[0].finding_id,
+    assert set(r.server.indices["logs-secretscope.findings"]) == {batch[0].finding_id,
                                                             batch[4].finding_id}
 
 

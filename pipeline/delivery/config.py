@@ -103,7 +103,9 @@ class ElasticSink(_SinkBase):
     type: Literal["elastic"] = Field(description="Sink type.")
     url: str = Field(description="The cluster; documents go to <url>/_bulk with _id = finding "
                      "id.")
-    index: str = Field("secretscope-findings", description="Target index.")
+    index: str = Field("logs-secretscope.findings",
+                       description="Target index; the default is read by Elastic Security's "
+                       "External Alerts rule (logs-*) and by the shipped index template.")
     api_key: Credential | None = Field(None, description="Sent as \"Authorization: ApiKey "
                                        "<key>\".")
 

@@ -9,6 +9,7 @@ whole batch: 503 (code 9, server busy) and 500 are retried, 400/401/403 are perm
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,13 +26,16 @@ class SplunkHec(HttpSink):
         token = settings.token.read(base_dir, f"sinks.{settings.name}.token")
         super().__init__(settings, (token,))
         self._headers = {"Authorization": f"Splunk {token}", "Content-Type": "application/json"}
+        # CIM and Splunk's own views key on host: name the machine that raised the finding,
+        # not the HEC token's default
+        self._host = socket.gethostname()
 
     def send(self, items: Sequence[Delivery]) -> list[Outcome]:
         if not items:
             return []
         s = self.settings
         body = b"".join(dumps(to_hec(selected(s, d), source=s.source, sourcetype=s.sourcetype,
-                                     index=s.index)) for d in items)
+                                     index=s.index, host=self._host)) for d in items)
         ids = [d.finding_id for d in items]
         resp, failures = self._post(s.url, ids, data=body, headers=self._headers)
         if resp is None:
