@@ -9,6 +9,7 @@ in a subprocess, whose help text must name every option the README passes to it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -16,9 +17,11 @@ import subprocess
 import sys
 from functools import cache
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import typer
+import yaml
 
 from secretscope.cli import app
 
@@ -200,3 +203,58 @@ def test_links_between_docs_resolve(doc):
         elif anchor and anchor not in _anchors(path.read_text()):
             broken.append(f"{target}#{anchor}")
     assert not broken, f"docs/{doc} links to missing files or headings: {broken}"
+
+
+def _point_at(sink: dict, servers: dict, ca_file: str) -> dict:
+    """The example's sink with its address swapped for the local stand-in's."""
+    server = servers[sink["type"]]
+    if sink["type"] == "syslog":
+        return {**sink, "port": server.port, "ca_file": ca_file}
+    path = urlsplit(sink["url"]).path
+    tls = {"ca_file": ca_file} if server.url.startswith("https") else {}
+    return {**sink, "url": server.url + path, **tls}
+
+
+@pytest.mark.slow
+def test_the_example_sinks_config_delivers_to_each_product(tmp_path):
+    """config/examples/sinks.yaml, as the SIEM integrator's quick start uses it, delivers signed
+    webhooks, Splunk HEC events, Elastic documents and LEEF over TLS syslog to local stand-ins
+    of those products, with credentials from the environment variables the file names."""
+    from fake_siems import (ElasticServer, SplunkHecServer, SyslogServer, WebhookServer,
+                            make_local_ca)
+
+    example = yaml.safe_load((ROOT / "config/examples/sinks.yaml").read_text())
+    assert {s["type"] for s in example["sinks"]} == {"webhook", "splunk_hec", "elastic", "syslog"}
+    (tmp_path / "ca").mkdir()
+    ca = make_local_ca(tmp_path / "ca")
+    servers = {"webhook": WebhookServer(), "splunk_hec": SplunkHecServer("hec-token", ca),
+               "elastic": ElasticServer("ZXMta2V5Om9r", ca), "syslog": SyslogServer(ca)}
+    try:
+        config = tmp_path / "sinks.yaml"
+        example["rules"] = {"directory": str(ROOT / "config" / "rules")}
+        example["sinks"] = [_point_at(s, servers, str(ca.ca_file)) for s in example["sinks"]]
+        config.write_text(yaml.safe_dump(example))
+        env = {**os.environ, "SOAR_WEBHOOK_SECRET": servers["webhook"].secret,
+               "SPLUNK_HEC_TOKEN": "hec-token", "ES_API_KEY": "ZXMta2V5Om9r"}
+        store = f"sqlite:///{tmp_path / 'siem.db'}"
+        for args in (["simulate", "audit.log.gz", "--days", "3", "--seed", "11", "--calls", "15000"],
+                     ["replay", "audit.log.gz", "--config", str(config), "--store", store,
+                      "--no-table", "--quiet", "--alerts-out", "alerts.jsonl"],
+                     ["deliver", "--config", str(config), "--store", store, "--once"]):
+            proc = subprocess.run([SECRETSCOPE, *args], cwd=tmp_path, env=env, text=True,
+                                  capture_output=True, timeout=600)
+            assert proc.returncode == 0, f"secretscope {args[0]}: {proc.stderr}"
+        versions = {(d["finding_info"]["uid"], d["unmapped"]["secretscope"]["version"])
+                    for d in map(json.loads, (tmp_path / "alerts.jsonl").open())}
+        assert versions, "the simulated log raised no finding"
+        hooks = {(k.rsplit(".", 1)[0], int(k.rsplit(".", 1)[1]))
+                 for k in servers["webhook"].received}
+        assert hooks == versions
+        assert set(servers["splunk_hec"].received) == versions
+        assert set(servers["elastic"].writes) <= versions
+        assert {i for i, _ in servers["elastic"].writes} == {i for i, _ in versions}
+        leef = servers["syslog"].wait_for(1)
+        assert leef and all(m.msg.startswith("LEEF:2.0|") for m in leef), servers["syslog"].errors
+    finally:
+        for server in servers.values():
+            server.close()
