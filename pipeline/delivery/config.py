@@ -6,11 +6,14 @@ or a file (relative to the config file's directory) that holds it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo,
+                      field_validator, model_validator)
 
 from secretscope.errors import ConfigError
 from secretscope.findings import SEVERITY_IDS
@@ -50,6 +53,46 @@ class Credential(_Strict):
         return value
 
 
+def mask_url(url: str) -> str:
+    """``url`` fit to print: its password masked and its query (tokens, SAS signatures) cut."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an http(s) URL a sink can post to, or None."""
+    if not url.strip() or any(c.isspace() for c in url):
+        return "is not a URL (it is empty or holds spaces)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        return f"is not an http:// or https:// URL ({found})"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _http_url(value: str, info: ValidationInfo) -> str:
+    problem = http_url_problem(value)
+    if problem:
+        name = info.data.get("name", "?")
+        raise ValueError(f"sink {name!r}: {info.field_name} {mask_url(value)!r} {problem}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class _SinkBase(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")  # the outbox key
     min_severity: Severity = "low"  # findings below are not routed to this sink
@@ -72,14 +115,14 @@ class WebhookSink(_SinkBase):
     """Generic webhook, signed per Standard Webhooks (webhook-id/-timestamp/-signature)."""
 
     type: Literal["webhook"]
-    url: str
+    url: HttpUrl
     secret: Credential  # "whsec_" + base64 key, as Standard Webhooks issues it
     format: Literal["ocsf", "ecs"] = "ocsf"
 
 
 class SplunkHecSink(_SinkBase):
     type: Literal["splunk_hec"]
-    url: str  # https://splunk:8088/services/collector/event
+    url: HttpUrl  # https://splunk:8088/services/collector/event
     token: Credential  # sent as "Authorization: Splunk <token>"
     index: str | None = None
     source: str = "secretscope"
@@ -88,7 +131,7 @@ class SplunkHecSink(_SinkBase):
 
 class ElasticSink(_SinkBase):
     type: Literal["elastic"]
-    url: str  # the cluster; documents go to <url>/_bulk with _id = finding id
+    url: HttpUrl  # the cluster; documents go to <url>/_bulk with _id = finding id
     index: str = "secretscope-findings"
     api_key: Credential | None = None  # "Authorization: ApiKey <key>"
 
@@ -97,13 +140,13 @@ class AzureLogsSink(_SinkBase):
     """Azure Monitor Logs Ingestion API (data collection endpoint + rule), Microsoft Sentinel."""
 
     type: Literal["azure_logs"]
-    endpoint: str  # the data collection endpoint, https://<dce>.ingest.monitor.azure.com
+    endpoint: HttpUrl  # the data collection endpoint, https://<dce>.ingest.monitor.azure.com
     rule_id: str  # the data collection rule's immutable id, dcr-...
     stream: str = "Custom-SecretscopeFindings_CL"
     tenant_id: str
     client_id: str
     client_secret: Credential
-    authority: str = "https://login.microsoftonline.com"
+    authority: HttpUrl = "https://login.microsoftonline.com"
     scope: str = "https://monitor.azure.com/.default"
     max_bytes: int = Field(1_000_000, gt=0)  # the API takes at most 1 MB per call
 
@@ -112,7 +155,7 @@ class SecOpsSink(_SinkBase):
     """Google SecOps (Chronicle) webhook feed: newline-delimited JSON, size capped."""
 
     type: Literal["secops"]
-    url: str  # the feed's endpoint URL
+    url: HttpUrl  # the feed's endpoint URL
     api_key: Credential  # X-goog-api-key
     feed_secret: Credential | None = None  # X-Webhook-Access-Key
     max_bytes: int = Field(1_000_000, gt=0)
@@ -125,6 +168,21 @@ class SyslogSink(_SinkBase):
     tls: bool = True
     format: Literal["cef", "leef"] = "cef"
     app_name: str = "secretscope"
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, value: str, info: ValidationInfo) -> str:
+        """A host name or address alone: the port has its own key, and there is no scheme."""
+        name = info.data.get("name", "?")
+        if not value or any(c.isspace() or c in "/@" for c in value):
+            raise ValueError(f"sink {name!r}: host {value!r} is not a host name or address")
+        if ":" in value:
+            try:
+                ipaddress.IPv6Address(value.strip("[]"))
+            except ValueError:
+                raise ValueError(f"sink {name!r}: host {value!r} is not a host name or address "
+                                 "(give the port as port:)") from None
+        return value
 
 
 class SlackSink(_SinkBase):
@@ -139,7 +197,7 @@ class PagerDutySink(_SinkBase):
 
     type: Literal["pagerduty"]
     routing_key: Credential
-    url: str = "https://events.pagerduty.com/v2/enqueue"
+    url: HttpUrl = "https://events.pagerduty.com/v2/enqueue"
     min_severity: Severity = "high"
 
 
