@@ -81,5 +81,7 @@ def _route(store: Store, routes: tuple[Route, ...], since: datetime | None) -> d
             insert = store._insert_ignore(outbox).from_select(
                 ["finding_id", "version", "sink", "status", "attempts", "created_at"],
                 _missing(r, since))
-            queued[r.name] = max(conn.execute(insert).rowcount, 0)
+            # RETURNING counts the rows inserted on both backends (psycopg's rowcount of an
+            # INSERT does not reach SQLAlchemy's result)
+            queued[r.name] = len(conn.execute(insert.returning(outbox.c.version)).all())
     return queued
