@@ -277,10 +277,10 @@ def test_deliver_next_to_a_running_pipeline_sends_each_version_once(db_url, even
         s.close()
 
 
-def test_a_running_worker_routes_what_is_stored_while_it_runs(tmp_path):
+def test_a_running_worker_routes_what_is_stored_while_it_runs(db_url):  # noqa: F811
     """A pass when idle sees versions stored since the previous one; a version whose stored
     time lies before that (a clock behind, a late commit) is caught by the next full pass."""
-    store = Store(f"sqlite:///{tmp_path / 'store.db'}")
+    store = Store(db_url)
     wall = [datetime.now(timezone.utc).timestamp()]
     worker = DeliveryWorker(store, {}, RetryPolicy(), routes=[Route("hook", 1)],
                             metrics=DeliveryMetrics(CollectorRegistry()), wall=lambda: wall[0])
