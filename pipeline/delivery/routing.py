@@ -76,11 +76,17 @@ def route(store: Store, routes: Sequence[Route], since: datetime | None = None) 
 
 def _route(store: Store, routes: tuple[Route, ...], since: datetime | None) -> dict[str, int]:
     queued: dict[str, int] = {}
+    # Two routers on PostgreSQL lock the rows they insert in one order, so neither can hold a
+    # row the other waits for while it waits for one the other holds (a deadlock); SQLite runs
+    # one writer at a time and is spared the sort.
+    ordered = store.engine.dialect.name == "postgresql"
     with store.engine.begin() as conn:
         for r in routes:
+            rows = _missing(r, since)
+            if ordered:
+                rows = rows.order_by(VERSION.c.finding_id, VERSION.c.version)
             insert = store._insert_ignore(outbox).from_select(
-                ["finding_id", "version", "sink", "status", "attempts", "created_at"],
-                _missing(r, since))
+                ["finding_id", "version", "sink", "status", "attempts", "created_at"], rows)
             # RETURNING counts the rows inserted on both backends (psycopg's rowcount of an
             # INSERT does not reach SQLAlchemy's result)
             queued[r.name] = len(conn.execute(insert.returning(outbox.c.version)).all())
