@@ -236,8 +236,8 @@ def validate(config: Optional[Path] = typer.Argument(None, help="Config file (de
     suppressions = Suppressions.from_settings(settings)
     err.print(f"ok: {len(settings.segments)} segments, {len(rules)} rules, "
               f"{len(detectors)} detectors ({', '.join(d.name for d in detectors)}), "
-              f"{suppressions.windows} change windows, {suppressions.allowlisted} allowlist entries, "
-              f"{len(settings.sinks)} sinks")
+              f"{suppressions.windows} change windows, {suppressions.allowlisted} allowlist "
+              f"entries, {len(settings.sinks)} sinks")
 
 
 def _utc_option(value: Optional[str], option: str) -> Optional[datetime]:

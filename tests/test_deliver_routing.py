@@ -24,7 +24,8 @@ import standardwebhooks
 import yaml
 from postgres_server import postgres_url  # noqa: F401
 from prometheus_client import CollectorRegistry
-from sqlalchemy import func, select
+from pydantic import ValidationError
+from sqlalchemy import select
 from test_store_postgres import db_url, make_finding  # noqa: F401
 
 from fake_siems import WebhookServer
@@ -32,7 +33,7 @@ from helpers import wait_for
 from secretscope.config import load_settings
 from secretscope.delivery.backlog import backlog, explain
 from secretscope.delivery.checks import sink_problems
-from secretscope.delivery.config import WebhookSink
+from secretscope.delivery.config import SyslogSink, WebhookSink
 from secretscope.delivery.model import Delivery
 from secretscope.delivery.outbox import Outbox
 from secretscope.delivery.retry import RetryPolicy
@@ -230,8 +231,8 @@ def test_delivered_and_dead_lettered_versions_are_never_queued_again(tmp_path, e
 
 
 @pytest.mark.slow
-def test_deliver_next_to_a_running_pipeline_sends_each_version_once(db_url, events, hooks,  # noqa: F811
-                                                                     tmp_path):
+def test_deliver_next_to_a_running_pipeline_sends_each_version_once(
+        db_url, events, hooks, tmp_path):  # noqa: F811
     """The pipeline stores versions (and routes them to "all" itself) while deliver workers
     route to "all" and "raises" and send: each version arrives once per sink. Two workers on
     PostgreSQL, where claims lock rows; one on SQLite, which takes one deliver process."""
@@ -418,6 +419,18 @@ def test_validate_rejects_bad_sink_urls_in_one_line(tmp_path):
     line = one_error_line(cli("validate", str(config)))
     assert "sinks.0.webhook.url" in line and "sink 'hook'" in line and "scheme 'file'" in line
     assert "sinks.1.syslog.host" in line and "give the port as port:" in line
+
+
+@pytest.mark.parametrize("host, bad", [("siem.example", False), ("10.0.0.7", False),
+                                       ("[::1]", False), ("", True), ("tcp://siem.example", True),
+                                       ("siem.example:6514", True), ("siem example", True)])
+def test_a_syslog_host_is_a_bare_host(host, bad):
+    entry = {"type": "syslog", "name": "siem", "host": host, "port": 6514}
+    if bad:
+        with pytest.raises(ValidationError, match="sink 'siem': host .* is not a host name"):
+            SyslogSink(**entry)
+    else:
+        assert SyslogSink(**entry).host == host.strip("[]")
 
 
 def test_a_url_password_is_masked_in_errors(tmp_path):

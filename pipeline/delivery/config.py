@@ -178,7 +178,7 @@ class SyslogSink(_SinkBase):
             raise ValueError(f"sink {name!r}: host {value!r} is not a host name or address")
         if ":" in value:
             try:
-                ipaddress.IPv6Address(value.strip("[]"))
+                return str(ipaddress.IPv6Address(value.strip("[]")))  # sockets take it bare
             except ValueError:
                 raise ValueError(f"sink {name!r}: host {value!r} is not a host name or address "
                                  "(give the port as port:)") from None
