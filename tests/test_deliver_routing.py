@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -276,6 +277,41 @@ def test_deliver_next_to_a_running_pipeline_sends_each_version_once(
         n: {"pending": 0, "delivered": len(want[n]), "dead": 0} for n in want}
     for s in (*stores, writer):
         s.close()
+
+
+def test_the_deliver_service_sends_what_is_stored_while_it_runs(tmp_path, hooks):
+    """``deliver`` without --once, for a sink only its config names: versions stored after it
+    started (by a process routing to no sink) arrive, and SIGTERM ends it cleanly."""
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    config = write_config(tmp_path / "late.yaml", [webhook_entry("late", hooks["all"],
+                                                                 "all.key")],
+                          delivery={"poll_seconds": 0.05})
+    Store(url).close()
+    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "deliver", "--config",
+                             str(config), "--store", url], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        # printed once it has routed and looked at the outbox
+        wait_for(lambda: lines, 60, lambda: f"deliver's first line (exit {proc.poll()})")
+        assert lines[0] == "late: nothing to deliver: the store holds no findings yet\n", lines
+        store = Store(url)
+        made = [make_finding(f"ev-live-{i}") for i in range(3)]
+        store.add_findings(made)
+        store.close()
+        want = {f"{f.id}.1" for f in made}
+        wait_for(lambda: set(hooks["all"].received) == want, 60,
+                 lambda: f"the versions stored while deliver ran; got {hooks['all'].received}")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reader.join(10)
+    assert len(lines) == 1, lines  # nothing went wrong on the way
+    assert received(hooks["all"]) == Counter({k: 1 for k in want})
 
 
 def test_a_running_worker_routes_what_is_stored_while_it_runs(db_url):  # noqa: F811
