@@ -220,19 +220,25 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Service config 
 
 @app.command()
 def validate(config: Optional[Path] = typer.Argument(None, help="Config file (default: embedded).")) -> None:
-    """Check a config file, its rules, model files and change-window feed; exit 2 with the
-    problem if anything is invalid."""
+    """Check a config file, its rules, model files, change-window feed and sinks (credentials
+    present, webhook secrets well-formed, CA files there); exit 2 with the problem if anything
+    is invalid."""
+    from secretscope.delivery.checks import sink_problems
     from secretscope.models.registry import build_detectors
     from secretscope.models.rules import load_rules
     from secretscope.suppression import Suppressions
 
     settings = load_settings(config)
+    problems = sink_problems(settings.sinks, settings.base_dir)
+    if problems:
+        raise SecretscopeError(f"{config or 'embedded default config'}: {'; '.join(problems)}")
     rules = load_rules(settings.rules_dir())
     detectors = build_detectors(settings.detectors, settings.base_dir)
     suppressions = Suppressions.from_settings(settings)
     err.print(f"ok: {len(settings.segments)} segments, {len(rules)} rules, "
               f"{len(detectors)} detectors ({', '.join(d.name for d in detectors)}), "
-              f"{suppressions.windows} change windows, {suppressions.allowlisted} allowlist entries")
+              f"{suppressions.windows} change windows, {suppressions.allowlisted} allowlist "
+              f"entries, {len(settings.sinks)} sinks")
 
 
 def _utc_option(value: Optional[str], option: str) -> Optional[datetime]:
@@ -409,58 +415,91 @@ def deliver(
     store: Optional[str] = StoreOpt,
     once: bool = typer.Option(False, "--once", help="Try everything due now once, then exit."),
 ) -> None:
-    """Send the findings in the outbox to the configured sinks (retrying, dead-lettering)."""
-    import threading
-
-    from secretscope.delivery.retry import RetryPolicy
+    """Route the stored findings to the sinks of the config (their filters decide which), then
+    send them (retrying, dead-lettering). Prints what is left per sink, or why nothing is."""
+    from secretscope.delivery.routing import routes_of
     from secretscope.delivery.sinks import build_sink
-    from secretscope.delivery.worker import DeliveryWorker
     from secretscope.store import Store
 
     settings = _settings(config, store)
     if not settings.sinks:
-        raise SecretscopeError("no sinks configured (the sinks: section of the config)")
-    d = settings.delivery
+        where = config or "the embedded default config"
+        raise SecretscopeError(f"deliver: no sinks configured in {where}: name them under "
+                               "sinks: in the file given with --config (see docs/delivery.md)")
     st = Store(settings.store.url, routes=settings.sinks,
                outage_seconds=settings.store.outage_seconds if once else None)
     sinks: dict = {}
-    metrics_server = None
     try:
         for s in settings.sinks:
             sinks[s.name] = build_sink(s, settings.base_dir)
-        if d.metrics_port is not None:
-            from prometheus_client import start_http_server
-
-            metrics_server, _ = start_http_server(d.metrics_port, d.metrics_host)
-        worker = DeliveryWorker(st, sinks, RetryPolicy(d.retry_base_seconds, d.retry_cap_seconds,
-                                                       d.retry_budget_seconds),
-                                poll_seconds=d.poll_seconds)
+        worker = _delivery_worker(st, sinks, settings.delivery, routes_of(settings.sinks))
+        queued = worker.route()
+        if any(queued.values()):
+            _say("routed " + ", ".join(f"{n:,} finding versions to {k}"
+                                       for k, n in queued.items() if n))
         if once:
-            started = time.time()
-            total, seen = {"delivered": 0, "retried": 0, "dead-lettered": 0}, set()
-            while True:  # each delivery due at the start is tried once
-                done = worker.run_once(due_by=started)
-                total["delivered"] += done.delivered
-                total["retried"] += done.retried
-                total["dead-lettered"] += done.dead_lettered
-                if not done.attempted - seen:
-                    break
-                seen |= done.attempted
-            err.print("; ".join(f"{v:,} {k}" for k, v in total.items()))
-            return
-        import signal
+            _deliver_once(worker)
+        else:
+            _deliver_until_stopped(worker, settings.delivery)
+    finally:
+        for sink in sinks.values():
+            sink.close()
+        st.close()
 
-        stop = threading.Event()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: stop.set())
+
+def _say(line: str) -> None:
+    err.print(line, markup=False, highlight=False)
+
+
+def _delivery_worker(st, sinks: dict, d, routes):
+    from secretscope.delivery.retry import RetryPolicy
+    from secretscope.delivery.worker import DeliveryWorker
+
+    policy = RetryPolicy(d.retry_base_seconds, d.retry_cap_seconds, d.retry_budget_seconds)
+    return DeliveryWorker(st, sinks, policy, poll_seconds=d.poll_seconds, routes=routes)
+
+
+def _deliver_once(worker) -> None:
+    """Each delivery due at the start is tried once; then a line per sink on what is left."""
+    from secretscope.delivery.backlog import backlog, explain
+
+    started = time.time()
+    total, seen = {"delivered": 0, "retried": 0, "dead-lettered": 0}, set()
+    while True:
+        done = worker.run_once(due_by=started)
+        total["delivered"] += done.delivered
+        total["retried"] += done.retried
+        total["dead-lettered"] += done.dead_lettered
+        if not done.attempted - seen:
+            break
+        seen |= done.attempted
+    _say("; ".join(f"{v:,} {k}" for k, v in total.items()))
+    for line in explain(backlog(worker.store, worker.routes), datetime.now(timezone.utc)):
+        _say(line)
+
+
+def _deliver_until_stopped(worker, d) -> None:
+    import signal
+    import threading
+
+    from secretscope.delivery.backlog import backlog, explain
+
+    for line in explain(backlog(worker.store, worker.routes), datetime.now(timezone.utc)):
+        _say(line)
+    metrics_server = None
+    if d.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        metrics_server, _ = start_http_server(d.metrics_port, d.metrics_host)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
         worker.run(stop)
     finally:
         if metrics_server is not None:
             metrics_server.shutdown()
             metrics_server.server_close()
-        for sink in sinks.values():
-            sink.close()
-        st.close()
 
 
 @app.command()
@@ -471,7 +510,8 @@ def redrive(
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
 ) -> None:
-    """Move delivery dead letters back to the outbox (attempts reset) for the next delivery."""
+    """Move delivery dead letters back to the outbox (attempts reset) for the next delivery.
+    A --sink that neither the config nor the dead letters name is an error (exit 2)."""
     from secretscope.delivery.outbox import Outbox
     from secretscope.store import Store
 
@@ -480,10 +520,25 @@ def redrive(
     settings = _settings(config, store)
     st = Store(settings.store.url)
     try:
-        moved = Outbox(st).redrive(sink=sink, finding_id=finding)
+        outbox = Outbox(st)
+        if sink is not None:
+            _known_sink(sink, [s.name for s in settings.sinks], outbox.counts(), config)
+        moved = outbox.redrive(sink=sink, finding_id=finding)
     finally:
         st.close()
     print(f"redriven {moved} dead letter{'' if moved == 1 else 's'}")
+
+
+def _known_sink(name: str, configured: list[str], counts: dict, config: Optional[Path]) -> None:
+    """A typo in --sink would redrive nothing and say so quietly: name what would be valid."""
+    dead = sorted(k for k, c in counts.items() if c.get("dead"))
+    if name in configured or name in dead:
+        return
+    where = config or "the embedded default config"
+    raise SecretscopeError(
+        f"redrive: no sink named {name!r}: {where} names "
+        f"{', '.join(configured) if configured else 'no sinks'}, and "
+        + (f"the dead letters are for {', '.join(dead)}" if dead else "there are no dead letters"))
 
 
 def main() -> None:

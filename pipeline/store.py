@@ -76,6 +76,8 @@ finding_versions = Table(
     Column("ocsf", Text, nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Index("ix_finding_versions_seq", "finding_id", "pipeline_seq", unique=True),
+    # deliver routes the versions stored since its last pass (pipeline/delivery/routing.py)
+    Index("ix_finding_versions_created_at", "created_at"),
 )
 
 dead_letters = Table(

@@ -6,11 +6,14 @@ or a file (relative to the config file's directory) that holds it.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo,
+                      field_validator, model_validator)
 
 from secretscope.configtypes import ConfigPath
 from secretscope.errors import ConfigError
@@ -54,6 +57,46 @@ class Credential(_Strict):
         return value
 
 
+def mask_url(url: str) -> str:
+    """``url`` fit to print: its password masked and its query (tokens, SAS signatures) cut."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
+        return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def http_url_problem(url: str) -> str | None:
+    """Why ``url`` is not an http(s) URL a sink can post to, or None."""
+    if not url.strip() or any(c.isspace() for c in url):
+        return "is not a URL (it is empty or holds spaces)"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"is not a URL ({exc})"
+    if parts.scheme not in ("http", "https"):
+        found = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        return f"is not an http:// or https:// URL ({found})"
+    if not parts.hostname:
+        return "has no host"
+    return None
+
+
+def _http_url(value: str, info: ValidationInfo) -> str:
+    problem = http_url_problem(value)
+    if problem:
+        name = info.data.get("name", "?")
+        raise ValueError(f"sink {name!r}: {info.field_name} {mask_url(value)!r} {problem}")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_http_url)]
+
+
 class _SinkBase(_Strict):
     name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$",
                       description="Unique sink name: the outbox key, used by `redrive --sink`.")
@@ -79,7 +122,7 @@ class WebhookSink(_SinkBase):
     """Generic webhook, signed per Standard Webhooks (webhook-id/-timestamp/-signature)."""
 
     type: Literal["webhook"] = Field(description="Sink type.")
-    url: str = Field(description="http(s) URL findings are POSTed to.")
+    url: HttpUrl = Field(description="http(s) URL findings are POSTed to.")
     secret: Credential = Field(description="Signing key: \"whsec_\" + base64, as Standard "
                                "Webhooks issues it.")
     format: Literal["ocsf", "ecs"] = Field("ocsf", description="Document format.")
@@ -89,7 +132,7 @@ class SplunkHecSink(_SinkBase):
     """Splunk HTTP Event Collector."""
 
     type: Literal["splunk_hec"] = Field(description="Sink type.")
-    url: str = Field(description="The HEC endpoint, e.g. "
+    url: HttpUrl = Field(description="The HEC endpoint, e.g. "
                      "https://splunk:8088/services/collector/event.")
     token: Credential = Field(description="HEC token, sent as \"Authorization: Splunk <token>\".")
     index: str | None = Field(None, description="Splunk index (default: the token's).")
@@ -101,7 +144,7 @@ class ElasticSink(_SinkBase):
     """Elasticsearch bulk API, ECS documents."""
 
     type: Literal["elastic"] = Field(description="Sink type.")
-    url: str = Field(description="The cluster; documents go to <url>/_bulk with _id = finding "
+    url: HttpUrl = Field(description="The cluster; documents go to <url>/_bulk with _id = finding "
                      "id.")
     index: str = Field("logs-secretscope.findings",
                        description="Target index; the default is read by Elastic Security's "
@@ -114,14 +157,14 @@ class AzureLogsSink(_SinkBase):
     """Azure Monitor Logs Ingestion API (data collection endpoint + rule), Microsoft Sentinel."""
 
     type: Literal["azure_logs"] = Field(description="Sink type.")
-    endpoint: str = Field(description="The data collection endpoint, "
+    endpoint: HttpUrl = Field(description="The data collection endpoint, "
                           "https://<dce>.ingest.monitor.azure.com.")
     rule_id: str = Field(description="The data collection rule's immutable id, dcr-....")
     stream: str = Field("Custom-SecretscopeFindings_CL", description="The rule's stream.")
     tenant_id: str = Field(description="Entra ID tenant of the app registration.")
     client_id: str = Field(description="Application (client) id.")
     client_secret: Credential = Field(description="The application's client secret.")
-    authority: str = Field("https://login.microsoftonline.com", description="Token authority.")
+    authority: HttpUrl = Field("https://login.microsoftonline.com", description="Token authority.")
     scope: str = Field("https://monitor.azure.com/.default", description="Token scope.")
     max_bytes: int = Field(1_000_000, gt=0, description="Request size cap (the API takes at "
                            "most 1 MB per call).")
@@ -131,7 +174,7 @@ class SecOpsSink(_SinkBase):
     """Google SecOps (Chronicle) webhook feed: newline-delimited JSON, size capped."""
 
     type: Literal["secops"] = Field(description="Sink type.")
-    url: str = Field(description="The feed's endpoint URL.")
+    url: HttpUrl = Field(description="The feed's endpoint URL.")
     api_key: Credential = Field(description="Sent as X-goog-api-key.")
     feed_secret: Credential | None = Field(None, description="Sent as X-Webhook-Access-Key.")
     max_bytes: int = Field(1_000_000, gt=0, description="Request size cap.")
@@ -146,6 +189,21 @@ class SyslogSink(_SinkBase):
     tls: bool = Field(True, description="TLS (verified) to the receiver.")
     format: Literal["cef", "leef"] = Field("cef", description="Message format.")
     app_name: str = Field("secretscope", description="Syslog APP-NAME.")
+
+    @field_validator("host")
+    @classmethod
+    def _bare_host(cls, value: str, info: ValidationInfo) -> str:
+        """A host name or address alone: the port has its own key, and there is no scheme."""
+        name = info.data.get("name", "?")
+        if not value or any(c.isspace() or c in "/@" for c in value):
+            raise ValueError(f"sink {name!r}: host {value!r} is not a host name or address")
+        if ":" in value:
+            try:
+                return str(ipaddress.IPv6Address(value.strip("[]")))  # sockets take it bare
+            except ValueError:
+                raise ValueError(f"sink {name!r}: host {value!r} is not a host name or address "
+                                 "(give the port as port:)") from None
+        return value
 
 
 class SlackSink(_SinkBase):
@@ -166,7 +224,7 @@ class PagerDutySink(_SinkBase):
 
     type: Literal["pagerduty"] = Field(description="Sink type.")
     routing_key: Credential = Field(description="The integration's routing key.")
-    url: str = Field("https://events.pagerduty.com/v2/enqueue", description="Events API URL.")
+    url: HttpUrl = Field("https://events.pagerduty.com/v2/enqueue", description="Events API URL.")
     min_severity: Severity = Field("high", description="Findings below are not routed to this "
                                    "sink.")
 

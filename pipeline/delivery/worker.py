@@ -5,6 +5,13 @@ Per outcome: delivered -> the row is marked delivered; retryable -> tried again 
 dead-lettered with "retry budget exhausted after N attempts: <last reason>" once the budget is
 spent; permanent -> dead-lettered with the sink's reason. A sink that raises fails its whole
 batch retryably. Counts are Prometheus metrics labelled by sink.
+
+Given ``routes`` (its config's sinks), the worker also routes: before it delivers, and while it
+runs, it queues the stored versions those sinks take that the outbox lacks
+(:mod:`secretscope.delivery.routing`), so a sink gets its findings whatever config stored them.
+A pass when idle looks at the versions stored since the previous pass (less a margin for
+transactions that committed late and for clocks that differ between hosts), and every
+``FULL_ROUTE_SECONDS`` a pass looks at them all.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -21,9 +28,13 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge
 from secretscope.delivery.model import Outcome, Sink
 from secretscope.delivery.outbox import Claimed, Dead, Delivered, Outbox, Result, Retry
 from secretscope.delivery.retry import RetryPolicy
-from secretscope.store import Store
+from secretscope.delivery.routing import route
+from secretscope.store import Route, Store
 
 log = logging.getLogger(__name__)
+
+FULL_ROUTE_SECONDS = 900.0  # a routing pass over every stored version this often
+ROUTE_MARGIN_SECONDS = 300.0  # a pass since the previous one looks this much further back
 
 
 class DeliveryMetrics:
@@ -74,7 +85,8 @@ class DeliveryWorker:
     def __init__(self, store: Store, sinks: Mapping[str, Sink], policy: RetryPolicy,
                  clock: Callable[[], float] = time.time,
                  sleep: Callable[[float], None] = time.sleep, poll_seconds: float = 1.0,
-                 metrics: DeliveryMetrics | None = None) -> None:
+                 metrics: DeliveryMetrics | None = None, routes: Sequence[Route] = (),
+                 wall: Callable[[], float] = time.time) -> None:
         self.store = store
         self.sinks = sinks
         self.policy = policy
@@ -83,10 +95,38 @@ class DeliveryWorker:
         self.poll_seconds = poll_seconds
         self.metrics = metrics or default_metrics()
         self.outbox = Outbox(store)
+        self.routes = tuple(routes)
+        # Routing compares with the times the store's writers gave each version, so it reads
+        # the wall clock even when retries run on a test's clock.
+        self.wall = wall
+        self._routed_at: float | None = None
+        self._full_at: float | None = None
+
+    def route(self, full: bool = False) -> dict[str, int]:
+        """Queue the stored versions the routes take that the outbox lacks: all of them on the
+        first pass, when ``full``, and every FULL_ROUTE_SECONDS; otherwise those stored since
+        the previous pass. Returns sink name -> rows queued."""
+        if not self.routes:
+            return {}
+        started = self.wall()
+        full = full or self._full_at is None or started - self._full_at >= FULL_ROUTE_SECONDS
+        since = None
+        if not full and self._routed_at is not None:
+            since = datetime.fromtimestamp(self._routed_at - ROUTE_MARGIN_SECONDS, timezone.utc)
+        queued = route(self.store, self.routes, since)
+        self._routed_at = started
+        if full:
+            self._full_at = started
+        if any(queued.values()):
+            log.info("routed %s", ", ".join(f"{n} to {k}" for k, n in queued.items() if n))
+        return queued
 
     def run(self, stop_event: threading.Event | None = None) -> None:
-        """Deliver until ``stop_event`` is set, polling every ``poll_seconds`` when idle."""
+        """Deliver until ``stop_event`` is set, polling every ``poll_seconds`` when idle (and
+        routing what was stored meanwhile, at that pace too)."""
         while stop_event is None or not stop_event.is_set():
+            if self._routed_at is None or self.wall() - self._routed_at >= self.poll_seconds:
+                self.route()
             if self.run_once().claimed:
                 continue
             if stop_event is not None:

@@ -36,9 +36,12 @@ __all__ = ["SINK_TYPES", "build_sink", "AzureLogs", "Elastic", "PagerDuty", "Sec
 
 
 def build_sink(settings: Any, base_dir: str | Path) -> Sink:
-    """The sink for one entry of the ``sinks:`` config section."""
+    """The sink for one entry of the ``sinks:`` config section; a relative ``ca_file`` is taken
+    from the config file's directory, like credential files."""
     try:
         cls = SINK_TYPES[settings.type]
     except KeyError:
         raise ConfigError(f"sinks.{settings.name}: unknown sink type {settings.type!r}") from None
+    if settings.ca_file and not Path(settings.ca_file).is_absolute():
+        settings = settings.model_copy(update={"ca_file": str(Path(base_dir) / settings.ca_file)})
     return cls(settings, base_dir)

@@ -19,13 +19,33 @@ from secretscope.delivery.sinks._common import HttpSink, dumps, iso_time, select
 from secretscope.errors import ConfigError
 
 EVENT_TYPE = "secretscope.finding"
+SECRET_PREFIX = "whsec_"
+KEY_BYTES = (24, 64)  # Standard Webhooks: a random key of 24 to 64 bytes
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why ``secret`` is not a Standard Webhooks signing secret (``whsec_`` + the base64 of a
+    24 to 64 byte key), or None; never quotes the secret."""
+    if not secret.startswith(SECRET_PREFIX):
+        return f"does not start with {SECRET_PREFIX} (Standard Webhooks secrets do)"
+    body = secret[len(SECRET_PREFIX):]
+    try:
+        # padding is optional, as in the reference implementation
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except ValueError:
+        return f"is not base64 after {SECRET_PREFIX}"
+    low, high = KEY_BYTES
+    if not low <= len(key) <= high:
+        return f"holds a {len(key)}-byte key; Standard Webhooks keys have {low} to {high} bytes"
+    return None
 
 
 def signing_key(secret: str, where: str) -> bytes:
-    try:
-        return base64.b64decode(secret.removeprefix("whsec_"), validate=True)
-    except ValueError:
-        raise ConfigError(f"{where}: not a whsec_<base64> secret") from None
+    problem = secret_problem(secret)
+    if problem:
+        raise ConfigError(f"{where}: the secret {problem}")
+    body = secret[len(SECRET_PREFIX):]
+    return base64.b64decode(body + "=" * (-len(body) % 4))
 
 
 def signature(key: bytes, msg_id: str, timestamp: str, body: bytes) -> str:
