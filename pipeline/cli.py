@@ -17,16 +17,14 @@ from rich.console import Console
 from rich.table import Table
 
 from secretscope.config import load_settings
-from secretscope.errors import SecretscopeError
+from secretscope.errors import (EXIT_INPUT_INCOMPLETE, InputFormatError, SecretscopeError,
+                                UsageError)
 from secretscope.findings import Finding
+from secretscope.redact import mask_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="secretscope: anomaly detection for secret-store audit logs.")
 err = Console(stderr=True, soft_wrap=True)
-
-# replay's exit status when it ran to the end but part of the input could not be read (a
-# truncated or corrupt .gz); 0 is a complete run, 2 a usage or configuration error
-EXIT_INPUT_INCOMPLETE = 3
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
@@ -42,7 +40,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _global(version: bool = typer.Option(False, "--version", callback=_print_version,
-                                         is_eager=True, help="Print the version and exit.")) -> None:
+                                         is_eager=True, help="Print the version and exit."),
+            debug: bool = typer.Option(False, "--debug",
+                                       help="On an error, print its traceback too (accepted "
+                                       "anywhere on the command line).")) -> None:
     """secretscope: anomaly detection for secret-store audit logs."""
 
 
@@ -53,8 +54,36 @@ def _settings(config: Optional[Path], store: Optional[str]):
 
 def _check_inputs(files: list[str]) -> None:
     for f in files:
-        if f != "-" and not Path(f).is_file():
-            raise SecretscopeError(f"{f}: no such file")
+        if f == "-":
+            continue
+        path = Path(f)
+        if path.is_dir():
+            raise UsageError(f"{f}: is a directory, not a file")
+        if not path.is_file():
+            raise UsageError(f"{f}: no such file")
+
+
+def _check_audit_files(files: list[str], settings) -> None:
+    """Refuse, before anything runs, a file that has lines but no audit record (a CSV file, a
+    log of another kind): replaying it would only dead-letter every line."""
+    from secretscope.parsers.limits import InputLimits
+    from secretscope.sources.files import check_format
+
+    limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
+    for f in files:
+        if f != "-":
+            check_format(f, limits)
+
+
+def _check_output(path: Optional[Path], option: str) -> None:
+    """An output file must be creatable: its folder exists and it is not a folder itself."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory, not a file")
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        raise UsageError(f"{option} {path}: folder {folder} does not exist")
 
 
 def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
@@ -116,6 +145,8 @@ def replay(
     completed but an input file was cut short or corrupt (named on stderr)."""
     settings = _settings(config, store)
     _check_inputs(files + ([str(windows)] if windows else []))
+    _check_audit_files(files, settings)
+    _check_output(alerts_out, "--alerts-out")
     if windows:
         settings = settings.model_copy(update={"triage": settings.triage.model_copy(
             update={"change_window_feed": str(windows.resolve())})})
@@ -123,6 +154,8 @@ def replay(
     with ExitStack() as stack:
         out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
         stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+    if counters.unrecognised:  # stdin, which cannot be checked before it is read
+        raise InputFormatError("; ".join(counters.unrecognised))
     err.print(f"replayed {counters.lines:,} lines -> {stats.events:,} calls in {stats.seconds:.1f}s "
               f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings "
               f"({stats.updates:,} updates, {stats.closes:,} closed); "
@@ -240,7 +273,7 @@ def _utc_option(value: Optional[str], option: str) -> Optional[datetime]:
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise SecretscopeError(f"{option}: not an ISO date or time: {value!r}") from None
+        raise UsageError(f"{option}: not an ISO date or time: {value!r}") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
@@ -269,19 +302,20 @@ def train(
     from secretscope.store import Store
 
     settings = _settings(config, store)
+    _check_output(out, "--out")
     if contamination != "auto":
         try:
             share = float(contamination)
         except ValueError:
             share = -1.0
         if not 0.0 < share <= 0.5:
-            raise SecretscopeError(f"--contamination: 'auto' or a number in (0, 0.5], "
-                                   f"not {contamination!r}")
+            raise UsageError(f"--contamination: 'auto' or a number in (0, 0.5], "
+                             f"not {contamination!r}")
+    window = _utc_option(since, "--since"), _utc_option(until, "--until")
     started = time.perf_counter()
-    st = Store(settings.store.url)
+    st = Store(settings.store.url, outage_seconds=settings.store.outage_seconds)
     try:
-        frame = st.feature_history(_utc_option(since, "--since"), _utc_option(until, "--until"),
-                                   max_rows)
+        frame = st.feature_history(*window, max_rows)
     finally:
         st.close()
     trained = train_isolation_forest(
@@ -321,14 +355,14 @@ def alerts(
     from secretscope.delivery.outbox import Outbox, format_states
 
     settings = _settings(config, store)
-    st = Store(settings.store.url)
+    st = Store(settings.store.url, outage_seconds=settings.store.outage_seconds)
     try:
         rows = st.recent_findings(limit)
         verdicts = st.labels_of(r["finding_info"]["uid"] for r in rows)
         delivery = Outbox(st).states(r["finding_info"]["uid"] for r in rows)
     finally:
         st.close()
-    table = Table(title=f"latest {len(rows)} findings in {settings.store.url}")
+    table = Table(title=f"latest {len(rows)} findings in {mask_url(settings.store.url)}")
     for col in ("id", "severity", "identity", "title", "delivery", "label"):
         table.add_column(col, overflow="fold")
     for r in rows:
@@ -353,7 +387,7 @@ def alerts_label(
 
     group = ctx.obj or {}
     settings = _settings(config or group.get("config"), store or group.get("store"))
-    st = Store(settings.store.url)
+    st = Store(settings.store.url, outage_seconds=settings.store.outage_seconds)
     try:
         identity = st.label_finding(finding_id, verdict.value, note)
     finally:
@@ -367,7 +401,8 @@ def _set_status(ctx: typer.Context, finding_id: str, status: str, note: str,
 
     group = ctx.obj or {}
     settings = _settings(config or group.get("config"), store or group.get("store"))
-    st = Store(settings.store.url, routes=settings.sinks)
+    st = Store(settings.store.url, routes=settings.sinks,
+               outage_seconds=settings.store.outage_seconds)
     try:
         version = st.set_status(finding_id, status, note)
     finally:
@@ -476,6 +511,10 @@ def redrive(
     if not (sink or finding or all_):
         raise SecretscopeError("redrive: choose --sink NAME, --finding ID or --all")
     settings = _settings(config, store)
+    names = [s.name for s in settings.sinks]
+    if sink is not None and sink not in names:
+        raise UsageError(f"--sink {sink!r}: no sink of that name in the config (sinks: "
+                         f"{', '.join(names) or 'none'})")
     st = Store(settings.store.url)
     try:
         moved = Outbox(st).redrive(sink=sink, finding_id=finding)
@@ -484,11 +523,13 @@ def redrive(
     print(f"redriven {moved} dead letter{'' if moved == 1 else 's'}")
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    from secretscope.cli_errors import run as run_cli, take_debug
+    from secretscope.redact import RedactFilter
+
+    debug, args = take_debug(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    try:
-        app()
-    except SecretscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter())
+    sys.exit(run_cli(app, args, debug))
