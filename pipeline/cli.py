@@ -151,9 +151,16 @@ def replay(
         settings = settings.model_copy(update={"triage": settings.triage.model_copy(
             update={"change_window_feed": str(windows.resolve())})})
     collected: dict[str, Finding] = {}
-    with ExitStack() as stack:
-        out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
-        stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+    try:
+        with ExitStack() as stack:
+            out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
+            stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+    except OSError as exc:
+        # inputs' read errors end as "input incomplete" and opens name their file, so an error
+        # without a name is a write to the alerts file (a full disk): name it
+        if exc.filename is None and alerts_out is not None:
+            raise OSError(exc.errno, exc.strerror, str(alerts_out)) from exc
+        raise
     if counters.unrecognised:  # stdin, which cannot be checked before it is read
         raise InputFormatError("; ".join(counters.unrecognised))
     err.print(f"replayed {counters.lines:,} lines -> {stats.events:,} calls in {stats.seconds:.1f}s "

@@ -3,9 +3,10 @@
 Each file's format is detected from its first record of a supported format. A file with lines
 but no such record (a CSV file, a log of another kind) is not an audit log: :func:`check_format`
 says so before a replay starts, and a stream read to its end without one (stdin) is listed in
-``ReplayCounters.unrecognised``; an empty file is an empty log. Lines that fail to parse, lines over ``max_record_bytes`` (skipped as they stream, never held whole) and the cut of a
-truncated or corrupt ``.gz`` become :class:`~secretscope.events.DeadLetter` items in the stream, so
-the caller can store them and go on; cut files are also listed in ``ReplayCounters.incomplete``.
+``ReplayCounters.unrecognised``; an empty file is an empty log. Lines that fail to parse, lines
+over ``max_record_bytes`` (skipped as they stream, never held whole) and the cut of a truncated
+or corrupt ``.gz`` become :class:`~secretscope.events.DeadLetter` items in the stream, so the
+caller can store them and go on; cut files are also listed in ``ReplayCounters.incomplete``.
 """
 
 from __future__ import annotations
