@@ -75,15 +75,21 @@ def _check_audit_files(files: list[str], settings) -> None:
             check_format(f, limits)
 
 
-def _check_output(path: Optional[Path], option: str) -> None:
-    """An output file must be creatable: its folder exists and it is not a folder itself."""
+def _check_output(path: Optional[Path], option: str, creates_folder: bool = False) -> None:
+    """An output file must be creatable: not a folder itself, and in a folder that exists (or,
+    for commands that create their folder, that can be created)."""
     if path is None:
         return
     if path.is_dir():
         raise UsageError(f"{option} {path}: is a directory, not a file")
     folder = path.absolute().parent
-    if not folder.is_dir():
+    if folder.is_dir():
+        return
+    if not creates_folder:
         raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    blocker = next(p for p in folder.parents if p.exists())
+    if not blocker.is_dir():
+        raise UsageError(f"{option} {path}: cannot create folder {folder}: {blocker} is a file")
 
 
 def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
@@ -309,7 +315,7 @@ def train(
     from secretscope.store import Store
 
     settings = _settings(config, store)
-    _check_output(out, "--out")
+    _check_output(out, "--out", creates_folder=True)  # save_model creates it
     if contamination != "auto":
         try:
             share = float(contamination)

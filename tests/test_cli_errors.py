@@ -147,8 +147,11 @@ CASES = {
     "alerts-out disk full": Case(lambda t: ["replay", REFERENCE, "-q", "--no-table",
                                             "--store", "sqlite://", "--alerts-out", "/dev/full"],
                                  FAILURE, "/dev/full: No space left on device"),
-    "train out folder missing": Case(lambda t: ["train", "--out", t / "models" / "m.skops"],
-                                     USAGE, lambda t: f"folder {t / 'models'} does not exist"),
+    "train out folder under a file": Case(
+        lambda t: ["train", "--out", csv_file(t) / "models" / "m.skops"], USAGE,
+        lambda t: f"cannot create folder {t / 'x.csv' / 'models'}: {t / 'x.csv'} is a file"),
+    "train out is a directory": Case(lambda t: ["train", "--out", t], USAGE,
+                                     lambda t: f"--out {t}: is a directory, not a file"),
     "rule compares text with a number": Case(
         lambda t: ["replay", REFERENCE, "--config", bad_rule_config(t, {"field": "path", "gte": 5})],
         USAGE, "typed.yaml: when[0]: 'gte' does not apply to 'path', which holds text"),
