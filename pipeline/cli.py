@@ -203,6 +203,8 @@ def simulate(
         raise typer.BadParameter(f"{world!r} is not one of {', '.join(WORLDS)}", param_hint="--world")
     labels = labels or out.with_name(out.name.removesuffix(".gz") + ".labels.jsonl")
     windows = windows or out.with_name(out.name.removesuffix(".gz") + ".windows.jsonl")
+    for path, option in ((out, "OUT"), (labels, "--labels"), (windows, "--windows")):
+        _check_output(path, option)
     try:
         spec = world_spec(world, days, seed, calls, attacks)
         summary = run_simulation(spec, out, labels, windows)
@@ -233,7 +235,9 @@ def evaluate(
     stem = log_file.name.removesuffix(".gz")
     labels = labels or log_file.with_name(stem + ".labels.jsonl")
     _check_inputs([str(log_file), str(labels)])
-    report = evaluate_log(log_file, _settings(config, store), labels, windows,
+    settings = _settings(config, store)
+    _check_audit_files([str(log_file)], settings)
+    report = evaluate_log(log_file, settings, labels, windows,
                           None if quiet else stderr_progress(None), use_windows)
     table = Table(title="detection by attack class")
     for col in ("class", "episodes", "detected", "recall", "median delay", "findings/episode"):

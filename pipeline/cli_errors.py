@@ -76,15 +76,18 @@ def describe(exc: BaseException, debug: bool = False) -> tuple[int, str]:
     if isinstance(exc, OSError):
         where = f"{exc.filename}: " if exc.filename else ""
         return EXIT_FAILURE, f"{where}{exc.strerror or exc}"
-    name = type(exc).__name__
+    line = _first_line(exc)
+    what = line if line.startswith(type(exc).__name__) else f"{type(exc).__name__}: {line}"
     if type(exc).__module__.split(".")[0] in _SURROUNDINGS:
-        return EXIT_FAILURE, f"{name}: {_first_line(exc)}"
+        return EXIT_FAILURE, what
     hint = "" if debug else " (rerun with --debug for the traceback)"
-    return EXIT_INTERNAL, f"internal error, please report it: {name}: {_first_line(exc)}{hint}"
+    return EXIT_INTERNAL, f"internal error, please report it: {what}{hint}"
 
 
 def _report(message: str, status: int) -> int:
-    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    # a YAML or driver message spreads over lines, with "^" markers under the place it means
+    one_line = "; ".join(part.strip() for part in message.splitlines()
+                         if part.strip().strip("^"))
     print(f"error: {redact(one_line)}", file=sys.stderr)
     return status
 

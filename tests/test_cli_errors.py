@@ -67,6 +67,11 @@ def write_config(tmp_path: Path, name: str, doc: dict) -> Path:
     return path
 
 
+def write_text(path: Path, content: str) -> Path:
+    path.write_text(content)
+    return path
+
+
 def bad_rule_config(tmp_path: Path, clause: dict) -> Path:
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
@@ -159,6 +164,16 @@ CASES = {
         lambda t: ["replay", REFERENCE, "--config",
                    bad_rule_config(t, {"field": "denied_count_5m", "equals": "many"})],
         USAGE, "'denied_count_5m' holds a number, but 'equals' compares it with str 'many'"),
+    "simulate into a missing folder": Case(
+        lambda t: ["simulate", t / "out" / "sim.log", "--days", "1"], USAGE,
+        lambda t: f"OUT {t / 'out' / 'sim.log'}: folder {t / 'out'} does not exist"),
+    "evaluate a csv file": Case(lambda t: ["evaluate", csv_file(t), "--labels", csv_file(t)],
+                                USAGE, "x.csv: not an audit log"),
+    "evaluate with labels that are not labels": Case(
+        lambda t: ["evaluate", REFERENCE, "--labels", csv_file(t)], USAGE,
+        lambda t: f"{t / 'x.csv'}:1: not a label line of `secretscope simulate`"),
+    "config not yaml": Case(lambda t: ["validate", write_text(t / "c.yaml", "store: [\n")], USAGE,
+                            "c.yaml: not valid YAML: while parsing a flow node"),
     "config missing": Case(lambda t: ["replay", REFERENCE, "--config", t / "none.yaml"], USAGE,
                            "none.yaml: cannot read config: No such file or directory"),
     "config is a directory": Case(lambda t: ["validate", t], USAGE,
