@@ -234,10 +234,11 @@ def test_empty_file_is_an_empty_log_not_an_error(tmp_path):
     assert b"replayed 0 lines" in proc.stderr
 
 
-def test_bare_command_still_prints_the_help(tmp_path):
-    proc = secretscope(cwd=tmp_path)
-    assert proc.returncode == USAGE
-    assert b"replay" in proc.stdout and b"Traceback" not in proc.stderr
+def test_bare_command_prints_the_help_and_exits_2_but_help_exits_0(tmp_path):
+    bare, asked = secretscope(cwd=tmp_path), secretscope("--help", cwd=tmp_path)
+    assert (bare.returncode, asked.returncode) == (USAGE, 0)
+    assert b"--debug" in asked.stdout
+    assert b"replay" in bare.stdout and bare.stderr == b""
 
 
 # --- rules: type errors caught when they load, by validate -----------------------------------
