@@ -29,8 +29,10 @@ from secretscope.errors import (EXIT_FAILURE, EXIT_INTERNAL, EXIT_INTERRUPTED, E
 from secretscope.redact import redact
 
 DEBUG = "--debug"
-# libraries whose errors mean the surroundings failed (a database, a broker, a SIEM), not us
-_SURROUNDINGS = ("sqlalchemy", "psycopg", "sqlite3", "kafka", "requests", "urllib3", "ssl")
+# libraries whose errors mean the surroundings failed (a database, a broker, a SIEM), not us,
+# and what to call that surrounding in the message
+_SURROUNDINGS = {"sqlalchemy": "store", "psycopg": "store", "sqlite3": "store", "kafka": "kafka",
+                 "requests": "http", "urllib3": "http", "ssl": "tls"}
 
 
 def take_debug(args: Sequence[str]) -> tuple[bool, list[str]]:
@@ -78,8 +80,9 @@ def describe(exc: BaseException, debug: bool = False) -> tuple[int, str]:
         return EXIT_FAILURE, f"{where}{exc.strerror or exc}"
     line = _first_line(exc)
     what = line if line.startswith(type(exc).__name__) else f"{type(exc).__name__}: {line}"
-    if type(exc).__module__.split(".")[0] in _SURROUNDINGS:
-        return EXIT_FAILURE, what
+    surrounding = _SURROUNDINGS.get(type(exc).__module__.split(".")[0])
+    if surrounding:
+        return EXIT_FAILURE, f"{surrounding}: {what}"
     hint = "" if debug else " (rerun with --debug for the traceback)"
     return EXIT_INTERNAL, f"internal error, please report it: {what}{hint}"
 

@@ -47,6 +47,8 @@ def _check_sqlite_folder(backend: str, database: str | None, shown: str) -> None
     if backend != "sqlite" or not database or database == ":memory:" \
             or database.startswith("file:"):
         return
-    folder = Path(database).expanduser().parent
-    if not folder.is_dir():
-        raise ConfigError(f"store URL {shown!r}: folder {folder} does not exist")
+    path = Path(database).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"store URL {shown!r}: {path} is a directory, not a database file")
+    if not path.parent.is_dir():
+        raise ConfigError(f"store URL {shown!r}: folder {path.parent} does not exist")

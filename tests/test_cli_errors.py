@@ -40,7 +40,7 @@ def secretscope(*args, cwd: Path, stdin: bytes | None = None) -> subprocess.Comp
     cmd = [exe] if Path(exe).exists() else [sys.executable, "-m", "secretscope"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SECRETSCOPE_")}
     return subprocess.run(cmd + [str(a) for a in args], cwd=cwd, input=stdin,
-                          capture_output=True, env=env, timeout=120)
+                          capture_output=True, env=env, timeout=60)
 
 
 def the_error_line(proc: subprocess.CompletedProcess, logs_allowed: bool = False) -> str:
@@ -138,6 +138,8 @@ CASES = {
     "sqlite file in a missing folder": Case(
         lambda t: ["alerts", "--store", f"sqlite:///{t}/no/such/dir/s.db"], USAGE,
         lambda t: f"folder {t}/no/such/dir does not exist"),
+    "sqlite file is a directory": Case(lambda t: ["alerts", "--store", f"sqlite:///{t}"], USAGE,
+                                       lambda t: f"{t} is a directory, not a database file"),
     "store unreachable": Case(lambda t: ["replay", REFERENCE, "-q", "--config",
                                          closed_port_config(t)], FAILURE,
                               "unreachable for 1.0 s (limit store.outage_seconds=1)",
@@ -158,7 +160,8 @@ CASES = {
     "train out is a directory": Case(lambda t: ["train", "--out", t], USAGE,
                                      lambda t: f"--out {t}: is a directory, not a file"),
     "rule compares text with a number": Case(
-        lambda t: ["replay", REFERENCE, "--config", bad_rule_config(t, {"field": "path", "gte": 5})],
+        lambda t: ["replay", REFERENCE, "--config",
+                   bad_rule_config(t, {"field": "path", "gte": 5})],
         USAGE, "typed.yaml: when[0]: 'gte' does not apply to 'path', which holds text"),
     "rule compares a number with text": Case(
         lambda t: ["replay", REFERENCE, "--config",
@@ -251,7 +254,8 @@ BAD_CLAUSES = {
     "number field, text": ({"field": "history_days", "gte": "1"},
                            "'history_days' holds a number, but 'gte' compares it with str '1'"),
     "number field, prefix": ({"field": "requests_count_1h", "prefix": "1"},
-                             "'prefix' does not apply to 'requests_count_1h', which holds a number"),
+                             "'prefix' does not apply to 'requests_count_1h', which holds "
+                             "a number"),
     "number field, true": ({"field": "network_unfamiliar", "equals": True},
                            "compares it with bool True"),
     "flag field, number": ({"field": "is_login", "in": [1]}, "'is_login' holds true or false"),
@@ -325,6 +329,20 @@ def test_alerts_table_title_masks_the_store_password(tmp_path, password_store):
     assert f"{password_store.username}:***@" in " ".join(out.split())
 
 
+@pytest.mark.postgres
+@pytest.mark.parametrize("change, cause", [
+    ({"password": PASSWORD}, "password authentication failed"),
+    ({"database": "no_such_db"}, 'database "no_such_db" does not exist'),
+])
+def test_a_store_that_refuses_fails_at_once(tmp_path, postgres_url, change, cause):  # noqa: F811
+    url = make_url(postgres_url).set(**change).render_as_string(hide_password=False)
+    # the default store.outage_seconds is 300: the 60 s timeout fails the test if it waits
+    proc = secretscope("alerts", "--store", url, cwd=tmp_path)
+    line = the_error_line(proc)
+    assert proc.returncode == FAILURE
+    assert line.startswith("error: store: OperationalError: connection failed: ") and cause in line
+
+
 def test_mask_url_hides_passwords_and_credential_parameters():
     assert mask_url(f"postgresql+psycopg://app:{PASSWORD}@db:5432/a?sslmode=require") == \
         "postgresql+psycopg://app:***@db:5432/a?sslmode=require"
@@ -362,4 +380,4 @@ def test_a_failing_surrounding_library_is_a_runtime_failure():
     from sqlalchemy.exc import OperationalError
 
     status, message = describe(OperationalError("SELECT 1", {}, Exception("disk I/O error")))
-    assert (status, message) == (1, "OperationalError: disk I/O error")
+    assert (status, message) == (1, "store: OperationalError: disk I/O error")
