@@ -528,12 +528,14 @@ def redrive(
     if not (sink or finding or all_):
         raise SecretscopeError("redrive: choose --sink NAME, --finding ID or --all")
     settings = _settings(config, store)
-    names = [s.name for s in settings.sinks]
-    if sink is not None and sink not in names:
-        raise UsageError(f"--sink {sink!r}: no sink of that name in the config (sinks: "
-                         f"{', '.join(names) or 'none'})")
     st = Store(settings.store.url)
     try:
+        if sink is not None:
+            # known: configured, or with deliveries in the store (a sink since removed)
+            known = sorted({s.name for s in settings.sinks} | set(Outbox(st).counts()))
+            if sink not in known:
+                raise UsageError(f"--sink {sink!r}: no sink of that name in the config or the "
+                                 f"store (known: {', '.join(known) or 'none'})")
         moved = Outbox(st).redrive(sink=sink, finding_id=finding)
     finally:
         st.close()
