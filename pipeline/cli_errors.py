@@ -56,13 +56,13 @@ def run(app: Callable[..., object], args: list[str], debug: bool) -> int:
     except BaseException as exc:  # noqa: BLE001 -- the one place every failure is reported
         if isinstance(exc, KeyboardInterrupt):
             return _report("interrupted", EXIT_INTERRUPTED)
-        if debug:
-            print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
         if _is_no_args_help(exc):  # bare `secretscope`: the help, as before
             text = exc.ctx.get_help()  # type: ignore[attr-defined]  # rich prints it itself
             if text:
                 print(text)
             return EXIT_USAGE
+        if debug:
+            print(redact("".join(traceback.format_exception(exc))), end="", file=sys.stderr)
         status_, message = describe(exc, debug)
         return _report(message, status_)
     return status if isinstance(status, int) else 0
