@@ -18,6 +18,7 @@ from pathlib import Path
 
 import orjson
 
+from secretscope.errors import UsageError
 from secretscope.findings import Finding
 
 
@@ -84,18 +85,26 @@ class EvaluationReport:
 
 
 def load_episodes(path: str | Path) -> list[Episode]:
+    """The labels ``secretscope simulate`` wrote; a line that is not one is a UsageError
+    naming the file and line."""
     episodes = []
     with open(path, "rb") as fh:
-        for line in fh:
+        for lineno, line in enumerate(fh, 1):
             if not line.strip():
                 continue
-            d = orjson.loads(line)
-            episodes.append(Episode(
-                episode=d["episode"], attack_class=d["class"],
-                start=datetime.fromisoformat(d["start"]), end=datetime.fromisoformat(d["end"]),
-                request_ids=frozenset(d["request_ids"]),
-            ))
+            try:
+                episodes.append(_episode(orjson.loads(line)))
+            except (ValueError, KeyError, TypeError) as exc:  # JSONDecodeError is a ValueError
+                why = f"no field {exc}" if isinstance(exc, KeyError) else str(exc)
+                raise UsageError(f"{path}:{lineno}: not a label line of `secretscope simulate` "
+                                 f"({why})") from None
     return episodes
+
+
+def _episode(d: dict) -> Episode:
+    return Episode(episode=d["episode"], attack_class=d["class"],
+                   start=datetime.fromisoformat(d["start"]),
+                   end=datetime.fromisoformat(d["end"]), request_ids=frozenset(d["request_ids"]))
 
 
 def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],

@@ -15,6 +15,13 @@ Condition clauses (all must hold)::
 ``outcome``, ``is_root``, ``is_login``, ...), ``segment``, ``secret_access`` (true for calls on
 secrets, false for ``sys/``, ``auth/`` and other control paths), or a feature name. Operators:
 ``equals``, ``in``, ``not_in``, ``prefix``, ``matches`` (regex search), ``gte``, ``gt``, ``lte``.
+
+Each clause is type-checked when the rule loads (so ``secretscope validate`` and start-up catch
+it, not the first event it meets): features and ``ts`` are numbers (every operator but
+``prefix``/``matches``; values are numbers, not true/false), text fields take ``equals``,
+``in``, ``not_in``, ``prefix`` and ``matches`` with strings, ``is_root``, ``is_login`` and
+``secret_access`` take ``equals``/``in``/``not_in`` with true or false; list fields
+(``policies``, ``truncated``) take no operator.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import yaml
 
 from secretscope.errors import ConfigError
@@ -65,6 +73,21 @@ class Rule:
         return self.predicate(fv)
 
 
+# What each field a clause may name holds, so a comparison that cannot work (a number against
+# a text field, a prefix of a number) fails when the rule loads, not at the first event it meets.
+NUMBER, TEXT, FLAG, LIST = "a number", "text", "true or false", "a list of strings"
+_KIND_OF_TYPE = {float: NUMBER, int: NUMBER, str: TEXT, bool: FLAG}
+FIELD_KINDS: dict[str, str] = {
+    **{f.name: _KIND_OF_TYPE.get(f.type, LIST) for f in msgspec.structs.fields(AccessEvent)},
+    "is_root": FLAG, "segment": TEXT, "secret_access": FLAG,
+    **{name: NUMBER for name in INDEX},
+}
+# The kinds each operator compares, and what its value must be.
+_OPERATOR_KINDS = {"equals": (NUMBER, TEXT, FLAG), "in": (NUMBER, TEXT, FLAG),
+                   "not_in": (NUMBER, TEXT, FLAG), "prefix": (TEXT,), "matches": (TEXT,),
+                   "gte": (NUMBER,), "gt": (NUMBER,), "lte": (NUMBER,)}
+
+
 def _getter(name: str, where: str) -> Callable[[FeatureVector], Any]:
     if name in INDEX:
         i = INDEX[name]
@@ -79,16 +102,46 @@ def _getter(name: str, where: str) -> Callable[[FeatureVector], Any]:
                       "'secret_access' or a feature)")
 
 
+def _kind_of_value(value: Any) -> str | None:
+    if isinstance(value, bool):  # before int: YAML true is a bool, and bool is an int
+        return FLAG
+    if isinstance(value, (int, float)):
+        return NUMBER
+    if isinstance(value, str):
+        return TEXT
+    return None
+
+
+def _check_types(name: str, op: str, value: Any, where: str) -> None:
+    """Raise ConfigError when operator ``op`` with ``value`` cannot compare field ``name``."""
+    kind = FIELD_KINDS[name]
+    if kind not in _OPERATOR_KINDS[op]:
+        hint = " (is_root tests for the root policy)" if name == "policies" else ""
+        raise ConfigError(f"{where}: {op!r} does not apply to {name!r}, which holds {kind}{hint}")
+    values = value if op in ("in", "not_in") or (op == "prefix" and isinstance(value, list)) \
+        else [value]
+    for v in values:
+        if _kind_of_value(v) != kind:
+            shown = f"{type(v).__name__} {v!r}" if _kind_of_value(v) else repr(v)
+            raise ConfigError(f"{where}: {name!r} holds {kind}, but {op!r} compares it with "
+                              f"{shown}")
+
+
 def _clause(spec: Any, where: str) -> Predicate:
-    if not isinstance(spec, dict) or "field" not in spec or len(spec) != 2:
+    if not isinstance(spec, dict) or "field" not in spec or len(spec) != 2 \
+            or not isinstance(spec["field"], str):
         raise ConfigError(f"{where}: a clause is {{field: NAME, OPERATOR: VALUE}}, got {spec!r}")
     get = _getter(spec["field"], where)
     (op, value), = ((k, v) for k, v in spec.items() if k != "field")
+    if op not in _OPERATOR_KINDS:
+        raise ConfigError(f"{where}: unknown operator {op!r} (one of "
+                          f"{', '.join(_OPERATOR_KINDS)})")
+    if op in ("in", "not_in") and not isinstance(value, list):
+        raise ConfigError(f"{where}: {op!r} takes a list")
+    _check_types(spec["field"], op, value, where)
     if op == "equals":
         return lambda fv: get(fv) == value
     if op in ("in", "not_in"):
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: {op!r} takes a list")
         members = frozenset(value)
         if op == "in":
             return lambda fv: get(fv) in members
@@ -102,15 +155,15 @@ def _clause(spec: Any, where: str) -> Predicate:
         except re.error as exc:
             raise ConfigError(f"{where}: bad regex {value!r}: {exc}") from None
         return lambda fv: pattern.search(get(fv)) is not None
-    if op in ("gte", "gt", "lte"):
-        if not isinstance(value, (int, float)):
-            raise ConfigError(f"{where}: {op!r} takes a number")
-        if op == "gte":
-            return lambda fv: get(fv) >= value
-        if op == "gt":
-            return lambda fv: get(fv) > value
-        return lambda fv: get(fv) <= value
-    raise ConfigError(f"{where}: unknown operator {op!r}")
+    if op == "gte":
+        return lambda fv: get(fv) >= value
+    if op == "gt":
+        return lambda fv: get(fv) > value
+    return lambda fv: get(fv) <= value
+
+
+def _is_text_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
 def compile_rule(doc: Any, source: str) -> Rule:
@@ -122,11 +175,16 @@ def compile_rule(doc: Any, source: str) -> Rule:
     for key in ("id", "title", "severity", "reason", "when"):
         if key not in doc:
             raise ConfigError(f"{source}: missing key {key!r}")
-    if doc["severity"] not in SEVERITIES:
+    if not isinstance(doc["severity"], str) or doc["severity"] not in SEVERITIES:
         raise ConfigError(f"{source}: severity must be one of {list(SEVERITIES)}")
     related = doc.get("related", "trigger")
     if related not in RELATED:
         raise ConfigError(f"{source}: related must be one of {RELATED}")
+    for key in ("attack", "explain"):
+        if not _is_text_list(doc.get(key, [])):
+            raise ConfigError(f"{source}: {key!r} is a list of names")
+    if not isinstance(doc.get("tests") or {}, dict):
+        raise ConfigError(f"{source}: 'tests' maps positive/negative to example events")
     when = doc["when"]
     if not isinstance(when, list) or not when:
         raise ConfigError(f"{source}: 'when' is a non-empty list of clauses")

@@ -18,16 +18,14 @@ from rich.table import Table
 
 from secretscope.cli_config import config_app
 from secretscope.config import load_settings
-from secretscope.errors import SecretscopeError
+from secretscope.errors import (EXIT_INPUT_INCOMPLETE, InputFormatError, SecretscopeError,
+                                UsageError)
 from secretscope.findings import Finding
+from secretscope.redact import mask_url
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="secretscope: anomaly detection for secret-store audit logs.")
 err = Console(stderr=True, soft_wrap=True)
-
-# replay's exit status when it ran to the end but part of the input could not be read (a
-# truncated or corrupt .gz); 0 is a complete run, 2 a usage or configuration error
-EXIT_INPUT_INCOMPLETE = 3
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
@@ -43,7 +41,10 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _global(version: bool = typer.Option(False, "--version", callback=_print_version,
-                                         is_eager=True, help="Print the version and exit.")) -> None:
+                                         is_eager=True, help="Print the version and exit."),
+            debug: bool = typer.Option(False, "--debug",
+                                       help="On an error, print its traceback too (accepted "
+                                       "anywhere on the command line).")) -> None:
     """secretscope: anomaly detection for secret-store audit logs."""
 
 
@@ -54,8 +55,42 @@ def _settings(config: Optional[Path], store: Optional[str]):
 
 def _check_inputs(files: list[str]) -> None:
     for f in files:
-        if f != "-" and not Path(f).is_file():
-            raise SecretscopeError(f"{f}: no such file")
+        if f == "-":
+            continue
+        path = Path(f)
+        if path.is_dir():
+            raise UsageError(f"{f}: is a directory, not a file")
+        if not path.is_file():
+            raise UsageError(f"{f}: no such file")
+
+
+def _check_audit_files(files: list[str], settings) -> None:
+    """Refuse, before anything runs, a file that has lines but no audit record (a CSV file, a
+    log of another kind): replaying it would only dead-letter every line."""
+    from secretscope.parsers.limits import InputLimits
+    from secretscope.sources.files import check_format
+
+    limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
+    for f in files:
+        if f != "-":
+            check_format(f, limits)
+
+
+def _check_output(path: Optional[Path], option: str, creates_folder: bool = False) -> None:
+    """An output file must be creatable: not a folder itself, and in a folder that exists (or,
+    for commands that create their folder, that can be created)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{option} {path}: is a directory, not a file")
+    folder = path.absolute().parent
+    if folder.is_dir():
+        return
+    if not creates_folder:
+        raise UsageError(f"{option} {path}: folder {folder} does not exist")
+    blocker = next(p for p in folder.parents if p.exists())
+    if not blocker.is_dir():
+        raise UsageError(f"{option} {path}: cannot create folder {folder}: {blocker} is a file")
 
 
 def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
@@ -117,13 +152,24 @@ def replay(
     completed but an input file was cut short or corrupt (named on stderr)."""
     settings = _settings(config, store)
     _check_inputs(files + ([str(windows)] if windows else []))
+    _check_audit_files(files, settings)
+    _check_output(alerts_out, "--alerts-out")
     if windows:
         settings = settings.model_copy(update={"triage": settings.triage.model_copy(
             update={"change_window_feed": str(windows.resolve())})})
     collected: dict[str, Finding] = {}
-    with ExitStack() as stack:
-        out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
-        stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+    try:
+        with ExitStack() as stack:
+            out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
+            stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+    except OSError as exc:
+        # inputs' read errors end as "input incomplete" and opens name their file, so an error
+        # without a name is a write to the alerts file (a full disk): name it
+        if exc.filename is None and alerts_out is not None:
+            raise OSError(exc.errno, exc.strerror, str(alerts_out)) from exc
+        raise
+    if counters.unrecognised:  # stdin, which cannot be checked before it is read
+        raise InputFormatError("; ".join(counters.unrecognised))
     err.print(f"replayed {counters.lines:,} lines -> {stats.events:,} calls in {stats.seconds:.1f}s "
               f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings "
               f"({stats.updates:,} updates, {stats.closes:,} closed); "
@@ -158,6 +204,8 @@ def simulate(
         raise typer.BadParameter(f"{world!r} is not one of {', '.join(WORLDS)}", param_hint="--world")
     labels = labels or out.with_name(out.name.removesuffix(".gz") + ".labels.jsonl")
     windows = windows or out.with_name(out.name.removesuffix(".gz") + ".windows.jsonl")
+    for path, option in ((out, "OUT"), (labels, "--labels"), (windows, "--windows")):
+        _check_output(path, option)
     try:
         spec = world_spec(world, days, seed, calls, attacks)
         summary = run_simulation(spec, out, labels, windows)
@@ -188,7 +236,9 @@ def evaluate(
     stem = log_file.name.removesuffix(".gz")
     labels = labels or log_file.with_name(stem + ".labels.jsonl")
     _check_inputs([str(log_file), str(labels)])
-    report = evaluate_log(log_file, _settings(config, store), labels, windows,
+    settings = _settings(config, store)
+    _check_audit_files([str(log_file)], settings)
+    report = evaluate_log(log_file, settings, labels, windows,
                           None if quiet else stderr_progress(None), use_windows)
     table = Table(title="detection by attack class")
     for col in ("class", "episodes", "detected", "recall", "median delay", "findings/episode"):
@@ -247,7 +297,7 @@ def _utc_option(value: Optional[str], option: str) -> Optional[datetime]:
     try:
         dt = datetime.fromisoformat(value)
     except ValueError:
-        raise SecretscopeError(f"{option}: not an ISO date or time: {value!r}") from None
+        raise UsageError(f"{option}: not an ISO date or time: {value!r}") from None
     return dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)
 
 
@@ -276,19 +326,20 @@ def train(
     from secretscope.store import Store
 
     settings = _settings(config, store)
+    _check_output(out, "--out", creates_folder=True)  # save_model creates it
     if contamination != "auto":
         try:
             share = float(contamination)
         except ValueError:
             share = -1.0
         if not 0.0 < share <= 0.5:
-            raise SecretscopeError(f"--contamination: 'auto' or a number in (0, 0.5], "
-                                   f"not {contamination!r}")
+            raise UsageError(f"--contamination: 'auto' or a number in (0, 0.5], "
+                             f"not {contamination!r}")
+    window = _utc_option(since, "--since"), _utc_option(until, "--until")
     started = time.perf_counter()
-    st = Store(settings.store.url)
+    st = Store(settings.store.url, outage_seconds=settings.store.outage_seconds)
     try:
-        frame = st.feature_history(_utc_option(since, "--since"), _utc_option(until, "--until"),
-                                   max_rows)
+        frame = st.feature_history(*window, max_rows)
     finally:
         st.close()
     trained = train_isolation_forest(
@@ -329,14 +380,14 @@ def alerts(
     from secretscope.delivery.outbox import Outbox, format_states
 
     settings = _settings(config, store)
-    st = Store(settings.store.url)
+    st = Store(settings.store.url, outage_seconds=settings.store.outage_seconds)
     try:
         rows = st.recent_findings(limit)
         verdicts = st.labels_of(r["finding_info"]["uid"] for r in rows)
         delivery = Outbox(st).states(r["finding_info"]["uid"] for r in rows)
     finally:
         st.close()
-    table = Table(title=f"latest {len(rows)} findings in {settings.store.url}")
+    table = Table(title=f"latest {len(rows)} findings in {mask_url(settings.store.url)}")
     for col in ("id", "severity", "identity", "title", "delivery", "label"):
         table.add_column(col, overflow="fold")
     for r in rows:
@@ -361,7 +412,7 @@ def alerts_label(
 
     group = ctx.obj or {}
     settings = _settings(config or group.get("config"), store or group.get("store"))
-    st = Store(settings.store.url)
+    st = Store(settings.store.url, outage_seconds=settings.store.outage_seconds)
     try:
         identity = st.label_finding(finding_id, verdict.value, note)
     finally:
@@ -375,7 +426,8 @@ def _set_status(ctx: typer.Context, finding_id: str, status: str, note: str,
 
     group = ctx.obj or {}
     settings = _settings(config or group.get("config"), store or group.get("store"))
-    st = Store(settings.store.url, routes=settings.sinks)
+    st = Store(settings.store.url, routes=settings.sinks,
+               outage_seconds=settings.store.outage_seconds)
     try:
         version = st.set_status(finding_id, status, note)
     finally:
@@ -541,11 +593,13 @@ def _known_sink(name: str, configured: list[str], counts: dict, config: Optional
         + (f"the dead letters are for {', '.join(dead)}" if dead else "there are no dead letters"))
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
+    from secretscope.cli_errors import run as run_cli, take_debug
+    from secretscope.redact import RedactFilter
+
+    debug, args = take_debug(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    try:
-        app()
-    except SecretscopeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(RedactFilter())
+    sys.exit(run_cli(app, args, debug))

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal, NamedTuple
 
 import orjson
 from sqlalchemy import (BigInteger, CheckConstraint, Column, DateTime, Float, ForeignKey, Index,
-                        Integer, LargeBinary, MetaData, String, Table, Text, create_engine, func,
+                        Integer, LargeBinary, MetaData, String, Table, Text, func,
                         select)
 from sqlalchemy import text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -34,6 +34,7 @@ from secretscope.findings import (CLOSE, CREATE, IN_PROGRESS, RESOLVED, STATUS_N
                                Finding, to_ocsf)
 from secretscope.history import NAMES_HASH, HistoryRow, decode_values
 from secretscope.store_retry import StoreRetry
+from secretscope.store_url import open_engine
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -259,7 +260,7 @@ class Store:
     def __init__(self, url: str, routes: Iterable[Route] = (),
                  outage_seconds: float | None = DEFAULT_OUTAGE_SECONDS,
                  stop: threading.Event | None = None) -> None:
-        self.engine: Engine = create_engine(url)
+        self.engine: Engine = open_engine(url)
         self.retry = StoreRetry(url, outage_seconds, stop=stop,
                                 on_transient=self.engine.dispose)
         self.retry.call(migrate, self.engine)

@@ -43,6 +43,11 @@ _TRANSIENT_TEXT = (
     "not allowed in pipeline mode", "another command is already in progress", "while busy",
 )
 
+# The server answered and refused for a reason that waiting does not fix (libpq reports these
+# as "connection failed" too): fail at once rather than after store.outage_seconds.
+_REFUSED_TEXT = ("password authentication failed", "no pg_hba.conf entry", "does not exist",
+                 "permission denied")
+
 
 class StoreUnavailableError(SecretscopeError, ConnectionError):
     """The store stayed unreachable longer than the outage limit (``store.outage_seconds``)."""
@@ -61,6 +66,8 @@ def is_transient(exc: BaseException) -> bool:
     if name not in ("OperationalError", "InterfaceError", "AdminShutdown", "CannotConnectNow"):
         return False
     message = str(exc).lower()
+    if any(t in message for t in _REFUSED_TEXT):
+        return False
     return any(t in message for t in _TRANSIENT_TEXT)
 
 

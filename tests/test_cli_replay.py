@@ -48,11 +48,15 @@ def test_replay_contract_and_checker(tmp_path, samples):
 def test_canary_never_reaches_storage_logs_or_findings(tmp_path, samples):
     alerts = tmp_path / "alerts.jsonl"
     db = tmp_path / "store.db"
-    bad = tmp_path / "bad.jsonl"
-    # a malformed line that carries the canary must be dead-lettered without its content
-    bad.write_text('{"time":"2026-03-04T11:06:00Z","type":"response","request":"x",'
+    reference = SAMPLES / "vault_audit_reference.jsonl"
+    bad = tmp_path / "reference+bad.jsonl"
+    # a malformed line that carries the canary must be dead-lettered without its content (in an
+    # audit log: a file with no audit record at all is refused before the replay starts)
+    bad.write_text(reference.read_text()
+                   + '{"time":"2026-03-04T11:06:00Z","type":"response","request":"x",'
                    f'"response":{{"data":{{"password":"{CANARY}"}}}}}}\n')
-    proc = secretscope("replay", *VAULT_SAMPLES, bad, "--alerts-out", alerts,
+    files = [bad if p == reference else p for p in VAULT_SAMPLES]
+    proc = secretscope("replay", *files, "--alerts-out", alerts,
                        "--store", f"sqlite:///{db}", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert CANARY in (SAMPLES / "vault_audit_reference.jsonl").read_text()  # the canary is in the input

@@ -1,9 +1,12 @@
 """File and stdin replay: plain or gzip files, several merged in event-time order.
 
-Each file's format is detected from its first record of a supported format. Lines that fail to
-parse, lines over ``max_record_bytes`` (skipped as they stream, never held whole) and the cut of a
-truncated or corrupt ``.gz`` become :class:`~secretscope.events.DeadLetter` items in the stream, so
-the caller can store them and go on; cut files are also listed in ``ReplayCounters.incomplete``.
+Each file's format is detected from its first record of a supported format. A file with lines
+but no such record (a CSV file, a log of another kind) is not an audit log: :func:`check_format`
+says so before a replay starts, and a stream read to its end without one (stdin) is listed in
+``ReplayCounters.unrecognised``; an empty file is an empty log. Lines that fail to parse, lines
+over ``max_record_bytes`` (skipped as they stream, never held whole) and the cut of a truncated
+or corrupt ``.gz`` become :class:`~secretscope.events.DeadLetter` items in the stream, so the
+caller can store them and go on; cut files are also listed in ``ReplayCounters.incomplete``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
-from secretscope.errors import ParseError
+from secretscope.errors import InputFormatError, ParseError, UsageError
 from secretscope.events import AccessEvent, DeadLetter
 from secretscope.parsers import FORMATS, detect_format
 from secretscope.parsers.limits import InputLimits
@@ -33,7 +36,7 @@ class ReplayCounters:
     """What a replay has read so far; read by progress output and the run summary."""
 
     __slots__ = ("lines", "dead_letters", "duplicates", "self_tests", "total_bytes", "incomplete",
-                 "_finished_bytes", "_open")
+                 "unrecognised", "_finished_bytes", "_open")
 
     def __init__(self, total_bytes: int) -> None:
         self.lines = 0
@@ -42,6 +45,7 @@ class ReplayCounters:
         self.self_tests = 0  # audit devices' start-up self-test entries (not calls), dropped
         self.total_bytes = total_bytes
         self.incomplete: list[str] = []  # "file: why reading stopped after N lines", one per cut file
+        self.unrecognised: list[str] = []  # inputs with lines but no audit record, and why
         self._finished_bytes = 0
         self._open: dict[str, BinaryIO] = {}
 
@@ -79,6 +83,7 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
     """
     name = "stdin" if path == STDIN else path
     fmt = None
+    refused: ParseError | None = None  # why the first line that was not blank was not a record
     last_ts = float("-inf")
     cap = limits.max_record_bytes + 1
     lineno = 0
@@ -102,6 +107,7 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
                     try:
                         fmt = FORMATS[detect_format(raw, origin)]
                     except ParseError as exc:
+                        refused = refused or exc
                         counters.dead_letters += 1
                         yield last_ts, lineno, None, dead_letter(raw, exc)
                         continue
@@ -120,9 +126,53 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
             counters.dead_letters += 1
             yield last_ts, lineno + 1, None, dead_letter(b"", ParseError(
                 "truncated", cut, f"{name}:{lineno + 1}"))
+            refused = None  # a cut stream is reported as incomplete, not as foreign
+    if fmt is None and refused is not None:
+        counters.unrecognised.append(not_an_audit_log(name, lineno, refused))
     if path != STDIN:
         counters._open.pop(path, None)
         counters._finished_bytes += _total_size([path])
+
+
+def not_an_audit_log(name: str, lines: int, first: ParseError) -> str:
+    which = "its one line is not" if lines == 1 else f"none of its {lines:,} lines is"
+    return (f"{name}: not an audit log: {which} a record of a format secretscope reads "
+            f"({', '.join(FORMATS)}); first refused: {first}")
+
+
+def check_format(path: str, limits: InputLimits = InputLimits()) -> str | None:
+    """The audit format of file ``path``'s first record, read no further than that record.
+
+    Raises :class:`InputFormatError` when the file has lines but none is a record of a supported
+    format, and :class:`UsageError` when it cannot be opened. None for an empty file, or when
+    reading fails before the first record (a corrupt ``.gz``: the replay reports the cut).
+    """
+    cap = limits.max_record_bytes + 1
+    lineno, refused = 0, None
+    try:
+        fh = _open(path)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    with fh:
+        try:
+            for raw in iter(partial(fh.readline, cap), b""):
+                lineno += 1
+                origin = f"{path}:{lineno}"
+                if len(raw) == cap and raw[-1] != 10:
+                    skipped = _skip_oversize(fh, raw, limits, origin)
+                    refused = refused or ParseError(skipped.reason, skipped.detail, origin)
+                    continue
+                if raw.isspace():
+                    continue
+                try:
+                    return detect_format(raw, origin)
+                except ParseError as exc:
+                    refused = refused or exc
+        except (EOFError, OSError, zlib.error):
+            return None
+    if refused is None:
+        return None
+    raise InputFormatError(not_an_audit_log(path, lineno, refused))
 
 
 def _skip_oversize(fh: BinaryIO, head: bytes, limits: InputLimits, origin: str) -> DeadLetter:
