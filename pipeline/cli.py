@@ -29,6 +29,15 @@ err = Console(stderr=True, soft_wrap=True)
 EXIT_INPUT_INCOMPLETE = 3
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = typer.Option(LogFormat.text, "--log-format",
+                            help="Log lines as text, or as one JSON object per line.")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
 
 
@@ -209,11 +218,14 @@ def evaluate(
 
 
 @app.command()
-def run(config: Path = typer.Option(..., "--config", "-c", help="Service config (YAML).")) -> None:
+def run(config: Path = typer.Option(..., "--config", "-c", help="Service config (YAML)."),
+        log_format: LogFormat = LogFormatOpt) -> None:
     """The long-running service: Kafka audit topics (or Vault's socket audit device) in,
-    findings to the store."""
+    findings to the store; with metrics.port set, /metrics, /livez and /readyz on that port."""
+    from secretscope.logs import configure
     from secretscope.service import run_service
 
+    configure(log_format.value)
     run_service(load_settings(config))
 
 
@@ -406,9 +418,15 @@ def deliver(
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
     once: bool = typer.Option(False, "--once", help="Try everything due now once, then exit."),
+    log_format: LogFormat = LogFormatOpt,
 ) -> None:
-    """Send the findings in the outbox to the configured sinks (retrying, dead-lettering)."""
+    """Send the findings in the outbox to the configured sinks (retrying, dead-lettering);
+    with metrics.port set, /metrics, /livez and /readyz on that port."""
     import threading
+
+    from secretscope.logs import configure
+
+    configure(log_format.value)
 
     from secretscope.delivery.retry import RetryPolicy
     from secretscope.delivery.sinks import build_sink
@@ -426,10 +444,13 @@ def deliver(
     try:
         for s in settings.sinks:
             sinks[s.name] = build_sink(s, settings.base_dir)
-        if d.metrics_port is not None:
-            from prometheus_client import start_http_server
+        from prometheus_client import REGISTRY  # the worker's metrics are on it
 
-            metrics_server, _ = start_http_server(d.metrics_port, d.metrics_host)
+        from secretscope.health import Readiness, address, serve
+
+        readiness = Readiness()
+        readiness.set_store(st)
+        metrics_server = serve(*address(settings), REGISTRY, readiness)
         worker = DeliveryWorker(st, sinks, RetryPolicy(d.retry_base_seconds, d.retry_cap_seconds,
                                                        d.retry_budget_seconds),
                                 poll_seconds=d.poll_seconds)
@@ -454,8 +475,7 @@ def deliver(
         worker.run(stop)
     finally:
         if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+            metrics_server.close()
         for sink in sinks.values():
             sink.close()
         st.close()

@@ -328,6 +328,14 @@ class RunSettings(_Strict):
     stages: Literal["both", "parse", "score"] = "both"  # which Kafka stages this process runs
 
 
+class MetricsSettings(_Strict):
+    """`run` and `deliver` serve /metrics (Prometheus), /livez and /readyz on this address when
+    ``port`` is set (0: any free port, logged at start)."""
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=0, le=65535)
+
+
 class Settings(_Strict):
     store: StoreSettings = StoreSettings()
     input: InputSettings = InputSettings()
@@ -342,6 +350,7 @@ class Settings(_Strict):
     socket: SocketSettings = SocketSettings()
     sinks: tuple[SinkSettings, ...] = ()
     delivery: DeliverySettings = DeliverySettings()
+    metrics: MetricsSettings = MetricsSettings()
     base_dir: str = Field("", exclude=True)  # directory of the config file; relative paths start here
 
     @model_validator(mode="after")
