@@ -25,6 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from conftest import CANARY, ROOT, SAMPLES
 from fake_siems import WebhookServer
 from helpers import wait_for
+from kafka_broker import kafka_broker  # noqa: F401
 from secretscope.config import load_settings
 from secretscope.delivery.worker import OUTCOMES
 from secretscope.metrics import LATENCY_BUCKETS
@@ -105,6 +106,10 @@ def sensitive_strings() -> set[str]:
             found |= {event.identity, event.display_name, event.path, event.secret,
                       event.remote_address, event.event_id}
     return {s for s in found if s}
+
+
+def sample_events() -> int:
+    return sum(1 for item in replay([SAMPLE], InputLimits()) if hasattr(item, "identity"))
 
 
 def leaks(text: str, samples: dict) -> list[str]:
@@ -221,7 +226,7 @@ def test_run_counts_input_dead_letters_findings_versions_and_latency(socket_run)
     assert socket_run.livez_at_start == 200
     lines = stored_lines()
     assert total(s, "secretscope_records_received_total") == len(lines) + 2
-    assert total(s, "secretscope_events_parsed_total") == 11  # request+response pairs joined
+    assert total(s, "secretscope_events_parsed_total") == sample_events() == 11
     assert total(s, "secretscope_events_scored_total") == 11
     assert total(s, "secretscope_dead_letters_total", reason="truncated") == 1
     assert total(s, "secretscope_dead_letters_total", reason="not_json") == 1
@@ -489,3 +494,150 @@ def test_the_dashboard_ships_inside_the_package():
 
     shipped = files("secretscope.defaults") / "grafana-dashboard.json"
     assert json.loads(shipped.read_text())["uid"] == "secretscope-ops"
+
+
+# --- Kafka: consumer lag, snapshot age and readiness of the two stages ------------------------
+
+def kafka_config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
+                 metrics_port: int | None = None) -> Path:
+    doc = default_doc(store)
+    doc["kafka"] = {
+        "bootstrap_servers": [bootstrap], "audit_topics": [audit],
+        "events_topic": f"events-{tag}", "dead_letter_topic": f"dlq-{tag}",
+        "parse_group": f"parse-{tag}", "score_group": f"score-{tag}", "events_partitions": 2,
+        "session_timeout_ms": 30_000, "heartbeat_interval_ms": 1_000, "max_poll_records": 50,
+        "idle_seconds": 1.0, "snapshot_seconds": 0.5,
+    }
+    if metrics_port is not None:
+        doc["metrics"] = {"port": metrics_port}
+    path = tmp / f"{tag}.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def produce_sample(bootstrap: str, topic: str, copies: int) -> list[bytes]:
+    """The reference calls that have a request id, ``copies`` times over (ids made unique per
+    copy), keyed by request id so both halves of a call share a partition; returns the lines
+    produced."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    sent = []
+    for copy in range(copies):
+        for line in stored_lines():
+            doc = json.loads(line)
+            if not doc.get("request", {}).get("id"):
+                continue
+            doc["request"]["id"] = f"{doc['request']['id']}-{copy}"
+            value = json.dumps(doc).encode()
+            producer.send(topic, key=doc["request"]["id"].encode(), value=value)
+            sent.append(value)
+    producer.flush()
+    producer.close()
+    return sent
+
+
+def events_in(lines: list[bytes], tmp: Path) -> int:
+    """Events the file replay makes of ``lines``: what the Kafka stages must count too."""
+    path = tmp / "produced.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    return sum(1 for item in replay([path], InputLimits()) if hasattr(item, "identity"))
+
+
+@pytest.mark.kafka
+def test_parse_stage_lag_is_end_offset_minus_position_per_partition(kafka_broker, tmp_path):
+    from kafka_broker import unique_topic
+    from secretscope.metrics import ServiceMetrics
+    from secretscope.sources.kafka import TopicPartition, ensure_topics
+    from secretscope.stages import ParseCounters, ParseStage
+
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=3)
+    records = len(produce_sample(kafka_broker.bootstrap, audit, 40))
+    settings = load_settings(kafka_config(tmp_path, kafka_broker.bootstrap, audit,
+                                          unique_topic("lag"), "sqlite://"))
+    ensure_topics(settings.kafka, 2, 1)
+    metrics, counters = ServiceMetrics(), ParseCounters()
+    stage = ParseStage(settings, counters, metrics)
+    tps = [TopicPartition(audit, p) for p in range(3)]
+
+    def lag_of(tp) -> float | None:
+        return metrics.registry.get_sample_value("secretscope_consumer_lag",
+                                                 {"topic": tp.topic,
+                                                  "partition": str(tp.partition)})
+
+    def exact() -> None:
+        stage.lag.at = float("-inf")  # report now, not at the next second
+        stage.lag(stage.consumer)
+        ends = stage.consumer.end_offsets(tps)
+        for tp in tps:
+            assert lag_of(tp) == ends[tp] - stage.consumer.position(tp), tp
+
+    try:
+        wait_for(lambda: stage.poll_once() or (len(stage.consumer.assignment()) == 3
+                                               and counters.records >= 100), 60,
+                 lambda: f"some records read ({counters.records})")
+        assert stage.ready
+        exact()
+        assert 0 < sum(lag_of(tp) for tp in tps) < records
+        wait_for(lambda: stage.poll_once() or counters.records == records, 120,
+                 lambda: f"all {records} records read ({counters.records})")
+        exact()
+        assert sum(lag_of(tp) for tp in tps) == 0
+    finally:
+        stage.close()
+    assert all(lag_of(tp) is None for tp in tps)  # a closed stage reports no partitions
+
+
+@pytest.mark.kafka
+@pytest.mark.slow
+def test_kafka_run_serves_lag_snapshot_age_readiness_and_counts(kafka_broker, tmp_path):
+    from kafka_broker import unique_topic
+
+    audit, tag = unique_topic("audit"), unique_topic("ops")
+    kafka_broker.create_topic(audit, partitions=2)
+    lines = produce_sample(kafka_broker.bootstrap, audit, 20)
+    records, events = len(lines), events_in(lines, tmp_path)
+    metrics_port = free_port()
+    db = tmp_path / "store.db"
+    cfg = kafka_config(tmp_path, kafka_broker.bootstrap, audit, tag, f"sqlite:///{db}",
+                       metrics_port)
+    base = f"http://127.0.0.1:{metrics_port}"
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([*EXE, "run", "--config", str(cfg), "--log-format", "json"],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    try:
+        wait_for(lambda: proc.poll() is None and status(base + "/readyz") == 200, 90,
+                 lambda: f"/readyz 200; log: {log.read_text()[-2000:]}")
+
+        def caught_up() -> dict | None:
+            s = scrape(base)
+            lags = s.get("secretscope_consumer_lag", {})
+            topics = {dict(k)["topic"] for k in lags}
+            done = (total(s, "secretscope_records_received_total") == records
+                    and total(s, "secretscope_events_scored_total") == events
+                    and topics == {audit, f"events-{tag}"} and sum(lags.values()) == 0
+                    and total(s, "secretscope_finding_versions_total")
+                    == len(stored(db, "select 1 from finding_versions")) > 0)
+            return s if done else None
+
+        s = wait_for(caught_up, 180, lambda: f"every record parsed and scored, every version "
+                                             f"counted, no lag; {scrape(base)}")
+        assert proc.poll() is None
+        lags = s["secretscope_consumer_lag"]
+        assert {tuple(sorted(dict(k))) for k in lags} == {("partition", "topic")}
+        assert {(dict(k)["topic"], dict(k)["partition"]) for k in lags} == {
+            (audit, "0"), (audit, "1"), (f"events-{tag}", "0"), (f"events-{tag}", "1")}
+        age = total(s, "secretscope_snapshot_age_seconds")
+        assert 0 <= age < 30  # snapshots every 0.5 s while there is work
+        assert total(s, "secretscope_events_parsed_total") == events
+        creates = len(stored(db, "select 1 from finding_versions where activity_id = 1"))
+        assert total(s, "secretscope_findings_total") == creates > 0
+        # timed through the events topic, the watermark wait and the snapshot
+        assert total(s, "secretscope_processing_latency_seconds_count") >= creates
+        assert stop(proc) == 0, log.read_text()[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    for line in log.read_text().splitlines():
+        json.loads(line)
