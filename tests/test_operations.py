@@ -3,8 +3,6 @@ port, JSON logs, and the Grafana dashboard shipped over those metrics."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
 import os
