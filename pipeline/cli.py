@@ -28,6 +28,15 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 err = Console(stderr=True, soft_wrap=True)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+LogFormatOpt = typer.Option(LogFormat.text, "--log-format",
+                            help="Log lines as text, or as one JSON object per line.")
 StoreOpt = typer.Option(None, "--store", help="SQLAlchemy URL, overrides store.url.")
 
 
@@ -260,11 +269,14 @@ def evaluate(
 
 
 @app.command()
-def run(config: Path = typer.Option(..., "--config", "-c", help="Service config (YAML).")) -> None:
+def run(config: Path = typer.Option(..., "--config", "-c", help="Service config (YAML)."),
+        log_format: LogFormat = LogFormatOpt) -> None:
     """The long-running service: Kafka audit topics (or Vault's socket audit device) in,
-    findings to the store."""
+    findings to the store; with metrics.port set, /metrics, /livez and /readyz on that port."""
+    from secretscope.logs import configure
     from secretscope.service import run_service
 
+    configure(log_format.value)
     run_service(load_settings(config))
 
 
@@ -466,13 +478,20 @@ def deliver(
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
     once: bool = typer.Option(False, "--once", help="Try everything due now once, then exit."),
+    log_format: LogFormat = LogFormatOpt,
 ) -> None:
     """Route the stored findings to the sinks of the config (their filters decide which), then
-    send them (retrying, dead-lettering). Prints what is left per sink, or why nothing is."""
+    send them (retrying, dead-lettering). Prints what is left per sink, or why nothing is. With
+    metrics.port set, /metrics, /livez and /readyz on that port."""
+    from prometheus_client import REGISTRY  # the worker's metrics are on it
+
     from secretscope.delivery.routing import routes_of
     from secretscope.delivery.sinks import build_sink
+    from secretscope.health import Readiness, address, serve
+    from secretscope.logs import configure
     from secretscope.store import Store
 
+    configure(log_format.value)
     settings = _settings(config, store)
     if not settings.sinks:
         where = config or "the embedded default config"
@@ -481,9 +500,13 @@ def deliver(
     st = Store(settings.store.url, routes=settings.sinks,
                outage_seconds=settings.store.outage_seconds if once else None)
     sinks: dict = {}
+    ops_server = None
     try:
         for s in settings.sinks:
             sinks[s.name] = build_sink(s, settings.base_dir)
+        readiness = Readiness()
+        readiness.set_store(st)
+        ops_server = serve(*address(settings), REGISTRY, readiness)
         worker = _delivery_worker(st, sinks, settings.delivery, routes_of(settings.sinks))
         queued = worker.route()
         if any(queued.values()):
@@ -492,8 +515,10 @@ def deliver(
         if once:
             _deliver_once(worker)
         else:
-            _deliver_until_stopped(worker, settings.delivery)
+            _deliver_until_stopped(worker)
     finally:
+        if ops_server is not None:
+            ops_server.close()
         for sink in sinks.values():
             sink.close()
         st.close()
@@ -530,7 +555,7 @@ def _deliver_once(worker) -> None:
         _say(line)
 
 
-def _deliver_until_stopped(worker, d) -> None:
+def _deliver_until_stopped(worker) -> None:
     import signal
     import threading
 
@@ -538,20 +563,10 @@ def _deliver_until_stopped(worker, d) -> None:
 
     for line in explain(backlog(worker.store, worker.routes), datetime.now(timezone.utc)):
         _say(line)
-    metrics_server = None
-    if d.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        metrics_server, _ = start_http_server(d.metrics_port, d.metrics_host)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    try:
-        worker.run(stop)
-    finally:
-        if metrics_server is not None:
-            metrics_server.shutdown()
-            metrics_server.server_close()
+    worker.run(stop)
 
 
 @app.command()

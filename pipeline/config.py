@@ -415,6 +415,15 @@ class RunSettings(_Strict):
                                                       "this process runs.")
 
 
+class MetricsSettings(_Strict):
+    """`run` and `deliver` serve /metrics (Prometheus), /livez and /readyz on this address when
+    ``port`` is set (0: any free port, logged at start)."""
+
+    host: str = Field("127.0.0.1", description="Address to listen on.")
+    port: int | None = Field(None, ge=0, le=65535, description="Port to listen on; null: no "
+                             "server, 0: any free port (logged at start).")
+
+
 class Settings(_Strict):
     store: StoreSettings = Field(StoreSettings(), description="The SQL store.")
     input: InputSettings = Field(InputSettings(), description="Bounds on input records.")
@@ -433,6 +442,8 @@ class Settings(_Strict):
                                             "entry per sink (below).")
     delivery: DeliverySettings = Field(DeliverySettings(), description="Retry policy and pace "
                                        "of delivery.")
+    metrics: MetricsSettings = Field(MetricsSettings(), description="/metrics, /livez and "
+                                     "/readyz of `run` and `deliver`.")
     base_dir: str = Field("", exclude=True)  # the config file's directory; not configurable
 
     @model_validator(mode="after")

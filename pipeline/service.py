@@ -5,6 +5,9 @@ process; ``run.source: socket`` listens for Vault's socket audit device and runs
 process. SIGTERM or SIGINT stops the loops after their current poll; each stage then saves its
 state and commits before leaving its consumer group. A summary of the counters is printed as one
 JSON line on stderr at exit.
+
+With ``metrics.port`` set, /metrics, /livez and /readyz are served from before the store is
+connected (so probes answer while an outage is waited out) until the loops have stopped.
 """
 
 from __future__ import annotations
@@ -13,10 +16,15 @@ import logging
 import signal
 import sys
 import threading
+import time
+from collections.abc import Iterable, Iterator
 
 import orjson
 
 from secretscope.config import Settings
+from secretscope.events import AccessEvent
+from secretscope.health import OpsServer, Readiness, address, serve
+from secretscope.metrics import Arrivals, Counts, ServiceMetrics
 from secretscope.parsers.limits import InputLimits
 from secretscope.runner import Pipeline
 from secretscope.store import Store
@@ -24,26 +32,44 @@ from secretscope.store import Store
 log = logging.getLogger(__name__)
 
 
-def run_service(settings: Settings) -> dict:
+def run_service(settings: Settings, metrics: ServiceMetrics | None = None) -> dict:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    # A service waits a store outage out however long it lasts (processing pauses meanwhile);
-    # only a stop request ends the wait.
-    store = Store(settings.store.url, routes=settings.sinks, outage_seconds=None, stop=stop)
+    metrics = metrics if metrics is not None else ServiceMetrics()
+    readiness = Readiness()
+    readiness.require("state", lambda: "starting")
+    server: OpsServer | None = serve(*address(settings), metrics.registry, readiness)
     try:
-        if settings.run.source == "socket":
-            summary = _run_socket(settings, store, stop)
-        else:
-            summary = _run_kafka(settings, store, stop)
+        # A service waits a store outage out however long it lasts (processing pauses
+        # meanwhile); only a stop request ends the wait.
+        store = Store(settings.store.url, routes=settings.sinks, outage_seconds=None, stop=stop)
+        readiness.set_store(store)
+        try:
+            if settings.run.source == "socket":
+                summary = _run_socket(settings, store, stop, metrics, readiness)
+            else:
+                summary = _run_kafka(settings, store, stop, metrics, readiness)
+        finally:
+            store.close()
     finally:
-        store.close()
+        if server is not None:
+            server.close()
     print(orjson.dumps({"secretscope": "stopped", **summary}).decode(), file=sys.stderr,
           flush=True)
     return summary
 
 
-def _run_socket(settings: Settings, store: Store, stop: threading.Event) -> dict:
+def _noting_arrivals(items: Iterable, arrivals: Arrivals) -> Iterator:
+    clock = time.monotonic
+    for item in items:
+        if type(item) is AccessEvent:
+            arrivals.note(item.event_id, clock())
+        yield item
+
+
+def _run_socket(settings: Settings, store: Store, stop: threading.Event,
+                metrics: ServiceMetrics, readiness: Readiness) -> dict:
     from secretscope.sources.socket import SocketAuditSource
 
     limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
@@ -53,13 +79,33 @@ def _run_socket(settings: Settings, store: Store, stop: threading.Event) -> dict
     host, port = source.address
     log.warning("listening for Vault's socket audit device on %s:%d", host, port)
     threading.Thread(target=lambda: (stop.wait(), source.stop()), daemon=True).start()
-    pipeline = Pipeline(settings, store=store)
-    stats = pipeline.run(source)
+    # A batch holds at most batch_size events, so the events that raise a version are among
+    # the last two batches' worth.
+    arrivals = Arrivals(keep=2 * settings.runner.batch_size)
+    # The pipeline calls on_version after the store has the version.
+    pipeline = Pipeline(settings, store=store,
+                        on_version=lambda f: metrics.stored((f,), arrivals.of))
+    counted = pipeline.stats
+    metrics.count_from(lambda: Counts(received=source.counters.lines, parsed=counted.events,
+                                      scored=counted.events,
+                                      dead_letters=counted.dead_letter_reasons))
+    readiness.require("state", lambda: None)  # nothing to restore: ready once listening
+    stats = pipeline.run(_noting_arrivals(source, arrivals))
     return {"events": stats.events, "findings": stats.findings,
             "dead_letters": stats.dead_letters, "lines": source.counters.lines}
 
 
-def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
+def _not_ready(stages: list) -> str | None:
+    waiting = [f"stage-{i}" for i, stage in enumerate(stages)
+               if stage is None or not stage.ready]
+    if waiting:
+        return (f"{', '.join(waiting)} not yet in its consumer group with its partitions' "
+                f"state restored")
+    return None
+
+
+def _run_kafka(settings: Settings, store: Store, stop: threading.Event,
+               metrics: ServiceMetrics, readiness: Readiness) -> dict:
     from secretscope.sources import kafka as kafka_io
     from secretscope.stages import ParseCounters, ParseStage, ScoreCounters, ScoreStage
 
@@ -70,13 +116,20 @@ def _run_kafka(settings: Settings, store: Store, stop: threading.Event) -> dict:
     parse_counters, score_counters = ParseCounters(), ScoreCounters()
     factories = []
     if settings.run.stages in ("both", "parse"):
-        factories.append(lambda: ParseStage(settings, parse_counters))
+        factories.append(lambda: ParseStage(settings, parse_counters, metrics))
+        metrics.count_from(lambda: Counts(received=parse_counters.records,
+                                          parsed=parse_counters.events,
+                                          dead_letters=parse_counters.dead_letter_reasons))
     if settings.run.stages in ("both", "score"):
         factories.append(lambda: ScoreStage(
             settings, store, lambda: Pipeline(settings, store=store, defer_writes=True),
-            score_counters))
+            score_counters, metrics))
+        metrics.count_from(lambda: Counts(scored=score_counters.events,
+                                          dropped=score_counters.dropped))
+        metrics.snapshots_from(lambda: score_counters.last_snapshot)
     stages: list = [None] * len(factories)
     failures: list[BaseException] = []
+    readiness.require("state", lambda: _not_ready(stages))
 
     def loop(i: int) -> None:
         """Run one stage; on a Kafka error (broker down, coordinator moved, ...) drop it and

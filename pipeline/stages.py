@@ -34,6 +34,8 @@ from secretscope import snapshot
 from secretscope.config import Settings
 from secretscope.errors import ModelIntegrityError
 from secretscope.events import AccessEvent, DeadLetter
+from secretscope.findings import Finding
+from secretscope.metrics import ServiceMetrics, arrival_of
 from secretscope.parsers.limits import InputLimits
 from secretscope.runner import Pipeline
 from secretscope.sources import kafka as kafka_io
@@ -53,6 +55,7 @@ class Watermark(msgspec.Struct, frozen=True):
 
 
 _WATERMARK_DECODER = msgspec.msgpack.Decoder(Watermark)
+LAG_SECONDS = 1.0  # how often a stage reports its consumer lag (one broker call at most)
 
 
 def _origin_offset(origin: str) -> int:
@@ -91,10 +94,47 @@ class ParseCounters:
 class ScoreCounters:
     events: int = 0  # events scored
     dropped: int = 0  # copies stage 1 produced again after a restart, or data later than allowed
+    last_snapshot: float = field(default_factory=time.monotonic)  # monotonic clock
+
+
+class _LagReport:
+    """Consumer lag per assigned partition (end offset minus position) into the metrics, at
+    most every LAG_SECONDS. The end offset is the one the last fetch reported; a partition not
+    fetched yet costs one ``end_offsets`` call."""
+
+    def __init__(self, metrics: ServiceMetrics | None) -> None:
+        self.metrics = metrics
+        self.at = float("-inf")
+        self.reported: set = set()
+
+    def __call__(self, consumer) -> None:
+        now = time.monotonic()
+        if self.metrics is None or now - self.at < LAG_SECONDS:
+            return
+        self.at = now
+        tps = consumer.assignment()
+        ends = {tp: consumer.highwater(tp) for tp in tps}
+        unknown = [tp for tp, end in ends.items() if end is None]
+        if unknown:
+            ends.update(consumer.end_offsets(unknown))
+        lags = {}
+        for tp, end in ends.items():
+            position = consumer.position(tp)
+            if end is not None and position is not None:
+                lags[(tp.topic, tp.partition)] = max(0, end - position)
+        self.metrics.set_lag(lags, self.reported - set(lags))
+        self.reported = set(lags)
+
+    def forget(self) -> None:
+        """The stage is gone (closed or abandoned): its partitions are no longer its lag."""
+        if self.metrics is not None:
+            self.metrics.set_lag({}, self.reported)
+        self.reported = set()
 
 
 class ParseStage:
-    def __init__(self, settings: Settings, counters: ParseCounters | None = None) -> None:
+    def __init__(self, settings: Settings, counters: ParseCounters | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
         self.k = settings.kafka
         self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
@@ -112,6 +152,8 @@ class ParseStage:
         wait_for_topics(self.consumer, self.k.audit_topics)
         self.rebalances = _Listener()
         self.consumer.subscribe(list(self.k.audit_topics), listener=self.rebalances)
+        self.lag = _LagReport(metrics)
+        self.ready = False  # joined its group; read by the readiness probe
 
     def _decoder(self, tp) -> Decoder:
         decoder = self.decoders.get(tp)
@@ -145,6 +187,7 @@ class ParseStage:
             self.producer.flush()
             self._commit(self.consumer.assignment())
             self.last_commit = now
+        self.lag(self.consumer)
 
     def _emit(self, items) -> None:
         for item in items:
@@ -242,8 +285,10 @@ class ParseStage:
                 if tp in self._parked:
                     self.decoders[tp] = self._parked[tp]
             self._parked.clear()
+            self.ready = True
 
     def close(self) -> None:
+        self.lag.forget()
         self.producer.flush()
         self._commit(self.consumer.assignment())
         self.consumer.close()
@@ -254,6 +299,7 @@ class ParseStage:
     def abandon(self) -> None:
         """Give up without committing (after a Kafka error): what was read since the last
         commit is read again by the next consumer."""
+        self.lag.forget()
         for client in (self.consumer, self.producer):
             try:
                 client.close(timeout=5) if client is self.producer else client.close()
@@ -262,26 +308,34 @@ class ParseStage:
 
 
 class PartitionWorker:
-    """One events partition: its pipeline state, reorder buffer and source watermarks."""
+    """One events partition: its pipeline state, reorder buffer and source watermarks.
+
+    Buffered events keep the (monotonic) time they arrived, so the versions they raise can be
+    timed from arrival to storage: ``arrivals`` holds those of versions not yet stored."""
 
     def __init__(self, pipeline: Pipeline, sources: set[str]) -> None:
         self.pipeline = pipeline
         self.sources = sources
         self.marks: dict[str, list] = {}  # source -> [ts, idle]
         self.buffer: list[tuple[float, str, AccessEvent]] = []
-        self.buffered: set[str] = set()
+        self.buffered: dict[str, float] = {}  # event id -> arrival
         self.next_offset = 0
         self.late = 0
         self.dirty = False
+        self.arrivals: dict[tuple[str, int], float] = {}  # (finding id, version) -> arrival
+        self._released: list[AccessEvent] = []
+        self._released_at: list[float] = []
+        self._released_ids: dict[str, float] | None = None
+        pipeline.on_version = self._version_raised
 
-    def add_event(self, event: AccessEvent) -> None:
+    def add_event(self, event: AccessEvent, at: float = 0.0) -> None:
         source = event.origin.rsplit("/", 1)[0]
         mark = self.marks.get(source)
         if (mark is not None and event.ts <= mark[0]) or event.event_id in self.buffered:
             self.late += 1  # a copy stage 1 produced again after a restart (or data too late)
             return
         heapq.heappush(self.buffer, (event.ts, event.event_id, event))
-        self.buffered.add(event.event_id)
+        self.buffered[event.event_id] = at
 
     def add_watermark(self, mark: Watermark) -> None:
         current = self.marks.get(mark.source)
@@ -296,12 +350,24 @@ class PartitionWorker:
             return []
         limit = min(active) if active else float("inf")
         out = []
-        buffer = self.buffer
+        at = []
+        buffer, buffered = self.buffer, self.buffered
         while buffer and buffer[0][0] <= limit:
             _, event_id, event = heapq.heappop(buffer)
-            self.buffered.discard(event_id)
+            at.append(buffered.pop(event_id, 0.0))
             out.append(event)
+        self._released, self._released_at, self._released_ids = out, at, None
         return out
+
+    def _version_raised(self, f: Finding) -> None:
+        """Called by the pipeline for each version it raises from the last released events;
+        findings are rare, so the id -> arrival map is built only when one is raised."""
+        if self._released_ids is None:
+            self._released_ids = dict(zip((e.event_id for e in self._released),
+                                          self._released_at))
+        at = arrival_of(f, self._released_ids)
+        if at is not None:
+            self.arrivals[(f.id, f.version)] = at
 
     def dump(self) -> bytes:
         extra = {"next_offset": self.next_offset, "marks": self.marks, "late": self.late,
@@ -316,12 +382,14 @@ class PartitionWorker:
         events = [_EVENT_DECODER.decode(b) for b in extra["buffer"]]
         self.buffer = [(e.ts, e.event_id, e) for e in events]
         heapq.heapify(self.buffer)
-        self.buffered = {e.event_id for e in events}
+        now = time.monotonic()  # they arrive in this process now
+        self.buffered = {e.event_id: now for e in events}
 
 
 class ScoreStage:
     def __init__(self, settings: Settings, store: Store, make_pipeline: Callable[[], Pipeline],
-                 counters: ScoreCounters | None = None) -> None:
+                 counters: ScoreCounters | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
         self.settings = settings
         self.k = settings.kafka
         self.store = store
@@ -332,6 +400,10 @@ class ScoreStage:
         self.sources = self._sources()
         self.last_snapshot = time.monotonic()
         self.counters = counters if counters is not None else ScoreCounters()
+        self.metrics = metrics
+        self.lag = _LagReport(metrics)
+        self.joined = False
+        self.ready = False  # joined, and every assigned partition's state restored
         self.rebalances = _Listener()
         self.consumer.subscribe([self.k.events_topic], listener=self.rebalances)
 
@@ -350,6 +422,7 @@ class ScoreStage:
         for kind, tps in self.rebalances.drain():
             if kind == "assigned":
                 self.assigned.update(tps)
+                self.joined = True
                 continue
             for tp in tps:
                 self.assigned.discard(tp)
@@ -376,8 +449,10 @@ class ScoreStage:
         self._apply_rebalances()
         for tp in self.assigned - set(self.workers):
             self._worker(tp)
+        self.ready = self.joined
         batches = self.consumer.poll(timeout_ms=self.k.poll_timeout_ms,
                                      max_records=self.k.max_poll_records)
+        arrived = time.monotonic()
         self._apply_rebalances()
         for tp, records in batches.items():
             if tp not in self.assigned:
@@ -390,7 +465,7 @@ class ScoreStage:
                 if any(k == "secretscope-kind" for k, _ in record.headers or ()):
                     worker.add_watermark(_WATERMARK_DECODER.decode(record.value))
                 else:
-                    worker.add_event(_EVENT_DECODER.decode(record.value))
+                    worker.add_event(_EVENT_DECODER.decode(record.value), arrived)
                 worker.next_offset = record.offset + 1
             worker.dirty = True
             self.counters.dropped += worker.late - late
@@ -400,12 +475,16 @@ class ScoreStage:
                 worker.pipeline.process_batch(events)
         if time.monotonic() - self.last_snapshot >= self.k.snapshot_seconds:
             self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
+        self.lag(self.consumer)
 
     def _save(self, tp, worker: PartitionWorker) -> None:
         """The worker's state with its offset and the findings raised since the last save, in
         one transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
-        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(),
-                                 worker.pipeline.take_unsaved())
+        versions = worker.pipeline.take_unsaved()
+        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(), versions)
+        arrivals, worker.arrivals = worker.arrivals, {}
+        if self.metrics is not None and versions:
+            self.metrics.stored(versions, lambda f: arrivals.get((f.id, f.version)))
 
     def _checkpoint(self, tps) -> None:
         """Save each worker's state, offset and findings together, then commit the offsets."""
@@ -417,14 +496,16 @@ class ScoreStage:
             worker.dirty = False
         if offsets:
             self.consumer.commit(offsets)
-        self.last_snapshot = time.monotonic()
+        self.last_snapshot = self.counters.last_snapshot = time.monotonic()
 
     def close(self) -> None:
+        self.lag.forget()
         self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
         self.consumer.close()
 
     def abandon(self) -> None:
         """After a Kafka error: findings are stored, snapshots are the truth for offsets."""
+        self.lag.forget()
         try:
             self.consumer.close()
         except Exception:

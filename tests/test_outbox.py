@@ -260,8 +260,8 @@ def finding_of(key: str) -> str:
     return key.rsplit(".", 1)[0]
 
 
-def sample_value(registry, name: str, sink: str) -> float:
-    return registry.get_sample_value(name, {"sink": sink}) or 0.0
+def sample_value(registry, name: str, sink: str, **labels: str) -> float:
+    return registry.get_sample_value(name, {"sink": sink, **labels}) or 0.0
 
 
 # --- tests ----------------------------------------------------------------------------------
@@ -332,10 +332,11 @@ def test_every_version_reaches_every_routed_sink_once_or_is_dead_lettered(
     first, second, third = receiver.requests[("hook", limited)]
     assert second - first >= 40 - 1e-6 and third - second >= 40 - 1e-6  # float clock
     # metrics and per-sink state
-    assert sample_value(registry, "secretscope_delivery_delivered_total", "hook") == len(hook)
-    assert sample_value(registry, "secretscope_delivery_delivered_total", "crit") == len(crit)
-    assert sample_value(registry, "secretscope_delivery_dead_lettered_total", "hook") == 2
-    assert sample_value(registry, "secretscope_delivery_retried_total", "hook") >= 12 + 6
+    deliveries = "secretscope_deliveries_total"
+    assert sample_value(registry, deliveries, "hook", outcome="delivered") == len(hook)
+    assert sample_value(registry, deliveries, "crit", outcome="delivered") == len(crit)
+    assert sample_value(registry, deliveries, "hook", outcome="dead_lettered") == 2
+    assert sample_value(registry, deliveries, "hook", outcome="retried") >= 12 + 6
     assert sample_value(registry, "secretscope_delivery_pending", "hook") == 0
     assert sample_value(registry, "secretscope_delivery_dead_letters", "hook") == 2
     gone = finding_of(sorted(rejected)[0])
@@ -461,7 +462,8 @@ def test_two_workers_on_postgresql_never_deliver_an_id_twice(pg_url, events, rec
     assert set(crit.values()) == {1}
     assert dead(writer) == {}
     assert any(len(times) > 1 for times in receiver.requests.values())  # some were retried
-    per_worker = [sum(sample_value(m.registry, "secretscope_delivery_delivered_total", s)
+    per_worker = [sum(sample_value(m.registry, "secretscope_deliveries_total", s,
+                                   outcome="delivered")
                       for s in ("hook", "crit")) for m in metrics]
     assert sum(per_worker) == len(hook) + len(crit)
     assert all(n > 0 for n in per_worker)  # both took part
@@ -563,7 +565,8 @@ delivery: {{metrics_port: {port}, retry_base_seconds: 0.01, poll_seconds: 0.05}}
                 text = requests.get(metrics, timeout=2).text
             except requests.ConnectionError:
                 return None
-            done = f'secretscope_delivery_delivered_total{{sink="hook"}} {float(len(keys))}'
+            done = (f'secretscope_deliveries_total{{outcome="delivered",sink="hook"}} '
+                    f'{float(len(keys))}')
             return text if done in text else None
 
         scraped = wait_for(delivered_all, 120, "deliver to report every version delivered")

@@ -4,7 +4,8 @@ Per outcome: delivered -> the row is marked delivered; retryable -> tried again 
 ``policy.next_delay`` (exponential backoff with full jitter, at least the sink's Retry-After), or
 dead-lettered with "retry budget exhausted after N attempts: <last reason>" once the budget is
 spent; permanent -> dead-lettered with the sink's reason. A sink that raises fails its whole
-batch retryably. Counts are Prometheus metrics labelled by sink.
+batch retryably. Counts are Prometheus metrics labelled by sink (and outcome): sink names come
+from the config, so the label values are a small fixed set.
 
 Given ``routes`` (its config's sinks), the worker also routes: before it delivers, and while it
 runs, it queues the stored versions those sinks take that the outbox lacks
@@ -37,17 +38,17 @@ FULL_ROUTE_SECONDS = 900.0  # a routing pass over every stored version this ofte
 ROUTE_MARGIN_SECONDS = 300.0  # a pass since the previous one looks this much further back
 
 
+OUTCOMES = ("delivered", "retried", "dead_lettered")
+
+
 class DeliveryMetrics:
     def __init__(self, registry: CollectorRegistry = REGISTRY) -> None:
         self.registry = registry
-        self.delivered = Counter("secretscope_delivery_delivered", "Findings delivered",
-                                 ["sink"], registry=registry)
-        self.retried = Counter("secretscope_delivery_retried",
-                               "Failed attempts that will be retried", ["sink"],
-                               registry=registry)
-        self.dead_lettered = Counter("secretscope_delivery_dead_lettered",
-                                     "Findings moved to delivery_dead_letters", ["sink"],
-                                     registry=registry)
+        self.deliveries = Counter(
+            "secretscope_deliveries",
+            "Delivery attempts by sink and outcome: delivered, retried (failed, will be tried "
+            "again), dead_lettered (moved to delivery_dead_letters)", ["sink", "outcome"],
+            registry=registry)
         self.pending = Gauge("secretscope_delivery_pending", "Outbox rows not yet delivered",
                              ["sink"], registry=registry)
         self.dead = Gauge("secretscope_delivery_dead_letters",
@@ -142,19 +143,25 @@ class DeliveryWorker:
             due = self._now() if due_by is None else datetime.fromtimestamp(due_by, timezone.utc)
             results = self.outbox.process(name, sink.batch_size, due,
                                           lambda claimed, s=sink: self._send(s, claimed))
+            before = (done.delivered, done.retried, done.dead_lettered)
             for r in results:
                 done.attempted.add((name, r.finding_id, r.version))
                 if isinstance(r, Delivered):
                     done.delivered += 1
-                    self.metrics.delivered.labels(name).inc()
                 elif isinstance(r, Retry):
                     done.retried += 1
-                    self.metrics.retried.labels(name).inc()
                 else:
                     done.dead_lettered += 1
-                    self.metrics.dead_lettered.labels(name).inc()
+            self._count(name, before, done)
         self.update_gauges()
         return done
+
+    def _count(self, sink: str, before: tuple[int, int, int], done: Pass) -> None:
+        """One increment per sink and outcome for the whole batch."""
+        after = (done.delivered, done.retried, done.dead_lettered)
+        for outcome, a, b in zip(OUTCOMES, before, after):
+            if b > a:
+                self.metrics.deliveries.labels(sink, outcome).inc(b - a)
 
     def update_gauges(self) -> None:
         counts = self.outbox.counts()
