@@ -491,7 +491,10 @@ def deliver(
     from secretscope.logs import configure
     from secretscope.store import Store
 
+    global _json_status
+
     configure(log_format.value)
+    _json_status = log_format is LogFormat.json
     settings = _settings(config, store)
     if not settings.sinks:
         where = config or "the embedded default config"
@@ -524,8 +527,18 @@ def deliver(
         st.close()
 
 
+_status_log = logging.getLogger("secretscope.deliver")
+_json_status = False  # set by --log-format json: status lines become log records too
+
+
 def _say(line: str) -> None:
-    err.print(line, markup=False, highlight=False)
+    """A status line for the operator: plain text, or with --log-format json an INFO record
+    (so every line on stderr is one JSON object)."""
+    if _json_status:
+        _status_log.setLevel(logging.INFO)
+        _status_log.info(line)
+    else:
+        err.print(line, markup=False, highlight=False)
 
 
 def _delivery_worker(st, sinks: dict, d, routes):

@@ -14,6 +14,8 @@ from datetime import datetime, timezone
 
 import orjson
 
+from secretscope.redact import RedactFilter
+
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # scheme://user:password@host -> scheme://user:***@host
@@ -33,9 +35,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask_passwords(record.getMessage()),
         }
-        if record.exc_info:
-            doc["exception"] = mask_passwords(self.formatException(record.exc_info))
-        elif record.exc_text:
+        if record.exc_info and not record.exc_text:
+            record.exc_text = self.formatException(record.exc_info)
+        if record.exc_text:  # already redacted when the handler's RedactFilter saw it
             doc["exception"] = mask_passwords(record.exc_text)
         return orjson.dumps(doc).decode()
 
@@ -52,6 +54,7 @@ def configure(log_format: str = "text", level: int = logging.WARNING) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json"
                          else _MaskingFormatter(TEXT_FORMAT))
+    handler.addFilter(RedactFilter())  # credentials in query strings and tracebacks too
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)

@@ -182,7 +182,7 @@ CASES = {
     "config is a directory": Case(lambda t: ["validate", t], USAGE,
                                   "cannot read config: Is a directory"),
     "unknown sink": Case(lambda t: ["redrive", "--sink", "nope", "--store", "sqlite://"], USAGE,
-                         "--sink 'nope': no sink of that name in the config or the store"),
+                         "redrive: no sink named 'nope'"),
     "option out of range": Case(lambda t: ["alerts", "--limit", "0"], USAGE,
                                 "Invalid value for '--limit'"),
     "option not a number": Case(lambda t: ["train", "--out", "m.skops", "--contamination", "lots"],

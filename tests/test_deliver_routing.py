@@ -493,7 +493,8 @@ def test_validate_checks_webhook_secrets(secret, why, tmp_path):
         {"type": "webhook", "name": "hook", "url": "https://siem.example/in",
          "secret": {"file": "hook.key"}}])
     line = one_error_line(cli("validate", str(config)))
-    assert f"sinks.hook.secret (file hook.key): the secret {why}" in line
+    # the file named as the config resolved it: relative to the config file's folder
+    assert f"sinks.hook.secret (file {tmp_path / 'hook.key'}): the secret {why}" in line
     assert secret not in line and secret[6:] not in line
 
 

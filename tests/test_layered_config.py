@@ -3,6 +3,7 @@ file that names them, SECRETSCOPE_STORE_URL, `config show` provenance, the gener
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import subprocess
@@ -91,7 +92,8 @@ def test_a_file_with_only_sinks_validates(tmp_path):
     """It used to fail on the rules directory (relative to the user's file, and missing)."""
     path = write(tmp_path / "sinks.yaml", "sinks:\n  - {type: webhook, name: soar, "
                  "url: 'https://soar.example/hook', secret: {env: HOOK_SECRET}}\n")
-    proc = secretscope("validate", path, cwd=tmp_path)
+    proc = secretscope("validate", path, cwd=tmp_path,
+                       env={"HOOK_SECRET": "whsec_" + base64.b64encode(bytes(32)).decode()})
     rules = len(list((DEFAULT_CONFIG.parent / "rules").glob("*.yaml")))
     assert proc.returncode == 0, proc.stderr
     assert f"8 segments, {rules} rules, 2 detectors (hst, baseline)" in proc.stderr
