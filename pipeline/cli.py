@@ -149,7 +149,7 @@ def _print_findings(findings: list[Finding], limit: int = 25) -> None:
 
 @app.command()
 def replay(
-    files: list[str] = typer.Argument(..., help="Audit files (.gz accepted; '-' for stdin)."),
+    files: list[str] = typer.Argument(..., metavar="FILE", help="Audit files (.gz accepted; '-' for stdin)."),
     alerts_out: Optional[Path] = typer.Option(None, "--alerts-out", help="Write OCSF findings here (JSONL)."),
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
@@ -197,7 +197,7 @@ def replay(
 
 @app.command()
 def simulate(
-    out: Path = typer.Argument(..., help="Where to write the simulated Vault audit log (.gz ok)."),
+    out: Path = typer.Argument(..., metavar="OUT", help="Where to write the simulated Vault audit log (.gz ok)."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Attack labels (JSONL); default OUT.labels.jsonl"),
     windows: Optional[Path] = typer.Option(None, "--windows", help="Expected-burst windows (rotations, deploys; JSONL); default OUT.windows.jsonl"),
     days: Optional[int] = typer.Option(None, min=1, max=366, help="Default 7 (default world), 14 (drift world)."),
@@ -228,7 +228,7 @@ def simulate(
 
 @app.command()
 def evaluate(
-    log_file: Path = typer.Argument(..., help="Simulated audit log."),
+    log_file: Path = typer.Argument(..., metavar="LOG", help="Simulated audit log."),
     labels: Optional[Path] = typer.Option(None, "--labels", help="Labels (default LOG.labels.jsonl)."),
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = typer.Option("sqlite://", "--store", help="SQLAlchemy URL (default in-memory)."),
@@ -281,7 +281,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Service config 
 
 
 @app.command()
-def validate(config: Optional[Path] = typer.Argument(None, help="Config file (default: embedded).")) -> None:
+def validate(config: Optional[Path] = typer.Argument(None, metavar="CONFIG", help="Config file (default: embedded).")) -> None:
     """Check a config file, its rules, model files, change-window feed and sinks (credentials
     present, webhook secrets well-formed, CA files there); exit 2 with the problem if anything
     is invalid."""
@@ -413,8 +413,8 @@ def alerts(
 @alerts_app.command("label")
 def alerts_label(
     ctx: typer.Context,
-    finding_id: str = typer.Argument(..., help="Finding id (finding_info.uid)."),
-    verdict: Verdict = typer.Argument(..., help="tp (true positive) or fp (false positive)."),
+    finding_id: str = typer.Argument(..., metavar="FINDING_ID", help="Finding id (finding_info.uid)."),
+    verdict: Verdict = typer.Argument(..., metavar="tp|fp", help="tp (true positive) or fp (false positive)."),
     note: str = typer.Option("", "--note", help="Why; kept with the label."),
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
@@ -451,7 +451,7 @@ def _set_status(ctx: typer.Context, finding_id: str, status: str, note: str,
 @alerts_app.command("ack")
 def alerts_ack(
     ctx: typer.Context,
-    finding_id: str = typer.Argument(..., help="Finding id (finding_info.uid)."),
+    finding_id: str = typer.Argument(..., metavar="FINDING_ID", help="Finding id (finding_info.uid)."),
     note: str = typer.Option("", "--note", help="Kept with the new version (OCSF comment)."),
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
@@ -463,7 +463,7 @@ def alerts_ack(
 @alerts_app.command("close")
 def alerts_close(
     ctx: typer.Context,
-    finding_id: str = typer.Argument(..., help="Finding id (finding_info.uid)."),
+    finding_id: str = typer.Argument(..., metavar="FINDING_ID", help="Finding id (finding_info.uid)."),
     note: str = typer.Option("", "--note", help="Kept with the Close version (OCSF comment)."),
     config: Optional[Path] = ConfigOpt,
     store: Optional[str] = StoreOpt,
