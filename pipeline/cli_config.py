@@ -8,7 +8,6 @@ origin is on its key. Passwords in URLs are masked, so the output can be pasted 
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -16,21 +15,19 @@ import typer
 import yaml
 
 from secretscope.config import DEFAULT_CONFIG, DEFAULT_ORIGIN, Provenance, Settings, load_layered
+from secretscope.redact import mask_url
 
 config_app = typer.Typer(no_args_is_help=True, help="The effective configuration.")
 
 # scheme://user:password@host...: the password runs to the last "@" (a URL should have "@" or "/"
 # in a password percent-encoded, but a hand-written one may not): better too much masked than a
 # password shown
-_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][\w+.-]*://[^:/@\s]*):(?P<password>.+)"
-                           r"@(?P<tail>[^@]*)$", re.S)
 _COMMENT_COLUMN = 48
 
 
 def masked(value: str) -> str:
     """``value`` with the password of a URL in it replaced by ``***``."""
-    m = _URL_PASSWORD.match(value)
-    return f"{m['head']}:***@{m['tail']}" if m else value
+    return mask_url(value)
 
 
 def _mask_all(value: Any) -> Any:

@@ -8,22 +8,19 @@ message or traceback has the password replaced by ``***``, whichever code logged
 from __future__ import annotations
 
 import logging
-import re
 import sys
 from datetime import datetime, timezone
 
 import orjson
 
-from secretscope.redact import RedactFilter
+from secretscope.redact import RedactFilter, redact
 
 FORMATS = ("text", "json")
 TEXT_FORMAT = "%(levelname)s %(name)s: %(message)s"
-# scheme://user:password@host -> scheme://user:***@host
-_URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.-]*://[^:/@\s]*:)[^@\s]+(?=@)")
 
 
 def mask_passwords(text: str) -> str:
-    return _URL_PASSWORD.sub(r"\g<head>***", text)
+    return redact(text)
 
 
 class JsonFormatter(logging.Formatter):

@@ -32,9 +32,17 @@ _SECRET_PARAM = re.compile(
     re.IGNORECASE)
 
 
+# a whole value that is a URL: its password runs to the last "@", so one that should have been
+# %-encoded ("p@ss/w:rd") is still masked whole
+_WHOLE_URL = re.compile(r"^(?P<head>[A-Za-z][\w+.\-]*://[^:/@\s]*):(?P<password>.+)"
+                        r"@(?P<tail>[^@]*)$", re.S)
+
+
 def mask_url(url: str) -> str:
-    """``url`` with its password and any credential-like query parameter replaced by ``***``."""
-    return redact(url)
+    """``url`` (a whole value, e.g. a config setting) with its password and any credential-like
+    query parameter replaced by ``***``."""
+    m = _WHOLE_URL.match(url)
+    return redact(f"{m['head']}:{MASK}@{m['tail']}" if m else url)
 
 
 def redact(text: str) -> str:

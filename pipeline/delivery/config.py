@@ -15,6 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import (AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo,
                       field_validator, model_validator)
 
+from secretscope import redact
 from secretscope.configtypes import ConfigPath
 from secretscope.errors import ConfigError
 from secretscope.findings import SEVERITY_IDS
@@ -60,11 +61,9 @@ class Credential(_Strict):
 def mask_url(url: str) -> str:
     """``url`` fit to print: its password masked and its query (tokens, SAS signatures) cut."""
     try:
-        parts = urlsplit(url)
-        netloc = parts.netloc
-        if parts.password is not None:
-            netloc = f"{parts.username or ''}:***@{netloc.rpartition('@')[2]}"
-        return urlunsplit((parts.scheme, netloc, parts.path, "..." if parts.query else "", ""))
+        parts = urlsplit(redact.mask_url(url))
+        return urlunsplit((parts.scheme, parts.netloc, parts.path,
+                           "..." if parts.query else "", ""))
     except ValueError:
         return "<unparsable URL>"
 
