@@ -4,7 +4,9 @@ deliver | redrive``."""
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 import time
 from contextlib import ExitStack
 from datetime import datetime, timezone
@@ -490,6 +492,7 @@ def deliver(
     from secretscope.health import Readiness, address, serve
     from secretscope.logs import configure
     from secretscope.store import Store
+    from secretscope.store_retry import StoreUnavailableError
 
     global _json_status
 
@@ -500,8 +503,21 @@ def deliver(
         where = config or "the embedded default config"
         raise SecretscopeError(f"deliver: no sinks configured in {where}: name them under "
                                "sinks: in the file given with --config (see docs/delivery.md)")
-    st = Store(settings.store.url, routes=settings.sinks,
-               outage_seconds=settings.store.outage_seconds if once else None)
+    # The worker waits a store outage out however long it lasts; a stop request (SIGTERM,
+    # SIGINT) ends that wait as it ends the delivery loop.
+    stop = threading.Event()
+    if not once:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    try:
+        st = Store(settings.store.url, routes=settings.sinks,
+                   outage_seconds=settings.store.outage_seconds if once else None,
+                   stop=None if once else stop)
+    except StoreUnavailableError:
+        if stop.is_set():
+            _say("stopped while waiting for the store")
+            return
+        raise
     sinks: dict = {}
     ops_server = None
     try:
@@ -518,7 +534,11 @@ def deliver(
         if once:
             _deliver_once(worker)
         else:
-            _deliver_until_stopped(worker)
+            _deliver_until_stopped(worker, stop)
+    except StoreUnavailableError:
+        if not stop.is_set():
+            raise
+        _say("stopped while waiting for the store")
     finally:
         if ops_server is not None:
             ops_server.close()
@@ -568,17 +588,11 @@ def _deliver_once(worker) -> None:
         _say(line)
 
 
-def _deliver_until_stopped(worker) -> None:
-    import signal
-    import threading
-
+def _deliver_until_stopped(worker, stop: threading.Event) -> None:
     from secretscope.delivery.backlog import backlog, explain
 
     for line in explain(backlog(worker.store, worker.routes), datetime.now(timezone.utc)):
         _say(line)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
     worker.run(stop)
 
 

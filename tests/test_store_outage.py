@@ -505,6 +505,8 @@ def outage(tmp_path_factory, kafka_broker) -> Iterator[dict]:
     workdir = tempfile.mkdtemp(prefix="ss-pgo-", dir="/tmp")
     pg = Server(workdir, free_port())
     tmp = tmp_path_factory.mktemp("outage")
+    calm: dict = {}
+    runs: dict = {}
     try:
         pg.start()
         sim = tmp / "sim.log"
@@ -541,6 +543,10 @@ def outage(tmp_path_factory, kafka_broker) -> Iterator[dict]:
             began + 2.0, ended)  # the batch in flight as the server stopped may still land
         yield results
     finally:
+        for run in [*calm.values(), *runs.values()]:  # a failed set-up must not leave them running
+            if run.proc.poll() is None:
+                run.proc.kill()
+                run.proc.wait(timeout=30)
         subprocess.run([str(SCRIPT), "stop", "--dir", workdir], capture_output=True, timeout=120)
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -604,3 +610,31 @@ def test_deliver_waits_out_an_outage_and_loses_no_claimed_batch(outage):
     assert twice == [], twice
     assert res["sent while down"] == []
     assert res["dead"] == 0 and res["delivered"] == len(res["queued"])
+
+
+def test_deliver_waiting_for_an_unreachable_store_stops_on_sigterm(tmp_path):
+    """The long-running ``deliver`` waits an outage out without limit, and still stops when told
+    to: SIGTERM ends the wait, exit 0, no password shown."""
+    config = tmp_path / "deliver.yaml"
+    config.write_text(yaml.safe_dump({"sinks": [
+        {"type": "webhook", "name": "hook", "url": "http://127.0.0.1:9/in",
+         "secret": {"env": "SS_TEST_HOOK"}}]}))
+    env = {**os.environ, "SS_TEST_HOOK": "whsec_" + base64.b64encode(bytes(32)).decode()}
+    proc = subprocess.Popen([*EXE, "deliver", "--config", str(config), "--store", refused_url()],
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        wait_for(lambda: any("store unreachable" in ln for ln in lines), 60,
+                 "deliver to notice the outage")
+        assert proc.poll() is None  # no limit: still waiting
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+        reader.join(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = "".join(lines)
+    assert "stopped while waiting for the store" in text
+    assert SECRET not in text and "Traceback" not in text
