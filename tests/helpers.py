@@ -68,3 +68,22 @@ def wait_for(condition: Callable[[], _T], timeout: float, what: str | Callable[[
             described = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout:g} s waiting for {described}")
         time.sleep(interval)
+
+
+def fleet_events(tmp_path_factory, seed: int = 5, label: str = "fleet") -> list[AccessEvent]:
+    """The parsed events of a small simulated fleet (4 days, about 15,000 calls)."""
+    from secretscope.simulate import SimulationSpec, simulate
+    from secretscope.sources.files import replay
+
+    d = tmp_path_factory.mktemp(label)
+    log = d / "fleet.log"
+    simulate(SimulationSpec(days=4, seed=seed, target_calls=15000), log, d / "labels.jsonl")
+    return list(replay([log]))
+
+
+def replay_into(store, events) -> None:
+    """The default pipeline over ``events``, storing into ``store``."""
+    from secretscope.config import load_settings
+    from secretscope.runner import Pipeline
+
+    Pipeline(load_settings(), store=store).run(iter(events))

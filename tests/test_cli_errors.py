@@ -11,14 +11,12 @@ import os
 import shutil
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
-from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from secretscope.cli_errors import describe
@@ -28,6 +26,7 @@ from secretscope.redact import RedactFilter, mask_url, redact
 
 from conftest import ROOT, SAMPLES
 from postgres_server import free_port, postgres_url  # noqa: F401
+from test_store_postgres import fresh_schema
 
 PASSWORD = "Pw-7c1d-NOT-FOR-EYES"
 REFERENCE = SAMPLES / "vault_audit_reference.jsonl"
@@ -304,17 +303,8 @@ def test_a_rule_type_error_names_the_file_and_clause():
 @pytest.fixture
 def password_store(postgres_url):  # noqa: F811
     """A fresh schema on the test PostgreSQL, reached with the server's URL."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(postgres_url)
-    with admin.begin() as conn:
-        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
-    url = make_url(postgres_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url
-    finally:
-        with admin.begin() as conn:
-            conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with fresh_schema(postgres_url) as url:
+        yield make_url(url)
 
 
 @pytest.mark.postgres

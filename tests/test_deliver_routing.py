@@ -30,7 +30,7 @@ from sqlalchemy import select
 from test_store_postgres import db_url, make_finding  # noqa: F401
 
 from fake_siems import WebhookServer
-from helpers import wait_for
+from helpers import fleet_events, replay_into, wait_for
 from secretscope.config import load_settings
 from secretscope.delivery.backlog import backlog, explain
 from secretscope.delivery.checks import sink_problems
@@ -43,7 +43,6 @@ from secretscope.delivery.sinks import build_sink
 from secretscope.delivery.sinks.webhook import secret_problem
 from secretscope.delivery.worker import FULL_ROUTE_SECONDS, DeliveryMetrics, DeliveryWorker
 from secretscope.errors import ConfigError
-from secretscope.runner import Pipeline
 from secretscope.store import Route, Store, delivery_dead_letters, finding_versions, outbox
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,17 +53,7 @@ RULES = ROOT / "config" / "rules"
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
-    from secretscope.simulate import SimulationSpec, simulate
-    from secretscope.sources.files import replay
-
-    d = tmp_path_factory.mktemp("fleet")
-    log = d / "fleet.log"
-    simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log, d / "labels.jsonl")
-    return list(replay([log]))
-
-
-def replay_into(store: Store, events) -> None:
-    Pipeline(load_settings(), store=store).run(iter(events))
+    return fleet_events(tmp_path_factory)
 
 
 def stored_rows(store: Store) -> list:

@@ -55,6 +55,15 @@ def default_doc(store: str) -> dict:
     return doc
 
 
+def socket_run_doc(store: str, metrics_port: int) -> dict:
+    """A `run` config: Vault's socket device on a free port, the ops server on ``metrics_port``."""
+    doc = default_doc(store)
+    doc["run"] = {"source": "socket"}
+    doc["socket"] = {"host": "127.0.0.1", "port": free_port()}
+    doc["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
+    return doc
+
+
 def get(url: str) -> requests.Response | None:
     try:
         return requests.get(url, timeout=5)
@@ -165,11 +174,9 @@ def socket_run(tmp_path_factory) -> SocketRun:
     scraped once everything is stored, then stopped."""
     tmp = tmp_path_factory.mktemp("socket-run")
     db = tmp / "store.db"
-    doc = default_doc(f"sqlite:///{db}")
-    port, metrics_port = free_port(), free_port()
-    doc["run"] = {"source": "socket"}
-    doc["socket"] = {"host": "127.0.0.1", "port": port}
-    doc["metrics"] = {"host": "127.0.0.1", "port": metrics_port}
+    metrics_port = free_port()
+    doc = socket_run_doc(f"sqlite:///{db}", metrics_port)
+    port = doc["socket"]["port"]
     cfg = tmp / "socket.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     log = tmp / "run.log"
@@ -310,10 +317,8 @@ def test_json_log_lines_carry_exceptions_and_mask_url_passwords(capsys):
 def test_readyz_is_503_while_the_store_does_not_answer(tmp_path):
     closed = free_port()  # nothing listens here
     metrics_port = free_port()
-    doc = default_doc(f"postgresql+psycopg://scope:hunter2-PASSWORD@127.0.0.1:{closed}/x")
-    doc["run"] = {"source": "socket"}
-    doc["socket"] = {"host": "127.0.0.1", "port": free_port()}
-    doc["metrics"] = {"port": metrics_port}
+    doc = socket_run_doc(f"postgresql+psycopg://scope:hunter2-PASSWORD@127.0.0.1:{closed}/x",
+                         metrics_port)
     cfg = tmp_path / "down.yaml"
     cfg.write_text(yaml.safe_dump(doc))
     log = tmp_path / "run.log"
@@ -339,10 +344,7 @@ def test_a_metrics_port_in_use_is_a_config_error(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        doc = default_doc(f"sqlite:///{tmp_path / 'store.db'}")
-        doc["run"] = {"source": "socket"}
-        doc["socket"] = {"host": "127.0.0.1", "port": free_port()}
-        doc["metrics"] = {"port": port}
+        doc = socket_run_doc(f"sqlite:///{tmp_path / 'store.db'}", port)
         cfg = tmp_path / "taken.yaml"
         cfg.write_text(yaml.safe_dump(doc))
         done = subprocess.run([*EXE, "run", "--config", str(cfg)], capture_output=True,

@@ -36,14 +36,13 @@ from test_store_postgres import (_head, alembic_config, db_url, describe,  # noq
                                  schema_diff)
 from typer.testing import CliRunner
 
-from helpers import wait_for
+from helpers import fleet_events, replay_into, wait_for
 from secretscope.cli import app
 from secretscope.config import load_settings
 from secretscope.delivery.model import Delivery, Outcome
 from secretscope.delivery.outbox import Outbox
 from secretscope.delivery.retry import RetryPolicy, retry_after_seconds, retryable_status
 from secretscope.delivery.worker import DeliveryMetrics, DeliveryWorker
-from secretscope.runner import Pipeline
 from secretscope.store import (Route, Store, delivery_dead_letters, finding_versions, findings,
                             outbox)
 
@@ -198,17 +197,7 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
-    from secretscope.simulate import SimulationSpec, simulate
-    from secretscope.sources.files import replay
-
-    d = tmp_path_factory.mktemp("fleet")
-    log = d / "fleet.log"
-    simulate(SimulationSpec(days=4, seed=5, target_calls=15000), log, d / "labels.jsonl")
-    return list(replay([log]))
-
-
-def replay_into(store: Store, events) -> None:
-    Pipeline(load_settings(), store=store).run(iter(events))
+    return fleet_events(tmp_path_factory)
 
 
 @pytest.fixture

@@ -4,22 +4,19 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import fleet_events
+
 from secretscope import snapshot
 from secretscope.config import load_settings
 from secretscope.errors import ModelIntegrityError
 from secretscope.findings import to_ocsf
 from secretscope.runner import Pipeline
-from secretscope.simulate import SimulationSpec, simulate
-from secretscope.sources.files import replay
 from secretscope.store import Store
 
 
 @pytest.fixture(scope="module")
 def events(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("snap")
-    log = tmp / "fleet.log"
-    simulate(SimulationSpec(days=4, seed=8, target_calls=15000), log, tmp / "labels.jsonl")
-    return list(replay([log]))
+    return fleet_events(tmp_path_factory, seed=8, label="snap")
 
 
 def run(pipeline, events, size=200):
