@@ -590,8 +590,10 @@ def test_kafka_service_waits_out_an_outage_and_stores_the_same_findings(outage):
     assert res["summary"]["score"]["events"] == calm["summary"]["score"]["events"] > 0
     expected, got = calm["stored"], res["stored"]
     assert len(expected["findings"]) >= 10
-    # the outage cut into the topic: most versions were stored after it
-    assert 0 < res["versions before"] < len(got["versions"]) // 2, res["versions before"]
+    # The outage cut into the topic: versions were stored before it and after it. (How many
+    # came before depends on how much the first save covered, which varies with the machine's
+    # load: 61 of 100 were seen on a loaded CI run.)
+    assert 0 < res["versions before"] < len(got["versions"]), res["versions before"]
     assert got["findings"].keys() == expected["findings"].keys()
     assert got == expected
 
