@@ -75,6 +75,13 @@ class InputSettings(_Strict):
         30.0, ge=0,
         description="Event time to wait for a response entry before a request is processed "
         "alone.")
+    join_wait_seconds: float | None = Field(
+        0.25, gt=0,
+        description="Live sources (socket): wall time to wait for a response entry after its "
+        "request was received before the request is processed alone, so a lost response does "
+        "not hold later calls back. OpenBao logs a response a few ms after its request (p99 2 "
+        "ms, max 5 ms measured on a dev server); a response later than this is dropped as a "
+        "duplicate. null: only join_timeout_seconds applies. File replays never use it.")
 
 
 class Segment(_Strict):
@@ -328,6 +335,10 @@ class RunnerSettings(_Strict):
                             description="Events scored per batch (findings do not depend on it).")
     progress_seconds: float = Field(5, ge=0, description="Interval of progress lines on stderr "
                                     "during long replays.")
+    batch_wait_seconds: float = Field(
+        0.1, gt=0, le=60,
+        description="Live sources (socket): wall time an event waits for its batch to fill "
+        "before the partial batch is processed.")
 
 
 class KafkaSettings(_Strict):

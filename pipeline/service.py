@@ -74,7 +74,9 @@ def _run_socket(settings: Settings, store: Store, stop: threading.Event,
 
     limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
     source = SocketAuditSource(settings.socket.host, settings.socket.port, limits,
-                               settings.input.join_timeout_seconds)
+                               settings.input.join_timeout_seconds,
+                               join_wait=settings.input.join_wait_seconds,
+                               batch_wait=settings.runner.batch_wait_seconds)
     source.start()
     host, port = source.address
     log.warning("listening for Vault's socket audit device on %s:%d", host, port)

@@ -196,7 +196,9 @@ def test_canary_never_appears_in_events_or_dead_letters(source):
         assert CANARY not in repr(item)
 
 
+@pytest.mark.parametrize("source", [{"join_wait": None}], indirect=True)
 def test_idle_time_releases_nothing_and_stop_flushes_pending_requests(source):
+    # without a wall-time bound (join_wait=None); tests/test_live_latency.py tests it with one
     src, consumer = source
     with connect(src) as node:
         node.sendall(LINES[0])  # a request whose response never comes
@@ -221,7 +223,7 @@ def test_a_full_queue_stops_reading_instead_of_buffering(monkeypatch):
         wait_until(lambda: src.counters.lines == len(lines), "every line once consumed")
     consumer.thread.join(WAIT)
     assert not consumer.thread.is_alive()
-    (event,) = consumer.items  # copies of one entry collapse into one call
+    (event,) = events(consumer.items)  # copies of one entry collapse into one call
     assert event.phases == "request"
 
 

@@ -271,6 +271,15 @@ class VaultJoiner:
             call.done = True
         return self._expire(entry.ts)
 
+    def release_oldest(self) -> list[AccessEvent]:
+        """Release the oldest waiting call without its other half, then the completed calls
+        that were queued behind it. Live sources call this when the wait has lasted too long in
+        wall time; an entry of that call arriving later is then counted as a duplicate."""
+        if not self._pending:
+            return []
+        key, call = self._pending.popitem(last=False)
+        return [self._release(key, call), *self._expire(self.latest_ts)]
+
     def flush(self) -> list[AccessEvent]:
         """Release every pending call (end of input)."""
         out = [self._release(k, c) for k, c in self._pending.items()]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import deque
 from collections.abc import Callable
 
 from secretscope.errors import ParseError
@@ -43,15 +44,25 @@ class Decoder:
     host's clock is a ``bad_time`` dead letter. Event time only moves forward, so one such entry
     would otherwise move its identity's windows and the stream's latest time (from which Kafka
     watermarks are derived) years ahead. Replays of old logs leave it None.
+
+    ``join_wait`` is for live sources too: records fed with the wall time they were received
+    let :meth:`release_waiting` release a call whose other half has not come ``join_wait``
+    seconds after its first entry was received, so a lost response holds later calls back for
+    that long at most instead of ``join_timeout`` of event time. Replays leave it None, so
+    what they join depends on the records alone.
     """
 
     def __init__(self, fmt: str | None = None, limits: InputLimits = InputLimits(),
                  join_timeout: float = 30.0, max_ahead_seconds: float | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, join_wait: float | None = None) -> None:
         self.limits = limits
         self.join_timeout = join_timeout
         self.max_ahead_seconds = max_ahead_seconds
         self.clock = clock
+        self.join_wait = join_wait
+        # (origin, received) of the entries fed since the oldest waiting call's first one, in
+        # feed order; origins are unique per record, so the head call's entry is found by it
+        self._received: deque[tuple[str, float]] = deque()
         self.format = FORMATS[fmt] if fmt else None
         self.joiner = self.format.joiner(join_timeout=join_timeout,
                                          max_field_chars=limits.max_field_chars) if fmt else None
@@ -61,7 +72,9 @@ class Decoder:
     def duplicates(self) -> int:
         return self.joiner.duplicates if self.joiner is not None else 0
 
-    def feed(self, raw: bytes, origin: str) -> list[Item]:
+    def feed(self, raw: bytes, origin: str, received: float | None = None) -> list[Item]:
+        """Parse and join one record; ``received`` is its wall time of arrival (any clock, the
+        one :meth:`release_waiting` is given), for live sources with ``join_wait``."""
         if len(raw) > self.limits.max_record_bytes:
             # before format detection, which would decode the whole record
             self.dead_letters += 1
@@ -82,7 +95,35 @@ class Decoder:
         except ParseError as exc:
             self.dead_letters += 1
             return [dead_letter(raw, exc)]
+        if self.join_wait is not None and received is not None:
+            self._received.append((origin, received))
         return self.joiner.feed(entry)
+
+    def waiting_since(self) -> float | None:
+        """When the oldest call still waiting for its other half was received (the clock of
+        ``feed``), or None when no call waits or it was fed without a time."""
+        head = self.oldest_pending()
+        received = self._received
+        if head is None:
+            received.clear()  # every entry fed so far is released: nothing left to time
+            return None
+        while received and received[0][0] != head.origin:
+            received.popleft()  # entries of calls already released
+        return received[0][1] if received else None
+
+    def release_waiting(self, now: float) -> list[Item]:
+        """Release, oldest first, the calls received more than ``join_wait`` before ``now``
+        and still waiting, with the completed calls queued behind them. ``now`` must be a time
+        by which every record received has been fed: a live source passes the receive time of
+        the record it fed last while it has a backlog, and the clock only once caught up, so a
+        response already received but not yet fed is never given up on."""
+        if self.join_wait is None:
+            return []
+        out: list[Item] = []
+        while (since := self.waiting_since()) is not None and since <= now - self.join_wait:
+            self._received.popleft()
+            out += self.joiner.release_oldest()
+        return out
 
     def _check_not_ahead(self, ts: float, origin: str) -> None:
         ahead = ts - self.clock()

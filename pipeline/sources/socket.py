@@ -20,6 +20,7 @@ import queue
 import selectors
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 from secretscope.errors import ParseError
@@ -29,10 +30,14 @@ from secretscope.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder, dead_let
 
 log = logging.getLogger(__name__)
 
+# Defaults of input.join_wait_seconds and runner.batch_wait_seconds (see config.py for why).
+JOIN_WAIT_SECONDS = 0.25
+BATCH_WAIT_SECONDS = 0.1
 QUEUE_LINES = 1024  # lines read but not yet parsed; bounds memory at QUEUE_LINES * max line
 _RECV_BYTES = 1 << 16
 _END = object()  # put by the server thread after its last line: the stream is over
-_Read = tuple[bytes, str] | DeadLetter  # a line to parse with its origin, or one already refused
+# a line to parse with its origin and the (monotonic) time it was received, or one refused
+_Read = tuple[bytes, str, float] | DeadLetter
 
 
 class SocketCounters:
@@ -61,12 +66,13 @@ class _Connection:
         self.buf = bytearray()
         self.skipped = 0  # bytes of the current line dropped because it is over the limit
 
-    def feed(self, data: bytes) -> list[_Read]:
-        """Lines completed by ``data``, as (raw, origin) to parse or as a dead letter."""
+    def feed(self, data: bytes, received: float) -> list[_Read]:
+        """Lines completed by ``data``, as (raw, origin, received) to parse or as a dead
+        letter."""
         out: list[_Read] = []
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
-            item = self._line(data[start:end])
+            item = self._line(data[start:end], received)
             if item is not None:
                 out.append(item)
             start = end + 1
@@ -98,7 +104,7 @@ class _Connection:
             self.skipped = len(self.buf) - self.limit
             del self.buf[self.limit:]
 
-    def _line(self, tail: bytes) -> _Read | None:
+    def _line(self, tail: bytes, received: float) -> _Read | None:
         origin = self._next_origin()
         size = len(self.buf) + self.skipped + len(tail)
         if size > self.limit:
@@ -113,35 +119,47 @@ class _Connection:
         self.buf.clear()
         if not raw or raw.isspace():
             return None
-        return raw, origin
+        return raw, origin, received
 
 
 class SocketAuditSource:
-    """TCP listener for Vault's socket audit device. Iterating yields AccessEvent | DeadLetter.
+    """TCP listener for Vault's socket audit device. Iterating yields AccessEvent | DeadLetter,
+    and None whenever the consumer should process what it holds (see below).
 
     ``start()`` binds and listens (port 0 picks a free port, see ``address``); iteration blocks
     while Vault is quiet and ends after ``stop()``, once every line already read is parsed and
-    the calls still waiting for their other half are released. Idle time releases nothing:
-    the join timeout runs in event time, and a request whose response is late must not be
-    emitted without it. A line longer than ``max_line_bytes`` (default
-    ``limits.max_record_bytes``) is dropped as it arrives and becomes an "oversize" dead letter;
-    a connection that ends inside a line (including connections cut by ``stop()``) leaves a
-    "truncated" one; an entry timed more than ``LIVE_MAX_AHEAD_SECONDS`` ahead of this host's
-    clock is a "bad_time" one. Origins read ``socket:<peer ip>:<peer port>:<line on that
-    connection>``.
+    the calls still waiting for their other half are released. A line longer than
+    ``max_line_bytes`` (default ``limits.max_record_bytes``) is dropped as it arrives and
+    becomes an "oversize" dead letter; a connection that ends inside a line (including
+    connections cut by ``stop()``) leaves a "truncated" one; an entry timed more than
+    ``LIVE_MAX_AHEAD_SECONDS`` ahead of this host's clock is a "bad_time" one. Origins read
+    ``socket:<peer ip>:<peer port>:<line on that connection>``.
+
+    Wall time bounds two waits, so a finding is never held back by a quiet stream:
+
+    * a call whose other half has not been received ``join_wait`` seconds after its first
+      entry is released alone (None: only ``join_timeout`` of event time releases it). Times
+      are those the lines were received, and a call is only given up on once every line
+      received up to its deadline is parsed, so a backlog in the queue never splits a call. Its
+      late half is then dropped as a duplicate by the joiner (``Decoder.duplicates``);
+    * a None is yielded at most ``batch_wait`` seconds after the first event the consumer has
+      not yet been told to process, and when nothing arrives for ``idle_tick_seconds``.
     """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 9090,
                  limits: InputLimits = InputLimits(), join_timeout: float = 30.0,
-                 max_line_bytes: int | None = None, idle_tick_seconds: float = 1.0) -> None:
-        # When no line arrives for idle_tick_seconds the iterator yields None, so a consumer
-        # that batches (Pipeline.run) processes what it holds instead of waiting for more.
+                 max_line_bytes: int | None = None, idle_tick_seconds: float = 1.0,
+                 join_wait: float | None = JOIN_WAIT_SECONDS,
+                 batch_wait: float = BATCH_WAIT_SECONDS) -> None:
         self.idle_tick_seconds = idle_tick_seconds
+        self.join_wait = join_wait
+        self.batch_wait = batch_wait
         self.host = host
         self.port = port
         self.max_line_bytes = limits.max_record_bytes if max_line_bytes is None else max_line_bytes
         self.counters = SocketCounters()
-        self._decoder = Decoder("vault", limits, join_timeout, LIVE_MAX_AHEAD_SECONDS)
+        self._decoder = Decoder("vault", limits, join_timeout, LIVE_MAX_AHEAD_SECONDS,
+                                join_wait=join_wait)
         self._queue: queue.Queue = queue.Queue(maxsize=QUEUE_LINES)
         self._address: tuple[str, int] | None = None
         self._wake: socket.socket | None = None  # closed by stop() to wake the server thread
@@ -193,26 +211,49 @@ class SocketAuditSource:
             raise RuntimeError("start() the socket source before iterating it")
         decoder = self._decoder  # fed from this thread only: it is not thread-safe
         counters = self.counters
+        clock = time.monotonic
+        held_since: float | None = None  # first event yielded since the last None
         while True:
             try:
-                item = self._queue.get(timeout=self.idle_tick_seconds)
+                item = self._queue.get(timeout=self._timeout(held_since, clock()))
             except queue.Empty:
-                yield None  # quiet for a while: tell the consumer to process what it holds
-                continue
+                item = None
             if item is _END:
                 break
+            out: list = []
             if isinstance(item, DeadLetter):
-                counters.dead_letters += 1
-                yield item
-                continue
-            for out in decoder.feed(*item):
-                if isinstance(out, DeadLetter):
+                out.append(item)
+            elif item is not None:
+                raw, origin, received = item
+                out += decoder.feed(raw, origin, received)
+                out += decoder.release_waiting(received)  # what was due before this line
+            else:  # caught up: every line received so far is parsed
+                out += decoder.release_waiting(clock())
+            for event in out:
+                if isinstance(event, DeadLetter):
                     counters.dead_letters += 1
-                yield out
+                elif held_since is None:
+                    held_since = clock()
+                yield event
+            if item is None or (held_since is not None
+                                and clock() - held_since >= self.batch_wait):
+                held_since = None
+                yield None  # process what is held now
         self._queue.put(_END)  # a later iteration ends at once instead of waiting forever
         yield from decoder.flush()
         if self._failure is not None:
             raise RuntimeError("the socket audit listener failed") from self._failure
+
+    def _timeout(self, held_since: float | None, now: float) -> float:
+        """How long to wait for the next line before acting on the clock: the held events'
+        batch wait, a waiting call's join wait, or the idle tick, whichever ends first."""
+        ends = [now + self.idle_tick_seconds]
+        if held_since is not None:
+            ends.append(held_since + self.batch_wait)
+        since = self._decoder.waiting_since() if self.join_wait is not None else None
+        if since is not None:
+            ends.append(since + self.join_wait)
+        return max(0.0, min(ends) - now)
 
     def _serve(self, server: socket.socket, wake_in: socket.socket) -> None:
         """Server thread: accept, read and split lines until stop(); then end the stream."""
@@ -267,7 +308,7 @@ class SocketAuditSource:
             log.info("socket audit: %s: %s", conn.origin, exc)
             data = b""
         if data:
-            return conn.feed(data)
+            return conn.feed(data, time.monotonic())
         selector.unregister(sock)
         sock.close()
         del connections[sock]
