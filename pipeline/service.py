@@ -94,7 +94,8 @@ def _run_socket(settings: Settings, store: Store, stop: threading.Event,
     readiness.require("state", lambda: None)  # nothing to restore: ready once listening
     stats = pipeline.run(_noting_arrivals(source, arrivals))
     return {"events": stats.events, "findings": stats.findings,
-            "dead_letters": stats.dead_letters, "lines": source.counters.lines}
+            "dead_letters": stats.dead_letters, "lines": source.counters.lines,
+            "duplicates": source.duplicates}
 
 
 def _not_ready(stages: list) -> str | None:

@@ -167,6 +167,11 @@ class SocketAuditSource:
         self._failure: Exception | None = None
 
     @property
+    def duplicates(self) -> int:
+        """Entries dropped as copies of a call already emitted, late halves included."""
+        return self._decoder.duplicates
+
+    @property
     def address(self) -> tuple[str, int]:
         if self._address is None:
             raise RuntimeError("the socket source is not started")
