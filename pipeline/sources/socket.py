@@ -217,25 +217,32 @@ class SocketAuditSource:
         decoder = self._decoder  # fed from this thread only: it is not thread-safe
         counters = self.counters
         clock = time.monotonic
+        join_wait = self.join_wait
+        # Releasing waiting calls is checked no earlier than needed: the oldest waiting call's
+        # deadline, or one join wait after the last check (no call received since can be due).
+        check_at = float("inf") if join_wait is None else float("-inf")
         held_since: float | None = None  # first event yielded since the last None
         while True:
-            try:
-                item = self._queue.get(timeout=self._timeout(held_since, clock()))
-            except queue.Empty:
-                item = None
+            item = self._next(held_since)
             if item is _END:
                 break
-            out: list = []
-            if isinstance(item, DeadLetter):
-                out.append(item)
+            if item is None:  # every line received so far is parsed: the clock is the limit
+                received = clock()
+            elif type(item) is DeadLetter:
+                received = float("-inf")
+            else:
+                received = item[2]
+            out = []
+            if received >= check_at:  # first, so a half received too late is not joined
+                out = decoder.release_waiting(received)
+                since = decoder.waiting_since()
+                check_at = (received if since is None else since) + join_wait
+            if type(item) is tuple:
+                out += decoder.feed(*item)
             elif item is not None:
-                raw, origin, received = item
-                out += decoder.feed(raw, origin, received)
-                out += decoder.release_waiting(received)  # what was due before this line
-            else:  # caught up: every line received so far is parsed
-                out += decoder.release_waiting(clock())
+                out.append(item)
             for event in out:
-                if isinstance(event, DeadLetter):
+                if type(event) is DeadLetter:
                     counters.dead_letters += 1
                 elif held_since is None:
                     held_since = clock()
@@ -248,6 +255,17 @@ class SocketAuditSource:
         yield from decoder.flush()
         if self._failure is not None:
             raise RuntimeError("the socket audit listener failed") from self._failure
+
+    def _next(self, held_since: float | None) -> object:
+        """The next queued item; when caught up, None once something is due (see _timeout)."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            pass
+        try:
+            return self._queue.get(timeout=self._timeout(held_since, time.monotonic()))
+        except queue.Empty:
+            return None
 
     def _timeout(self, held_since: float | None, now: float) -> float:
         """How long to wait for the next line before acting on the clock: the held events'
