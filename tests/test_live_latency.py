@@ -11,6 +11,7 @@ a partial batch ``runner.batch_wait_seconds`` after it started.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import sqlite3
@@ -208,3 +209,24 @@ def test_the_sources_defaults_are_the_configs():
     src = SocketAuditSource(port=0)
     assert src.join_wait == InputSettings().join_wait_seconds
     assert src.batch_wait == RunnerSettings().batch_wait_seconds
+
+
+def bench(cache: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "live_latency.py"),
+                           "--calls", "5000", "--rate", "2500", "--cache", str(cache), *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_the_latency_benchmark_prints_its_figures_and_exits_1_over_its_bound(tmp_path):
+    number = r"([\d,]+(?:\.\d+)?)"
+    ok = bench(tmp_path, "--max-p99", "60")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    achieved = re.search(rf"in {number} s: {number} calls/s achieved \(target 2,500", ok.stdout)
+    assert achieved and float(achieved.group(2).replace(",", "")) > 0, ok.stdout
+    latency = re.search(rf"over {number} findings .*: p50 {number} ms, p99 {number} ms",
+                        ok.stdout)
+    assert latency and int(latency.group(1)) > 0, ok.stdout
+    assert float(latency.group(2)) <= float(latency.group(3)), ok.stdout
+    over = bench(tmp_path, "--max-p99", "0.000001")  # every finding takes longer than 1 us
+    assert over.returncode == 1 and "p99" in over.stdout, over.stdout + over.stderr
