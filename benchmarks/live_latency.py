@@ -115,18 +115,21 @@ def connect(port: int, proc: subprocess.Popen, timeout: float = 120.0) -> socket
             time.sleep(0.05)
 
 
-def wait_ready(metrics_port: int, proc: subprocess.Popen, timeout: float = 120.0) -> None:
+def wait_ready(metrics_port: int, proc: subprocess.Popen, log: Path,
+               timeout: float = 300.0) -> None:
     """Until /readyz says the pipeline is built: start-up is not what is measured here."""
     deadline = time.monotonic() + timeout
     while True:
         if proc.poll() is not None:
-            sys.exit(f"the service exited with {proc.returncode} before it was ready")
+            sys.exit(f"the service exited with {proc.returncode} before it was ready:\n"
+                     f"{log.read_text()[-2000:]}")
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/readyz", timeout=5):
                 return
         except OSError:  # not serving yet, or 503 while starting
             if time.monotonic() > deadline:
-                sys.exit(f"the service was not ready in {timeout:.0f} s")
+                sys.exit(f"the service was not ready in {timeout:.0f} s:\n"
+                         f"{log.read_text()[-2000:]}")
             time.sleep(0.05)
 
 
@@ -232,7 +235,7 @@ def main() -> int:
             stdout=subprocess.DEVNULL, stderr=open(log, "wb"),
             env={**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"})
         try:
-            wait_ready(metrics_port, proc)
+            wait_ready(metrics_port, proc, log)
             print(f"service ready after {time.perf_counter() - started:.2f} s")
             sock = connect(port, proc)
             sock.settimeout(None)  # a service that falls behind shows in the rate achieved

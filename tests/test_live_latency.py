@@ -30,6 +30,7 @@ from conftest import ROOT, SAMPLES
 from helpers import wait_for
 from secretscope.config import InputSettings, RunnerSettings
 from secretscope.events import AccessEvent
+from secretscope.sources import socket as socket_source
 from secretscope.sources.socket import SocketAuditSource
 
 LINES = (SAMPLES / "vault_audit_reference.jsonl").read_bytes().splitlines()
@@ -183,6 +184,28 @@ def test_a_backlog_never_splits_a_call():
     thread.join(5)
     (event,) = [i for i in items if type(i) is AccessEvent]
     assert event.phases == "request+response" and src.duplicates == 0
+
+
+def test_lines_held_back_by_a_full_queue_do_not_look_late(monkeypatch):
+    """A full queue stops the server thread reading, so the response waits in the kernel's
+    buffer and is read long after it arrived: it must still be joined, not released late."""
+    monkeypatch.setattr(socket_source, "QUEUE_LINES", 8)
+    call = str(uuid.uuid4())
+    request, response = now_entry(READ_REQUEST, call), now_entry(READ_RESPONSE, call)
+    fillers = [now_entry(ROOT_CALL, str(uuid.uuid4())) for _ in range(300)]  # ~400 KB
+    items: list = []
+    with SocketAuditSource(port=0, join_wait=0.05) as src:
+        with socket.create_connection(src.address, timeout=5) as node:
+            node.sendall(request + b"".join(fillers) + response)
+            wait_for(lambda: src.counters.lines >= 8, 5, "the queue filled", interval=0.005)
+            time.sleep(0.3)  # nobody consumes: reading stays stopped past the join wait
+            thread = consume(src, items)
+            wait_for(lambda: src.counters.lines == 302, 5, "every line read")
+            wait_for(lambda: len(items) >= 301, 5, "every call")
+    thread.join(5)
+    events = [i for i in items if type(i) is AccessEvent]
+    assert (events[0].event_id, events[0].phases) == (call, "request+response")
+    assert len(events) == 301 and src.duplicates == 0
 
 
 def test_a_partial_batch_is_handed_over_within_the_batch_wait():

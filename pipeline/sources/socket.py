@@ -36,8 +36,11 @@ BATCH_WAIT_SECONDS = 0.1
 QUEUE_LINES = 1024  # lines read but not yet parsed; bounds memory at QUEUE_LINES * max line
 _RECV_BYTES = 1 << 16
 _END = object()  # put by the server thread after its last line: the stream is over
-# a line to parse with its origin and the (monotonic) time it was received, or one refused
-_Read = tuple[bytes, str, float] | DeadLetter
+_UNDER_PRESSURE = float("inf")  # _pressure_end while a full queue holds reading back
+# A line to parse, with its origin, when it was read, and a time before which every line that
+# arrived on its connection had been read before it (see _Connection.read_until); or a line
+# already refused.
+_Read = tuple[bytes, str, float, float] | DeadLetter
 
 
 class SocketCounters:
@@ -56,7 +59,7 @@ class _Connection:
     """Splits one connection's bytes into lines, never holding more than ``limit`` bytes of one:
     the rest of an oversize line is counted and dropped as it arrives."""
 
-    __slots__ = ("origin", "limit", "counters", "line_no", "buf", "skipped")
+    __slots__ = ("origin", "limit", "counters", "line_no", "buf", "skipped", "read_until")
 
     def __init__(self, peer: tuple, limit: int, counters: SocketCounters) -> None:
         self.origin = f"socket:{peer[0]}:{peer[1]}"
@@ -65,14 +68,18 @@ class _Connection:
         self.line_no = 0
         self.buf = bytearray()
         self.skipped = 0  # bytes of the current line dropped because it is over the limit
+        # Everything that arrived before this time has been read: the time of the last read
+        # that emptied the kernel's buffer. While a full queue stops the server thread, it stays
+        # put, so lines read late are never taken for lines that arrived late.
+        self.read_until = time.monotonic()
 
-    def feed(self, data: bytes, received: float) -> list[_Read]:
-        """Lines completed by ``data``, as (raw, origin, received) to parse or as a dead
-        letter."""
+    def feed(self, data: bytes, received: float, complete: float) -> list[_Read]:
+        """Lines completed by ``data``, as (raw, origin, received, complete) to parse or as a
+        dead letter."""
         out: list[_Read] = []
         start = 0
         while (end := data.find(b"\n", start)) >= 0:
-            item = self._line(data[start:end], received)
+            item = self._line(data[start:end], received, complete)
             if item is not None:
                 out.append(item)
             start = end + 1
@@ -104,7 +111,7 @@ class _Connection:
             self.skipped = len(self.buf) - self.limit
             del self.buf[self.limit:]
 
-    def _line(self, tail: bytes, received: float) -> _Read | None:
+    def _line(self, tail: bytes, received: float, complete: float) -> _Read | None:
         origin = self._next_origin()
         size = len(self.buf) + self.skipped + len(tail)
         if size > self.limit:
@@ -119,7 +126,7 @@ class _Connection:
         self.buf.clear()
         if not raw or raw.isspace():
             return None
-        return raw, origin, received
+        return raw, origin, received, complete
 
 
 class SocketAuditSource:
@@ -165,6 +172,10 @@ class SocketAuditSource:
         self._wake: socket.socket | None = None  # closed by stop() to wake the server thread
         self._stopping = threading.Event()
         self._failure: Exception | None = None
+        # written by the server thread, read by the iterating one (see _select)
+        self._drained_at = float("-inf")
+        self._waiting = False
+        self._pressure_end = float("-inf")  # when reading last caught up after back-pressure
 
     @property
     def duplicates(self) -> int:
@@ -226,19 +237,21 @@ class SocketAuditSource:
             item = self._next(held_since)
             if item is _END:
                 break
-            if item is None:  # every line received so far is parsed: the clock is the limit
-                received = clock()
+            if item is None:  # every line queued is parsed
+                complete = self._caught_up(clock())
             elif type(item) is DeadLetter:
-                received = float("-inf")
+                complete = float("-inf")
             else:
-                received = item[2]
+                complete = item[3]
             out = []
-            if received >= check_at:  # first, so a half received too late is not joined
-                out = decoder.release_waiting(received)
+            # No call waits less than join_wait after back-pressure ended: its other half may
+            # have been held back by it. Release first, so a half received late is not joined.
+            if complete >= check_at and complete >= self._pressure_end + join_wait:
+                out = decoder.release_waiting(complete)
                 since = decoder.waiting_since()
-                check_at = (received if since is None else since) + join_wait
+                check_at = (complete if since is None else since) + join_wait
             if type(item) is tuple:
-                out += decoder.feed(*item)
+                out += decoder.feed(item[0], item[1], item[2])
             elif item is not None:
                 out.append(item)
             for event in out:
@@ -275,8 +288,9 @@ class SocketAuditSource:
             ends.append(held_since + self.batch_wait)
         since = self._decoder.waiting_since() if self.join_wait is not None else None
         if since is not None:
-            ends.append(since + self.join_wait)
-        return max(0.0, min(ends) - now)
+            ends.append(max(since, self._pressure_end) + self.join_wait)
+        # at least 1 ms: what is due may wait on the server thread draining a backlog
+        return max(0.001, min(ends) - now)
 
     def _serve(self, server: socket.socket, wake_in: socket.socket) -> None:
         """Server thread: accept, read and split lines until stop(); then end the stream."""
@@ -287,13 +301,13 @@ class SocketAuditSource:
             selector.register(wake_in, selectors.EVENT_READ)
             try:
                 while not self._stopping.is_set():
-                    for key, _ in selector.select():
+                    for key, _ in self._select(selector, connections):
                         sock = key.fileobj
                         if sock is server:
                             self._accept(server, selector, connections)
                         elif sock is not wake_in:
                             for item in self._read(sock, selector, connections):
-                                put(item)
+                                self._put(item)
             except Exception as exc:  # re-raised in the iterating thread once it has drained
                 log.exception("socket audit listener failed")
                 self._failure = exc
@@ -306,6 +320,41 @@ class SocketAuditSource:
                 server.close()
                 wake_in.close()
                 put(_END)
+
+    def _put(self, item: _Read) -> None:
+        """Queue a line; when the queue is full, wait, and note the back-pressure: Vault's
+        writes are held back too, so how late lines arrive says nothing about how late they
+        were logged until everything held back has been read (see _select)."""
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            self._pressure_end = _UNDER_PRESSURE
+            self._queue.put(item)
+
+    def _select(self, selector: selectors.BaseSelector,
+                connections: dict[socket.socket, _Connection]) -> list:
+        """The sockets ready to read. When none is, everything that arrived has been read:
+        that is noted, and while this thread waits, the consumer may take its clock as the time
+        everything before has been read (``_caught_up``)."""
+        ready = selector.select(0)
+        if ready:
+            return ready
+        now = time.monotonic()
+        for conn in connections.values():
+            conn.read_until = now
+        self._drained_at = now
+        if self._pressure_end == _UNDER_PRESSURE:
+            self._pressure_end = now
+        self._waiting = True
+        try:
+            return selector.select()
+        finally:
+            self._waiting = False
+
+    def _caught_up(self, now: float) -> float:
+        """Consumer side, with the queue empty: a time before which every line that arrived
+        has been read (and so parsed)."""
+        return now if self._waiting else self._drained_at
 
     def _accept(self, server: socket.socket, selector: selectors.BaseSelector,
                 connections: dict[socket.socket, _Connection]) -> None:
@@ -331,9 +380,25 @@ class SocketAuditSource:
             log.info("socket audit: %s: %s", conn.origin, exc)
             data = b""
         if data:
-            return conn.feed(data, time.monotonic())
+            received = time.monotonic()
+            complete = conn.read_until  # lines of this read may have arrived any time since
+            if _drained(sock, len(data)):
+                conn.read_until = received
+            return conn.feed(data, received, complete)
         selector.unregister(sock)
         sock.close()
         del connections[sock]
         cut = conn.close()
         return [cut] if cut is not None else []
+
+
+def _drained(sock: socket.socket, read: int) -> bool:
+    """Whether a read of ``read`` bytes left the connection's kernel buffer empty."""
+    if read < _RECV_BYTES:
+        return True
+    try:
+        return not sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False  # the next read finds out what went wrong
