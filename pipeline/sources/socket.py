@@ -146,9 +146,11 @@ class SocketAuditSource:
 
     * a call whose other half has not been received ``join_wait`` seconds after its first
       entry is released alone (None: only ``join_timeout`` of event time releases it). Times
-      are those the lines were received, and a call is only given up on once every line
-      received up to its deadline is parsed, so a backlog in the queue never splits a call. Its
-      late half is then dropped as a duplicate by the joiner (``Decoder.duplicates``);
+      are those the lines were read, and a call is only given up on once every line that
+      arrived before its deadline is parsed, so a backlog in the queue never splits a call; nor
+      does back-pressure (a full queue stops reading, and so holds Vault's writes back): no
+      call is given up on until ``join_wait`` after reading has caught up again. A late half is
+      dropped as a duplicate by the joiner (``duplicates``);
     * a None is yielded at most ``batch_wait`` seconds after the first event the consumer has
       not yet been told to process, and when nothing arrives for ``idle_tick_seconds``.
     """
