@@ -36,6 +36,7 @@ BATCH_WAIT_SECONDS = 0.1
 QUEUE_LINES = 1024  # lines read but not yet parsed; bounds memory at QUEUE_LINES * max line
 _RECV_BYTES = 1 << 16
 _END = object()  # put by the server thread after its last line: the stream is over
+_HEARTBEAT_SECONDS = 0.02  # how stale the consumer's idea of "all read" gets on a quiet stream
 _UNDER_PRESSURE = float("inf")  # _pressure_end while a full queue holds reading back
 # A line to parse, with its origin, when it was read, and a time before which every line that
 # arrived on its connection had been read before it (see _Connection.read_until); or a line
@@ -176,7 +177,6 @@ class SocketAuditSource:
         self._failure: Exception | None = None
         # written by the server thread, read by the iterating one (see _select)
         self._drained_at = float("-inf")
-        self._waiting = False
         self._pressure_end = float("-inf")  # when reading last caught up after back-pressure
 
     @property
@@ -240,7 +240,7 @@ class SocketAuditSource:
             if item is _END:
                 break
             if item is None:  # every line queued is parsed
-                complete = self._caught_up(clock())
+                complete = self._drained_at
             elif type(item) is DeadLetter:
                 complete = float("-inf")
             else:
@@ -335,9 +335,10 @@ class SocketAuditSource:
 
     def _select(self, selector: selectors.BaseSelector,
                 connections: dict[socket.socket, _Connection]) -> list:
-        """The sockets ready to read. When none is, everything that arrived has been read:
-        that is noted, and while this thread waits, the consumer may take its clock as the time
-        everything before has been read (``_caught_up``)."""
+        """The sockets ready to read. Whenever none is, everything that arrived has been read:
+        that time is noted for the consumer (``_drained_at``), at least every
+        ``_HEARTBEAT_SECONDS`` while the stream is quiet. The consumer never takes its own clock
+        for it: if this process was not scheduled for a while, lines may be waiting unread."""
         ready = selector.select(0)
         if ready:
             return ready
@@ -347,16 +348,7 @@ class SocketAuditSource:
         self._drained_at = now
         if self._pressure_end == _UNDER_PRESSURE:
             self._pressure_end = now
-        self._waiting = True
-        try:
-            return selector.select()
-        finally:
-            self._waiting = False
-
-    def _caught_up(self, now: float) -> float:
-        """Consumer side, with the queue empty: a time before which every line that arrived
-        has been read (and so parsed)."""
-        return now if self._waiting else self._drained_at
+        return selector.select(_HEARTBEAT_SECONDS)
 
     def _accept(self, server: socket.socket, selector: selectors.BaseSelector,
                 connections: dict[socket.socket, _Connection]) -> None:
