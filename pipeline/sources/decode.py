@@ -114,9 +114,8 @@ class Decoder:
     def release_waiting(self, now: float) -> list[Item]:
         """Release, oldest first, the calls received more than ``join_wait`` before ``now``
         and still waiting, with the completed calls queued behind them. ``now`` must be a time
-        by which every record received has been fed: a live source passes the receive time of
-        the record it fed last while it has a backlog, and the clock only once caught up, so a
-        response already received but not yet fed is never given up on."""
+        before which every record that arrived has been fed (not the clock while records wait
+        to be read or parsed), so a response that came in time is never given up on."""
         if self.join_wait is None:
             return []
         out: list[Item] = []
