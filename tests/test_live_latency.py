@@ -30,11 +30,13 @@ from conftest import ROOT, SAMPLES
 from helpers import wait_for
 from secretscope.config import InputSettings, RunnerSettings
 from secretscope.events import AccessEvent
+from secretscope.parsers.vault import VaultJoiner, parse_entry
 from secretscope.sources import socket as socket_source
 from secretscope.sources.socket import SocketAuditSource
 
 LINES = (SAMPLES / "vault_audit_reference.jsonl").read_bytes().splitlines()
 READ_REQUEST, READ_RESPONSE = LINES[0], LINES[1]  # a KV read by a Kubernetes service account
+DENIED_REQUEST, DENIED_RESPONSE = LINES[2], LINES[3]  # a denied read
 ROOT_CALL = LINES[9]  # the root token writes an ACL policy (one response entry)
 BOUND = 1.0  # s: from sending a call to its finding being in the store
 
@@ -228,6 +230,21 @@ def test_a_partial_batch_is_handed_over_within_the_batch_wait():
     handed_over = times[items.index(None)]
     assert handed_over < last_sent, "the batch waited for the trickle to end"
     assert handed_over - times[0] <= 0.2 + 0.3, f"{handed_over - times[0]:.3f} s"
+
+
+def test_releasing_the_oldest_call_keeps_arrival_order_and_drops_its_late_half():
+    a, b = str(uuid.uuid4()), str(uuid.uuid4())
+    joiner = VaultJoiner()
+
+    def feed(line: bytes, call: str) -> list[AccessEvent]:
+        return joiner.feed(parse_entry(now_entry(line, call), "test"))
+
+    assert feed(READ_REQUEST, a) == []  # waits for its response
+    assert feed(DENIED_REQUEST, b) + feed(DENIED_RESPONSE, b) == []  # done, but behind a
+    assert [(e.event_id, e.phases) for e in joiner.release_oldest()] == [
+        (a, "request"), (b, "request+response")]
+    assert feed(READ_RESPONSE, a) == [] and joiner.duplicates == 1
+    assert joiner.release_oldest() == []
 
 
 def test_the_sources_defaults_are_the_configs():

@@ -248,9 +248,10 @@ class SocketAuditSource:
             out = []
             # No call waits less than join_wait after back-pressure ended: its other half may
             # have been held back by it. Release first, so a half received late is not joined.
-            if complete >= check_at and complete >= self._pressure_end + join_wait:
-                out = decoder.release_waiting(complete)
-                since = decoder.waiting_since()
+            if complete >= check_at:
+                if complete >= self._pressure_end + join_wait:
+                    out = decoder.release_waiting(complete)
+                since = decoder.waiting_since()  # also forgets the times of released calls
                 check_at = (complete if since is None else since) + join_wait
             if type(item) is tuple:
                 out += decoder.feed(item[0], item[1], item[2])
