@@ -73,22 +73,49 @@ def raw_consume(bootstrap: str, topic: str, expect: int) -> float:
     return elapsed
 
 
-def stages(bootstrap: str, topic: str, calls: int, db: Path) -> float:
+def settings_for(bootstrap: str, topic: str, tag: str, hop: str = "memory"):
     from secretscope.config import Settings, load_settings
+
+    base = load_settings()
+    doc = base.model_dump(exclude={"base_dir"})
+    doc["base_dir"] = base.base_dir
+    doc["run"]["hop"] = hop
+    doc["kafka"].update(bootstrap_servers=[bootstrap], audit_topics=[topic],
+                        events_topic=f"events-{tag}", dead_letter_topic=f"dlq-{tag}",
+                        parse_group=f"parse-{tag}", score_group=f"score-{tag}",
+                        snapshot_seconds=5.0, idle_seconds=1.0)
+    return Settings.model_validate(doc)
+
+
+def in_process(bootstrap: str, topic: str, calls: int, db: Path) -> tuple[float, float]:
+    """Both stages in one thread, events handed over in memory: (wall, CPU) seconds."""
+    from secretscope.runner import Pipeline
+    from secretscope.sources import kafka as kafka_io
+    from secretscope.stages import InProcessStages
+    from secretscope.store import Store
+
+    settings = settings_for(bootstrap, topic, uuid.uuid4().hex[:8])
+    kafka_io.ensure_topics(settings.kafka, 1, 1, events=False)
+    store = Store(f"sqlite:///{db}")
+    stage = InProcessStages(settings, store,
+                            lambda: Pipeline(settings, store=store, defer_writes=True))
+    start, cpu = time.perf_counter(), time.process_time()
+    while stage.score_counters.events < calls:
+        stage.poll_once()
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
+    stage.close()
+    store.close()
+    return elapsed, cpu
+
+
+def via_topic(bootstrap: str, topic: str, calls: int, db: Path, tag: str) -> float:
+    """Parse and score stages in two threads of one process, through the events topic."""
     from secretscope.runner import Pipeline
     from secretscope.sources import kafka as kafka_io
     from secretscope.stages import ParseStage, ScoreStage
     from secretscope.store import Store
 
-    base = load_settings()
-    tag = uuid.uuid4().hex[:8]
-    doc = base.model_dump(exclude={"base_dir"})
-    doc["base_dir"] = base.base_dir
-    doc["kafka"].update(bootstrap_servers=[bootstrap], audit_topics=[topic],
-                        events_topic=f"events-{tag}", dead_letter_topic=f"dlq-{tag}",
-                        parse_group=f"parse-{tag}", score_group=f"score-{tag}",
-                        snapshot_seconds=5.0, idle_seconds=1.0)
-    settings = Settings.model_validate(doc)
+    settings = settings_for(bootstrap, topic, tag, hop="topic")
     k = settings.kafka
     kafka_io.ensure_topics(k, k.events_partitions, k.replication_factor)
     store = Store(f"sqlite:///{db}")
@@ -106,6 +133,12 @@ def stages(bootstrap: str, topic: str, calls: int, db: Path) -> float:
     while score.counters.events < calls:
         score.poll_once()
     elapsed = time.perf_counter() - start
+    # the parse stage tells the events partitions it is idle before it stops, so the score
+    # processes below can release every event
+    wait_until = time.monotonic() + 30
+    while len(parse.idle) < len(parse.consumer.assignment()) and time.monotonic() < wait_until:
+        time.sleep(0.1)
+    time.sleep(1.5)
     done.set()
     thread.join()
     parse.close()
@@ -114,7 +147,60 @@ def stages(bootstrap: str, topic: str, calls: int, db: Path) -> float:
     return elapsed
 
 
+def score_worker(bootstrap: str, topic: str, tag: str, partitions: list[int], db: str) -> None:
+    """One score process over the given events partitions (``--score-worker``): prints
+    ``{"start", "end", "cpu", "events"}`` once every partition is read to its end and scored."""
+    import orjson
+
+    from secretscope.runner import Pipeline
+    from secretscope.sources import kafka as kafka_io
+    from secretscope.stages import ScoreStage
+    from secretscope.store import Store
+
+    settings = settings_for(bootstrap, topic, tag, hop="topic")
+    store = Store(f"sqlite:///{db}")
+    stage = ScoreStage(settings, store,
+                       lambda: Pipeline(settings, store=store, defer_writes=True))
+    # Fixed partitions instead of the group's assignment, so the two processes share the work
+    # from the first poll.
+    tps = [kafka_io.TopicPartition(settings.kafka.events_topic, p) for p in partitions]
+    stage.consumer.unsubscribe()
+    stage.consumer.assign(tps)
+    stage.consumer.seek_to_beginning(*tps)  # the topic path's run committed its group's offsets
+    stage.rebalances.on_partitions_assigned(tps)
+    ends = stage.consumer.end_offsets(tps)
+    start, cpu = time.time(), time.process_time()
+    while any(stage.consumer.position(tp) < ends[tp] for tp in tps) or \
+            any(w.buffer for w in stage.workers.values()):
+        stage.poll_once()
+    end, cpu = time.time(), time.process_time() - cpu
+    print(orjson.dumps({"start": start, "end": end, "cpu": cpu,
+                        "events": stage.counters.events}).decode(), flush=True)
+    stage.consumer.close()
+    store.close()
+
+
+def score_processes(bootstrap: str, topic: str, tag: str, split: list[list[int]],
+                    tmp: Path) -> tuple[float, int, float]:
+    """Score processes started together, one per partition list: (span from the first start
+    to the last end, events scored, CPU seconds)."""
+    import orjson
+
+    procs = [subprocess.Popen([sys.executable, __file__, "--score-worker", bootstrap, topic, tag,
+                               ",".join(map(str, parts)), str(tmp / f"score-{tag}-{i}.db")],
+                              stdout=subprocess.PIPE)
+             for i, parts in enumerate(split)]
+    results = [orjson.loads(p.communicate()[0].splitlines()[-1]) for p in procs]
+    span = max(r["end"] for r in results) - min(r["start"] for r in results)
+    return span, sum(r["events"] for r in results), sum(r["cpu"] for r in results)
+
+
 def main() -> int:
+    if sys.argv[1:2] == ["--score-worker"]:
+        bootstrap, topic, tag, parts, db = sys.argv[2:7]
+        sys.path.insert(0, str(ROOT))
+        score_worker(bootstrap, topic, tag, [int(p) for p in parts.split(",")], db)
+        return 0
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=100_000)
@@ -130,19 +216,32 @@ def main() -> int:
         summary = simulate(SimulationSpec(days=7, seed=args.seed, target_calls=args.calls), log,
                            tmp / "labels.jsonl")
         lines = log.read_bytes().splitlines()
+        calls = summary.calls
         bootstrap, stop = broker(tmp / "kafka")
         try:
             topic = f"audit-{uuid.uuid4().hex[:8]}"
             t = time.perf_counter()
             produce(bootstrap, topic, lines, args.partitions)
-            print(f"produced {len(lines):,} audit records ({summary.calls:,} calls) in "
+            print(f"produced {len(lines):,} audit records ({calls:,} calls) in "
                   f"{time.perf_counter() - t:.1f}s to {args.partitions} partitions")
             raw = raw_consume(bootstrap, topic, len(lines))
-            print(f"raw kafka-python consumer: {len(lines) / raw:,.0f} records/s = "
-                  f"{summary.calls / raw:,.0f} calls/s ({raw:.1f}s)")
-            piped = stages(bootstrap, topic, summary.calls, tmp / "store.db")
-            print(f"parse + score stages:      {summary.calls / piped:,.0f} calls/s ({piped:.1f}s)")
-            print(f"ratio (stages / raw consumption): {raw / piped:.2f}")
+            print(f"raw kafka-python consumer:          {len(lines) / raw:,.0f} records/s = "
+                  f"{calls / raw:,.0f} calls/s ({raw:.1f}s)")
+            memory, cpu = in_process(bootstrap, topic, calls, tmp / "memory.db")
+            print(f"parse + score in memory, 1 process: {calls / memory:,.0f} calls/s "
+                  f"({memory:.1f}s, {cpu / calls * 1e6:.0f} us CPU per call)")
+            tag = uuid.uuid4().hex[:8]
+            piped = via_topic(bootstrap, topic, calls, tmp / "topic.db", tag)
+            print(f"parse + score via events topic:     {calls / piped:,.0f} calls/s "
+                  f"({piped:.1f}s)")
+            one = score_processes(bootstrap, topic, tag, [[0, 1, 2, 3]], tmp)
+            two = score_processes(bootstrap, topic, tag, [[0, 1], [2, 3]], tmp)
+            for name, (span, events, cpu) in (("1 score process: ", one), ("2 score processes:", two)):
+                print(f"{name}                 {events / span:,.0f} calls/s ({span:.1f}s, "
+                      f"{cpu / events * 1e6:.0f} us CPU per call)")
+            print(f"ratio (in memory / raw consumption): {raw / memory:.2f}")
+            print(f"ratio (via topic / raw consumption): {raw / piped:.2f}")
+            print(f"ratio (2 score processes / 1):       {one[0] / two[0]:.2f}")
         finally:
             stop()
     return 0

@@ -134,12 +134,12 @@ class _LagReport:
 
 class ParseStage:
     def __init__(self, settings: Settings, counters: ParseCounters | None = None,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, one_owner: bool = False) -> None:
         self.settings = settings
         self.k = settings.kafka
         self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
         self.consumer = kafka_io.consumer(self.k, self.k.parse_group,
-                                          settings.input.max_record_bytes)
+                                          settings.input.max_record_bytes, one_owner)
         self.producer = kafka_io.producer(self.k)
         self.decoders: dict = {}
         self._parked: dict = {}  # decoders of revoked partitions, until the new assignment is known
@@ -148,12 +148,16 @@ class ParseStage:
         self.sent: dict = {}
         self.counters = counters if counters is not None else ParseCounters()
         self.last_commit = time.monotonic()
-        self.event_partitions = sorted(self.producer.partitions_for(self.k.events_topic))
-        wait_for_topics(self.consumer, self.k.audit_topics)
+        self.event_partitions = self._event_partitions()
+        found = wait_for_topics(self.consumer, self.k.audit_topics)
+        self.sources = {f"{topic}/{p}" for topic, parts in found.items() for p in parts}
         self.rebalances = _Listener()
         self.consumer.subscribe(list(self.k.audit_topics), listener=self.rebalances)
         self.lag = _LagReport(metrics)
         self.ready = False  # joined its group; read by the readiness probe
+
+    def _event_partitions(self) -> list[int]:
+        return sorted(self.producer.partitions_for(self.k.events_topic))
 
     def _decoder(self, tp) -> Decoder:
         decoder = self.decoders.get(tp)
@@ -169,25 +173,33 @@ class ParseStage:
                                      max_records=self.k.max_poll_records)
         self._apply_rebalances()
         now = time.monotonic()
+        self._feed(batches, now)
+        if now - self.last_commit >= self.k.commit_seconds or not batches:
+            # Batching flushes and commits: each is a round trip to the broker.
+            self._release_idle(now, batches)
+            self._checkpoint(now)
+            self.last_commit = now
+        self.lag(self.consumer)
+
+    def _feed(self, batches, now: float) -> None:
         assigned = self.consumer.assignment()
+        emit, counters = self._emit, self.counters
         for tp, records in batches.items():
             if tp not in assigned:
                 continue  # fetched before a rebalance took it away
             decoder = self._decoder(tp)
             self.idle.discard(tp)
             self.last_record_at[tp] = now
+            prefix = f"{tp.topic}/{tp.partition}/"
+            counters.records += len(records)
             for record in records:
-                self.counters.records += 1
-                origin = f"{tp.topic}/{tp.partition}/{record.offset}"
-                self._emit(decoder.feed(record.value or b"", origin))
-        if now - self.last_commit >= self.k.commit_seconds or not batches:
-            # Batching flushes and commits: each is a round trip to the broker.
-            self._release_idle(now, batches)
-            self._send_watermarks()
-            self.producer.flush()
-            self._commit(self.consumer.assignment())
-            self.last_commit = now
-        self.lag(self.consumer)
+                emit(decoder.feed(record.value or b"", prefix + str(record.offset)))
+
+    def _checkpoint(self, now: float) -> None:
+        """Watermarks out, then the producer flushed, then the input offsets committed."""
+        self._send_watermarks()
+        self.producer.flush()
+        self._commit(self.consumer.assignment())
 
     def _emit(self, items) -> None:
         for item in items:
@@ -285,7 +297,11 @@ class ParseStage:
                 if tp in self._parked:
                     self.decoders[tp] = self._parked[tp]
             self._parked.clear()
+            self._assigned(tps)
             self.ready = True
+
+    def _assigned(self, tps) -> None:
+        """Called with each new assignment, once the decoders of kept partitions are back."""
 
     def close(self) -> None:
         self.lag.forget()
@@ -386,6 +402,18 @@ class PartitionWorker:
         self.buffered = {e.event_id: now for e in events}
 
 
+def save_worker(store: Store, key: str, worker: PartitionWorker,
+                metrics: ServiceMetrics | None) -> None:
+    """The worker's state with its offset and the findings raised since the last save, in one
+    transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
+    versions = worker.pipeline.take_unsaved()
+    store.save_snapshot(key, worker.next_offset, worker.dump(), versions)
+    arrivals, worker.arrivals = worker.arrivals, {}
+    if metrics is not None and versions:
+        metrics.stored(versions, lambda f: arrivals.get((f.id, f.version)))
+    worker.dirty = False
+
+
 class ScoreStage:
     def __init__(self, settings: Settings, store: Store, make_pipeline: Callable[[], Pipeline],
                  counters: ScoreCounters | None = None,
@@ -478,13 +506,7 @@ class ScoreStage:
         self.lag(self.consumer)
 
     def _save(self, tp, worker: PartitionWorker) -> None:
-        """The worker's state with its offset and the findings raised since the last save, in
-        one transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
-        versions = worker.pipeline.take_unsaved()
-        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(), versions)
-        arrivals, worker.arrivals = worker.arrivals, {}
-        if self.metrics is not None and versions:
-            self.metrics.stored(versions, lambda f: arrivals.get((f.id, f.version)))
+        save_worker(self.store, self._key(tp), worker, self.metrics)
 
     def _checkpoint(self, tps) -> None:
         """Save each worker's state, offset and findings together, then commit the offsets."""
@@ -510,6 +532,122 @@ class ScoreStage:
             self.consumer.close()
         except Exception:
             log.debug("closing after an error", exc_info=True)
+
+
+class InProcessStages(ParseStage):
+    """Both stages in one process (``run.hop: memory``): events go from parse to score in
+    memory, not through the events topic.
+
+    The state covers every identity, so the audit group gives every partition to one process
+    (:class:`~secretscope.sources.kafka.OneOwnerAssignor`); other processes of the group stand
+    by and take over when it leaves. Events go to ``kafka.events_partitions`` workers by the
+    hash the parse stage partitions the events topic with, and watermarks straight to every
+    worker, so the findings are those of the topic path with as many events partitions.
+
+    With no events topic to read again, the audit offsets are the only input position. A
+    checkpoint (every ``kafka.snapshot_seconds``) saves each worker's state, reorder buffer
+    and watermarks with the findings it raised, and only then commits the audit offsets,
+    never past a request still waiting for its response. After a crash the records after the
+    committed offsets are parsed again; each worker drops the events it already scored (at or
+    below its watermark of their source) or holds (in its buffer), as the score stage drops
+    copies from the topic.
+    """
+
+    def __init__(self, settings: Settings, store: Store, make_pipeline: Callable[[], Pipeline],
+                 counters: ParseCounters | None = None,
+                 score_counters: ScoreCounters | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
+        self.store = store
+        self.make_pipeline = make_pipeline
+        self.score_counters = score_counters if score_counters is not None else ScoreCounters()
+        self.metrics = metrics
+        self.workers: list[PartitionWorker] | None = None  # None: standing by
+        self.last_snapshot = time.monotonic()
+        self._arrived = 0.0
+        self._late = 0  # copies the workers had dropped when last counted
+        super().__init__(settings, counters, metrics, one_owner=True)
+
+    def _event_partitions(self) -> list[int]:
+        return list(range(self.k.events_partitions))
+
+    def _key(self, slot: int) -> str:
+        return f"inproc/{self.k.parse_group}/{slot}"
+
+    def _assigned(self, tps) -> None:
+        if not tps:
+            self.workers = None  # another member owns the input; its state is in the store
+        elif self.workers is None:
+            self.workers = [self._restore(slot) for slot in self.event_partitions]
+            self._late = sum(w.late for w in self.workers)
+
+    def _restore(self, slot: int) -> PartitionWorker:
+        worker = PartitionWorker(self.make_pipeline(), self.sources)
+        saved = self.store.load_snapshot(self._key(slot))
+        if saved is not None:
+            try:
+                worker.load(saved[1])
+            except ModelIntegrityError as exc:  # name the row the operator may delete
+                raise ModelIntegrityError(f"snapshot {self._key(slot)}: {exc}") from None
+            log.info("in-process stages: %s restored", self._key(slot))
+        return worker
+
+    def _feed(self, batches, now: float) -> None:
+        if self.workers is None:
+            return  # fetched before the assignment went to another member
+        self._arrived = now
+        super()._feed(batches, now)
+        self._score()
+
+    def _emit(self, items) -> None:
+        workers = self.workers
+        n = len(workers)
+        for item in items:
+            if type(item) is AccessEvent:
+                self.counters.events += 1
+                worker = workers[zlib.crc32(item.identity.encode()) % n]
+                worker.add_event(item, self._arrived)
+                worker.dirty = True
+            else:
+                self._dead_letter(item)
+
+    def _score(self) -> None:
+        """Apply each audit partition's watermark, then score what every worker can release."""
+        marks = [m for m in map(self._watermark, self.consumer.assignment())
+                 if m.idle or m.ts != float("-inf")]
+        counters = self.score_counters
+        for worker in self.workers:
+            for mark in marks:
+                if worker.marks.get(mark.source) != [mark.ts, mark.idle]:
+                    worker.add_watermark(mark)
+                    worker.dirty = True
+            events = worker.release()
+            if events:
+                counters.events += len(events)
+                worker.pipeline.process_batch(events)
+        late = sum(w.late for w in self.workers)
+        counters.dropped += late - self._late
+        self._late = late
+
+    def _checkpoint(self, now: float) -> None:
+        if self.workers is None:
+            return
+        self._score()
+        if now - self.last_snapshot >= self.k.snapshot_seconds:
+            self._save_and_commit()
+
+    def _save_and_commit(self) -> None:
+        for slot, worker in zip(self.event_partitions, self.workers):
+            if worker.dirty:
+                save_worker(self.store, self._key(slot), worker, self.metrics)
+        self.producer.flush()  # the dead letters of the records about to be committed
+        self._commit(self.consumer.assignment())
+        self.last_snapshot = self.score_counters.last_snapshot = time.monotonic()
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self._score()
+            self._save_and_commit()
+        super().close()
 
 
 class _Listener(kafka_io.ConsumerRebalanceListener):
