@@ -57,20 +57,24 @@ def produce(bootstrap: str, topic: str, lines: list[bytes], partitions: int) -> 
     producer.close()
 
 
-def raw_consume(bootstrap: str, topic: str, expect: int) -> float:
+def raw_consume(bootstrap: str, topic: str, expect: int) -> tuple[float, float]:
+    """A plain consumer reading every record: (wall, CPU) seconds for all of them."""
     from kafka import KafkaConsumer
 
     consumer = KafkaConsumer(topic, bootstrap_servers=bootstrap, group_id=f"raw-{uuid.uuid4()}",
                              auto_offset_reset="earliest", enable_auto_commit=False,
                              max_poll_records=500)
     seen = 0
-    start = time.perf_counter()
+    while not seen:  # the clock starts at the first records: joining the group is start-up
+        seen = sum(map(len, consumer.poll(timeout_ms=500).values()))
+    start, cpu, first = time.perf_counter(), time.process_time(), seen
     while seen < expect:
         for records in consumer.poll(timeout_ms=500).values():
             seen += len(records)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     consumer.close()
-    return elapsed
+    scale = expect / (expect - first)  # for all records at that rate
+    return elapsed * scale, cpu * scale
 
 
 def settings_for(bootstrap: str, topic: str, tag: str, hop: str = "memory"):
@@ -99,13 +103,18 @@ def in_process(bootstrap: str, topic: str, calls: int, db: Path) -> tuple[float,
     store = Store(f"sqlite:///{db}")
     stage = InProcessStages(settings, store,
                             lambda: Pipeline(settings, store=store, defer_writes=True))
-    start, cpu = time.perf_counter(), time.process_time()
+    started = time.perf_counter()
+    while not stage.ready:  # joined, state restored, pipelines built: start-up
+        stage.poll_once()
+    start, cpu, first = time.perf_counter(), time.process_time(), stage.score_counters.events
+    print(f"  (in memory: start-up {start - started:.1f}s)")
     while stage.score_counters.events < calls:
         stage.poll_once()
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     stage.close()
     store.close()
-    return elapsed, cpu
+    done = calls - first
+    return elapsed * calls / done, cpu * calls / done  # for all calls at that rate
 
 
 def via_topic(bootstrap: str, topic: str, calls: int, db: Path, tag: str) -> float:
@@ -169,13 +178,14 @@ def score_worker(bootstrap: str, topic: str, tag: str, partitions: list[int], db
     stage.consumer.seek_to_beginning(*tps)  # the topic path's run committed its group's offsets
     stage.rebalances.on_partitions_assigned(tps)
     ends = stage.consumer.end_offsets(tps)
-    start, cpu = time.time(), time.process_time()
+    stage.restore()  # builds the pipelines: start-up
+    start, cpu, first = time.time(), time.process_time(), stage.counters.events
     while any(stage.consumer.position(tp) < ends[tp] for tp in tps) or \
             any(w.buffer for w in stage.workers.values()):
         stage.poll_once()
     end, cpu = time.time(), time.process_time() - cpu
     print(orjson.dumps({"start": start, "end": end, "cpu": cpu,
-                        "events": stage.counters.events}).decode(), flush=True)
+                        "events": stage.counters.events - first}).decode(), flush=True)
     stage.consumer.close()
     store.close()
 
@@ -224,12 +234,13 @@ def main() -> int:
             produce(bootstrap, topic, lines, args.partitions)
             print(f"produced {len(lines):,} audit records ({calls:,} calls) in "
                   f"{time.perf_counter() - t:.1f}s to {args.partitions} partitions")
-            raw = raw_consume(bootstrap, topic, len(lines))
+            raw, raw_cpu = raw_consume(bootstrap, topic, len(lines))
             print(f"raw kafka-python consumer:          {len(lines) / raw:,.0f} records/s = "
-                  f"{calls / raw:,.0f} calls/s ({raw:.1f}s)")
-            memory, cpu = in_process(bootstrap, topic, calls, tmp / "memory.db")
+                  f"{calls / raw:,.0f} calls/s ({raw:.1f}s, {raw_cpu / calls * 1e6:.0f} us CPU "
+                  f"per call)")
+            memory, memory_cpu = in_process(bootstrap, topic, calls, tmp / "memory.db")
             print(f"parse + score in memory, 1 process: {calls / memory:,.0f} calls/s "
-                  f"({memory:.1f}s, {cpu / calls * 1e6:.0f} us CPU per call)")
+                  f"({memory:.1f}s, {memory_cpu / calls * 1e6:.0f} us CPU per call)")
             tag = uuid.uuid4().hex[:8]
             piped = via_topic(bootstrap, topic, calls, tmp / "topic.db", tag)
             print(f"parse + score via events topic:     {calls / piped:,.0f} calls/s "
@@ -239,7 +250,8 @@ def main() -> int:
             for name, (span, events, cpu) in (("1 score process: ", one), ("2 score processes:", two)):
                 print(f"{name}                 {events / span:,.0f} calls/s ({span:.1f}s, "
                       f"{cpu / events * 1e6:.0f} us CPU per call)")
-            print(f"ratio (in memory / raw consumption): {raw / memory:.2f}")
+            print(f"ratio (in memory / raw consumption): {raw / memory:.2f} wall, "
+                  f"{raw_cpu / memory_cpu:.2f} CPU")
             print(f"ratio (via topic / raw consumption): {raw / piped:.2f}")
             print(f"ratio (2 score processes / 1):       {one[0] / two[0]:.2f}")
         finally:
