@@ -1,12 +1,19 @@
-"""Kafka throughput: events/s through parse + score stages vs raw kafka-python consumption.
+"""Kafka throughput: the service's paths against raw kafka-python consumption, in one run.
 
     python benchmarks/kafka_throughput.py --calls 100000          # starts its own broker
     SECRETSCOPE_KAFKA_BOOTSTRAP=127.0.0.1:9092 python benchmarks/kafka_throughput.py
 
-Simulates a Vault audit log, produces it to a fresh audit topic (keyed by request id), then in
-the same run measures (1) a plain kafka-python consumer reading every record and (2) the parse
-and score stages of ``secretscope run`` (one process, one thread each) until every call is
-scored. Prints calls/s for both and their ratio.
+Simulates a Vault audit log, produces it to a fresh audit topic (keyed by request id), then
+measures, one after the other in the same run:
+
+1. a plain kafka-python consumer reading every record (the baseline);
+2. both stages in one process, events handed over in memory (``run.hop: memory``);
+3. both stages in two threads of one process, through the events topic (``run.hop: topic``);
+4. one ``score`` process over that run's events topic, then two (each half the partitions).
+
+Throughput excludes start-up (joining the group, building the pipelines). Each line gives wall
+time and CPU time per call: on a shared machine (the broker runs on it too) wall figures follow
+the load, so compare the ratios, and CPU, of one run.
 """
 
 from __future__ import annotations
@@ -197,7 +204,8 @@ def score_processes(bootstrap: str, topic: str, tag: str, split: list[list[int]]
     import orjson
 
     procs = [subprocess.Popen([sys.executable, __file__, "--score-worker", bootstrap, topic, tag,
-                               ",".join(map(str, parts)), str(tmp / f"score-{tag}-{i}.db")],
+                               ",".join(map(str, parts)),
+                               str(tmp / f"score-{tag}-{len(split)}-{i}.db")],
                               stdout=subprocess.PIPE)
              for i, parts in enumerate(split)]
     results = [orjson.loads(p.communicate()[0].splitlines()[-1]) for p in procs]
@@ -247,13 +255,16 @@ def main() -> int:
                   f"({piped:.1f}s)")
             one = score_processes(bootstrap, topic, tag, [[0, 1, 2, 3]], tmp)
             two = score_processes(bootstrap, topic, tag, [[0, 1], [2, 3]], tmp)
-            for name, (span, events, cpu) in (("1 score process: ", one), ("2 score processes:", two)):
+            for name, (span, events, cpu) in (("1 score process:  ", one),
+                                               ("2 score processes:", two)):
+                # cores busy: how much CPU the processes got (the broker and others share it)
                 print(f"{name}                 {events / span:,.0f} calls/s ({span:.1f}s, "
-                      f"{cpu / events * 1e6:.0f} us CPU per call)")
+                      f"{cpu / events * 1e6:.0f} us CPU per call, {cpu / span:.2f} cores busy)")
             print(f"ratio (in memory / raw consumption): {raw / memory:.2f} wall, "
                   f"{raw_cpu / memory_cpu:.2f} CPU")
             print(f"ratio (via topic / raw consumption): {raw / piped:.2f}")
-            print(f"ratio (2 score processes / 1):       {one[0] / two[0]:.2f}")
+            print(f"ratio (2 score processes / 1):       "
+                  f"{(two[1] / two[0]) / (one[1] / one[0]):.2f}")
         finally:
             stop()
     return 0
