@@ -1,11 +1,12 @@
 """``secretscope run``: the long-running service.
 
-``run.source: kafka`` runs the parse and/or score stage (``run.stages``): both together hand
-events over in memory in one thread (``run.hop: memory``, :class:`~secretscope.stages.InProcessStages`) or go through
-the events topic in two threads (``run.hop: topic``); ``run.source: socket`` listens for Vault's socket audit device and runs the pipeline in
-process. SIGTERM or SIGINT stops the loops after their current poll; each stage then saves its
-state and commits before leaving its consumer group. A summary of the counters is printed as one
-JSON line on stderr at exit.
+``run.source: kafka`` runs the parse and/or score stage (``run.stages``); both together hand
+events over in memory in one thread (``run.hop: memory``,
+:class:`~secretscope.stages.InProcessStages`) or go through the events topic in two threads
+(``run.hop: topic``). ``run.source: socket`` listens for Vault's socket audit device and runs
+the pipeline in process. SIGTERM or SIGINT stops the loops after their current poll; each
+stage then saves its state and commits before leaving its consumer group. A summary of the
+counters is printed as one JSON line on stderr at exit.
 
 With ``metrics.port`` set, /metrics, /livez and /readyz are served from before the store is
 connected (so probes answer while an outage is waited out) until the loops have stopped.
