@@ -124,8 +124,9 @@ def in_process(bootstrap: str, topic: str, calls: int, db: Path) -> tuple[float,
     return elapsed * calls / done, cpu * calls / done  # for all calls at that rate
 
 
-def via_topic(bootstrap: str, topic: str, calls: int, db: Path, tag: str) -> float:
-    """Parse and score stages in two threads of one process, through the events topic."""
+def via_topic(bootstrap: str, topic: str, calls: int, db: Path, tag: str) -> tuple[float, float]:
+    """Parse and score stages in two threads of one process, through the events topic: (wall,
+    CPU) seconds, start-up included."""
     from secretscope.runner import Pipeline
     from secretscope.sources import kafka as kafka_io
     from secretscope.stages import ParseStage, ScoreStage
@@ -144,11 +145,11 @@ def via_topic(bootstrap: str, topic: str, calls: int, db: Path, tag: str) -> flo
             parse.poll_once()
 
     thread = threading.Thread(target=run_parse)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     thread.start()
     while score.counters.events < calls:
         score.poll_once()
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     # the parse stage tells the events partitions it is idle before it stops, so the score
     # processes below can release every event
     wait_until = time.monotonic() + 30
@@ -160,7 +161,7 @@ def via_topic(bootstrap: str, topic: str, calls: int, db: Path, tag: str) -> flo
     parse.close()
     score.close()
     store.close()
-    return elapsed
+    return elapsed, cpu
 
 
 def score_worker(bootstrap: str, topic: str, tag: str, partitions: list[int], db: str) -> None:
@@ -248,11 +249,13 @@ def main() -> int:
                   f"per call)")
             memory, memory_cpu = in_process(bootstrap, topic, calls, tmp / "memory.db")
             print(f"parse + score in memory, 1 process: {calls / memory:,.0f} calls/s "
-                  f"({memory:.1f}s, {memory_cpu / calls * 1e6:.0f} us CPU per call)")
+                  f"({memory:.1f}s, {memory_cpu / calls * 1e6:.0f} us CPU per call, "
+                  f"{memory_cpu / memory:.2f} cores busy)")
             tag = uuid.uuid4().hex[:8]
-            piped = via_topic(bootstrap, topic, calls, tmp / "topic.db", tag)
+            piped, piped_cpu = via_topic(bootstrap, topic, calls, tmp / "topic.db", tag)
             print(f"parse + score via events topic:     {calls / piped:,.0f} calls/s "
-                  f"({piped:.1f}s)")
+                  f"({piped:.1f}s with start-up, {piped_cpu / calls * 1e6:.0f} us CPU per call, "
+                  f"{piped_cpu / piped:.2f} cores busy)")
             one = score_processes(bootstrap, topic, tag, [[0, 1, 2, 3]], tmp)
             two = score_processes(bootstrap, topic, tag, [[0, 1], [2, 3]], tmp)
             for name, (span, events, cpu) in (("1 score process:  ", one),
@@ -262,7 +265,8 @@ def main() -> int:
                       f"{cpu / events * 1e6:.0f} us CPU per call, {cpu / span:.2f} cores busy)")
             print(f"ratio (in memory / raw consumption): {raw / memory:.2f} wall, "
                   f"{raw_cpu / memory_cpu:.2f} CPU")
-            print(f"ratio (via topic / raw consumption): {raw / piped:.2f}")
+            print(f"ratio (via topic / raw consumption): {raw / piped:.2f} wall, "
+                  f"{raw_cpu / piped_cpu:.2f} CPU")
             print(f"ratio (2 score processes / 1):       "
                   f"{(two[1] / two[0]) / (one[1] / one[0]):.2f}")
         finally:
