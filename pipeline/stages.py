@@ -339,6 +339,7 @@ class ParseStage:
 
     def close(self) -> None:
         self.lag.forget()
+        self._send_batches()
         self.producer.flush()
         self._commit(self.consumer.assignment())
         self.consumer.close()
