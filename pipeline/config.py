@@ -424,6 +424,11 @@ class RunSettings(_Strict):
                                                "reads audit lines.")
     stages: Literal["both", "parse", "score"] = Field("both", description="Which Kafka stages "
                                                       "this process runs.")
+    hop: Literal["memory", "topic"] = Field(
+        "memory", description="With `stages: both`, how events go from parse to score: "
+        "`memory` inside the process (one process of the group owns every audit partition, "
+        "others stand by); `topic` through `kafka.events_topic`, as between separate `parse` "
+        "and `score` processes, so several processes share the scoring.")
 
 
 class MetricsSettings(_Strict):

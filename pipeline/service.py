@@ -1,10 +1,12 @@
 """``secretscope run``: the long-running service.
 
-``run.source: kafka`` runs the parse and/or score stage (``run.stages``) in threads of one
-process; ``run.source: socket`` listens for Vault's socket audit device and runs the pipeline in
-process. SIGTERM or SIGINT stops the loops after their current poll; each stage then saves its
-state and commits before leaving its consumer group. A summary of the counters is printed as one
-JSON line on stderr at exit.
+``run.source: kafka`` runs the parse and/or score stage (``run.stages``); both together hand
+events over in memory in one thread (``run.hop: memory``,
+:class:`~secretscope.stages.InProcessStages`) or go through the events topic in two threads
+(``run.hop: topic``). ``run.source: socket`` listens for Vault's socket audit device and runs
+the pipeline in process. SIGTERM or SIGINT stops the loops after their current poll; each
+stage then saves its state and commits before leaving its consumer group. A summary of the
+counters is printed as one JSON line on stderr at exit.
 
 With ``metrics.port`` set, /metrics, /livez and /readyz are served from before the store is
 connected (so probes answer while an outage is waited out) until the loops have stopped.
@@ -110,23 +112,34 @@ def _not_ready(stages: list) -> str | None:
 def _run_kafka(settings: Settings, store: Store, stop: threading.Event,
                metrics: ServiceMetrics, readiness: Readiness) -> dict:
     from secretscope.sources import kafka as kafka_io
-    from secretscope.stages import ParseCounters, ParseStage, ScoreCounters, ScoreStage
+    from secretscope.stages import (InProcessStages, ParseCounters, ParseStage, ScoreCounters,
+                                    ScoreStage)
 
     from kafka.errors import KafkaError
 
     k = settings.kafka
-    kafka_io.ensure_topics(k, k.events_partitions, k.replication_factor)
+    in_process = settings.run.stages == "both" and settings.run.hop == "memory"
+    kafka_io.ensure_topics(k, k.events_partitions, k.replication_factor,
+                           events=not in_process)
     parse_counters, score_counters = ParseCounters(), ScoreCounters()
     factories = []
+
+    def pipeline() -> Pipeline:
+        return Pipeline(settings, store=store, defer_writes=True)
+
+    if in_process:
+        factories.append(lambda: InProcessStages(settings, store, pipeline, parse_counters,
+                                                 score_counters, metrics))
     if settings.run.stages in ("both", "parse"):
-        factories.append(lambda: ParseStage(settings, parse_counters, metrics))
+        if not in_process:
+            factories.append(lambda: ParseStage(settings, parse_counters, metrics))
         metrics.count_from(lambda: Counts(received=parse_counters.records,
                                           parsed=parse_counters.events,
                                           dead_letters=parse_counters.dead_letter_reasons))
     if settings.run.stages in ("both", "score"):
-        factories.append(lambda: ScoreStage(
-            settings, store, lambda: Pipeline(settings, store=store, defer_writes=True),
-            score_counters, metrics))
+        if not in_process:
+            factories.append(lambda: ScoreStage(settings, store, pipeline, score_counters,
+                                                metrics))
         metrics.count_from(lambda: Counts(scored=score_counters.events,
                                           dropped=score_counters.dropped))
         metrics.snapshots_from(lambda: score_counters.last_snapshot)

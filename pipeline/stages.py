@@ -1,7 +1,8 @@
 """The two Kafka stages of ``secretscope run``.
 
 **Parse** (consumer group ``kafka.parse_group`` on the audit topics): records are parsed and
-joined per audit partition and produced to ``kafka.events_topic`` keyed by identity; bad records
+joined per audit partition and produced to ``kafka.events_topic``, partitioned by identity, as
+one record per events partition and poll (a msgpack array of events); bad records
 go to ``kafka.dead_letter_topic`` with headers naming reason and origin. After each poll it
 produces a *watermark* per audit partition to every events partition: the event time below
 which that audit partition will produce nothing more. Offsets are committed after the producer
@@ -43,9 +44,15 @@ from secretscope.sources.decode import LIVE_MAX_AHEAD_SECONDS, Decoder
 from secretscope.store import Store
 
 log = logging.getLogger(__name__)
+KIND = "secretscope-kind"  # header of every record the parse stage writes to the events topic
 WATERMARK = b"watermark"
+EVENTS = b"events"  # a msgpack array of events
+# One record per events partition and poll, not per event: kafka-python spends ~15 us
+# producing and ~10 us consuming each record, more than the record's event costs to score.
+BATCH_BYTES = 256 * 1024  # below the broker's and the producer's 1 MB default record limit
 _EVENT_ENCODER = msgspec.msgpack.Encoder()
 _EVENT_DECODER = msgspec.msgpack.Decoder(AccessEvent)
+_EVENTS_DECODER = msgspec.msgpack.Decoder(list[AccessEvent])
 
 
 class Watermark(msgspec.Struct, frozen=True):
@@ -134,12 +141,12 @@ class _LagReport:
 
 class ParseStage:
     def __init__(self, settings: Settings, counters: ParseCounters | None = None,
-                 metrics: ServiceMetrics | None = None) -> None:
+                 metrics: ServiceMetrics | None = None, one_owner: bool = False) -> None:
         self.settings = settings
         self.k = settings.kafka
         self.limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
         self.consumer = kafka_io.consumer(self.k, self.k.parse_group,
-                                          settings.input.max_record_bytes)
+                                          settings.input.max_record_bytes, one_owner)
         self.producer = kafka_io.producer(self.k)
         self.decoders: dict = {}
         self._parked: dict = {}  # decoders of revoked partitions, until the new assignment is known
@@ -148,12 +155,18 @@ class ParseStage:
         self.sent: dict = {}
         self.counters = counters if counters is not None else ParseCounters()
         self.last_commit = time.monotonic()
-        self.event_partitions = sorted(self.producer.partitions_for(self.k.events_topic))
-        wait_for_topics(self.consumer, self.k.audit_topics)
+        self.event_partitions = self._event_partitions()
+        self.batches: dict[int, list[bytes]] = {}  # events partition -> encoded events
+        self.batch_bytes: dict[int, int] = {}
+        found = wait_for_topics(self.consumer, self.k.audit_topics)
+        self.sources = {f"{topic}/{p}" for topic, parts in found.items() for p in parts}
         self.rebalances = _Listener()
         self.consumer.subscribe(list(self.k.audit_topics), listener=self.rebalances)
         self.lag = _LagReport(metrics)
         self.ready = False  # joined its group; read by the readiness probe
+
+    def _event_partitions(self) -> list[int]:
+        return sorted(self.producer.partitions_for(self.k.events_topic))
 
     def _decoder(self, tp) -> Decoder:
         decoder = self.decoders.get(tp)
@@ -169,38 +182,67 @@ class ParseStage:
                                      max_records=self.k.max_poll_records)
         self._apply_rebalances()
         now = time.monotonic()
+        self._feed(batches, now)
+        if now - self.last_commit >= self.k.commit_seconds or not batches:
+            # Batching flushes and commits: each is a round trip to the broker.
+            self._release_idle(now, batches)
+            self._checkpoint(now)
+            self.last_commit = now
+        self.lag(self.consumer)
+
+    def _feed(self, batches, now: float) -> None:
         assigned = self.consumer.assignment()
+        emit, counters = self._emit, self.counters
         for tp, records in batches.items():
             if tp not in assigned:
                 continue  # fetched before a rebalance took it away
             decoder = self._decoder(tp)
             self.idle.discard(tp)
             self.last_record_at[tp] = now
+            prefix = f"{tp.topic}/{tp.partition}/"
+            counters.records += len(records)
             for record in records:
-                self.counters.records += 1
-                origin = f"{tp.topic}/{tp.partition}/{record.offset}"
-                self._emit(decoder.feed(record.value or b"", origin))
-        if now - self.last_commit >= self.k.commit_seconds or not batches:
-            # Batching flushes and commits: each is a round trip to the broker.
-            self._release_idle(now, batches)
-            self._send_watermarks()
-            self.producer.flush()
-            self._commit(self.consumer.assignment())
-            self.last_commit = now
-        self.lag(self.consumer)
+                emit(decoder.feed(record.value or b"", prefix + str(record.offset)))
+        self._send_batches()
+
+    def _checkpoint(self, now: float) -> None:
+        """Events, then watermarks out, then the producer flushed, then the input offsets
+        committed."""
+        self._send_batches()  # events released by idle partitions
+        self._send_watermarks()
+        self.producer.flush()
+        self._commit(self.consumer.assignment())
 
     def _emit(self, items) -> None:
         for item in items:
             if type(item) is AccessEvent:
                 self.counters.events += 1
-                key = item.identity.encode()
                 # Our own partitioner: kafka-python's murmur2 is pure Python (~20 us a record);
                 # crc32 is as stable across processes and versions.
-                partition = self.event_partitions[zlib.crc32(key) % len(self.event_partitions)]
-                self.producer.send(self.k.events_topic, key=key, partition=partition,
-                                   value=_EVENT_ENCODER.encode(item))
+                key = zlib.crc32(item.identity.encode()) % len(self.event_partitions)
+                partition = self.event_partitions[key]
+                encoded = _EVENT_ENCODER.encode(item)
+                self.batches.setdefault(partition, []).append(encoded)
+                size = self.batch_bytes.get(partition, 0) + len(encoded)
+                self.batch_bytes[partition] = size
+                if size >= BATCH_BYTES:
+                    self._send_batch(partition)
             else:
                 self._dead_letter(item)
+
+    def _send_batches(self) -> None:
+        for partition in list(self.batches):
+            self._send_batch(partition)
+
+    def _send_batch(self, partition: int) -> None:
+        events = self.batches.pop(partition)
+        self.batch_bytes.pop(partition)
+        # msgpack array header, then the events as they were encoded one by one
+        n = len(events)
+        header = bytes((0x90 | n,)) if n < 16 else (
+            b"\xdc" + n.to_bytes(2, "big") if n < 1 << 16 else b"\xdd" + n.to_bytes(4, "big"))
+        self.producer.send(self.k.events_topic, value=header + b"".join(events),
+                           partition=partition, headers=[(KIND, EVENTS)])
 
     def _dead_letter(self, d: DeadLetter) -> None:
         self.counters.dead_letters += 1
@@ -223,8 +265,12 @@ class ParseStage:
                 continue
             if now - self.last_record_at.setdefault(tp, now) < self.k.idle_seconds:
                 continue
+            position = self.consumer.position(tp)
+            known = self.consumer.highwater(tp)  # from the last fetch, without a round trip
+            if known is not None and position < known:
+                continue
             end = self.consumer.end_offsets([tp]).get(tp)
-            if end is not None and self.consumer.position(tp) >= end:
+            if end is not None and position >= end:
                 self._emit(self._decoder(tp).flush())
                 self.idle.add(tp)
 
@@ -249,7 +295,7 @@ class ParseStage:
             value = _EVENT_ENCODER.encode(mark)
             for partition in partitions:
                 self.producer.send(self.k.events_topic, value=value, partition=partition,
-                                   headers=[("secretscope-kind", WATERMARK)])
+                                   headers=[(KIND, WATERMARK)])
             self.sent[tp] = mark
 
     def _commit(self, tps) -> None:
@@ -285,10 +331,15 @@ class ParseStage:
                 if tp in self._parked:
                     self.decoders[tp] = self._parked[tp]
             self._parked.clear()
+            self._assigned(tps)
             self.ready = True
+
+    def _assigned(self, tps) -> None:
+        """Called with each new assignment, once the decoders of kept partitions are back."""
 
     def close(self) -> None:
         self.lag.forget()
+        self._send_batches()
         self.producer.flush()
         self._commit(self.consumer.assignment())
         self.consumer.close()
@@ -359,6 +410,13 @@ class PartitionWorker:
         self._released, self._released_at, self._released_ids = out, at, None
         return out
 
+    def score(self, events: list[AccessEvent], batch_size: int) -> None:
+        """Score released events in batches of ``runner.batch_size``, as a replay does: one
+        release after a long wait can hold many thousands of events, and the pipeline's cost per
+        event grows with its batch (findings do not depend on the batching)."""
+        for i in range(0, len(events), batch_size):
+            self.pipeline.process_batch(events[i:i + batch_size])
+
     def _version_raised(self, f: Finding) -> None:
         """Called by the pipeline for each version it raises from the last released events;
         findings are rare, so the id -> arrival map is built only when one is raised."""
@@ -384,6 +442,18 @@ class PartitionWorker:
         heapq.heapify(self.buffer)
         now = time.monotonic()  # they arrive in this process now
         self.buffered = {e.event_id: now for e in events}
+
+
+def save_worker(store: Store, key: str, worker: PartitionWorker,
+                metrics: ServiceMetrics | None) -> None:
+    """The worker's state with its offset and the findings raised since the last save, in one
+    transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
+    versions = worker.pipeline.take_unsaved()
+    store.save_snapshot(key, worker.next_offset, worker.dump(), versions)
+    arrivals, worker.arrivals = worker.arrivals, {}
+    if metrics is not None and versions:
+        metrics.stored(versions, lambda f: arrivals.get((f.id, f.version)))
+    worker.dirty = False
 
 
 class ScoreStage:
@@ -445,11 +515,15 @@ class ScoreStage:
             self.consumer.seek(tp, worker.next_offset)
         return worker
 
-    def poll_once(self) -> None:
+    def restore(self) -> None:
+        """Build (and restore from snapshots) the workers of newly assigned partitions."""
         self._apply_rebalances()
         for tp in self.assigned - set(self.workers):
             self._worker(tp)
         self.ready = self.joined
+
+    def poll_once(self) -> None:
+        self.restore()
         batches = self.consumer.poll(timeout_ms=self.k.poll_timeout_ms,
                                      max_records=self.k.max_poll_records)
         arrived = time.monotonic()
@@ -462,9 +536,13 @@ class ScoreStage:
             for record in records:
                 if record.offset < worker.next_offset:
                     continue  # fetched from the committed offset; the snapshot is further on
-                if any(k == "secretscope-kind" for k, _ in record.headers or ()):
+                kind = record.headers[0][1] if record.headers else None
+                if kind == EVENTS:
+                    for event in _EVENTS_DECODER.decode(record.value):
+                        worker.add_event(event, arrived)
+                elif kind == WATERMARK:
                     worker.add_watermark(_WATERMARK_DECODER.decode(record.value))
-                else:
+                else:  # one event a record, as earlier versions wrote them
                     worker.add_event(_EVENT_DECODER.decode(record.value), arrived)
                 worker.next_offset = record.offset + 1
             worker.dirty = True
@@ -472,19 +550,13 @@ class ScoreStage:
             events = worker.release()
             if events:
                 self.counters.events += len(events)
-                worker.pipeline.process_batch(events)
+                worker.score(events, self.settings.runner.batch_size)
         if time.monotonic() - self.last_snapshot >= self.k.snapshot_seconds:
             self._checkpoint([tp for tp, w in self.workers.items() if w.dirty])
         self.lag(self.consumer)
 
     def _save(self, tp, worker: PartitionWorker) -> None:
-        """The worker's state with its offset and the findings raised since the last save, in
-        one transaction (pipelines here defer their writes: see ``Pipeline.defer_writes``)."""
-        versions = worker.pipeline.take_unsaved()
-        self.store.save_snapshot(self._key(tp), worker.next_offset, worker.dump(), versions)
-        arrivals, worker.arrivals = worker.arrivals, {}
-        if self.metrics is not None and versions:
-            self.metrics.stored(versions, lambda f: arrivals.get((f.id, f.version)))
+        save_worker(self.store, self._key(tp), worker, self.metrics)
 
     def _checkpoint(self, tps) -> None:
         """Save each worker's state, offset and findings together, then commit the offsets."""
@@ -510,6 +582,122 @@ class ScoreStage:
             self.consumer.close()
         except Exception:
             log.debug("closing after an error", exc_info=True)
+
+
+class InProcessStages(ParseStage):
+    """Both stages in one process (``run.hop: memory``): events go from parse to score in
+    memory, not through the events topic.
+
+    The state covers every identity, so the audit group gives every partition to one process
+    (:class:`~secretscope.sources.kafka.OneOwnerAssignor`); other processes of the group stand
+    by and take over when it leaves. Events go to ``kafka.events_partitions`` workers by the
+    hash the parse stage partitions the events topic with, and watermarks straight to every
+    worker, so the findings are those of the topic path with as many events partitions.
+
+    With no events topic to read again, the audit offsets are the only input position. A
+    checkpoint (every ``kafka.snapshot_seconds``) saves each worker's state, reorder buffer
+    and watermarks with the findings it raised, and only then commits the audit offsets,
+    never past a request still waiting for its response. After a crash the records after the
+    committed offsets are parsed again; each worker drops the events it already scored (at or
+    below its watermark of their source) or holds (in its buffer), as the score stage drops
+    copies from the topic.
+    """
+
+    def __init__(self, settings: Settings, store: Store, make_pipeline: Callable[[], Pipeline],
+                 counters: ParseCounters | None = None,
+                 score_counters: ScoreCounters | None = None,
+                 metrics: ServiceMetrics | None = None) -> None:
+        self.store = store
+        self.make_pipeline = make_pipeline
+        self.score_counters = score_counters if score_counters is not None else ScoreCounters()
+        self.metrics = metrics
+        self.workers: list[PartitionWorker] | None = None  # None: standing by
+        self.last_snapshot = time.monotonic()
+        self._arrived = 0.0
+        self._late = 0  # copies the workers had dropped when last counted
+        super().__init__(settings, counters, metrics, one_owner=True)
+
+    def _event_partitions(self) -> list[int]:
+        return list(range(self.k.events_partitions))
+
+    def _key(self, slot: int) -> str:
+        return f"inproc/{self.k.parse_group}/{slot}"
+
+    def _assigned(self, tps) -> None:
+        if not tps:
+            self.workers = None  # another member owns the input; its state is in the store
+        elif self.workers is None:
+            self.workers = [self._restore(slot) for slot in self.event_partitions]
+            self._late = sum(w.late for w in self.workers)
+
+    def _restore(self, slot: int) -> PartitionWorker:
+        worker = PartitionWorker(self.make_pipeline(), self.sources)
+        saved = self.store.load_snapshot(self._key(slot))
+        if saved is not None:
+            try:
+                worker.load(saved[1])
+            except ModelIntegrityError as exc:  # name the row the operator may delete
+                raise ModelIntegrityError(f"snapshot {self._key(slot)}: {exc}") from None
+            log.info("in-process stages: %s restored", self._key(slot))
+        return worker
+
+    def _feed(self, batches, now: float) -> None:
+        if self.workers is None:
+            return  # fetched before the assignment went to another member
+        self._arrived = now
+        super()._feed(batches, now)
+        self._score()
+
+    def _emit(self, items) -> None:
+        workers = self.workers
+        n = len(workers)
+        for item in items:
+            if type(item) is AccessEvent:
+                self.counters.events += 1
+                worker = workers[zlib.crc32(item.identity.encode()) % n]
+                worker.add_event(item, self._arrived)
+                worker.dirty = True
+            else:
+                self._dead_letter(item)
+
+    def _score(self) -> None:
+        """Apply each audit partition's watermark, then score what every worker can release."""
+        marks = [m for m in map(self._watermark, self.consumer.assignment())
+                 if m.idle or m.ts != float("-inf")]
+        counters = self.score_counters
+        for worker in self.workers:
+            for mark in marks:
+                if worker.marks.get(mark.source) != [mark.ts, mark.idle]:
+                    worker.add_watermark(mark)
+                    worker.dirty = True
+            events = worker.release()
+            if events:
+                counters.events += len(events)
+                worker.score(events, self.settings.runner.batch_size)
+        late = sum(w.late for w in self.workers)
+        counters.dropped += late - self._late
+        self._late = late
+
+    def _checkpoint(self, now: float) -> None:
+        if self.workers is None:
+            return
+        self._score()
+        if now - self.last_snapshot >= self.k.snapshot_seconds:
+            self._save_and_commit()
+
+    def _save_and_commit(self) -> None:
+        for slot, worker in zip(self.event_partitions, self.workers):
+            if worker.dirty:
+                save_worker(self.store, self._key(slot), worker, self.metrics)
+        self.producer.flush()  # the dead letters of the records about to be committed
+        self._commit(self.consumer.assignment())
+        self.last_snapshot = self.score_counters.last_snapshot = time.monotonic()
+
+    def close(self) -> None:
+        if self.workers is not None:
+            self._score()
+            self._save_and_commit()
+        super().close()
 
 
 class _Listener(kafka_io.ConsumerRebalanceListener):

@@ -25,7 +25,7 @@ from helpers import wait_for
 from kafka_broker import kafka_broker, unique_topic  # noqa: F401
 from postgres_server import postgres_url  # noqa: F401
 from secretscope.simulate import SimulationSpec, simulate
-from secretscope.stages import WATERMARK, Watermark
+from secretscope.stages import EVENTS, WATERMARK, Watermark
 
 pytestmark = [pytest.mark.kafka, pytest.mark.slow]
 
@@ -55,7 +55,9 @@ def produce(bootstrap: str, topic: str, lines: list[bytes]) -> None:
 
 
 def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
-           client_id: str = "secretscope") -> Path:
+           client_id: str = "secretscope", hop: str = "topic") -> Path:
+    """A service config of the test topics; ``hop``: events through the events topic (the
+    topic path, as separate parse and score processes use it) or in memory."""
     doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
     # below the broker's 1 MB message limit, so the tests can put oversize records on the topic
     doc["input"]["max_record_bytes"] = 65536
@@ -69,6 +71,7 @@ def config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
         "heartbeat_interval_ms": 1000,
         "idle_seconds": 1.5, "snapshot_seconds": 0.5, "client_id": client_id,
     }
+    doc["run"] = {"hop": hop}
     path = tmp / f"{tag}-{client_id}.yaml"
     path.write_text(yaml.safe_dump(doc))
     return path
@@ -451,7 +454,8 @@ def test_no_secret_value_in_kafka_topics_or_snapshots(kafka_broker, fleet_lines,
     assert summary["parse"]["dead_letters"] == len(bad)
     events = every_record(kafka_broker.bootstrap, f"events-{tag}")
     letters = every_record(kafka_broker.bootstrap, f"dlq-{tag}")
-    assert len(events) > summary["parse"]["events"] and len(letters) == len(bad)
+    assert sum(map(len, map(events_of, events))) == summary["parse"]["events"]
+    assert len(letters) == len(bad)
     leaked = [f"{r.topic}/{r.partition}/{r.offset}" for r in events + letters
               if secret in record_bytes(r)]
     assert leaked == []
@@ -613,8 +617,143 @@ def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
 
 def parsed_events(bootstrap: str, topic: str) -> list:
     """The events (not watermarks) on the events topic."""
+    return [e for r in every_record(bootstrap, topic) for e in events_of(r)]
+
+
+def events_of(record) -> list:
+    """The events of one record of the events topic (none in a watermark)."""
     from secretscope.events import AccessEvent
 
-    return [msgspec.msgpack.decode(r.value, type=AccessEvent)
-            for r in every_record(bootstrap, topic)
-            if ("secretscope-kind", WATERMARK) not in (r.headers or ())]
+    if ("secretscope-kind", EVENTS) not in (record.headers or ()):
+        return []
+    return msgspec.msgpack.decode(record.value, type=list[AccessEvent])
+
+
+# --- both stages in one process, events handed over in memory ---------------------------------
+
+def in_memory_snapshots(store, tag: str) -> list[dict]:
+    """The ``extra`` part (watermarks, reorder buffer) of each in-process worker's snapshot."""
+    engine = create_engine(_url(store))
+    try:
+        with engine.connect() as conn:
+            blobs = conn.execute(text("select data from snapshots where key like :k"),
+                                 {"k": f"inproc/parse-{tag}/%"}).scalars().all()
+    except SQLAlchemyError:
+        return []
+    finally:
+        engine.dispose()
+    return [msgspec.msgpack.decode(zlib.decompress(bytes(b)))["extra"] for b in blobs]
+
+
+def finished_in_memory(bootstrap: str, audit: str, tag: str, store) -> bool:
+    """Everything on the audit topic is committed, and every worker's saved state has every
+    audit partition idle and nothing left in its buffer: every call is scored and its findings
+    stored (the offsets are committed only after that save)."""
+    if lag(bootstrap, f"parse-{tag}", audit) != 0:
+        return False
+    saved = in_memory_snapshots(store, tag)
+    sources = {f"{audit}/{p}" for p in range(AUDIT_PARTITIONS)}
+    return len(saved) == EVENTS_PARTITIONS and all(
+        not extra["buffer"] and set(extra["marks"]) == sources
+        and all(idle for _, idle in extra["marks"].values()) for extra in saved)
+
+
+def wait_done_in_memory(bootstrap: str, audit: str, tag: str, store, procs) -> None:
+    def done() -> bool:
+        for p in procs:
+            assert p.poll() is None, "a service process died"
+        return finished_in_memory(bootstrap, audit, tag, store)
+
+    wait_for(done, 240, lambda: f"the in-memory run to finish: parse lag "
+                                f"{lag(bootstrap, f'parse-{tag}', audit)}", interval=0.5)
+
+
+def members(broker, group: str) -> int:
+    """Members of a stable group (0 while it rebalances)."""
+    admin = broker.admin()
+    try:
+        described = admin.describe_groups([group])[group]
+    except KafkaError:
+        return 0
+    finally:
+        admin.close()
+    return len(described["members"]) if described["group_state"] == "Stable" else 0
+
+
+@pytest.fixture(scope="module")
+def topic_run(kafka_broker, fleet_lines, tmp_path_factory) -> list[tuple]:
+    """The fleet's findings through the events topic, in one process."""
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    produce(kafka_broker.bootstrap, audit, fleet_lines)
+    found, _ = run_once(tmp_path_factory.mktemp("topic"), kafka_broker, audit,
+                        unique_topic("topic"))
+    keys = [f[:2] for f in found if isinstance(f[1], int) and len(f) == 3]
+    assert len({k[0] for k in keys}) >= 5 and any(version > 1 for _, version in keys)
+    return found
+
+
+def test_in_memory_hop_gives_the_findings_of_the_events_topic(kafka_broker, fleet_lines,
+                                                              tmp_path, topic_run):
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    produce(kafka_broker.bootstrap, audit, fleet_lines)
+    tag = unique_topic("memory")
+    db = tmp_path / f"{tag}.db"
+    log = tmp_path / f"{tag}.log"
+    proc = start(config(tmp_path, kafka_broker.bootstrap, audit, tag, _url(db), hop="memory"),
+                 log)
+    wait_done_in_memory(kafka_broker.bootstrap, audit, tag, db, [proc])
+    (summary,) = stop([proc], [log])
+    calls = {orjson.loads(l)["request"]["id"] for l in fleet_lines}
+    assert summary["parse"]["events"] == summary["score"]["events"] == len(calls)
+    assert summary["score"]["dropped_copies"] == 0
+    found = findings(db)
+    assert found == topic_run, (
+        f"only in memory: {sorted(f[:2] for f in set(found) - set(topic_run))}; "
+        f"only via the topic: {sorted(f[:2] for f in set(topic_run) - set(found))}")
+    # nothing went through an events topic: the process did not even create one
+    admin = kafka_broker.admin()
+    try:
+        assert f"events-{tag}" not in admin.list_topics()
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize("after", ["standby takes over", "restart"])
+def test_in_memory_owner_killed_mid_run_loses_and_duplicates_nothing(
+        kafka_broker, fleet_lines, tmp_path, topic_run, after):
+    """SIGKILL of the process that owns every audit partition, mid-run, with state saved and
+    records read since; then a standby that was waiting takes over, or the process is started
+    again. Either restores the saved state, reads from the committed audit offsets and drops
+    what the saved state already holds: the findings are exactly those of an uninterrupted
+    run, none lost, none twice."""
+    split = quiet_point(fleet_lines)
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=AUDIT_PARTITIONS)
+    produce(kafka_broker.bootstrap, audit, fleet_lines[:split])
+    tag = unique_topic("killed")
+    db = tmp_path / f"{tag}.db"
+    cfgs = [config(tmp_path, kafka_broker.bootstrap, audit, tag, _url(db), f"secretscope-{i}",
+                   hop="memory") for i in range(2)]
+    logs = [tmp_path / f"{tag}-{i}.log" for i in range(2)]
+    owner = start(cfgs[0], logs[0])
+    wait_for(lambda: len(in_memory_snapshots(db, tag)) > 0, 120, "a first saved state")
+    if after == "standby takes over":
+        survivor = start(cfgs[1], logs[1])
+        wait_for(lambda: members(kafka_broker, f"parse-{tag}") == 2, 60, "the standby to join")
+    assert owner.poll() is None, logs[0].read_text()[-3000:]
+    assert lag(kafka_broker.bootstrap, f"parse-{tag}", audit) > 0  # killed mid-run
+    owner.send_signal(signal.SIGKILL)
+    owner.wait()
+    if after == "restart":
+        survivor = start(cfgs[1], logs[1])
+    produce(kafka_broker.bootstrap, audit, fleet_lines[split:])
+    wait_done_in_memory(kafka_broker.bootstrap, audit, tag, db, [survivor])
+    (summary,) = stop([survivor], [logs[1]])
+    # it read again what the owner had read since its last commit
+    assert summary["parse"]["records"] > len(fleet_lines) - split
+    found = findings(db)
+    assert found == topic_run, (
+        f"only with the kill: {sorted(f[:2] for f in set(found) - set(topic_run))}; "
+        f"only without: {sorted(f[:2] for f in set(topic_run) - set(found))}")

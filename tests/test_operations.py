@@ -508,6 +508,7 @@ def kafka_config(tmp: Path, bootstrap: str, audit: str, tag: str, store: str,
         "session_timeout_ms": 30_000, "heartbeat_interval_ms": 1_000, "max_poll_records": 50,
         "idle_seconds": 1.0, "snapshot_seconds": 0.5,
     }
+    doc["run"] = {"hop": "topic"}  # the lag of both topics; in memory there is no events topic
     if metrics_port is not None:
         doc["metrics"] = {"port": metrics_port}
     path = tmp / f"{tag}.yaml"
