@@ -259,11 +259,12 @@ def _at_head(engine: Engine) -> bool:
     head = _head_revision()
     if head is None:
         return False
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [head]
-    except SQLAlchemyError:  # no version table yet: alembic creates it
-        return False
+    with engine.connect() as conn:  # a store that cannot be reached fails here, as in alembic
+        try:
+            versions = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        except SQLAlchemyError:  # no version table yet: alembic creates it
+            return False
+    return versions == [head]
 
 
 @functools.lru_cache(maxsize=1)
