@@ -385,19 +385,21 @@ def build_event(request: VaultEntry | None, response: VaultEntry | None,
     last = response or request
     req = first.line.request
     path = req.path or ""
-    is_login = path[:5] == "auth/" and _is_login(path)
+    ns = req.namespace
+    where = (path, req.mount_point, req.mount_type, ns.path if ns is not None else None)
+    named = _RESOURCES.get(where)
+    if named is None:
+        named = _resource(where)
+    is_login, secret, namespace = named
     identity, display, policies, token_type = _identity(first, response, is_login)
     error = _error(last.line.error)
     if is_login and not error and _no_token(response):
         # OpenBao logs some refused logins (an unknown userpass user) with the error only in
         # response.data, which is never read: a login that issued no token did not succeed.
         error = LOGIN_NO_TOKEN
-    ns = req.namespace
-    namespace = (ns.path or "").strip("/") if ns is not None else ""
     values = (
         first.request_id or _derived_id(first), identity, display, req.operation or "", path,
-        _secret_name(req, path, namespace), namespace, req.mount_type or "",
-        _address(req.remote_address or ""),
+        secret, namespace, req.mount_type or "", _address(req.remote_address or ""),
     )
     truncated: tuple[str, ...] = ()
     if max(map(len, values)) > max_field_chars:
@@ -442,7 +444,7 @@ def _identity(first: VaultEntry, response: VaultEntry | None,
 # auth block -> _token(auth): a token's block repeats on every call it makes, so its naming runs
 # once per token (and its strings are shared by its events). Bounded: cleared when full.
 _TOKENS: dict[_Auth, tuple[str, str, tuple[str, ...], str]] = {}
-_MAX_CACHED = 1 << 16
+_MAX_CACHED = 1 << 14  # entries per cache: a few MB at most
 
 
 def _token(auth: _Auth) -> tuple[str, str, tuple[str, ...], str]:
@@ -529,10 +531,25 @@ def _auth_method(req: _Request, path: str, display: str, is_login: bool) -> str:
     return head if head in _KNOWN_METHODS else "token"
 
 
-def _secret_name(req: _Request, path: str, ns: str) -> str:
+# (path, mount point, mount type, namespace) -> _resource(...): calls repeat their paths, so
+# each is named once (and its strings are shared by its events). Bounded: cleared when full.
+_RESOURCES: dict[tuple, tuple[bool, str, str]] = {}
+
+
+def _resource(where: tuple) -> tuple[bool, str, str]:
+    """(is a login, secret name, namespace) of a request path, cached in _RESOURCES."""
+    path, mount_point, mount_type, ns_path = where
+    namespace = (ns_path or "").strip("/")
+    if len(_RESOURCES) >= _MAX_CACHED:
+        _RESOURCES.clear()
+    named = _RESOURCES[where] = (path[:5] == "auth/" and _is_login(path),
+                                 _secret_name(mount_point or "", mount_type or "", path, namespace),
+                                 namespace)
+    return named
+
+
+def _secret_name(mount: str, mount_type: str, path: str, ns: str) -> str:
     """namespace/mount/key, without the KV v2 verb: ``secret/data/a/b`` -> ``secret/a/b``."""
-    mount = req.mount_point or ""
-    mount_type = req.mount_type or ""
     if not mount or not path.startswith(mount):
         slash = path.find("/")
         mount = path[: slash + 1] if slash >= 0 else path
