@@ -25,7 +25,6 @@ from sqlalchemy import (BigInteger, CheckConstraint, Column, DateTime, Float, Fo
                         Integer, LargeBinary, MetaData, String, Table, Text, func,
                         select)
 from sqlalchemy import text
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -309,8 +308,13 @@ class Store:
     def _insert_ignore(self, table: Table):
         dialect = self.engine.dialect.name
         if dialect == "sqlite":
+            from sqlalchemy.dialects import sqlite
+
             return sqlite.insert(table).on_conflict_do_nothing()
         if dialect == "postgresql":
+            # imported here: a SQLite store's start-up does not load PostgreSQL's dialect
+            from sqlalchemy.dialects import postgresql
+
             return postgresql.insert(table).on_conflict_do_nothing()
         return table.insert()
 
