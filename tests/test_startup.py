@@ -34,3 +34,13 @@ def test_replay_imports_no_models_library_nor_service_clients(tmp_path):
 
 def test_version_imports_none_of_the_pipeline_libraries():
     assert modules_after("--version") == set()
+
+
+def test_reopening_a_current_store_skips_alembic(tmp_path):
+    """The schema check reads the version table; alembic loads only when there is work."""
+    url = f"sqlite:///{tmp_path}/s.db"
+    code = ("import sys\nfrom secretscope.store import Store\n"
+            f"Store({url!r}).close()\nprint('alembic' in sys.modules)\n")
+    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           timeout=120) for _ in range(2)]
+    assert [r.stdout.strip() for r in runs] == ["True", "False"], [r.stderr for r in runs]
