@@ -135,7 +135,7 @@ class HalfSpaceTrees:
             self.feature_, self.threshold_ = cached[0].copy(), cached[1].copy()
 
     def _build_trees_uncached(self) -> None:
-        from river.tree.padded import PaddedBranch, make_padded_tree
+        from secretscope.models.padded import PaddedBranch, make_padded_tree
 
         feats = list(self.features)
         col_of = {f: i for i, f in enumerate(feats)}

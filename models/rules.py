@@ -230,6 +230,11 @@ def compile_rule(doc: Any, source: str) -> Rule:
     )
 
 
+# libyaml's safe loader builds the same documents as PyYAML's, about 8x faster: the rule files
+# are read at every start-up
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def load_rules(directory: Path) -> list[Rule]:
     """Every ``*.yaml`` in ``directory``, sorted by file name; ids must be unique."""
     if not directory.is_dir():
@@ -237,7 +242,7 @@ def load_rules(directory: Path) -> list[Rule]:
     rules: list[Rule] = []
     for path in sorted(directory.glob("*.yaml")):
         try:
-            doc = yaml.safe_load(path.read_text())
+            doc = yaml.load(path.read_text(), Loader=_SAFE_LOADER)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from None
         rules.append(compile_rule(doc, str(path)))

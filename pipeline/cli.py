@@ -12,22 +12,37 @@ from contextlib import ExitStack
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from secretscope.cli_config import config_app
-from secretscope.config import load_settings
 from secretscope.errors import (EXIT_INPUT_INCOMPLETE, InputFormatError, SecretscopeError,
                                 UsageError)
-from secretscope.findings import Finding
 from secretscope.redact import mask_url
+
+if TYPE_CHECKING:  # commands import what they use, so --version and --help start fast
+    from secretscope.findings import Finding
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="secretscope: anomaly detection for secret-store audit logs.")
-err = Console(stderr=True, soft_wrap=True)
+
+
+class _Stderr:
+    """rich's console on stderr, imported at the first message: rich costs ~30 ms of start-up,
+    before the first event, that a replay only needs for its closing lines."""
+
+    _console = None
+
+    def print(self, *args, **kwargs) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            _Stderr._console = Console(stderr=True, soft_wrap=True)
+        self._console.print(*args, **kwargs)
+
+
+err = _Stderr()
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="YAML config (default: the embedded one).")
 
@@ -60,6 +75,8 @@ def _global(version: bool = typer.Option(False, "--version", callback=_print_ver
 
 
 def _settings(config: Optional[Path], store: Optional[str]):
+    from secretscope.config import load_settings
+
     overrides = {"store__url": store} if store else {}
     return load_settings(config, overrides_origin="--store", **overrides)
 
@@ -127,14 +144,18 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
     return stats, counters, pipeline
 
 
-def _console() -> Console:
+def _console():
     """Wide enough for the findings table when output goes to a file or a CI log."""
+    from rich.console import Console
+
     detected = Console()
     return detected if detected.is_terminal else Console(width=160)
 
 
 def _print_findings(findings: list[Finding], limit: int = 25) -> None:
     console = _console()
+    from rich.table import Table
+
     table = Table(title=f"{len(findings)} findings", show_lines=False)
     for col in ("time (UTC)", "severity", "identity", "what", "why"):
         table.add_column(col, overflow="fold")
@@ -251,6 +272,8 @@ def evaluate(
     _check_audit_files([str(log_file)], settings)
     report = evaluate_log(log_file, settings, labels, windows,
                           None if quiet else stderr_progress(None), use_windows)
+    from rich.table import Table
+
     table = Table(title="detection by attack class")
     for col in ("class", "episodes", "detected", "recall", "median delay", "findings/episode"):
         table.add_column(col)
@@ -275,6 +298,7 @@ def run(config: Path = typer.Option(..., "--config", "-c", help="Service config 
         log_format: LogFormat = LogFormatOpt) -> None:
     """The long-running service: Kafka audit topics (or Vault's socket audit device) in,
     findings to the store; with metrics.port set, /metrics, /livez and /readyz on that port."""
+    from secretscope.config import load_settings
     from secretscope.logs import configure
     from secretscope.service import run_service
 
@@ -287,6 +311,7 @@ def validate(config: Optional[Path] = typer.Argument(None, metavar="CONFIG", hel
     """Check a config file, its rules, model files, change-window feed and sinks (credentials
     present, webhook secrets well-formed, CA files there); exit 2 with the problem if anything
     is invalid."""
+    from secretscope.config import load_settings
     from secretscope.delivery.checks import sink_problems
     from secretscope.models.registry import build_detectors
     from secretscope.models.rules import load_rules
@@ -401,6 +426,8 @@ def alerts(
         delivery = Outbox(st).states(r["finding_info"]["uid"] for r in rows)
     finally:
         st.close()
+    from rich.table import Table
+
     table = Table(title=f"latest {len(rows)} findings in {mask_url(settings.store.url)}")
     for col in ("id", "severity", "identity", "title", "delivery", "label"):
         table.add_column(col, overflow="fold")

@@ -9,13 +9,15 @@ origin is on its key. Passwords in URLs are masked, so the output can be pasted 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 import yaml
 
-from secretscope.config import DEFAULT_CONFIG, DEFAULT_ORIGIN, Provenance, Settings, load_layered
 from secretscope.redact import mask_url
+
+if TYPE_CHECKING:  # the config models (pydantic) load when a command needs them, not for --help
+    from secretscope.config import Provenance, Settings
 
 config_app = typer.Typer(no_args_is_help=True, help="The effective configuration.")
 
@@ -68,6 +70,8 @@ def _lines(doc: dict[str, Any], prov: Provenance, loc: tuple[str, ...] = (),
 
 def render(settings: Settings, prov: Provenance) -> str:
     """The effective config as YAML, each value commented with its origin."""
+    from secretscope.config import DEFAULT_CONFIG, DEFAULT_ORIGIN
+
     layers = " < ".join(f"{DEFAULT_ORIGIN} ({DEFAULT_CONFIG})" if o == DEFAULT_ORIGIN else o
                         for o in prov.dirs)
     text = [f"# effective configuration, lowest precedence first: {layers}",
@@ -87,6 +91,8 @@ def show(
 ) -> None:
     """Print the effective configuration (the embedded default, --config merged over it,
     SECRETSCOPE_STORE_URL, --store) as YAML, with where each value came from."""
+    from secretscope.config import load_layered
+
     overrides = {"store__url": store} if store else {}
     settings, prov = load_layered(config, overrides_origin="--store", **overrides)
     typer.echo(render(settings, prov), nl=False)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections import OrderedDict
+from collections import deque
 from datetime import datetime, timezone
 
 import msgspec
@@ -39,6 +39,12 @@ class _Namespace(msgspec.Struct, gc=False):
     path: str | None = None
 
 
+class _Headers(msgspec.Struct, gc=False):
+    """Only the user agent: other headers (and their values) are never built as objects."""
+
+    user_agent: list[str] | str | None = msgspec.field(default=None, name="user-agent")
+
+
 class _Request(msgspec.Struct, gc=False):
     id: str | None = None
     operation: str | None = None
@@ -47,10 +53,10 @@ class _Request(msgspec.Struct, gc=False):
     mount_type: str | None = None
     remote_address: str | None = None
     namespace: _Namespace | None = None
-    headers: dict[str, list[str] | str] | None = None
+    headers: _Headers | None = None
 
 
-class _Metadata(msgspec.Struct, gc=False):
+class _Metadata(msgspec.Struct, frozen=True, gc=False):
     """What the auth method says the caller is. Only these names are decoded: token metadata
     can be set freely at ``auth/token/create``, so the rest is never materialized."""
 
@@ -59,12 +65,12 @@ class _Metadata(msgspec.Struct, gc=False):
     service_account_name: str | None = None
 
 
-class _Auth(msgspec.Struct, gc=False):
+class _Auth(msgspec.Struct, frozen=True, gc=False):
     entity_id: str | None = None
     accessor: str | None = None
     display_name: str | None = None
     token_type: str | None = None
-    policies: list[str] | None = None
+    policies: tuple[str, ...] | None = None
     metadata: _Metadata | None = None
 
 
@@ -91,17 +97,23 @@ _LAST_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC).timestamp()
 _FIELD_AT = re.compile(r" - at `\$\.?([^`]*)`")
 
 
-class VaultEntry:
-    """One audit entry (request or response half) with its event time and origin."""
+class VaultEntry(msgspec.Struct, gc=False):
+    """One audit entry (request or response half) with its event time and origin.
 
-    __slots__ = ("kind", "ts", "request_id", "line", "origin")
+    A file source passes its name and the line number apart (``where``, ``lineno``): the
+    ``file:line`` text is only built for the entry that names an event or an error. A struct
+    rather than a class with ``__init__``: two are built per call on the hot path."""
 
-    def __init__(self, line: _Line, ts: float, origin: str) -> None:
-        self.kind = line.type
-        self.line = line
-        self.ts = ts
-        self.request_id = line.request.id or ""
-        self.origin = origin
+    kind: str  # "request" or "response"
+    ts: float
+    request_id: str
+    line: _Line
+    where: str
+    lineno: int = 0
+
+    @property
+    def origin(self) -> str:
+        return f"{self.where}:{self.lineno}" if self.lineno else self.where
 
 
 def looks_like(record: object) -> bool:
@@ -113,28 +125,41 @@ def looks_like(record: object) -> bool:
     )
 
 
-def parse_entry(raw: bytes, origin: str, limits: InputLimits = InputLimits()) -> VaultEntry:
-    """Parse one audit line. Text before the first ``{`` is the device's ``prefix`` option."""
+def parse_entry(raw: bytes, origin: str, limits: InputLimits = InputLimits(),
+                lineno: int = 0) -> VaultEntry:
+    """Parse one audit line. Text before the first ``{`` is the device's ``prefix`` option.
+
+    ``origin`` names where the line came from; with ``lineno`` it is a file name and the line's
+    origin is ``origin:lineno``."""
     if len(raw) > limits.max_record_bytes:
-        raise ParseError("oversize", f"{len(raw)} bytes > {limits.max_record_bytes}", origin)
-    start = raw.find(b"{")
-    if start < 0:
-        raise ParseError("not_json", "no JSON object on the line", origin)
-    body = raw[start:] if start else raw
+        raise ParseError("oversize", f"{len(raw)} bytes > {limits.max_record_bytes}",
+                         _where(origin, lineno))
     try:
-        line = _DECODER.decode(body)
-    except msgspec.ValidationError as exc:
-        raise _validation_error(str(exc), origin) from None
-    except msgspec.DecodeError as exc:
-        raise ParseError("not_json", str(exc), origin) from None
+        line = _DECODER.decode(raw if raw[:1] == b"{" else raw[raw.index(b"{"):])
+    except ValueError as exc:  # no "{" at all, or msgspec's errors (ValueError subclasses)
+        raise _decode_error(exc, _where(origin, lineno)) from None
     except RecursionError:
         # Only fixed-depth fields are built as objects; anything nested deeper than the
         # decoder's guard (about 1,000 levels) is rejected instead of skipped.
-        raise ParseError("too_deep", "JSON nested too deeply", origin) from None
-    if line.type not in ("request", "response"):
-        raise ParseError("not_vault", f"type is {line.type[:40]!r}, expected request or response",
-                         origin, "type")
-    return VaultEntry(line, _timestamp(line.time, origin), origin)
+        raise ParseError("too_deep", "JSON nested too deeply", _where(origin, lineno)) from None
+    kind = line.type
+    if kind != "request" and kind != "response":
+        raise ParseError("not_vault", f"type is {kind[:40]!r}, expected request or response",
+                         _where(origin, lineno), "type")
+    return VaultEntry(kind, _timestamp(line.time, origin, lineno), line.request.id or "", line,
+                      origin, lineno)
+
+
+def _where(origin: str, lineno: int) -> str:
+    return f"{origin}:{lineno}" if lineno else origin
+
+
+def _decode_error(exc: ValueError, origin: str) -> ParseError:
+    if isinstance(exc, msgspec.ValidationError):
+        return _validation_error(str(exc), origin)
+    if isinstance(exc, msgspec.DecodeError):
+        return ParseError("not_json", str(exc), origin)
+    return ParseError("not_json", "no JSON object on the line", origin)
 
 
 def _validation_error(message: str, origin: str) -> ParseError:
@@ -149,13 +174,14 @@ def _validation_error(message: str, origin: str) -> ParseError:
     return ParseError("wrong_type", detail, origin, field)
 
 
-def _timestamp(value: str, origin: str) -> float:
+def _timestamp(value: str, origin: str, lineno: int = 0) -> float:
     """RFC 3339 time -> POSIX seconds. Python 3.11's parser accepts 'Z', UTC offsets and 0-9
     fractional digits (truncated to microseconds); a time without a zone is taken as UTC."""
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise ParseError("bad_time", f"not RFC 3339: {value[:40]!r}", origin, "time") from None
+        raise ParseError("bad_time", f"not RFC 3339: {value[:40]!r}", _where(origin, lineno),
+                         "time") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=_UTC)
     ts = parsed.timestamp()
@@ -163,12 +189,24 @@ def _timestamp(value: str, origin: str) -> float:
         # an offset can push a valid local time out of years 1-9999 in UTC, where every later
         # datetime.fromtimestamp (windows, findings) would overflow: refuse it here, at parse
         raise ParseError("bad_time", f"outside years 1-9999 once converted to UTC: {value[:40]!r}",
-                         origin, "time")
+                         _where(origin, lineno), "time")
     return ts
 
 
 def _address(value: str) -> str:
     """IPv6 remote addresses come bracketed (``[2001:db8::10]``); strip brackets and port."""
+    address = _ADDRESSES.get(value)
+    if address is None:
+        if len(_ADDRESSES) >= _MAX_CACHED:
+            _ADDRESSES.clear()
+        address = _ADDRESSES[value] = _bare_address(value)
+    return address
+
+
+_ADDRESSES: dict[str, str] = {}  # as logged -> bare; callers repeat, so this runs once per caller
+
+
+def _bare_address(value: str) -> str:
     if value.startswith("["):
         end = value.find("]")
         return value[1:end] if end > 0 else value[1:]
@@ -179,9 +217,9 @@ def _address(value: str) -> str:
 
 def _user_agent(request: _Request) -> str:
     headers = request.headers
-    if not headers:
+    if headers is None:
         return ""
-    value = headers.get("user-agent")
+    value = headers.user_agent
     if isinstance(value, list):
         value = value[0] if value else ""
     return value[:256] if isinstance(value, str) else ""
@@ -201,13 +239,22 @@ def _error(error: str | None) -> str:
 
 
 class _Call:
-    __slots__ = ("request", "response", "done", "first_ts")
+    __slots__ = ("key", "request", "response", "done", "first_ts")
 
-    def __init__(self, first_ts: float) -> None:
+    def __init__(self, key: str, first_ts: float) -> None:
+        self.key = key
         self.request: VaultEntry | None = None
         self.response: VaultEntry | None = None
         self.done = False
         self.first_ts = first_ts
+
+
+# How long (event time) a released request id is remembered to drop copies of its entries that
+# other audit devices wrote. Devices write a call's entries at the same moment, so copies are
+# apart only by how late their inputs deliver them, which the join already bounds at
+# join_timeout (30 s by default) for the two halves of one call.
+REMEMBER_SECONDS = 120.0
+MIN_REMEMBERED = 4096  # ~0.5 MB of ids: a floor for streams whose event time jumps around
 
 
 class VaultJoiner:
@@ -218,17 +265,29 @@ class VaultJoiner:
     so the stream stays in event-time order. Entries whose request id was released recently are
     copies from another audit device and are dropped (``duplicates`` counts them), and so is the
     self-test entry an audit device writes when it is set up (``self_tests`` counts them).
+
+    "Recently" is event time: a released id is remembered for at least ``remember_seconds`` and
+    forgotten about twice that after its release (two generations of ids, the older dropped as
+    a whole), so memory follows the call rate over that span, never the stream's length. A
+    generation also spans at least ``min_remembered`` ids: where event time is out of order
+    (two devices' copies of a log whose lines are hours apart), the last few thousand ids are
+    still remembered.
     """
 
     def __init__(self, join_timeout: float = 30.0, max_field_chars: int = 1024,
-                 max_pending: int = 100_000, remember: int = 200_000) -> None:
+                 max_pending: int = 100_000, remember_seconds: float = REMEMBER_SECONDS,
+                 min_remembered: int = MIN_REMEMBERED) -> None:
         self.join_timeout = join_timeout
         self.max_field_chars = max_field_chars
         self.max_pending = max_pending
-        self.remember = remember
+        self.remember_seconds = remember_seconds
+        self.min_remembered = min_remembered
         self.duplicates = 0
-        self._pending: OrderedDict[str, _Call] = OrderedDict()
-        self._released: OrderedDict[str, None] = OrderedDict()
+        self._pending: dict[str, _Call] = {}
+        self._order: deque[_Call] = deque()  # pending calls in arrival order
+        self._released: set[str] = set()  # ids released since _generation_start
+        self._released_before: set[str] = set()  # ids released in the generation before
+        self._generation_start = float("-inf")
         self._anonymous = 0
         self.self_tests = 0  # audit-device self-test entries dropped: not calls (_is_self_test)
         self.latest_ts = float("-inf")  # newest event time fed so far
@@ -236,27 +295,37 @@ class VaultJoiner:
     def oldest_pending(self) -> VaultEntry | None:
         """The earliest entry still waiting for its other half (it holds back commits and
         watermarks: its call has not been emitted yet)."""
-        for call in self._pending.values():
+        if self._order:
+            call = self._order[0]
             return call.request or call.response
         return None
 
+    def remembered(self) -> int:
+        """How many released request ids are remembered for dropping copies."""
+        return len(self._released) + len(self._released_before)
+
     def feed(self, entry: VaultEntry) -> list[AccessEvent]:
-        if entry.ts > self.latest_ts:
-            self.latest_ts = entry.ts
-        if _is_self_test(entry):
+        ts = entry.ts
+        if ts > self.latest_ts:
+            self.latest_ts = ts
+            if (ts - self._generation_start >= self.remember_seconds
+                    and len(self._released) >= self.min_remembered):
+                self._next_generation(ts)
+        if entry.line.request.path == "sys/audit/test" and _is_self_test(entry):
             self.self_tests += 1
-            return self._expire(entry.ts)
+            return self._expire(ts)
         key = entry.request_id
         if not key:
             # No id to join on (e.g. help requests): the entry is a call of its own.
             self._anonymous += 1
             key = f"\x00{self._anonymous}"
-        elif key in self._released:
+        elif key in self._released or key in self._released_before:
             self.duplicates += 1
-            return self._expire(entry.ts)
+            return self._expire(ts)
         call = self._pending.get(key)
         if call is None:
-            call = self._pending[key] = _Call(entry.ts)
+            call = self._pending[key] = _Call(key, ts)
+            self._order.append(call)
         if entry.kind == "request":
             if call.request is not None:
                 self.duplicates += 1
@@ -269,7 +338,7 @@ class VaultJoiner:
             else:
                 call.response = entry
             call.done = True
-        return self._expire(entry.ts)
+        return self._expire(ts)
 
     def release_oldest(self) -> list[AccessEvent]:
         """Release the oldest waiting call without its other half, then the completed calls
@@ -282,28 +351,32 @@ class VaultJoiner:
 
     def flush(self) -> list[AccessEvent]:
         """Release every pending call (end of input)."""
-        out = [self._release(k, c) for k, c in self._pending.items()]
+        out = [self._release(c) for c in self._order]
+        self._order.clear()
         self._pending.clear()
         return out
 
+    def _next_generation(self, now: float) -> None:
+        self._released_before = self._released
+        self._released = set()
+        self._generation_start = now
+
     def _expire(self, now: float) -> list[AccessEvent]:
         out: list[AccessEvent] = []
-        pending = self._pending
+        order = self._order
         deadline = now - self.join_timeout
-        while pending:
-            key, call = next(iter(pending.items()))
-            if not (call.done or call.first_ts < deadline or len(pending) > self.max_pending):
+        while order:
+            call = order[0]
+            if not (call.done or call.first_ts < deadline or len(order) > self.max_pending):
                 break
-            del pending[key]
-            out.append(self._release(key, call))
+            order.popleft()
+            del self._pending[call.key]
+            out.append(self._release(call))
         return out
 
-    def _release(self, key: str, call: _Call) -> AccessEvent:
-        if not key.startswith("\x00"):
-            released = self._released
-            released[key] = None
-            if len(released) > self.remember:
-                released.popitem(last=False)
+    def _release(self, call: _Call) -> AccessEvent:
+        if call.key[0] != "\x00":
+            self._released.add(call.key)
         return build_event(call.request, call.response, self.max_field_chars)
 
 
@@ -320,23 +393,27 @@ def build_event(request: VaultEntry | None, response: VaultEntry | None,
     last = response or request
     req = first.line.request
     path = req.path or ""
-    is_login = _is_login(path)
+    ns = req.namespace
+    where = (path, req.mount_point, req.mount_type, ns.path if ns is not None else None)
+    named = _RESOURCES.get(where)
+    if named is None:
+        named = _resource(where)
+    is_login, secret, namespace = named
     identity, display, policies, token_type = _identity(first, response, is_login)
     error = _error(last.line.error)
     if is_login and not error and _no_token(response):
         # OpenBao logs some refused logins (an unknown userpass user) with the error only in
         # response.data, which is never read: a login that issued no token did not succeed.
         error = LOGIN_NO_TOKEN
-    values = [
+    values = (
         first.request_id or _derived_id(first), identity, display, req.operation or "", path,
-        _secret_name(req, path), (req.namespace.path or "").strip("/") if req.namespace else "",
-        req.mount_type or "", _address(req.remote_address or ""),
-    ]
+        secret, namespace, req.mount_type or "", _address(req.remote_address or ""),
+    )
     truncated: tuple[str, ...] = ()
     if max(map(len, values)) > max_field_chars:
         truncated = tuple(n for n, v in zip(_FIELDS, values) if len(v) > max_field_chars)
-        values = [v[:max_field_chars] for v in values]
-    if len(policies) > 64 or (policies and max(map(len, policies)) > max_field_chars):
+        values = tuple(v[:max_field_chars] for v in values)
+    if policies and (len(policies) > 64 or max(map(len, policies)) > max_field_chars):
         policies = tuple(p[:max_field_chars] for p in policies[:64])
         truncated += ("policies",)
     event_id, identity, display, operation, path, secret, namespace, mount_type, address = values
@@ -364,12 +441,27 @@ def _identity(first: VaultEntry, response: VaultEntry | None,
             auth = response.line.auth
         if auth is None:
             auth = _NO_AUTH
+    named = _TOKENS.get(auth)
+    if named is None:
+        named = _token(auth)
+    if named[0]:
+        return named
+    return f"anonymous:{_known_address(first.line.request)}", "", (), named[3]
+
+
+# auth block -> _token(auth): a token's block repeats on every call it makes, so its naming runs
+# once per token (and its strings are shared by its events). Bounded: cleared when full.
+_TOKENS: dict[_Auth, tuple[str, str, tuple[str, ...], str]] = {}
+_MAX_CACHED = 1 << 14  # entries per cache: a few MB at most
+
+
+def _token(auth: _Auth) -> tuple[str, str, tuple[str, ...], str]:
+    """(identity, display name, policies, token type) of a token, cached in _TOKENS."""
     identity, display = _named(auth)
-    policies = tuple(auth.policies) if auth.policies else ()
-    token_type = auth.token_type or ""
-    if identity:
-        return identity, display, policies, token_type
-    return f"anonymous:{_known_address(first.line.request)}", "", (), token_type
+    if len(_TOKENS) >= _MAX_CACHED:
+        _TOKENS.clear()
+    named = _TOKENS[auth] = (identity, display, auth.policies or (), auth.token_type or "")
+    return named
 
 
 def _named(auth: _Auth) -> tuple[str, str]:
@@ -447,10 +539,25 @@ def _auth_method(req: _Request, path: str, display: str, is_login: bool) -> str:
     return head if head in _KNOWN_METHODS else "token"
 
 
-def _secret_name(req: _Request, path: str) -> str:
+# (path, mount point, mount type, namespace) -> _resource(...): calls repeat their paths, so
+# each is named once (and its strings are shared by its events). Bounded: cleared when full.
+_RESOURCES: dict[tuple, tuple[bool, str, str]] = {}
+
+
+def _resource(where: tuple) -> tuple[bool, str, str]:
+    """(is a login, secret name, namespace) of a request path, cached in _RESOURCES."""
+    path, mount_point, mount_type, ns_path = where
+    namespace = (ns_path or "").strip("/")
+    if len(_RESOURCES) >= _MAX_CACHED:
+        _RESOURCES.clear()
+    named = _RESOURCES[where] = (path[:5] == "auth/" and _is_login(path),
+                                 _secret_name(mount_point or "", mount_type or "", path, namespace),
+                                 namespace)
+    return named
+
+
+def _secret_name(mount: str, mount_type: str, path: str, ns: str) -> str:
     """namespace/mount/key, without the KV v2 verb: ``secret/data/a/b`` -> ``secret/a/b``."""
-    mount = req.mount_point or ""
-    mount_type = req.mount_type or ""
     if not mount or not path.startswith(mount):
         slash = path.find("/")
         mount = path[: slash + 1] if slash >= 0 else path
@@ -460,7 +567,6 @@ def _secret_name(req: _Request, path: str) -> str:
         if verb in _KV2_VERBS and (mount_type or key):
             rest = key
     name = mount + rest
-    ns = (req.namespace.path or "").strip("/") if req.namespace else ""
     return f"{ns}/{name}" if ns else name
 
 

@@ -96,24 +96,26 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
             for raw in iter(partial(fh.readline, cap), b""):
                 lineno += 1
                 counters.lines += 1
-                origin = f"{name}:{lineno}"
                 if len(raw) == cap and raw[-1] != 10:
                     counters.dead_letters += 1
-                    yield last_ts, lineno, None, _skip_oversize(fh, raw, limits, origin)
-                    continue
-                if raw.isspace():
+                    yield last_ts, lineno, None, _skip_oversize(fh, raw, limits, f"{name}:{lineno}")
                     continue
                 if fmt is None:
+                    if raw.isspace():
+                        continue
                     try:
-                        fmt = FORMATS[detect_format(raw, origin)]
+                        fmt = FORMATS[detect_format(raw, f"{name}:{lineno}")]
                     except ParseError as exc:
                         refused = refused or exc
                         counters.dead_letters += 1
                         yield last_ts, lineno, None, dead_letter(raw, exc)
                         continue
+                    parse = fmt.parse_entry
                 try:
-                    entry = fmt.parse_entry(raw, origin, limits)
+                    entry = parse(raw, name, limits, lineno)
                 except ParseError as exc:
+                    if raw.isspace():  # a blank line is not a record: skipped, not refused
+                        continue
                     counters.dead_letters += 1
                     yield last_ts, lineno, fmt.name, dead_letter(raw, exc)
                     continue
@@ -211,11 +213,12 @@ def replay(paths: Iterable[str | Path], limits: InputLimits = InputLimits(),
     merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda item: item[0])
     joiners = {name: fmt.joiner(join_timeout=join_timeout, max_field_chars=limits.max_field_chars)
                for name, fmt in FORMATS.items()}
+    feeds = {name: joiner.feed for name, joiner in joiners.items()}
     for _ts, _seq, fmt_name, item in merged:
-        if isinstance(item, DeadLetter):
+        if item.__class__ is DeadLetter:
             yield item
             continue
-        yield from joiners[fmt_name].feed(item)
+        yield from feeds[fmt_name](item)
     for joiner in joiners.values():
         yield from joiner.flush()
         counters.duplicates += joiner.duplicates
