@@ -344,10 +344,11 @@ class VaultJoiner:
         """Release the oldest waiting call without its other half, then the completed calls
         that were queued behind it. Live sources call this when the wait has lasted too long in
         wall time; an entry of that call arriving later is then counted as a duplicate."""
-        if not self._pending:
+        if not self._order:
             return []
-        key, call = self._pending.popitem(last=False)
-        return [self._release(key, call), *self._expire(self.latest_ts)]
+        call = self._order.popleft()
+        del self._pending[call.key]
+        return [self._release(call), *self._expire(self.latest_ts)]
 
     def flush(self) -> list[AccessEvent]:
         """Release every pending call (end of input)."""
