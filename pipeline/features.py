@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from sys import intern as _intern
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -29,10 +30,12 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from secretscope.events import DENIED, SUCCESS, AccessEvent
-from secretscope.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
+from secretscope.identity import (NO_READS_1H, WORKING_SHARE, IdentityState, Undo, learn_rates,
+                                  rates)
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from secretscope.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
-                              dimension_keys, frequency_classes, peer_key)
+                              dimension_keys, frequency_classes, own_classes, peer_key,
+                              tagged, tagged_keys)
 from secretscope.segments import SegmentTable
 from secretscope.windows import WindowCounter
 
@@ -150,6 +153,7 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     concurrent: tuple[str, ...] = ()  # the networks of the last 15 minutes, when more than one
     alone: bool = True  # no other network in the last hour: learn makes this one familiar
     environment: str = ""  # of the secret a successful read names ("" for other calls)
+    tkeys: tuple = ()  # ``keys`` tagged with their dimension (novelty.tagged): learn counts them
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -213,12 +217,27 @@ def _ratio(lists: int, reads: WindowCounter, ts: float) -> float:
     return lists / max(1, reads.count(ts)) if lists else 0.0
 
 
-def _learned_keys(fv: FeatureVector) -> tuple:
-    """The dimension values ``learn`` counts: a secret (and its folder) only once it was used
-    successfully, so denied probes and typos do not widen what the identity is known to use."""
+def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
+    """The dimension values ``learn`` counts (``keys`` are fv's, tagged or not): a secret (and
+    its folder) only once it was used successfully, so denied probes and typos do not widen
+    what the identity is known to use."""
     if fv.event.outcome == SUCCESS:
-        return fv.keys
-    return (None, None) + fv.keys[2:]
+        return keys
+    return (None, None) + keys[2:]
+
+
+_TKEYS: dict[tuple, tuple] = {}  # keys of an event -> tagged (calls repeat the same few)
+_TKEYS_MAX = 100_000
+
+
+def _tagged(keys: tuple) -> tuple:
+    tkeys = _TKEYS.get(keys)
+    if tkeys is None:
+        tkeys = tagged_keys(keys)
+        if len(_TKEYS) >= _TKEYS_MAX:
+            _TKEYS.clear()
+        _TKEYS[keys] = tkeys
+    return tkeys
 
 
 def _hours_to(hod: list[int], hour: int, floor: float) -> float:
@@ -364,42 +383,43 @@ class FeatureExtractor:
             st.peer = self.peer_group(event.policies)
         ts = event.ts
         eid = event.event_id
-        st.recent.append((ts, eid))
+        st.recent.append(ts, eid)
         since_previous = max(0.0, ts - st.newest_ts)
         if ts > st.newest_ts:
             st.newest_ts = ts
         segment = self.segments.lookup(event.remote_address)
         network = network_of(segment, event.remote_address)
         networks = _networks(st.networks, network, ts)  # 0: alone in the last hour
-        requests_1m = st.requests_1m.add_count(ts, eid)
+        requests_1m = st.requests_1m.add_count(ts)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)
         marks = st.marks
         op = event.operation
         secret_access = is_secret_access(event)
         if event.outcome == DENIED:
-            st.denied_1h.add(ts)
-            st.denied_5m.add(ts, eid)
+            st.own("denied_1h").add(ts)
             if secret_access:
-                st.denied_secrets_1h.add(event.secret, ts)
-            if st.denied_5m.count(ts) >= _DENIED_BURST:
+                st.own("denied_secrets_1h").add(event.secret, ts)
+            if st.own("denied_5m").add_count(ts, eid) >= _DENIED_BURST:
                 marks[2] = ts
         if event.is_login and event.outcome != SUCCESS:
-            st.login_failed_5m.add(ts, eid)
-            if st.login_failed_5m.count(ts) >= _DENIED_BURST:
+            if st.own("login_failed_5m").add_count(ts, eid) >= _DENIED_BURST:
                 marks[2] = ts
         if op == "list":
-            st.lists_1h.add(ts)
-            st.lists_10m.add(ts, eid)
-            if st.lists_10m.count(ts) >= _LIST_BURST:
+            st.own("lists_1h").add(ts)
+            if st.own("lists_10m").add_count(ts) >= _LIST_BURST:
                 marks[0] = ts
         if op == "read" and event.outcome == SUCCESS:
-            st.reads_1h.add(ts)
+            reads = st.reads_1h
+            if reads is NO_READS_1H:
+                reads = st.reads_1h = WindowCounter(60, 60)
+            reads.add(ts)
         if secret_access:
-            distinct_1h = st.secrets_1h.add(event.secret, ts)
-            distinct_24h = st.secrets_24h.add(event.secret, ts)
+            secret = _intern(event.secret)
+            distinct_1h = st.secrets_1h.add(secret, ts)
+            distinct_24h = st.secrets_24h.add(secret, ts)
             if is_dynamic_credential(event):
-                st.creds_10m.add(ts, eid)
+                st.own("creds_10m").add(ts)
         else:
             distinct_1h = st.secrets_1h.count(ts)
             distinct_24h = st.secrets_24h.count(ts)
@@ -446,7 +466,9 @@ class FeatureExtractor:
         how, hod = hour_slots(ts)
         secret_access = w.secret_access
         keys = dimension_keys(event, segment, secret_access)
-        counts = st.counts
+        tkeys = _tagged(keys)
+        seen = st.seen
+        distinct = st.distinct
         if history:
             h_week, h_day = st.how, st.hod
             how_share = (h_week[how - 1] + h_week[how] + h_week[(how + 1) % 168]) / history
@@ -454,9 +476,8 @@ class FeatureExtractor:
             hod_share = hod_count / history
             floor = max(1.0, WORKING_SHARE * history)
             work_distance = 0.0 if h_day[hod] >= floor else _hours_to(h_day, hod, floor)
-            classes, novelty = frequency_classes(keys, counts, history)
-            seg_share = counts[SEGMENT].get(segment, 0) / history if classes[SEGMENT] < UNSEEN \
-                else 0.0
+            classes, novelty = own_classes(tkeys, seen, distinct, history)
+            seg_share = seen[tkeys[SEGMENT]] / history if classes[SEGMENT] < UNSEEN else 0.0
             idle = w.since_previous / _DAY
             gap_std = st.gap_var ** 0.5
             periodicity = 1.0 / (1.0 + gap_std) if history >= 10 else 0.0
@@ -465,7 +486,7 @@ class FeatureExtractor:
         else:
             how_share = hod_share = seg_share = idle = periodicity = deviation = 0.0
             work_distance = 0.0
-            classes, novelty = frequency_classes(keys, counts, 0)
+            classes, novelty = own_classes(tkeys, seen, distinct, 0)
         p_history = peer.history
         peer_classes, peer_novelty = frequency_classes(
             (keys[0], keys[1], keys[3], keys[5]), peer.counts, p_history)  # PEER_DIMENSIONS
@@ -476,6 +497,8 @@ class FeatureExtractor:
             peer_hod_share = 0.0
         reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
         if reading and history and classes[SECRET] == UNSEEN and peer_classes[0] == UNSEEN:
+            if st.role_new is None:
+                st.role_new = {}
             _remember(st.role_new, ts, event.secret)
             if ts > st.role_new_newest:
                 st.role_new_newest = ts
@@ -519,8 +542,8 @@ class FeatureExtractor:
             novelty,
             *peer_classes,
             peer_novelty,
-            float(len(counts[SECRET])),
-            float(len(counts[FOLDER])),
+            float(distinct[SECRET]),
+            float(distinct[FOLDER]),
             float(len(peer.counts[1])),  # PEER_DIMENSIONS[1] is FOLDER
             1.0 if reading and w.since_list_burst <= _LIST_FOLLOW else 0.0,
             1.0 if reading and w.since_policy_write <= _CHANGE_FOLLOW else 0.0,
@@ -545,7 +568,7 @@ class FeatureExtractor:
             float(len(peer.members)),
         )
         return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent,
-                             w.alone, environment)
+                             w.alone, environment, tkeys)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -559,21 +582,25 @@ class FeatureExtractor:
         ts = event.ts
         how, hod = fv.how, fv.hod
         undo = Undo(how, hod, st._scalars(), rates(st))
-        keys = _learned_keys(fv)
-        if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
+        tkeys = fv.tkeys or _tagged(fv.keys)
+        seen = st.seen
+        if event.is_login and event.outcome == SUCCESS and not seen.get(tkeys[SEGMENT]):
             st.new_segment_login = ts
-        st.how[how] += 1
-        st.hod[hod] += 1
+        st.count_hour(how, hod, 1)
         if fv.alone and fv.network:
             places = st.places
             places[fv.network] = places.get(fv.network, 0) + 1
         if fv.environment:
             st.envs[fv.environment] = st.envs.get(fv.environment, 0) + 1
-        for seen, key in zip(st.counts, keys):
+        distinct = st.distinct
+        for d, key in enumerate(_learned_keys(fv, tkeys)):
             if key is not None:
-                seen[key] += 1
+                n = seen.get(key, 0)
+                if not n:
+                    distinct[d] += 1
+                seen[key] = n + 1
         policy_write = is_policy_write(event)
-        (fv.peer or st.peer).learn(event.identity, keys, hod, policy_write)
+        (fv.peer or st.peer).learn(event.identity, _learned_keys(fv, fv.keys), hod, policy_write)
         if policy_write:
             st.policy_writer = True
         learn_rates(st, ts, fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H])
@@ -596,17 +623,22 @@ class FeatureExtractor:
         """Exactly reverse ``learn(fv)``; learns must be undone newest first."""
         event = fv.event
         st = self.identities[event.identity]
-        st.how[undo.how] -= 1
-        st.hod[undo.hod] -= 1
+        st.count_hour(undo.how, undo.hod, -1)
         if fv.alone and fv.network:
             decrement(st.places, fv.network)
         if fv.environment:
             decrement(st.envs, fv.environment)
-        keys = _learned_keys(fv)
-        for seen, key in zip(st.counts, keys):
+        seen, distinct = st.seen, st.distinct
+        for d, key in enumerate(_learned_keys(fv, fv.tkeys or _tagged(fv.keys))):
             if key is not None:
-                decrement(seen, key)
-        (fv.peer or st.peer).unlearn(event.identity, keys, undo.hod, is_policy_write(event))
+                left = seen[key] - 1
+                if left:
+                    seen[key] = left
+                else:
+                    del seen[key]
+                    distinct[d] -= 1
+        (fv.peer or st.peer).unlearn(event.identity, _learned_keys(fv, fv.keys), undo.hod,
+                                     is_policy_write(event))
         st._set_scalars(undo.scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = undo.rates

@@ -7,14 +7,37 @@ its baseline (what is normal for it), with plain-data snapshots of both.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from array import array
 
-from secretscope.novelty import DIMENSIONS, SECRET, SEGMENT, USER_AGENT, PeerGroup
-from secretscope.windows import Distinct, Recent, WindowCounter
+from secretscope.novelty import DIMENSIONS, SECRET, SEGMENT, USER_AGENT, PeerGroup, untag
+from secretscope.windows import Distinct, Recent, RecentEvents, WindowCounter
 
 NEVER = -1e18  # the time of a mark that was never set
 _EWMA_ALPHA = 0.1  # per completed hour of activity
 WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a working hour
+RECENT = 64  # (time, id) of an identity's last events kept for the findings it raises
+
+# Windows most identities never fill are shared empty instances until their first entry
+# (``FeatureExtractor`` replaces them before adding): reading an empty window changes nothing.
+NO_DENIED_1H = WindowCounter(60, 60)
+NO_LISTS_1H = WindowCounter(60, 60)
+NO_READS_1H = WindowCounter(60, 60)
+NO_DENIED_5M = Recent(300.0, ids=True)
+NO_LOGIN_FAILED_5M = Recent(300.0, ids=True)
+NO_LISTS_10M = Recent(600.0)
+NO_CREDS_10M = Recent(600.0, maxlen=10_000)
+NO_DENIED_SECRETS = Distinct(3600.0)
+_SHARED = {"denied_1h": NO_DENIED_1H, "lists_1h": NO_LISTS_1H, "reads_1h": NO_READS_1H,
+           "denied_5m": NO_DENIED_5M, "login_failed_5m": NO_LOGIN_FAILED_5M,
+           "lists_10m": NO_LISTS_10M, "creds_10m": NO_CREDS_10M,
+           "denied_secrets_1h": NO_DENIED_SECRETS}
+_MAKE = {"denied_1h": lambda: WindowCounter(60, 60), "lists_1h": lambda: WindowCounter(60, 60),
+         "reads_1h": lambda: WindowCounter(60, 60),
+         "denied_5m": lambda: Recent(300.0, ids=True),
+         "login_failed_5m": lambda: Recent(300.0, ids=True),
+         "lists_10m": lambda: Recent(600.0), "creds_10m": lambda: Recent(600.0, maxlen=10_000),
+         "denied_secrets_1h": lambda: Distinct(3600.0)}
+_HOW_MAX = 65535  # the hour-of-week profile is uint16 until a slot would overflow
 
 
 class Undo:
@@ -30,13 +53,16 @@ class Undo:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity (a few KB for a typical one)."""
+    """Everything secretscope keeps about one identity: under 2 KB for one that makes a few
+    calls a day (``benchmarks/identity_memory.py``). Windows are compact and shared while
+    empty, profiles are arrays, and the per-value counts of all novelty dimensions sit in one
+    dict keyed by tagged values (``secretscope.novelty.tagged``)."""
 
     __slots__ = (
         "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
         "secrets_1h", "secrets_24h", "denied_secrets_1h", "lists_1h", "reads_1h", "lists_10m",
         "creds_10m",
-        "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
+        "marks", "recent", "how", "hod", "history", "seen", "distinct", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
         "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
@@ -47,27 +73,30 @@ class IdentityState:
         self.requests_1m = Recent(60.0, maxlen=100_000)
         self.requests_1h = WindowCounter(60, 60)
         self.requests_24h = WindowCounter(900, 96)
-        self.denied_1h = WindowCounter(60, 60)
-        self.lists_1h = WindowCounter(60, 60)
-        self.reads_1h = WindowCounter(60, 60)
-        self.denied_5m = Recent(300.0)
-        self.login_failed_5m = Recent(300.0)
-        self.lists_10m = Recent(600.0)
-        self.creds_10m = Recent(600.0, maxlen=10_000)
+        self.denied_1h = NO_DENIED_1H
+        self.lists_1h = NO_LISTS_1H
+        self.reads_1h = NO_READS_1H
+        self.denied_5m = NO_DENIED_5M
+        self.login_failed_5m = NO_LOGIN_FAILED_5M
+        self.lists_10m = NO_LISTS_10M
+        self.creds_10m = NO_CREDS_10M
         self.secrets_1h = Distinct(3600.0)
         self.secrets_24h = Distinct(86400.0)
-        self.denied_secrets_1h = Distinct(3600.0)
+        self.denied_secrets_1h = NO_DENIED_SECRETS
         # event time of the last list burst, policy write, denial burst, token creation
         self.marks = [NEVER, NEVER, NEVER, NEVER]
-        self.recent: deque[tuple[float, str]] = deque(maxlen=64)
+        self.recent = RecentEvents(RECENT)
         # newest event time observed (entries of the windows older than a horizon before it may
         # have been dropped: what a finding names is cut to it, see runner._Batch.related)
         self.newest_ts = float("-inf")
         # baseline, changed only by learn()
-        self.how = [0] * 168
-        self.hod = [0] * 24
+        self.how = array("H", bytes(2 * 168))
+        self.hod = array("I", bytes(4 * 24))
         self.history = 0
-        self.counts: list[defaultdict[str, int]] = [defaultdict(int) for _ in DIMENSIONS]
+        # learned events per tagged value of every novelty dimension, and distinct values per
+        # dimension (what novelty is normalized by)
+        self.seen: dict[str, int] = {}
+        self.distinct = array("I", bytes(4 * len(DIMENSIONS)))
         self.policy_writer = False
         self.requests_baseline = 0.0
         self.secrets_baseline = 0.0
@@ -88,13 +117,40 @@ class IdentityState:
         # network (segment, or the /16 of an address in no segment) -> last event time from it
         self.networks: dict[str, float] = {}
         # secret -> sorted times of successful reads of it while neither the identity nor its
-        # peers had used it; bounded (see features._remember)
-        self.role_new: dict[str, list[float]] = {}
+        # peers had used it; bounded (see features._remember); None until the first
+        self.role_new: dict[str, list[float]] | None = None
         self.role_new_newest = NEVER  # newest time in role_new
         # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
         self.places: dict[str, int] = {}
         # baseline: learned successful reads per environment of the secret (staging, production)
         self.envs: dict[str, int] = {}
+
+    def own(self, name: str):
+        """The window ``name``, made the identity's own first if it is still the shared empty
+        one (call before adding to it)."""
+        window = getattr(self, name)
+        if window is _SHARED.get(name):
+            window = _MAKE[name]()
+            setattr(self, name, window)
+        return window
+
+    def count_hour(self, how: int, hod: int, step: int) -> None:
+        """Add ``step`` (+1 or -1) to the hour-of-week and hour-of-day profiles."""
+        h = self.how
+        if step > 0 and h[how] == _HOW_MAX and h.typecode == "H":
+            h = self.how = array("I", h)
+        h[how] += step
+        self.hod[hod] += step
+
+    @property
+    def counts(self) -> list[dict[str, int]]:
+        """Learned events per value, one dict per dimension of ``novelty.DIMENSIONS`` (built
+        on demand: for explanations and snapshots, not the hot path)."""
+        out: list[dict[str, int]] = [{} for _ in DIMENSIONS]
+        for key, n in self.seen.items():
+            d, value = untag(key)
+            out[d][value] = n
+        return out
 
     @property
     def segments(self) -> dict[str, int]:
@@ -119,20 +175,20 @@ class IdentityState:
     def to_state(self) -> list:
         """Plain lists and numbers, for snapshots (see ``secretscope.snapshot``)."""
         return [
-            [list(r.items) for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
-                                     self.lists_10m, self.creds_10m)],
-            list(self.recent),
+            [r.to_state() for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
+                                    self.lists_10m, self.creds_10m)],
+            [list(pair) for pair in self.recent],
             [c.to_state() for c in (self.requests_1h, self.requests_24h, self.denied_1h,
                                     self.lists_1h, self.reads_1h)],
             [list(d.last.items()) for d in (self.secrets_1h, self.secrets_24h,
                                             self.denied_secrets_1h)],
-            self.marks, self.how, self.hod, self.history, self.counts,
-            list(self._scalars()), list(rates(self)),
+            self.marks, list(self.how), list(self.hod), self.history, self.seen,
+            list(self.distinct), list(self._scalars()), list(rates(self)),
             self.peer.key if self.peer is not None else None,
             self.newest_ts,
             list(self.policies) if self.policies is not None else None,
             self.networks,
-            self.role_new,
+            self.role_new or {},
             self.places,
             self.envs,
         ]
@@ -140,25 +196,32 @@ class IdentityState:
     @classmethod
     def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
         st = cls()
-        (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
+        (recents, recent, counters, distincts, st.marks, how, hod, st.history, seen, distinct,
          scalars, rates, peer, st.newest_ts, policies, networks, role_new,
          places, envs) = state
+        st.how = array("I" if max(how, default=0) >= _HOW_MAX else "H", how)
+        st.hod = array("I", hod)
+        st.seen = dict(seen)
+        st.distinct = array("I", distinct)
         st.places = dict(places)
         st.envs = dict(envs)
         st.policies = tuple(policies) if policies is not None else None
         st.networks = dict(networks)
-        st.role_new = {k: list(v) for k, v in role_new.items()}
-        st.role_new_newest = max((v[-1] for v in st.role_new.values()), default=NEVER)
-        st.counts = [defaultdict(int, c) for c in counts]
-        for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
-                             st.creds_10m), recents):
-            r.items.extend(tuple(i) for i in items)
-        st.recent.extend(tuple(i) for i in recent)
-        for counter, saved in zip((st.requests_1h, st.requests_24h, st.denied_1h, st.lists_1h,
-                                   st.reads_1h), counters):
-            counter.load_state(saved)
-        for d, items in zip((st.secrets_1h, st.secrets_24h, st.denied_secrets_1h), distincts):
-            d.last.update(items)
+        st.role_new = {k: list(v) for k, v in role_new.items()} or None
+        st.role_new_newest = max((v[-1] for v in (st.role_new or {}).values()), default=NEVER)
+        for name, saved in zip(("requests_1m", "denied_5m", "login_failed_5m", "lists_10m",
+                                "creds_10m"), recents):
+            if saved[0]:
+                st.own(name).load_state(saved)
+        for ts, eid in recent:
+            st.recent.append(ts, eid)
+        for name, saved in zip(("requests_1h", "requests_24h", "denied_1h", "lists_1h",
+                                "reads_1h"), counters):
+            if saved[2] >= 0:  # advanced at least once
+                st.own(name).load_state(saved)
+        for name, items in zip(("secrets_1h", "secrets_24h", "denied_secrets_1h"), distincts):
+            if items:
+                st.own(name).load(items)
         st._set_scalars(scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = rates
