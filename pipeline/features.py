@@ -30,8 +30,8 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from secretscope.events import DENIED, SUCCESS, AccessEvent
-from secretscope.identity import (NO_READS_1H, WORKING_SHARE, IdentityState, Undo, learn_rates,
-                                  rates)
+from secretscope.identity import (NO_READS_1H, WORKING_SHARE, Dormant, IdentityState, Undo,
+                                  learn_rates, rates)
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from secretscope.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
                               dimension_keys, frequency_classes, own_classes, peer_key,
@@ -120,6 +120,7 @@ INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REQUESTS_1H = INDEX["requests_count_1h"]
 _SECRETS_1H = INDEX["secrets_distinct_1h"]
 
+_HOW_MAX = 65535  # see IdentityState.count_hour
 _GAP_ALPHA = 0.05  # per learned event, for the usual gap between calls
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
@@ -135,6 +136,7 @@ PRODUCTION = "production"  # the environment of a path no `environments` entry m
 _ENV_CACHE_MAX = 100_000
 ROLE_NEW_KEEP = 1024  # secrets new for the role kept per identity: thresholds are far below
 _DAY = 86400.0
+_SWEEP = 3600.0  # event time between looks for idle identities
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
@@ -227,7 +229,7 @@ def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
 
 
 _TKEYS: dict[tuple, tuple] = {}  # keys of an event -> tagged (calls repeat the same few)
-_TKEYS_MAX = 100_000
+_TKEYS_MAX = 4096  # it holds the strings of its keys: bounded by memory, not by hit rate
 
 
 def _tagged(keys: tuple) -> tuple:
@@ -334,13 +336,18 @@ class FeatureExtractor:
     """Per-identity state and the feature functions; see the module docstring."""
 
     def __init__(self, segments: SegmentTable,
-                 environments: Iterable[tuple[str, str]] = ()) -> None:
+                 environments: Iterable[tuple[str, str]] = (), idle_days: float = 30.0) -> None:
         self.segments = segments
+        self.idle_seconds = idle_days * _DAY
         # (name, compiled regex) in order; a path none matches is production
         self.environments = [(name, re.compile(paths)) for name, paths in environments]
         self._env_cache: dict[str, str] = {}
         self.identities: dict[str, IdentityState] = {}
+        # identities idle longer than idle_days: a summary each (see identity.Dormant)
+        self.dormant: dict[str, Dormant] = {}
+        self.next_sweep = -math.inf  # event time of the next look for idle identities
         self.peers: dict[str, PeerGroup] = {}
+        self._policies: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per policy set
         self.lineage = LineageTracker()
 
     def environment_of(self, secret: str) -> str:
@@ -355,6 +362,23 @@ class FeatureExtractor:
 
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
+
+    def _arrive(self, identity: str) -> IdentityState:
+        summary = self.dormant.pop(identity, None)
+        st = IdentityState() if summary is None else summary.revive(self.peer_group)
+        self.identities[identity] = st
+        return st
+
+    def expire_idle(self, now: float) -> int:
+        """Replace the state of identities idle (event time) for longer than ``idle_days``
+        before ``now`` by a summary; return how many. Called by ``observe_windows`` once per
+        hour of event time, so when it runs depends only on the events, not on batching."""
+        self.next_sweep = now + _SWEEP
+        floor = now - self.idle_seconds
+        idle = [k for k, st in self.identities.items() if st.newest_ts < floor]
+        for k in idle:
+            self.dormant[k] = Dormant.of(self.identities.pop(k))
+        return len(idle)
 
     def peer_group(self, policies: tuple[str, ...]) -> PeerGroup:
         key = peer_key(policies)
@@ -373,15 +397,22 @@ class FeatureExtractor:
         Windows do not depend on the baseline, so this is done once per event even when the
         pipeline has to derive the baseline features again (see ``Pipeline.process_batch``).
         """
+        ts = event.ts
+        if ts >= self.next_sweep:
+            self.expire_idle(ts)
         st = self.identities.get(event.identity)
         if st is None:
-            st = self.identities[event.identity] = IdentityState()
+            st = self._arrive(event.identity)
         if event.policies != st.policies:
             # An identity that changes team gets new policies: from now on its peers are the
             # holders of those, so its new team's folders are its role's, not foreign.
-            st.policies = event.policies
-            st.peer = self.peer_group(event.policies)
-        ts = event.ts
+            policies = self._policies.get(event.policies)
+            if policies is None:
+                if len(self._policies) >= _ENV_CACHE_MAX:
+                    self._policies.clear()
+                policies = self._policies[event.policies] = event.policies
+            st.policies = policies
+            st.peer = self.peer_group(policies)
         eid = event.event_id
         st.recent.append(ts, eid)
         since_previous = max(0.0, ts - st.newest_ts)
@@ -581,26 +612,39 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         ts = event.ts
         how, hod = fv.how, fv.hod
-        undo = Undo(how, hod, st._scalars(), rates(st))
+        undo = Undo(how, hod, (st.policy_writer, st.first_seen, st.last_seen, st.gap_mean,
+                               st.gap_var, st.new_segment_login), rates(st))
         tkeys = fv.tkeys or _tagged(fv.keys)
         seen = st.seen
-        if event.is_login and event.outcome == SUCCESS and not seen.get(tkeys[SEGMENT]):
+        succeeded = event.outcome == SUCCESS
+        if event.is_login and succeeded and not seen.get(tkeys[SEGMENT]):
             st.new_segment_login = ts
-        st.count_hour(how, hod, 1)
+        h = st.how
+        if h[how] < _HOW_MAX:
+            h[how] += 1
+            st.hod[hod] += 1
+        else:
+            st.count_hour(how, hod, 1)
         if fv.alone and fv.network:
             places = st.places
             places[fv.network] = places.get(fv.network, 0) + 1
         if fv.environment:
             st.envs[fv.environment] = st.envs.get(fv.environment, 0) + 1
         distinct = st.distinct
-        for d, key in enumerate(_learned_keys(fv, tkeys)):
+        get = seen.get
+        d = 0 if succeeded else 2  # a secret and its folder count once used successfully
+        for key in tkeys[d:] if d else tkeys:
             if key is not None:
-                n = seen.get(key, 0)
-                if not n:
+                n = get(key)
+                if n is None:
                     distinct[d] += 1
-                seen[key] = n + 1
+                    seen[key] = 1
+                else:
+                    seen[key] = n + 1
+            d += 1
         policy_write = is_policy_write(event)
-        (fv.peer or st.peer).learn(event.identity, _learned_keys(fv, fv.keys), hod, policy_write)
+        (fv.peer or st.peer).learn(event.identity, fv.keys if succeeded else
+                                   (None, None) + fv.keys[2:], hod, policy_write)
         if policy_write:
             st.policy_writer = True
         learn_rates(st, ts, fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H])

@@ -8,8 +8,10 @@ its baseline (what is normal for it), with plain-data snapshots of both.
 from __future__ import annotations
 
 from array import array
+from collections.abc import Callable
 
-from secretscope.novelty import DIMENSIONS, SECRET, SEGMENT, USER_AGENT, PeerGroup, untag
+from secretscope.novelty import (AUTH_METHOD, DIMENSIONS, MOUNT, OPERATION, SECRET, SEGMENT,
+                              USER_AGENT, PeerGroup, untag)
 from secretscope.windows import Distinct, Recent, RecentEvents, WindowCounter
 
 NEVER = -1e18  # the time of a mark that was never set
@@ -270,3 +272,77 @@ def learn_rates(st: IdentityState, ts: float, requests_1h: float, secrets_1h: fl
     if not st.hours_seen:
         st.requests_baseline = st.hour_requests / st.hour_n
         st.secrets_baseline = st.hour_secrets / st.hour_n
+
+
+# Dimensions whose counts a dormant summary keeps: few values per identity, and the ones that
+# tell a returning owner (its usual segment, client, auth method) from a stranger.
+_KEPT_DIMENSIONS = frozenset((OPERATION, SEGMENT, USER_AGENT, AUTH_METHOD, MOUNT))
+
+
+class Dormant:
+    """What is kept of an identity idle longer than ``state.idle_days``: enough of its baseline
+    that its return is judged as a dormant identity's (idle time, history, usual networks,
+    segments and clients, novelty normalized by its distinct values), without its windows,
+    recent events or its per-secret, per-folder and per-address counts."""
+
+    __slots__ = ("history", "scalars", "rates", "newest_ts", "policies", "hod", "seen",
+                 "distinct", "places")
+
+    def __init__(self, history: int, scalars: tuple, rates: tuple, newest_ts: float,
+                 policies: tuple[str, ...] | None, hod: array, seen: dict[str, int],
+                 distinct: array, places: dict[str, int]) -> None:
+        self.history = history
+        self.scalars = scalars
+        self.rates = rates
+        self.newest_ts = newest_ts
+        self.policies = policies
+        self.hod = hod
+        self.seen = seen
+        self.distinct = distinct
+        self.places = places
+
+    @classmethod
+    def of(cls, st: IdentityState) -> "Dormant":
+        seen = {k: n for k, n in st.seen.items() if untag(k)[0] in _KEPT_DIMENSIONS}
+        return cls(st.history, st._scalars(), _closed_rates(st), st.newest_ts, st.policies,
+                   st.hod, seen, st.distinct, st.places)
+
+    def revive(self, peer_group: Callable[[tuple[str, ...]], PeerGroup]) -> IdentityState:
+        """A fresh state holding this summary's baseline (its windows start empty)."""
+        st = IdentityState()
+        st.history = self.history
+        st._set_scalars(self.scalars)
+        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
+         st.requests_baseline, st.secrets_baseline) = self.rates
+        st.newest_ts = self.newest_ts
+        st.hod = self.hod
+        st.seen = dict(self.seen)
+        st.distinct = array("I", self.distinct)
+        st.places = dict(self.places)
+        st.policies = self.policies
+        if self.policies is not None:
+            st.peer = peer_group(self.policies)
+        return st
+
+    def to_state(self) -> list:
+        return [self.history, list(self.scalars), list(self.rates), self.newest_ts,
+                list(self.policies) if self.policies is not None else None, list(self.hod),
+                self.seen, list(self.distinct), self.places]
+
+    @classmethod
+    def from_state(cls, state: list) -> "Dormant":
+        history, scalars, rates_, newest, policies, hod, seen, distinct, places = state
+        return cls(history, tuple(scalars), tuple(rates_), newest,
+                   tuple(policies) if policies is not None else None, array("I", hod),
+                   dict(seen), array("I", distinct), dict(places))
+
+
+def _closed_rates(st: IdentityState) -> tuple:
+    """The usual rates with the hour in progress folded in, as its successor hour would."""
+    _, hour_n, hour_requests, hour_secrets, hours_seen, requests, secrets = rates(st)
+    if hour_n:
+        hours_seen += 1
+        alpha = max(_EWMA_ALPHA, 1.0 / hours_seen)
+        requests += alpha * (hour_requests / hour_n - requests)
+        secrets += alpha * (hour_secrets / hour_n - secrets)
+    return (-1, 0, 0.0, 0.0, hours_seen, requests, secrets)

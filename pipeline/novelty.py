@@ -101,7 +101,7 @@ def own_classes(tkeys: tuple, seen: dict, distinct, total: int) -> tuple[list[in
 # value's tagged form is built once and shared by every identity that counts it.
 _TAGS = tuple(chr(0x10 + d) for d in range(len(DIMENSIONS)))
 _TAGGED: tuple[dict[str, str], ...] = tuple({} for _ in DIMENSIONS)
-_TAGGED_MAX = 200_000  # per dimension; values are attacker-controlled
+_TAGGED_MAX = 20_000  # per dimension; values are attacker-controlled
 
 
 def tagged(d: int, value: str | None) -> str | None:

@@ -12,6 +12,12 @@ from array import array
 from collections import OrderedDict
 
 
+def _code(bucket: int) -> str:
+    """Buckets of minutes or quarter hours since 1970 fit 32 bits (timestamps far in the
+    future or past get 64)."""
+    return "i" if -2**31 < bucket < 2**31 else "q"
+
+
 class WindowCounter:
     """Count of events in the last ``n`` buckets of ``width`` seconds.
 
@@ -51,7 +57,7 @@ class WindowCounter:
             return  # late events older than the window are dropped
         pairs = self.pairs
         if pairs is None:
-            pairs = self.pairs = array("q")
+            pairs = self.pairs = array(_code(bucket))
         self.total += 1
         if pairs and pairs[-2] == bucket:
             pairs[-1] += 1
@@ -62,7 +68,7 @@ class WindowCounter:
         if k and pairs[k - 2] == bucket:
             pairs[k - 1] += 1
         else:
-            pairs[k:k] = array("q", (bucket, 1))
+            pairs[k:k] = array(pairs.typecode, (bucket, 1))
 
     def add(self, ts: float) -> None:
         bucket = int(ts // self.width)
@@ -73,7 +79,13 @@ class WindowCounter:
     def add_count(self, ts: float) -> int:
         """``add(ts)`` then ``count(ts)`` in one call (the hot path)."""
         bucket = int(ts // self.width)
-        if bucket > self.newest:
+        if bucket == self.newest:
+            pairs = self.pairs
+            if pairs and pairs[-2] == bucket:  # another call in the newest bucket
+                pairs[-1] += 1
+                self.total += 1
+                return self.total
+        elif bucket > self.newest:
             self._advance(bucket)
         self._put(bucket)
         return self.total
@@ -91,7 +103,7 @@ class WindowCounter:
 
     def load_state(self, state: list) -> None:
         pairs, self.total, self.newest, self.valid_from = state
-        self.pairs = array("q", pairs) if pairs else None
+        self.pairs = array(_code(max(pairs, key=abs)), pairs) if pairs else None
 
 
 class Recent:
@@ -125,8 +137,17 @@ class Recent:
             self._drop(1)
 
     def add_count(self, ts: float, event_id: str = "") -> int:
-        self.add(ts, event_id)
-        return self.count(ts)
+        times = self.times
+        times.append(ts)
+        if self.ids is not None:
+            self.ids.append(event_id)
+        floor = ts - self.horizon
+        if times[0] <= floor or len(times) > self.maxlen:
+            k, size = 0, len(times)
+            while k < size and (times[k] <= floor or size - k > self.maxlen):
+                k += 1
+            self._drop(k)
+        return len(times)
 
     def count(self, ts: float) -> int:
         times = self.times
@@ -179,7 +200,12 @@ class Distinct:
             else:
                 last[key] = ts
                 last.move_to_end(key)
-        return self.count(ts)
+        floor = ts - self.horizon
+        while True:  # the key just added is never older than the floor
+            oldest = next(iter(last))
+            if last[oldest] > floor:
+                return len(last)
+            del last[oldest]
 
     def load(self, items) -> None:
         """Keys and last-seen times, oldest first (a snapshot's)."""
@@ -198,15 +224,15 @@ class Distinct:
 
 def _pack(event_id: str) -> bytes | None:
     """16 bytes for an id in the lowercase UUID form Vault and OpenBao log, else None."""
-    if len(event_id) != 36 or event_id.count("-") != 4 or event_id != event_id.lower():
+    if (len(event_id) != 36 or event_id.count("-") != 4
+            or not event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
+            or not event_id.islower() and not event_id.replace("-", "").isdigit()):
         return None
     try:
         packed = bytes.fromhex(event_id.replace("-", ""))
     except ValueError:
         return None
-    if len(packed) != 16 or _unpack(packed) != event_id:
-        return None
-    return packed
+    return packed if len(packed) == 16 else None  # fromhex skips whitespace
 
 
 def _unpack(packed: bytes) -> str:
