@@ -33,10 +33,11 @@ from secretscope.events import DENIED, SUCCESS, AccessEvent
 from secretscope.identity import (NO_READS_1H, WORKING_SHARE, Dormant, IdentityState, Undo,
                                   learn_rates, rates)
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
-from secretscope.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
+from secretscope.novelty import (ENVIRONMENT, FOLDER, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
+                              PeerGroup,
                               dimension_keys, frequency_classes, own_classes, peer_key,
                               tagged, tagged_keys)
-from secretscope.segments import SegmentTable
+from secretscope.segments import UNKNOWN, SegmentTable
 from secretscope.windows import WindowCounter
 
 if TYPE_CHECKING:
@@ -120,7 +121,6 @@ INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REQUESTS_1H = INDEX["requests_count_1h"]
 _SECRETS_1H = INDEX["secrets_distinct_1h"]
 
-_HOW_MAX = 65535  # see IdentityState.count_hour
 _GAP_ALPHA = 0.05  # per learned event, for the usual gap between calls
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
@@ -133,6 +133,7 @@ _CONCURRENT = 900.0  # networks used within this long of each other are one sess
 # for this long: a thief's calls right after its owner stopped working do not make it a habit.
 _ALONE = 3600.0
 PRODUCTION = "production"  # the environment of a path no `environments` entry matches
+_PRODUCTION = tagged(ENVIRONMENT, PRODUCTION)  # its key among the counts (novelty.tagged)
 _ENV_CACHE_MAX = 100_000
 ROLE_NEW_KEEP = 1024  # secrets new for the role kept per identity: thresholds are far below
 _DAY = 86400.0
@@ -226,6 +227,24 @@ def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
     if fv.event.outcome == SUCCESS:
         return keys
     return (None, None) + keys[2:]
+
+
+def _count(seen: dict[str, int], distinct, d: int, key: str) -> None:
+    n = seen.get(key)
+    if n is None:
+        distinct[d] += 1
+        seen[key] = 1
+    else:
+        seen[key] = n + 1
+
+
+def _uncount(seen: dict[str, int], distinct, d: int, key: str) -> None:
+    left = seen[key] - 1
+    if left:
+        seen[key] = left
+    else:
+        del seen[key]
+        distinct[d] -= 1
 
 
 _TKEYS: dict[tuple, tuple] = {}  # keys of an event -> tagged (calls repeat the same few)
@@ -419,12 +438,12 @@ class FeatureExtractor:
         if ts > st.newest_ts:
             st.newest_ts = ts
         segment = self.segments.lookup(event.remote_address)
-        network = network_of(segment, event.remote_address)
+        network = segment if segment != UNKNOWN else _intern(
+            network_of(segment, event.remote_address))  # one string per network, not per call
         networks = _networks(st.networks, network, ts)  # 0: alone in the last hour
         requests_1m = st.requests_1m.add_count(ts)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)
-        marks = st.marks
         op = event.operation
         secret_access = is_secret_access(event)
         if event.outcome == DENIED:
@@ -432,14 +451,14 @@ class FeatureExtractor:
             if secret_access:
                 st.own("denied_secrets_1h").add(event.secret, ts)
             if st.own("denied_5m").add_count(ts, eid) >= _DENIED_BURST:
-                marks[2] = ts
+                st.own_marks()[2] = ts
         if event.is_login and event.outcome != SUCCESS:
             if st.own("login_failed_5m").add_count(ts, eid) >= _DENIED_BURST:
-                marks[2] = ts
+                st.own_marks()[2] = ts
         if op == "list":
             st.own("lists_1h").add(ts)
             if st.own("lists_10m").add_count(ts) >= _LIST_BURST:
-                marks[0] = ts
+                st.own_marks()[0] = ts
         if op == "read" and event.outcome == SUCCESS:
             reads = st.reads_1h
             if reads is NO_READS_1H:
@@ -456,9 +475,9 @@ class FeatureExtractor:
             distinct_24h = st.secrets_24h.count(ts)
             if event.outcome == SUCCESS:
                 if is_policy_write(event):
-                    marks[1] = ts
+                    st.own_marks()[1] = ts
                 elif event.path.startswith("auth/token/create"):
-                    marks[3] = ts
+                    st.own_marks()[3] = ts
         lineage = 0
         if event.path.startswith("auth/") or event.identity.startswith("approle:"):
             lineage = self.lineage.observe(
@@ -479,7 +498,7 @@ class FeatureExtractor:
             float(st.login_failed_5m.count(ts)),
             _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
-            ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
+            ts - st.marks[0], ts - st.marks[1], ts - st.marks[2], ts - st.marks[3],
             since_previous, float(networks or 1), network, st.peer,
             tuple(sorted(k for k, t in st.networks.items() if t >= ts - _CONCURRENT))
             if networks > 1 else (),
@@ -536,8 +555,8 @@ class FeatureExtractor:
         environment = self.environment_of(event.secret) if reading else ""
         in_tree = 1.0 if peer_classes[1] == UNSEEN and keys[1] and _in_tree(
             keys[1], peer.counts[1]) else 0.0  # PEER_DIMENSIONS[1] is FOLDER
-        envs = st.envs
-        crossing = 1.0 if (environment == PRODUCTION and envs and PRODUCTION not in envs) else 0.0
+        crossing = 1.0 if (environment == PRODUCTION and distinct[ENVIRONMENT]
+                           and _PRODUCTION not in seen) else 0.0
         if ts - _DAY < st.role_new_newest:  # most identities have none in the last day
             role_new_1h, role_new_24h = _role_new(st.role_new, ts)
         else:
@@ -582,7 +601,7 @@ class FeatureExtractor:
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
             1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
             w.networks_15m,
-            1.0 if history and w.network not in st.places else 0.0,
+            1.0 if history and tagged(PLACE, w.network) not in seen else 0.0,
             role_new_1h,
             role_new_24h,
             crossing,
@@ -619,18 +638,17 @@ class FeatureExtractor:
         succeeded = event.outcome == SUCCESS
         if event.is_login and succeeded and not seen.get(tkeys[SEGMENT]):
             st.new_segment_login = ts
-        h = st.how
-        if h[how] < _HOW_MAX:
-            h[how] += 1
-            st.hod[hod] += 1
+        h = st.hod
+        if h[hod] < 255:  # no hour of the week holds more than its hour of the day
+            h[hod] += 1
+            st.how[how] += 1
         else:
             st.count_hour(how, hod, 1)
-        if fv.alone and fv.network:
-            places = st.places
-            places[fv.network] = places.get(fv.network, 0) + 1
-        if fv.environment:
-            st.envs[fv.environment] = st.envs.get(fv.environment, 0) + 1
         distinct = st.distinct
+        if fv.alone and fv.network:
+            _count(seen, distinct, PLACE, tagged(PLACE, fv.network))
+        if fv.environment:
+            _count(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
         get = seen.get
         d = 0 if succeeded else 2  # a secret and its folder count once used successfully
         for key in tkeys[d:] if d else tkeys:
@@ -668,19 +686,14 @@ class FeatureExtractor:
         event = fv.event
         st = self.identities[event.identity]
         st.count_hour(undo.how, undo.hod, -1)
-        if fv.alone and fv.network:
-            decrement(st.places, fv.network)
-        if fv.environment:
-            decrement(st.envs, fv.environment)
         seen, distinct = st.seen, st.distinct
+        if fv.alone and fv.network:
+            _uncount(seen, distinct, PLACE, tagged(PLACE, fv.network))
+        if fv.environment:
+            _uncount(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
         for d, key in enumerate(_learned_keys(fv, fv.tkeys or _tagged(fv.keys))):
             if key is not None:
-                left = seen[key] - 1
-                if left:
-                    seen[key] = left
-                else:
-                    del seen[key]
-                    distinct[d] -= 1
+                _uncount(seen, distinct, d, key)
         (fv.peer or st.peer).unlearn(event.identity, _learned_keys(fv, fv.keys), undo.hod,
                                      is_policy_write(event))
         st._set_scalars(undo.scalars)

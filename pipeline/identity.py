@@ -10,8 +10,8 @@ from __future__ import annotations
 from array import array
 from collections.abc import Callable
 
-from secretscope.novelty import (AUTH_METHOD, DIMENSIONS, MOUNT, OPERATION, SECRET, SEGMENT,
-                              USER_AGENT, PeerGroup, untag)
+from secretscope.novelty import (AUTH_METHOD, COUNTED, DIMENSIONS, ENVIRONMENT, MOUNT, OPERATION,
+                              PLACE, SECRET, SEGMENT, USER_AGENT, PeerGroup, untag)
 from secretscope.windows import Distinct, Recent, RecentEvents, WindowCounter
 
 NEVER = -1e18  # the time of a mark that was never set
@@ -39,7 +39,10 @@ _MAKE = {"denied_1h": lambda: WindowCounter(60, 60), "lists_1h": lambda: WindowC
          "login_failed_5m": lambda: Recent(300.0, ids=True),
          "lists_10m": lambda: Recent(600.0), "creds_10m": lambda: Recent(600.0, maxlen=10_000),
          "denied_secrets_1h": lambda: Distinct(3600.0)}
-_HOW_MAX = 65535  # the hour-of-week profile is uint16 until a slot would overflow
+# Profiles start as one byte per hour and widen when an hour would overflow its type.
+_WIDER = {"B": ("H", 255), "H": ("I", 65535), "I": ("Q", 2**32 - 1)}
+# Marks of an identity that never set one (most): shared until the first is set.
+NO_MARKS = (NEVER, NEVER, NEVER, NEVER)
 
 
 class Undo:
@@ -68,7 +71,6 @@ class IdentityState:
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
         "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
-        "places", "envs",
     )
 
     def __init__(self) -> None:
@@ -86,19 +88,20 @@ class IdentityState:
         self.secrets_24h = Distinct(86400.0)
         self.denied_secrets_1h = NO_DENIED_SECRETS
         # event time of the last list burst, policy write, denial burst, token creation
-        self.marks = [NEVER, NEVER, NEVER, NEVER]
+        self.marks: list[float] | tuple = NO_MARKS
         self.recent = RecentEvents(RECENT)
         # newest event time observed (entries of the windows older than a horizon before it may
         # have been dropped: what a finding names is cut to it, see runner._Batch.related)
         self.newest_ts = float("-inf")
         # baseline, changed only by learn()
-        self.how = array("H", bytes(2 * 168))
-        self.hod = array("I", bytes(4 * 24))
+        self.how = array("B", bytes(168))
+        self.hod = array("B", bytes(24))
         self.history = 0
-        # learned events per tagged value of every novelty dimension, and distinct values per
-        # dimension (what novelty is normalized by)
+        # learned events per tagged value of every novelty dimension, of the networks it called
+        # from alone (features.network_of, e.g. a home ISP's range) and of the environments of
+        # the secrets it read successfully; and distinct values of each (novelty.COUNTED)
         self.seen: dict[str, int] = {}
-        self.distinct = array("I", bytes(4 * len(DIMENSIONS)))
+        self.distinct = array("I", bytes(4 * COUNTED))
         self.policy_writer = False
         self.requests_baseline = 0.0
         self.secrets_baseline = 0.0
@@ -122,10 +125,6 @@ class IdentityState:
         # peers had used it; bounded (see features._remember); None until the first
         self.role_new: dict[str, list[float]] | None = None
         self.role_new_newest = NEVER  # newest time in role_new
-        # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
-        self.places: dict[str, int] = {}
-        # baseline: learned successful reads per environment of the secret (staging, production)
-        self.envs: dict[str, int] = {}
 
     def own(self, name: str):
         """The window ``name``, made the identity's own first if it is still the shared empty
@@ -138,21 +137,44 @@ class IdentityState:
 
     def count_hour(self, how: int, hod: int, step: int) -> None:
         """Add ``step`` (+1 or -1) to the hour-of-week and hour-of-day profiles."""
-        h = self.how
-        if step > 0 and h[how] == _HOW_MAX and h.typecode == "H":
-            h = self.how = array("I", h)
-        h[how] += step
+        if step > 0:
+            wider, top = _WIDER[self.how.typecode]
+            if self.how[how] == top:
+                self.how = array(wider, self.how)
+            wider, top = _WIDER[self.hod.typecode]
+            if self.hod[hod] == top:
+                self.hod = array(wider, self.hod)
+        self.how[how] += step
         self.hod[hod] += step
+
+    def own_marks(self) -> list[float]:
+        """The marks, made the identity's own first (call before setting one)."""
+        if self.marks is NO_MARKS:
+            self.marks = list(NO_MARKS)
+        return self.marks
 
     @property
     def counts(self) -> list[dict[str, int]]:
         """Learned events per value, one dict per dimension of ``novelty.DIMENSIONS`` (built
         on demand: for explanations and snapshots, not the hot path)."""
-        out: list[dict[str, int]] = [{} for _ in DIMENSIONS]
+        return self._counted()[:len(DIMENSIONS)]
+
+    def _counted(self) -> list[dict[str, int]]:
+        out: list[dict[str, int]] = [{} for _ in range(COUNTED)]
         for key, n in self.seen.items():
             d, value = untag(key)
             out[d][value] = n
         return out
+
+    @property
+    def places(self) -> dict[str, int]:
+        """Learned calls per network the identity used alone (``features.network_of``)."""
+        return self._counted()[PLACE]
+
+    @property
+    def envs(self) -> dict[str, int]:
+        """Learned successful reads per environment of the secret (staging, production)."""
+        return self._counted()[ENVIRONMENT]
 
     @property
     def segments(self) -> dict[str, int]:
@@ -184,29 +206,25 @@ class IdentityState:
                                     self.lists_1h, self.reads_1h)],
             [list(d.last.items()) for d in (self.secrets_1h, self.secrets_24h,
                                             self.denied_secrets_1h)],
-            self.marks, list(self.how), list(self.hod), self.history, self.seen,
+            list(self.marks), list(self.how), list(self.hod), self.history, self.seen,
             list(self.distinct), list(self._scalars()), list(rates(self)),
             self.peer.key if self.peer is not None else None,
             self.newest_ts,
             list(self.policies) if self.policies is not None else None,
             self.networks,
             self.role_new or {},
-            self.places,
-            self.envs,
         ]
 
     @classmethod
     def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
         st = cls()
-        (recents, recent, counters, distincts, st.marks, how, hod, st.history, seen, distinct,
-         scalars, rates, peer, st.newest_ts, policies, networks, role_new,
-         places, envs) = state
-        st.how = array("I" if max(how, default=0) >= _HOW_MAX else "H", how)
-        st.hod = array("I", hod)
+        (recents, recent, counters, distincts, marks, how, hod, st.history, seen, distinct,
+         scalars, rates, peer, st.newest_ts, policies, networks, role_new) = state
+        st.marks = NO_MARKS if tuple(marks) == NO_MARKS else list(marks)
+        st.how = _profile(how)
+        st.hod = _profile(hod)
         st.seen = dict(seen)
         st.distinct = array("I", distinct)
-        st.places = dict(places)
-        st.envs = dict(envs)
         st.policies = tuple(policies) if policies is not None else None
         st.networks = dict(networks)
         st.role_new = {k: list(v) for k, v in role_new.items()} or None
@@ -276,7 +294,8 @@ def learn_rates(st: IdentityState, ts: float, requests_1h: float, secrets_1h: fl
 
 # Dimensions whose counts a dormant summary keeps: few values per identity, and the ones that
 # tell a returning owner (its usual segment, client, auth method) from a stranger.
-_KEPT_DIMENSIONS = frozenset((OPERATION, SEGMENT, USER_AGENT, AUTH_METHOD, MOUNT))
+_KEPT_DIMENSIONS = frozenset((OPERATION, SEGMENT, USER_AGENT, AUTH_METHOD, MOUNT, PLACE,
+                              ENVIRONMENT))
 
 
 class Dormant:
@@ -286,11 +305,11 @@ class Dormant:
     recent events or its per-secret, per-folder and per-address counts."""
 
     __slots__ = ("history", "scalars", "rates", "newest_ts", "policies", "hod", "seen",
-                 "distinct", "places")
+                 "distinct")
 
     def __init__(self, history: int, scalars: tuple, rates: tuple, newest_ts: float,
                  policies: tuple[str, ...] | None, hod: array, seen: dict[str, int],
-                 distinct: array, places: dict[str, int]) -> None:
+                 distinct: array) -> None:
         self.history = history
         self.scalars = scalars
         self.rates = rates
@@ -299,13 +318,12 @@ class Dormant:
         self.hod = hod
         self.seen = seen
         self.distinct = distinct
-        self.places = places
 
     @classmethod
     def of(cls, st: IdentityState) -> "Dormant":
         seen = {k: n for k, n in st.seen.items() if untag(k)[0] in _KEPT_DIMENSIONS}
         return cls(st.history, st._scalars(), _closed_rates(st), st.newest_ts, st.policies,
-                   st.hod, seen, st.distinct, st.places)
+                   st.hod, seen, st.distinct)
 
     def revive(self, peer_group: Callable[[tuple[str, ...]], PeerGroup]) -> IdentityState:
         """A fresh state holding this summary's baseline (its windows start empty)."""
@@ -315,10 +333,9 @@ class Dormant:
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = self.rates
         st.newest_ts = self.newest_ts
-        st.hod = self.hod
+        st.hod = array(self.hod.typecode, self.hod)
         st.seen = dict(self.seen)
         st.distinct = array("I", self.distinct)
-        st.places = dict(self.places)
         st.policies = self.policies
         if self.policies is not None:
             st.peer = peer_group(self.policies)
@@ -327,14 +344,14 @@ class Dormant:
     def to_state(self) -> list:
         return [self.history, list(self.scalars), list(self.rates), self.newest_ts,
                 list(self.policies) if self.policies is not None else None, list(self.hod),
-                self.seen, list(self.distinct), self.places]
+                self.seen, list(self.distinct)]
 
     @classmethod
     def from_state(cls, state: list) -> "Dormant":
-        history, scalars, rates_, newest, policies, hod, seen, distinct, places = state
+        history, scalars, rates_, newest, policies, hod, seen, distinct = state
         return cls(history, tuple(scalars), tuple(rates_), newest,
-                   tuple(policies) if policies is not None else None, array("I", hod),
-                   dict(seen), array("I", distinct), dict(places))
+                   tuple(policies) if policies is not None else None, _profile(hod),
+                   dict(seen), array("I", distinct))
 
 
 def _closed_rates(st: IdentityState) -> tuple:
@@ -346,3 +363,9 @@ def _closed_rates(st: IdentityState) -> tuple:
         requests += alpha * (hour_requests / hour_n - requests)
         secrets += alpha * (hour_secrets / hour_n - secrets)
     return (-1, 0, 0.0, 0.0, hours_seen, requests, secrets)
+
+
+def _profile(counts: list[int]) -> array:
+    """An hour profile in the narrowest type its counts fit."""
+    top = max(counts, default=0)
+    return array("B" if top < 255 else "H" if top < 65535 else "I", counts)

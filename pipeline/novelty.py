@@ -96,11 +96,15 @@ def own_classes(tkeys: tuple, seen: dict, distinct, total: int) -> tuple[list[in
     return classes, novelty
 
 
+# Two more kinds of value an identity's baseline counts beside the dimensions: the networks it
+# called from alone (features.network_of) and the environments of the secrets it read.
+PLACE, ENVIRONMENT = len(DIMENSIONS), len(DIMENSIONS) + 1
+COUNTED = len(DIMENSIONS) + 2
 # Per dimension, value -> the value tagged with its dimension, so the counts of all dimensions
 # of an identity share one dict (a secret and a folder may be the same string). Cached, so a
 # value's tagged form is built once and shared by every identity that counts it.
-_TAGS = tuple(chr(0x10 + d) for d in range(len(DIMENSIONS)))
-_TAGGED: tuple[dict[str, str], ...] = tuple({} for _ in DIMENSIONS)
+_TAGS = tuple(chr(0x10 + d) for d in range(COUNTED))
+_TAGGED: tuple[dict[str, str], ...] = tuple({} for _ in range(COUNTED))
 _TAGGED_MAX = 20_000  # per dimension; values are attacker-controlled
 
 
