@@ -110,25 +110,32 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def fleet(identities: int, per: int, batch: int) -> float:
-    """Replay a synthetic fleet through the whole pipeline; return its peak RSS in GiB."""
+def fleet(identities: int, per: int, batch: int, features_only: bool) -> float:
+    """Replay a synthetic fleet through the whole pipeline (or only the feature extractor's
+    observe and learn); return its peak RSS in GiB."""
     from secretscope.config import load_settings
     from secretscope.runner import Pipeline
 
     pipeline = Pipeline(load_settings())
     print(f"before the replay: peak RSS {peak_rss_gib():.2f} GiB")
     t = time.perf_counter()
-    held = []
-    for e in synthetic_events(identities, identities * per):
-        held.append(e)
-        if len(held) == batch:
-            pipeline.process_batch(held)
-            held = []
-    pipeline.process_batch(held)
-    pipeline.finish()
+    fx = pipeline.extractor
+    if features_only:
+        for e in synthetic_events(identities, identities * per):
+            fx.learn(fx.observe(e))
+    else:
+        held = []
+        for e in synthetic_events(identities, identities * per):
+            held.append(e)
+            if len(held) == batch:
+                pipeline.process_batch(held)
+                held = []
+        pipeline.process_batch(held)
+        pipeline.finish()
     print(f"fleet: {identities:,} identities, {identities * per:,} calls in "
-          f"{time.perf_counter() - t:.0f}s; {len(pipeline.extractor.identities):,} tracked, "
-          f"{pipeline.stats.findings:,} findings")
+          f"{time.perf_counter() - t:.0f}s through "
+          f"{'the feature extractor' if features_only else 'the pipeline'}; "
+          f"{len(fx.identities):,} tracked, {pipeline.stats.findings:,} findings")
     return peak_rss_gib()
 
 
@@ -141,9 +148,11 @@ def main() -> int:
     ap.add_argument("--calls-per-identity", type=int, default=3)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--max-rss-gib", type=float, default=4.0)
+    ap.add_argument("--features-only", action="store_true",
+                    help="fleet mode: only the feature extractor, not detectors and triage")
     args = ap.parse_args()
     if args.fleet:
-        rss = fleet(args.fleet, args.calls_per_identity, args.batch)
+        rss = fleet(args.fleet, args.calls_per_identity, args.batch, args.features_only)
         print(f"peak RSS {rss:.2f} GiB (limit {args.max_rss_gib:g} GiB)")
         return 1 if rss > args.max_rss_gib else 0
     per = per_identity(args.calls)
