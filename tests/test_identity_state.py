@@ -4,8 +4,12 @@ dormant one, and the compact windows count exactly as the ring of buckets they r
 from __future__ import annotations
 
 import random
+import re
+import subprocess
+import sys
 from datetime import timedelta
 
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from secretscope.config import DEFAULT_CONFIG
@@ -14,6 +18,7 @@ from secretscope.models.rules import RuleSet, load_rules
 from secretscope.segments import SegmentTable
 from secretscope.windows import RecentEvents, WindowCounter
 
+from conftest import ROOT
 from helpers import T0, every, learn_all, make_event
 
 RULES = RuleSet(load_rules(DEFAULT_CONFIG.parent / "rules"))
@@ -129,3 +134,19 @@ def test_recent_events_keep_ids_exactly_whatever_their_form():
         packed.append(float(i), eid)
     assert isinstance(packed.ids, bytearray) and len(packed.ids) == 3 * 16
     assert list(packed) == [(float(i), eid) for i, eid in enumerate(ids[:4])][-3:]
+
+
+@pytest.mark.slow
+def test_the_memory_benchmark_prints_its_figures_and_fails_above_its_limits():
+    bench = [sys.executable, str(ROOT / "benchmarks" / "identity_memory.py")]
+    run = subprocess.run(bench + ["--calls", "6000", "--max-bytes", "1"], capture_output=True,
+                         text=True, timeout=600)
+    per = re.search(r"state per tracked identity: ([\d,]+) B \(baseline, same run: one "
+                    r"identity after its first call ([\d,]+) B\)", run.stdout)
+    assert per, run.stdout + run.stderr
+    assert 100 < int(per.group(1).replace(",", "")) < 20_000
+    assert run.returncode == 1 and "FAIL" in run.stderr  # 1 byte per identity is missed
+    fleet = subprocess.run(bench + ["--fleet", "3000", "--features-only", "--max-rss-gib",
+                                    "0.01"], capture_output=True, text=True, timeout=600)
+    assert "3,000 tracked" in fleet.stdout and "peak RSS" in fleet.stdout, fleet.stdout
+    assert fleet.returncode == 1  # no process fits in 10 MiB: the limit is enforced
