@@ -12,10 +12,9 @@ from array import array
 from collections import OrderedDict
 
 
-def _code(bucket: int) -> str:
-    """Buckets of minutes or quarter hours since 1970 fit 32 bits (timestamps far in the
-    future or past get 64)."""
-    return "i" if -2**31 < bucket < 2**31 else "q"
+def _fits(bucket: int) -> bool:
+    """Buckets of minutes or quarter hours since 1970 fit 32 bits."""
+    return -2**31 < bucket < 2**31
 
 
 class WindowCounter:
@@ -24,69 +23,83 @@ class WindowCounter:
     It behaves as a ring of ``n`` buckets advanced by event time, but stores only the buckets
     that hold events, as (bucket, count) pairs oldest first. A late event is counted when its
     bucket is still in the window and not older than the last time the window was emptied by a
-    gap (``valid_from``): a ring overwrites exactly those buckets."""
+    gap (``valid_from``): a ring overwrites exactly those buckets. One array holds it all:
+    ``[newest, valid_from, bucket, count, bucket, count, ...]`` (32-bit while buckets fit)."""
 
-    __slots__ = ("width", "n", "pairs", "total", "newest", "valid_from")
+    __slots__ = ("width", "n", "data", "total")
 
     def __init__(self, width: int, n: int) -> None:
         self.width = width
         self.n = n
-        self.pairs: array | None = None  # bucket, count, bucket, count, ...
+        self.data: array | None = None  # None until the first event
         self.total = 0
-        self.newest = -1
-        self.valid_from = -1
+
+    @property
+    def newest(self) -> int:
+        return self.data[0] if self.data is not None else -1
+
+    def _start(self, bucket: int) -> None:
+        # as a ring that starts before bucket -1: a first bucket within n of it empties nothing
+        valid_from = bucket if bucket + 1 >= self.n else -1
+        self.data = array("i" if _fits(bucket) else "q", (bucket, valid_from))
 
     def _advance(self, bucket: int) -> None:
-        if bucket - self.newest >= self.n:
-            if self.pairs:
-                del self.pairs[:]
+        data = self.data
+        if data is None:
+            self._start(bucket)
+            return
+        if data.typecode == "i" and not _fits(bucket):
+            data = self.data = array("q", data)
+        if bucket - data[0] >= self.n:
+            del data[2:]
             self.total = 0
-            self.valid_from = bucket
+            data[1] = bucket  # valid_from
         elif self.total:
-            pairs, floor = self.pairs, bucket - self.n
-            if pairs[0] <= floor:
-                k, size = 0, len(pairs)
-                while k < size and pairs[k] <= floor:
-                    self.total -= pairs[k + 1]
+            floor = bucket - self.n
+            if data[2] <= floor:
+                k, size = 2, len(data)
+                while k < size and data[k] <= floor:
+                    self.total -= data[k + 1]
                     k += 2
-                del pairs[:k]
-        self.newest = bucket
+                del data[2:k]
+        data[0] = bucket
 
     def _put(self, bucket: int) -> None:
-        if bucket <= self.newest - self.n or bucket < self.valid_from:
+        data = self.data
+        if bucket <= data[0] - self.n or bucket < data[1]:
             return  # late events older than the window are dropped
-        pairs = self.pairs
-        if pairs is None:
-            pairs = self.pairs = array(_code(bucket))
         self.total += 1
-        if pairs and pairs[-2] == bucket:
-            pairs[-1] += 1
+        k = len(data)
+        if k > 2 and data[-2] == bucket:
+            data[-1] += 1
             return
-        k = len(pairs)
-        while k and pairs[k - 2] > bucket:
+        while k > 2 and data[k - 2] > bucket:
             k -= 2
-        if k and pairs[k - 2] == bucket:
-            pairs[k - 1] += 1
+        if k > 2 and data[k - 2] == bucket:
+            data[k - 1] += 1
+        elif k == len(data):
+            data.append(bucket)
+            data.append(1)
         else:
-            pairs[k:k] = array(pairs.typecode, (bucket, 1))
+            data[k:k] = array(data.typecode, (bucket, 1))
 
     def add(self, ts: float) -> None:
         bucket = int(ts // self.width)
-        if bucket > self.newest:
+        data = self.data
+        if data is None or bucket > data[0]:
             self._advance(bucket)
         self._put(bucket)
 
     def add_count(self, ts: float) -> int:
         """``add(ts)`` then ``count(ts)`` in one call (the hot path)."""
         bucket = int(ts // self.width)
-        if bucket == self.newest:
-            pairs = self.pairs
-            if pairs and pairs[-2] == bucket:  # another call in the newest bucket
-                pairs[-1] += 1
-                self.total += 1
-                return self.total
-        elif bucket > self.newest:
+        data = self.data
+        if data is None or bucket > data[0]:
             self._advance(bucket)
+        elif bucket == data[0] and len(data) > 2 and data[-2] == bucket:
+            data[-1] += 1  # another call in the newest bucket
+            self.total += 1
+            return self.total
         self._put(bucket)
         return self.total
 
@@ -94,16 +107,23 @@ class WindowCounter:
         if not self.total:  # nothing to expire (most counters of most identities)
             return 0
         bucket = int(ts // self.width)
-        if bucket > self.newest:
+        if bucket > self.data[0]:
             self._advance(bucket)
         return self.total
 
     def to_state(self) -> list:
-        return [list(self.pairs or ()), self.total, self.newest, self.valid_from]
+        data = self.data
+        if data is None:
+            return [[], 0, -1, -1]
+        return [list(data[2:]), self.total, data[0], data[1]]
 
     def load_state(self, state: list) -> None:
-        pairs, self.total, self.newest, self.valid_from = state
-        self.pairs = array(_code(max(pairs, key=abs)), pairs) if pairs else None
+        pairs, self.total, newest, valid_from = state
+        if newest < 0 and not pairs:
+            self.data = None
+            return
+        wide = not all(_fits(b) for b in (newest, valid_from, *pairs))
+        self.data = array("q" if wide else "i", [newest, valid_from, *pairs])
 
 
 class Recent:
