@@ -365,6 +365,9 @@ class FeatureExtractor:
         # identities idle longer than idle_days: a summary each (see identity.Dormant)
         self.dormant: dict[str, Dormant] = {}
         self.next_sweep = -math.inf  # event time of the next look for idle identities
+        # identities observed and not derived since: a batch whose event time spans more than
+        # idle_days must not expire an identity whose earlier row is still to be derived
+        self._pending: set[str] = set()
         self.peers: dict[str, PeerGroup] = {}
         self._policies: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per policy set
         self.lineage = LineageTracker()
@@ -394,7 +397,9 @@ class FeatureExtractor:
         hour of event time, so when it runs depends only on the events, not on batching."""
         self.next_sweep = now + _SWEEP
         floor = now - self.idle_seconds
-        idle = [k for k, st in self.identities.items() if st.newest_ts < floor]
+        pending = self._pending
+        idle = [k for k, st in self.identities.items()
+                if st.newest_ts < floor and k not in pending]
         for k in idle:
             self.dormant[k] = Dormant.of(self.identities.pop(k))
         return len(idle)
@@ -422,6 +427,7 @@ class FeatureExtractor:
         st = self.identities.get(event.identity)
         if st is None:
             st = self._arrive(event.identity)
+        self._pending.add(event.identity)
         if event.policies != st.policies:
             # An identity that changes team gets new policies: from now on its peers are the
             # holders of those, so its new team's folders are its role's, not foreign.
@@ -509,6 +515,7 @@ class FeatureExtractor:
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
         """The features of an event whose windows are ``w``, against the current baseline."""
         st = self.identities[event.identity]
+        self._pending.discard(event.identity)
         peer = w.peer
         ts = event.ts
         segment = w.segment

@@ -151,3 +151,25 @@ def test_the_memory_benchmark_prints_its_figures_and_fails_above_its_limits():
                                     "0.01"], capture_output=True, text=True, timeout=600)
     assert "3,000 tracked" in fleet.stdout and "peak RSS" in fleet.stdout, fleet.stdout
     assert fleet.returncode == 1  # no process fits in 10 MiB: the limit is enforced
+
+
+def test_a_batch_spanning_more_than_idle_days_expires_its_identities_after_deriving_them():
+    """Audit samples from different years replayed in one batch: the row 40 days later must
+    not expire the identity of an earlier row before that row is derived (it is expired by a
+    look after the batch instead)."""
+    from secretscope.config import load_settings
+    from secretscope.findings import to_ocsf
+    from secretscope.runner import Pipeline
+
+    events = [make_event(at=T0, identity="entity:old"),
+              make_event(at=T0 + timedelta(days=40), identity="entity:new"),
+              make_event(at=T0 + timedelta(days=40, hours=2), identity="entity:new"),
+              make_event(at=T0 + timedelta(days=40, hours=4), identity="entity:new")]
+    batched, single = Pipeline(load_settings()), Pipeline(load_settings())
+    together = (batched.process_batch(events[:3]) + batched.process_batch(events[3:])
+                + batched.finish())
+    apart = [f for e in events for f in single.process_batch([e])] + single.finish()
+    assert [to_ocsf(f) for f in together] == [to_ocsf(f) for f in apart]
+    for p in (batched, single):
+        assert "entity:old" in p.extractor.dormant and "entity:old" not in p.extractor.identities
+        assert p.extractor.dormant["entity:old"].history == 1
