@@ -157,6 +157,7 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     alone: bool = True  # no other network in the last hour: learn makes this one familiar
     environment: str = ""  # of the secret a successful read names ("" for other calls)
     tkeys: tuple = ()  # ``keys`` tagged with their dimension (novelty.tagged): learn counts them
+    place: str = ""  # ``network`` tagged
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -192,6 +193,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     concurrent: tuple[str, ...]
     alone: bool
     lineage: int = 0  # verdict bits of secretscope.lineage (index of _LINEAGE_VALUES)
+    place: str = ""  # the network's key among the identity's counts (novelty.tagged)
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -361,6 +363,7 @@ class FeatureExtractor:
         # (name, compiled regex) in order; a path none matches is production
         self.environments = [(name, re.compile(paths)) for name, paths in environments]
         self._env_cache: dict[str, str] = {}
+        self._where: dict[str, tuple[str, str, str]] = {}  # address -> see _locate
         self.identities: dict[str, IdentityState] = {}
         # identities idle longer than idle_days: a summary each (see identity.Dormant)
         self.dormant: dict[str, Dormant] = {}
@@ -381,6 +384,16 @@ class FeatureExtractor:
                 self._env_cache.clear()
             self._env_cache[secret] = env
         return env
+
+    def _locate(self, address: str) -> tuple[str, str, str]:
+        """(segment, network, network's key among the counts) of an address, cached: one
+        string per network, not per call."""
+        segment = self.segments.lookup(address)
+        network = segment if segment != UNKNOWN else _intern(network_of(segment, address))
+        if len(self._where) >= _ENV_CACHE_MAX:
+            self._where.clear()
+        where = self._where[address] = (segment, network, tagged(PLACE, network))
+        return where
 
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
@@ -443,9 +456,10 @@ class FeatureExtractor:
         since_previous = max(0.0, ts - st.newest_ts)
         if ts > st.newest_ts:
             st.newest_ts = ts
-        segment = self.segments.lookup(event.remote_address)
-        network = segment if segment != UNKNOWN else _intern(
-            network_of(segment, event.remote_address))  # one string per network, not per call
+        where = self._where.get(event.remote_address)
+        if where is None:
+            where = self._locate(event.remote_address)
+        segment, network, place = where
         networks = _networks(st.networks, network, ts)  # 0: alone in the last hour
         requests_1m = st.requests_1m.add_count(ts)
         requests_1h = st.requests_1h.add_count(ts)
@@ -510,6 +524,7 @@ class FeatureExtractor:
             if networks > 1 else (),
             networks == 0,
             lineage,
+            place,
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
@@ -608,7 +623,7 @@ class FeatureExtractor:
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
             1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
             w.networks_15m,
-            1.0 if history and tagged(PLACE, w.network) not in seen else 0.0,
+            1.0 if history and w.place not in seen else 0.0,
             role_new_1h,
             role_new_24h,
             crossing,
@@ -625,7 +640,7 @@ class FeatureExtractor:
             float(len(peer.members)),
         )
         return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent,
-                             w.alone, environment, tkeys)
+                             w.alone, environment, tkeys, w.place)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -653,7 +668,7 @@ class FeatureExtractor:
             st.count_hour(how, hod, 1)
         distinct = st.distinct
         if fv.alone and fv.network:
-            _count(seen, distinct, PLACE, tagged(PLACE, fv.network))
+            _count(seen, distinct, PLACE, fv.place or tagged(PLACE, fv.network))
         if fv.environment:
             _count(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
         get = seen.get
@@ -695,7 +710,7 @@ class FeatureExtractor:
         st.count_hour(undo.how, undo.hod, -1)
         seen, distinct = st.seen, st.distinct
         if fv.alone and fv.network:
-            _uncount(seen, distinct, PLACE, tagged(PLACE, fv.network))
+            _uncount(seen, distinct, PLACE, fv.place or tagged(PLACE, fv.network))
         if fv.environment:
             _uncount(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
         for d, key in enumerate(_learned_keys(fv, fv.tkeys or _tagged(fv.keys))):
