@@ -8,6 +8,7 @@ few calls a day: storage grows with what is inside a window, not with the window
 
 from __future__ import annotations
 
+import re
 from array import array
 from collections import OrderedDict
 
@@ -242,17 +243,14 @@ class Distinct:
         return len(last)
 
 
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
 def _pack(event_id: str) -> bytes | None:
     """16 bytes for an id in the lowercase UUID form Vault and OpenBao log, else None."""
-    if (len(event_id) != 36 or event_id.count("-") != 4
-            or not event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-"
-            or not event_id.islower() and not event_id.replace("-", "").isdigit()):
+    if _UUID(event_id) is None:
         return None
-    try:
-        packed = bytes.fromhex(event_id.replace("-", ""))
-    except ValueError:
-        return None
-    return packed if len(packed) == 16 else None  # fromhex skips whitespace
+    return bytes.fromhex(event_id.replace("-", ""))
 
 
 def _unpack(packed: bytes) -> str:
@@ -263,7 +261,8 @@ def _unpack(packed: bytes) -> str:
 class RecentEvents:
     """The last ``maxlen`` (time, event id) of an identity, oldest first, like a bounded deque
     of pairs but compact: times in an array, ids as 16 bytes each while they are all UUIDs (the
-    form Vault logs), as strings from the first one that is not."""
+    form Vault logs), as strings from the first one that is not. Up to :data:`_SLACK` older
+    entries stay until they are cut together, so an append does not shift the arrays."""
 
     __slots__ = ("maxlen", "times", "ids")
 
@@ -273,8 +272,8 @@ class RecentEvents:
         self.ids: bytearray | list[str] = bytearray()
 
     def append(self, ts: float, event_id: str) -> None:
-        self.times.append(ts)
-        ids = self.ids
+        times, ids = self.times, self.ids
+        times.append(ts)
         if type(ids) is bytearray:
             packed = _pack(event_id)
             if packed is not None:
@@ -284,19 +283,21 @@ class RecentEvents:
                 ids.append(event_id)
         else:
             ids.append(event_id)
-        if len(self.times) > self.maxlen:
-            del self.times[0]
-            if type(ids) is bytearray:
-                del ids[:16]
-            else:
-                del ids[0]
+        if len(times) > self.maxlen + _SLACK:
+            cut = len(times) - self.maxlen
+            del times[:cut]
+            del ids[:16 * cut if type(ids) is bytearray else cut]
 
     def __len__(self) -> int:
-        return len(self.times)
-
-    def _id(self, i: int) -> str:
-        ids = self.ids
-        return _unpack(ids[16 * i:16 * i + 16]) if type(ids) is bytearray else ids[i]
+        return min(len(self.times), self.maxlen)
 
     def __iter__(self):
-        return ((ts, self._id(i)) for i, ts in enumerate(self.times))
+        ids, times = self.ids, self.times
+        first = max(0, len(times) - self.maxlen)
+        if type(ids) is bytearray:
+            return ((times[i], _unpack(ids[16 * i:16 * i + 16]))
+                    for i in range(first, len(times)))
+        return ((times[i], ids[i]) for i in range(first, len(times)))
+
+
+_SLACK = 16

@@ -133,7 +133,8 @@ def test_recent_events_keep_ids_exactly_whatever_their_form():
     packed = RecentEvents(maxlen=3)
     for i, eid in enumerate(ids[:4]):
         packed.append(float(i), eid)
-    assert isinstance(packed.ids, bytearray) and len(packed.ids) == 3 * 16
+    assert isinstance(packed.ids, bytearray) and len(packed.ids) == 16 * len(packed.times)
+    assert len(packed) == 3
     assert list(packed) == [(float(i), eid) for i, eid in enumerate(ids[:4])][-3:]
 
 
