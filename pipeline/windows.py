@@ -49,7 +49,7 @@ class WindowCounter:
         if data is None:
             self._start(bucket)
             return
-        if data.typecode == "i" and not _fits(bucket):
+        if bucket >= 2**31 and data.typecode == "i":
             data = self.data = array("q", data)
         if bucket - data[0] >= self.n:
             del data[2:]
@@ -92,15 +92,34 @@ class WindowCounter:
         self._put(bucket)
 
     def add_count(self, ts: float) -> int:
-        """``add(ts)`` then ``count(ts)`` in one call (the hot path)."""
+        """``add(ts)`` then ``count(ts)`` in one call (the hot path: inlines the usual cases,
+        a call in the newest bucket or in a new one within the window)."""
         bucket = int(ts // self.width)
         data = self.data
+        if data is not None and bucket < 2147483648:
+            newest = data[0]
+            if bucket == newest:
+                if data[-2] == bucket and len(data) > 2:
+                    data[-1] += 1
+                    self.total += 1
+                    return self.total
+            elif newest < bucket < newest + self.n:
+                total = self.total
+                if total:
+                    floor = bucket - self.n
+                    if data[2] <= floor:
+                        k, size = 2, len(data)
+                        while k < size and data[k] <= floor:
+                            total -= data[k + 1]
+                            k += 2
+                        del data[2:k]
+                data[0] = bucket
+                data.append(bucket)
+                data.append(1)
+                self.total = total + 1
+                return self.total
         if data is None or bucket > data[0]:
             self._advance(bucket)
-        elif bucket == data[0] and len(data) > 2 and data[-2] == bucket:
-            data[-1] += 1  # another call in the newest bucket
-            self.total += 1
-            return self.total
         self._put(bucket)
         return self.total
 

@@ -10,7 +10,7 @@ import sys
 from datetime import timedelta
 
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import example, given, settings, strategies as st
 
 from secretscope.config import DEFAULT_CONFIG
 from secretscope.features import FeatureExtractor
@@ -109,14 +109,18 @@ class RingCounter:
 @settings(max_examples=200, deadline=None)
 @given(steps=st.lists(st.tuples(st.booleans(), st.integers(-4000, 9000)), max_size=80),
        start=st.sampled_from([1_772_442_000.0, 0.0, 1500.0]))
+@example(steps=[(True, 0), (True, 3600), (True, -30)], start=1_772_442_000.0)  # a gap of n
 def test_window_counter_counts_as_the_ring_did_with_late_and_gapped_events(steps, start):
-    compact, ring = WindowCounter(60, 60), RingCounter(60, 60)
+    compact, hot, ring = WindowCounter(60, 60), WindowCounter(60, 60), RingCounter(60, 60)
     now = start
     for add, delta in steps:
         now = max(0.0, now + delta)  # negative: a late event (event time starts at 1970)
         if add:
             compact.add(now)
             ring.add(now)
+            assert hot.add_count(now) == ring.count(now)
+        else:
+            assert hot.count(now) == ring.count(now)
         assert compact.count(now) == ring.count(now)
 
 
