@@ -178,3 +178,30 @@ def test_a_batch_spanning_more_than_idle_days_expires_its_identities_after_deriv
     for p in (batched, single):
         assert "entity:old" in p.extractor.dormant and "entity:old" not in p.extractor.identities
         assert p.extractor.dormant["entity:old"].history == 1
+
+
+def test_a_snapshot_keeps_dormant_summaries_and_the_sweep_clock():
+    from secretscope import snapshot
+    from secretscope.config import load_settings
+    from secretscope.runner import Pipeline
+
+    events = [make_event(at=t, identity="entity:old", remote_address=f"172.16.{i}.7",
+                         path=f"secret/data/payments/s{i % 3}", **{
+                             k: v for k, v in PERSON.items() if k != "identity"})
+              for i, t in enumerate(every(T0, timedelta(hours=1), 12))]
+    events += [make_event(at=T0 + timedelta(days=d), identity="entity:svc")
+               for d in range(1, 42)]
+    first = Pipeline(load_settings())
+    first.process_batch(events[:-1])
+    first.process_batch(events[-1:])  # its look for idle identities follows their derive
+    assert "entity:old" in first.extractor.dormant
+    restored = Pipeline(load_settings())
+    snapshot.load(restored, snapshot.dump(first))
+    assert restored.extractor.next_sweep == first.extractor.next_sweep
+    assert restored.extractor.dormant["entity:old"].to_state() == \
+        first.extractor.dormant["entity:old"].to_state()
+    back = make_event(at=T0 + timedelta(days=42), identity="entity:old",
+                      remote_address="198.51.100.3",
+                      **{**{k: v for k, v in PERSON.items() if k != "identity"},
+                         "user_agent": "curl/8.5.0"})
+    assert restored.extractor.observe(back).values == first.extractor.observe(back).values
