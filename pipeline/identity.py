@@ -58,8 +58,8 @@ class Undo:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity: under 2 KB for one that makes a few
-    calls a day (``benchmarks/identity_memory.py``). Windows are compact and shared while
+    """Everything secretscope keeps about one identity: about 4 KB for one that made ten calls
+    (``benchmarks/identity_memory.py`` measures it). Windows are compact and shared while
     empty, profiles are arrays, and the per-value counts of all novelty dimensions sit in one
     dict keyed by tagged values (``secretscope.novelty.tagged``)."""
 
