@@ -341,6 +341,15 @@ class RunnerSettings(_Strict):
         "before the partial batch is processed.")
 
 
+class StateSettings(_Strict):
+    """Per-identity state kept in memory."""
+
+    idle_days: float = Field(30, gt=0, description="Identities idle longer than this (event "
+                             "time) are expired: their windows and per-secret, per-folder and "
+                             "per-address counts are dropped and a compact summary is kept, so "
+                             "a returning identity is still judged as a dormant one.")
+
+
 class KafkaSettings(_Strict):
     """Kafka in (audit topics) and between the stages. Credentials come from the environment
     or a file named here, never from the YAML itself."""
@@ -451,6 +460,7 @@ class Settings(_Strict):
                                                     "entry per detector (below).")
     triage: TriageSettings = Field(TriageSettings(), description="Scores to findings.")
     runner: RunnerSettings = Field(RunnerSettings(), description="The processing loop.")
+    state: StateSettings = Field(StateSettings(), description="Per-identity state in memory.")
     run: RunSettings = Field(RunSettings(), description="`secretscope run`, the service.")
     kafka: KafkaSettings = Field(KafkaSettings(), description="Kafka in and between stages.")
     socket: SocketSettings = Field(SocketSettings(), description="Vault's socket audit device.")

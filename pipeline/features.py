@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import re
+from sys import intern as _intern
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
@@ -29,11 +30,14 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from secretscope.events import DENIED, SUCCESS, AccessEvent
-from secretscope.identity import WORKING_SHARE, IdentityState, Undo, learn_rates, rates
+from secretscope.identity import (NO_READS_1H, WORKING_SHARE, Dormant, IdentityState, Undo,
+                                  learn_rates, rates)
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
-from secretscope.novelty import (FOLDER, SECRET, SEGMENT, UNSEEN, USER_AGENT, PeerGroup, decrement,
-                              dimension_keys, frequency_classes, peer_key)
-from secretscope.segments import SegmentTable
+from secretscope.novelty import (ENVIRONMENT, FOLDER, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
+                              PeerGroup,
+                              dimension_keys, frequency_classes, own_classes, peer_key,
+                              tagged, tagged_keys)
+from secretscope.segments import UNKNOWN, SegmentTable
 from secretscope.windows import WindowCounter
 
 if TYPE_CHECKING:
@@ -129,9 +133,11 @@ _CONCURRENT = 900.0  # networks used within this long of each other are one sess
 # for this long: a thief's calls right after its owner stopped working do not make it a habit.
 _ALONE = 3600.0
 PRODUCTION = "production"  # the environment of a path no `environments` entry matches
+_PRODUCTION = tagged(ENVIRONMENT, PRODUCTION)  # its key among the counts (novelty.tagged)
 _ENV_CACHE_MAX = 100_000
 ROLE_NEW_KEEP = 1024  # secrets new for the role kept per identity: thresholds are far below
 _DAY = 86400.0
+_SWEEP = 3600.0  # event time between looks for idle identities
 
 
 class FeatureVector(msgspec.Struct, frozen=True, gc=False):
@@ -150,6 +156,8 @@ class FeatureVector(msgspec.Struct, frozen=True, gc=False):
     concurrent: tuple[str, ...] = ()  # the networks of the last 15 minutes, when more than one
     alone: bool = True  # no other network in the last hour: learn makes this one familiar
     environment: str = ""  # of the secret a successful read names ("" for other calls)
+    tkeys: tuple = ()  # ``keys`` tagged with their dimension (novelty.tagged): learn counts them
+    place: str = ""  # ``network`` tagged
 
     def __getitem__(self, name: str) -> float:
         return self.values[INDEX[name]]
@@ -185,6 +193,7 @@ class Windows(msgspec.Struct, frozen=True, gc=False):
     concurrent: tuple[str, ...]
     alone: bool
     lineage: int = 0  # verdict bits of secretscope.lineage (index of _LINEAGE_VALUES)
+    place: str = ""  # the network's key among the identity's counts (novelty.tagged)
 
 
 def hour_slots(ts: float) -> tuple[int, int]:
@@ -213,12 +222,45 @@ def _ratio(lists: int, reads: WindowCounter, ts: float) -> float:
     return lists / max(1, reads.count(ts)) if lists else 0.0
 
 
-def _learned_keys(fv: FeatureVector) -> tuple:
-    """The dimension values ``learn`` counts: a secret (and its folder) only once it was used
-    successfully, so denied probes and typos do not widen what the identity is known to use."""
+def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
+    """The dimension values ``learn`` counts (``keys`` are fv's, tagged or not): a secret (and
+    its folder) only once it was used successfully, so denied probes and typos do not widen
+    what the identity is known to use."""
     if fv.event.outcome == SUCCESS:
-        return fv.keys
-    return (None, None) + fv.keys[2:]
+        return keys
+    return (None, None) + keys[2:]
+
+
+def _count(seen: dict[str, int], distinct, d: int, key: str) -> None:
+    n = seen.get(key)
+    if n is None:
+        distinct[d] += 1
+        seen[key] = 1
+    else:
+        seen[key] = n + 1
+
+
+def _uncount(seen: dict[str, int], distinct, d: int, key: str) -> None:
+    left = seen[key] - 1
+    if left:
+        seen[key] = left
+    else:
+        del seen[key]
+        distinct[d] -= 1
+
+
+_TKEYS: dict[tuple, tuple] = {}  # keys of an event -> tagged (calls repeat the same few)
+_TKEYS_MAX = 4096  # it holds the strings of its keys: bounded by memory, not by hit rate
+
+
+def _tagged(keys: tuple) -> tuple:
+    tkeys = _TKEYS.get(keys)
+    if tkeys is None:
+        tkeys = tagged_keys(keys)
+        if len(_TKEYS) >= _TKEYS_MAX:
+            _TKEYS.clear()
+        _TKEYS[keys] = tkeys
+    return tkeys
 
 
 def _hours_to(hod: list[int], hour: int, floor: float) -> float:
@@ -315,13 +357,22 @@ class FeatureExtractor:
     """Per-identity state and the feature functions; see the module docstring."""
 
     def __init__(self, segments: SegmentTable,
-                 environments: Iterable[tuple[str, str]] = ()) -> None:
+                 environments: Iterable[tuple[str, str]] = (), idle_days: float = 30.0) -> None:
         self.segments = segments
+        self.idle_seconds = idle_days * _DAY
         # (name, compiled regex) in order; a path none matches is production
         self.environments = [(name, re.compile(paths)) for name, paths in environments]
         self._env_cache: dict[str, str] = {}
+        self._where: dict[str, tuple[str, str, str]] = {}  # address -> see _locate
         self.identities: dict[str, IdentityState] = {}
+        # identities idle longer than idle_days: a summary each (see identity.Dormant)
+        self.dormant: dict[str, Dormant] = {}
+        self.next_sweep = -math.inf  # event time of the next look for idle identities
+        # identities observed and not derived since: a batch whose event time spans more than
+        # idle_days must not expire an identity whose earlier row is still to be derived
+        self._pending: set[str] = set()
         self.peers: dict[str, PeerGroup] = {}
+        self._policies: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per policy set
         self.lineage = LineageTracker()
 
     def environment_of(self, secret: str) -> str:
@@ -334,8 +385,37 @@ class FeatureExtractor:
             self._env_cache[secret] = env
         return env
 
+    def _locate(self, address: str) -> tuple[str, str, str]:
+        """(segment, network, network's key among the counts) of an address, cached: one
+        string per network, not per call."""
+        segment = self.segments.lookup(address)
+        network = segment if segment != UNKNOWN else _intern(network_of(segment, address))
+        if len(self._where) >= _ENV_CACHE_MAX:
+            self._where.clear()
+        where = self._where[address] = (segment, network, tagged(PLACE, network))
+        return where
+
     def state(self, identity: str) -> IdentityState | None:
         return self.identities.get(identity)
+
+    def _arrive(self, identity: str) -> IdentityState:
+        summary = self.dormant.pop(identity, None)
+        st = IdentityState() if summary is None else summary.revive(self.peer_group)
+        self.identities[identity] = st
+        return st
+
+    def expire_idle(self, now: float) -> int:
+        """Replace the state of identities idle (event time) for longer than ``idle_days``
+        before ``now`` by a summary; return how many. Called by ``observe_windows`` once per
+        hour of event time, so when it runs depends only on the events, not on batching."""
+        self.next_sweep = now + _SWEEP
+        floor = now - self.idle_seconds
+        pending = self._pending
+        idle = [k for k, st in self.identities.items()
+                if st.newest_ts < floor and k not in pending]
+        for k in idle:
+            self.dormant[k] = Dormant.of(self.identities.pop(k))
+        return len(idle)
 
     def peer_group(self, policies: tuple[str, ...]) -> PeerGroup:
         key = peer_key(policies)
@@ -354,60 +434,70 @@ class FeatureExtractor:
         Windows do not depend on the baseline, so this is done once per event even when the
         pipeline has to derive the baseline features again (see ``Pipeline.process_batch``).
         """
+        ts = event.ts
+        if ts >= self.next_sweep:
+            self.expire_idle(ts)
         st = self.identities.get(event.identity)
         if st is None:
-            st = self.identities[event.identity] = IdentityState()
+            st = self._arrive(event.identity)
+        self._pending.add(event.identity)
         if event.policies != st.policies:
             # An identity that changes team gets new policies: from now on its peers are the
             # holders of those, so its new team's folders are its role's, not foreign.
-            st.policies = event.policies
-            st.peer = self.peer_group(event.policies)
-        ts = event.ts
+            policies = self._policies.get(event.policies)
+            if policies is None:
+                if len(self._policies) >= _ENV_CACHE_MAX:
+                    self._policies.clear()
+                policies = self._policies[event.policies] = event.policies
+            st.policies = policies
+            st.peer = self.peer_group(policies)
         eid = event.event_id
-        st.recent.append((ts, eid))
+        st.recent.append(ts, eid)
         since_previous = max(0.0, ts - st.newest_ts)
         if ts > st.newest_ts:
             st.newest_ts = ts
-        segment = self.segments.lookup(event.remote_address)
-        network = network_of(segment, event.remote_address)
+        where = self._where.get(event.remote_address)
+        if where is None:
+            where = self._locate(event.remote_address)
+        segment, network, place = where
         networks = _networks(st.networks, network, ts)  # 0: alone in the last hour
-        requests_1m = st.requests_1m.add_count(ts, eid)
+        requests_1m = st.requests_1m.add_count(ts)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)
-        marks = st.marks
         op = event.operation
         secret_access = is_secret_access(event)
         if event.outcome == DENIED:
-            st.denied_1h.add(ts)
-            st.denied_5m.add(ts, eid)
+            st.own("denied_1h").add(ts)
             if secret_access:
-                st.denied_secrets_1h.add(event.secret, ts)
-            if st.denied_5m.count(ts) >= _DENIED_BURST:
-                marks[2] = ts
+                st.own("denied_secrets_1h").add(event.secret, ts)
+            if st.own("denied_5m").add_count(ts, eid) >= _DENIED_BURST:
+                st.own_marks()[2] = ts
         if event.is_login and event.outcome != SUCCESS:
-            st.login_failed_5m.add(ts, eid)
-            if st.login_failed_5m.count(ts) >= _DENIED_BURST:
-                marks[2] = ts
+            if st.own("login_failed_5m").add_count(ts, eid) >= _DENIED_BURST:
+                st.own_marks()[2] = ts
         if op == "list":
-            st.lists_1h.add(ts)
-            st.lists_10m.add(ts, eid)
-            if st.lists_10m.count(ts) >= _LIST_BURST:
-                marks[0] = ts
+            st.own("lists_1h").add(ts)
+            if st.own("lists_10m").add_count(ts) >= _LIST_BURST:
+                st.own_marks()[0] = ts
         if op == "read" and event.outcome == SUCCESS:
-            st.reads_1h.add(ts)
+            reads = st.reads_1h
+            if reads is NO_READS_1H:
+                reads = st.reads_1h = WindowCounter(60, 60)
+            reads.add(ts)
         if secret_access:
-            distinct_1h = st.secrets_1h.add(event.secret, ts)
-            distinct_24h = st.secrets_24h.add(event.secret, ts)
+            secret = _intern(event.secret)
+            distinct_1h = st.secrets_1h.add(secret, ts)
+            distinct_24h = st.secrets_24h.add(secret, ts)
             if is_dynamic_credential(event):
-                st.creds_10m.add(ts, eid)
+                st.own("creds_10m").add(ts)
         else:
             distinct_1h = st.secrets_1h.count(ts)
             distinct_24h = st.secrets_24h.count(ts)
             if event.outcome == SUCCESS:
                 if is_policy_write(event):
-                    marks[1] = ts
+                    st.own_marks()[1] = ts
                 elif event.path.startswith("auth/token/create"):
-                    marks[3] = ts
+                    st.own_marks()[3] = ts
         lineage = 0
         if event.path.startswith("auth/") or event.identity.startswith("approle:"):
             lineage = self.lineage.observe(
@@ -428,17 +518,19 @@ class FeatureExtractor:
             float(st.login_failed_5m.count(ts)),
             _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
-            ts - marks[0], ts - marks[1], ts - marks[2], ts - marks[3],
+            ts - st.marks[0], ts - st.marks[1], ts - st.marks[2], ts - st.marks[3],
             since_previous, float(networks or 1), network, st.peer,
             tuple(sorted(k for k, t in st.networks.items() if t >= ts - _CONCURRENT))
             if networks > 1 else (),
             networks == 0,
             lineage,
+            place,
         )
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
         """The features of an event whose windows are ``w``, against the current baseline."""
         st = self.identities[event.identity]
+        self._pending.discard(event.identity)
         peer = w.peer
         ts = event.ts
         segment = w.segment
@@ -446,7 +538,9 @@ class FeatureExtractor:
         how, hod = hour_slots(ts)
         secret_access = w.secret_access
         keys = dimension_keys(event, segment, secret_access)
-        counts = st.counts
+        tkeys = _tagged(keys)
+        seen = st.seen
+        distinct = st.distinct
         if history:
             h_week, h_day = st.how, st.hod
             how_share = (h_week[how - 1] + h_week[how] + h_week[(how + 1) % 168]) / history
@@ -454,9 +548,8 @@ class FeatureExtractor:
             hod_share = hod_count / history
             floor = max(1.0, WORKING_SHARE * history)
             work_distance = 0.0 if h_day[hod] >= floor else _hours_to(h_day, hod, floor)
-            classes, novelty = frequency_classes(keys, counts, history)
-            seg_share = counts[SEGMENT].get(segment, 0) / history if classes[SEGMENT] < UNSEEN \
-                else 0.0
+            classes, novelty = own_classes(tkeys, seen, distinct, history)
+            seg_share = seen[tkeys[SEGMENT]] / history if classes[SEGMENT] < UNSEEN else 0.0
             idle = w.since_previous / _DAY
             gap_std = st.gap_var ** 0.5
             periodicity = 1.0 / (1.0 + gap_std) if history >= 10 else 0.0
@@ -465,7 +558,7 @@ class FeatureExtractor:
         else:
             how_share = hod_share = seg_share = idle = periodicity = deviation = 0.0
             work_distance = 0.0
-            classes, novelty = frequency_classes(keys, counts, 0)
+            classes, novelty = own_classes(tkeys, seen, distinct, 0)
         p_history = peer.history
         peer_classes, peer_novelty = frequency_classes(
             (keys[0], keys[1], keys[3], keys[5]), peer.counts, p_history)  # PEER_DIMENSIONS
@@ -476,14 +569,16 @@ class FeatureExtractor:
             peer_hod_share = 0.0
         reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
         if reading and history and classes[SECRET] == UNSEEN and peer_classes[0] == UNSEEN:
+            if st.role_new is None:
+                st.role_new = {}
             _remember(st.role_new, ts, event.secret)
             if ts > st.role_new_newest:
                 st.role_new_newest = ts
         environment = self.environment_of(event.secret) if reading else ""
         in_tree = 1.0 if peer_classes[1] == UNSEEN and keys[1] and _in_tree(
             keys[1], peer.counts[1]) else 0.0  # PEER_DIMENSIONS[1] is FOLDER
-        envs = st.envs
-        crossing = 1.0 if (environment == PRODUCTION and envs and PRODUCTION not in envs) else 0.0
+        crossing = 1.0 if (environment == PRODUCTION and distinct[ENVIRONMENT]
+                           and _PRODUCTION not in seen) else 0.0
         if ts - _DAY < st.role_new_newest:  # most identities have none in the last day
             role_new_1h, role_new_24h = _role_new(st.role_new, ts)
         else:
@@ -519,8 +614,8 @@ class FeatureExtractor:
             novelty,
             *peer_classes,
             peer_novelty,
-            float(len(counts[SECRET])),
-            float(len(counts[FOLDER])),
+            float(distinct[SECRET]),
+            float(distinct[FOLDER]),
             float(len(peer.counts[1])),  # PEER_DIMENSIONS[1] is FOLDER
             1.0 if reading and w.since_list_burst <= _LIST_FOLLOW else 0.0,
             1.0 if reading and w.since_policy_write <= _CHANGE_FOLLOW else 0.0,
@@ -528,7 +623,7 @@ class FeatureExtractor:
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
             1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
             w.networks_15m,
-            1.0 if history and w.network not in st.places else 0.0,
+            1.0 if history and w.place not in seen else 0.0,
             role_new_1h,
             role_new_24h,
             crossing,
@@ -545,7 +640,7 @@ class FeatureExtractor:
             float(len(peer.members)),
         )
         return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent,
-                             w.alone, environment)
+                             w.alone, environment, tkeys, w.place)
 
     def learn(self, fv: FeatureVector) -> Undo:
         """Fold an event that raised no finding into its identity's (and peers') baseline.
@@ -558,22 +653,38 @@ class FeatureExtractor:
         st = self.identities[event.identity]
         ts = event.ts
         how, hod = fv.how, fv.hod
-        undo = Undo(how, hod, st._scalars(), rates(st))
-        keys = _learned_keys(fv)
-        if event.is_login and event.outcome == SUCCESS and not st.counts[SEGMENT].get(fv.segment):
+        undo = Undo(how, hod, (st.policy_writer, st.first_seen, st.last_seen, st.gap_mean,
+                               st.gap_var, st.new_segment_login), rates(st))
+        tkeys = fv.tkeys or _tagged(fv.keys)
+        seen = st.seen
+        succeeded = event.outcome == SUCCESS
+        if event.is_login and succeeded and not seen.get(tkeys[SEGMENT]):
             st.new_segment_login = ts
-        st.how[how] += 1
-        st.hod[hod] += 1
+        h = st.hod
+        if h[hod] < 255:  # no hour of the week holds more than its hour of the day
+            h[hod] += 1
+            st.how[how] += 1
+        else:
+            st.count_hour(how, hod, 1)
+        distinct = st.distinct
         if fv.alone and fv.network:
-            places = st.places
-            places[fv.network] = places.get(fv.network, 0) + 1
+            _count(seen, distinct, PLACE, fv.place or tagged(PLACE, fv.network))
         if fv.environment:
-            st.envs[fv.environment] = st.envs.get(fv.environment, 0) + 1
-        for seen, key in zip(st.counts, keys):
+            _count(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
+        get = seen.get
+        d = 0 if succeeded else 2  # a secret and its folder count once used successfully
+        for key in tkeys[d:] if d else tkeys:
             if key is not None:
-                seen[key] += 1
+                n = get(key)
+                if n is None:
+                    distinct[d] += 1
+                    seen[key] = 1
+                else:
+                    seen[key] = n + 1
+            d += 1
         policy_write = is_policy_write(event)
-        (fv.peer or st.peer).learn(event.identity, keys, hod, policy_write)
+        (fv.peer or st.peer).learn(event.identity, fv.keys if succeeded else
+                                   (None, None) + fv.keys[2:], hod, policy_write)
         if policy_write:
             st.policy_writer = True
         learn_rates(st, ts, fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H])
@@ -596,17 +707,17 @@ class FeatureExtractor:
         """Exactly reverse ``learn(fv)``; learns must be undone newest first."""
         event = fv.event
         st = self.identities[event.identity]
-        st.how[undo.how] -= 1
-        st.hod[undo.hod] -= 1
+        st.count_hour(undo.how, undo.hod, -1)
+        seen, distinct = st.seen, st.distinct
         if fv.alone and fv.network:
-            decrement(st.places, fv.network)
+            _uncount(seen, distinct, PLACE, fv.place or tagged(PLACE, fv.network))
         if fv.environment:
-            decrement(st.envs, fv.environment)
-        keys = _learned_keys(fv)
-        for seen, key in zip(st.counts, keys):
+            _uncount(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
+        for d, key in enumerate(_learned_keys(fv, fv.tkeys or _tagged(fv.keys))):
             if key is not None:
-                decrement(seen, key)
-        (fv.peer or st.peer).unlearn(event.identity, keys, undo.hod, is_policy_write(event))
+                _uncount(seen, distinct, d, key)
+        (fv.peer or st.peer).unlearn(event.identity, _learned_keys(fv, fv.keys), undo.hod,
+                                     is_policy_write(event))
         st._set_scalars(undo.scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = undo.rates

@@ -7,14 +7,42 @@ its baseline (what is normal for it), with plain-data snapshots of both.
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from array import array
+from collections.abc import Callable
 
-from secretscope.novelty import DIMENSIONS, SECRET, SEGMENT, USER_AGENT, PeerGroup
-from secretscope.windows import Distinct, Recent, WindowCounter
+from secretscope.novelty import (AUTH_METHOD, COUNTED, DIMENSIONS, ENVIRONMENT, MOUNT, OPERATION,
+                              PLACE, SECRET, SEGMENT, USER_AGENT, PeerGroup, untag)
+from secretscope.windows import Distinct, Recent, RecentEvents, WindowCounter
 
 NEVER = -1e18  # the time of a mark that was never set
 _EWMA_ALPHA = 0.1  # per completed hour of activity
 WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a working hour
+RECENT = 64  # (time, id) of an identity's last events kept for the findings it raises
+
+# Windows most identities never fill are shared empty instances until their first entry
+# (``FeatureExtractor`` replaces them before adding): reading an empty window changes nothing.
+NO_DENIED_1H = WindowCounter(60, 60)
+NO_LISTS_1H = WindowCounter(60, 60)
+NO_READS_1H = WindowCounter(60, 60)
+NO_DENIED_5M = Recent(300.0, ids=True)
+NO_LOGIN_FAILED_5M = Recent(300.0, ids=True)
+NO_LISTS_10M = Recent(600.0)
+NO_CREDS_10M = Recent(600.0, maxlen=10_000)
+NO_DENIED_SECRETS = Distinct(3600.0)
+_SHARED = {"denied_1h": NO_DENIED_1H, "lists_1h": NO_LISTS_1H, "reads_1h": NO_READS_1H,
+           "denied_5m": NO_DENIED_5M, "login_failed_5m": NO_LOGIN_FAILED_5M,
+           "lists_10m": NO_LISTS_10M, "creds_10m": NO_CREDS_10M,
+           "denied_secrets_1h": NO_DENIED_SECRETS}
+_MAKE = {"denied_1h": lambda: WindowCounter(60, 60), "lists_1h": lambda: WindowCounter(60, 60),
+         "reads_1h": lambda: WindowCounter(60, 60),
+         "denied_5m": lambda: Recent(300.0, ids=True),
+         "login_failed_5m": lambda: Recent(300.0, ids=True),
+         "lists_10m": lambda: Recent(600.0), "creds_10m": lambda: Recent(600.0, maxlen=10_000),
+         "denied_secrets_1h": lambda: Distinct(3600.0)}
+# Profiles start as one byte per hour and widen when an hour would overflow its type.
+_WIDER = {"B": ("H", 255), "H": ("I", 65535), "I": ("Q", 2**32 - 1)}
+# Marks of an identity that never set one (most): shared until the first is set.
+NO_MARKS = (NEVER, NEVER, NEVER, NEVER)
 
 
 class Undo:
@@ -30,44 +58,50 @@ class Undo:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity (a few KB for a typical one)."""
+    """Everything secretscope keeps about one identity: about 4 KB for one that made ten calls
+    (``benchmarks/identity_memory.py`` measures it). Windows are compact and shared while
+    empty, profiles are arrays, and the per-value counts of all novelty dimensions sit in one
+    dict keyed by tagged values (``secretscope.novelty.tagged``)."""
 
     __slots__ = (
         "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
         "secrets_1h", "secrets_24h", "denied_secrets_1h", "lists_1h", "reads_1h", "lists_10m",
         "creds_10m",
-        "marks", "recent", "how", "hod", "history", "counts", "policy_writer",
+        "marks", "recent", "how", "hod", "history", "seen", "distinct", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
         "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
-        "places", "envs",
     )
 
     def __init__(self) -> None:
         self.requests_1m = Recent(60.0, maxlen=100_000)
         self.requests_1h = WindowCounter(60, 60)
         self.requests_24h = WindowCounter(900, 96)
-        self.denied_1h = WindowCounter(60, 60)
-        self.lists_1h = WindowCounter(60, 60)
-        self.reads_1h = WindowCounter(60, 60)
-        self.denied_5m = Recent(300.0)
-        self.login_failed_5m = Recent(300.0)
-        self.lists_10m = Recent(600.0)
-        self.creds_10m = Recent(600.0, maxlen=10_000)
+        self.denied_1h = NO_DENIED_1H
+        self.lists_1h = NO_LISTS_1H
+        self.reads_1h = NO_READS_1H
+        self.denied_5m = NO_DENIED_5M
+        self.login_failed_5m = NO_LOGIN_FAILED_5M
+        self.lists_10m = NO_LISTS_10M
+        self.creds_10m = NO_CREDS_10M
         self.secrets_1h = Distinct(3600.0)
         self.secrets_24h = Distinct(86400.0)
-        self.denied_secrets_1h = Distinct(3600.0)
+        self.denied_secrets_1h = NO_DENIED_SECRETS
         # event time of the last list burst, policy write, denial burst, token creation
-        self.marks = [NEVER, NEVER, NEVER, NEVER]
-        self.recent: deque[tuple[float, str]] = deque(maxlen=64)
+        self.marks: list[float] | tuple = NO_MARKS
+        self.recent = RecentEvents(RECENT)
         # newest event time observed (entries of the windows older than a horizon before it may
         # have been dropped: what a finding names is cut to it, see runner._Batch.related)
         self.newest_ts = float("-inf")
         # baseline, changed only by learn()
-        self.how = [0] * 168
-        self.hod = [0] * 24
+        self.how = array("B", bytes(168))
+        self.hod = array("B", bytes(24))
         self.history = 0
-        self.counts: list[defaultdict[str, int]] = [defaultdict(int) for _ in DIMENSIONS]
+        # learned events per tagged value of every novelty dimension, of the networks it called
+        # from alone (features.network_of, e.g. a home ISP's range) and of the environments of
+        # the secrets it read successfully; and distinct values of each (novelty.COUNTED)
+        self.seen: dict[str, int] = {}
+        self.distinct = array("I", bytes(4 * COUNTED))
         self.policy_writer = False
         self.requests_baseline = 0.0
         self.secrets_baseline = 0.0
@@ -88,13 +122,59 @@ class IdentityState:
         # network (segment, or the /16 of an address in no segment) -> last event time from it
         self.networks: dict[str, float] = {}
         # secret -> sorted times of successful reads of it while neither the identity nor its
-        # peers had used it; bounded (see features._remember)
-        self.role_new: dict[str, list[float]] = {}
+        # peers had used it; bounded (see features._remember); None until the first
+        self.role_new: dict[str, list[float]] | None = None
         self.role_new_newest = NEVER  # newest time in role_new
-        # baseline: learned calls per network (features.network_of), e.g. a home ISP's range
-        self.places: dict[str, int] = {}
-        # baseline: learned successful reads per environment of the secret (staging, production)
-        self.envs: dict[str, int] = {}
+
+    def own(self, name: str):
+        """The window ``name``, made the identity's own first if it is still the shared empty
+        one (call before adding to it)."""
+        window = getattr(self, name)
+        if window is _SHARED.get(name):
+            window = _MAKE[name]()
+            setattr(self, name, window)
+        return window
+
+    def count_hour(self, how: int, hod: int, step: int) -> None:
+        """Add ``step`` (+1 or -1) to the hour-of-week and hour-of-day profiles."""
+        if step > 0:
+            wider, top = _WIDER[self.how.typecode]
+            if self.how[how] == top:
+                self.how = array(wider, self.how)
+            wider, top = _WIDER[self.hod.typecode]
+            if self.hod[hod] == top:
+                self.hod = array(wider, self.hod)
+        self.how[how] += step
+        self.hod[hod] += step
+
+    def own_marks(self) -> list[float]:
+        """The marks, made the identity's own first (call before setting one)."""
+        if self.marks is NO_MARKS:
+            self.marks = list(NO_MARKS)
+        return self.marks
+
+    @property
+    def counts(self) -> list[dict[str, int]]:
+        """Learned events per value, one dict per dimension of ``novelty.DIMENSIONS`` (built
+        on demand: for explanations and snapshots, not the hot path)."""
+        return self._counted()[:len(DIMENSIONS)]
+
+    def _counted(self) -> list[dict[str, int]]:
+        out: list[dict[str, int]] = [{} for _ in range(COUNTED)]
+        for key, n in self.seen.items():
+            d, value = untag(key)
+            out[d][value] = n
+        return out
+
+    @property
+    def places(self) -> dict[str, int]:
+        """Learned calls per network the identity used alone (``features.network_of``)."""
+        return self._counted()[PLACE]
+
+    @property
+    def envs(self) -> dict[str, int]:
+        """Learned successful reads per environment of the secret (staging, production)."""
+        return self._counted()[ENVIRONMENT]
 
     @property
     def segments(self) -> dict[str, int]:
@@ -119,46 +199,49 @@ class IdentityState:
     def to_state(self) -> list:
         """Plain lists and numbers, for snapshots (see ``secretscope.snapshot``)."""
         return [
-            [list(r.items) for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
-                                     self.lists_10m, self.creds_10m)],
-            list(self.recent),
+            [r.to_state() for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
+                                    self.lists_10m, self.creds_10m)],
+            [list(pair) for pair in self.recent],
             [c.to_state() for c in (self.requests_1h, self.requests_24h, self.denied_1h,
                                     self.lists_1h, self.reads_1h)],
             [list(d.last.items()) for d in (self.secrets_1h, self.secrets_24h,
                                             self.denied_secrets_1h)],
-            self.marks, self.how, self.hod, self.history, self.counts,
-            list(self._scalars()), list(rates(self)),
+            list(self.marks), list(self.how), list(self.hod), self.history, self.seen,
+            list(self.distinct), list(self._scalars()), list(rates(self)),
             self.peer.key if self.peer is not None else None,
             self.newest_ts,
             list(self.policies) if self.policies is not None else None,
             self.networks,
-            self.role_new,
-            self.places,
-            self.envs,
+            self.role_new or {},
         ]
 
     @classmethod
     def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
         st = cls()
-        (recents, recent, counters, distincts, st.marks, st.how, st.hod, st.history, counts,
-         scalars, rates, peer, st.newest_ts, policies, networks, role_new,
-         places, envs) = state
-        st.places = dict(places)
-        st.envs = dict(envs)
+        (recents, recent, counters, distincts, marks, how, hod, st.history, seen, distinct,
+         scalars, rates, peer, st.newest_ts, policies, networks, role_new) = state
+        st.marks = NO_MARKS if tuple(marks) == NO_MARKS else list(marks)
+        st.how = _profile(how)
+        st.hod = _profile(hod)
+        st.seen = dict(seen)
+        st.distinct = array("I", distinct)
         st.policies = tuple(policies) if policies is not None else None
         st.networks = dict(networks)
-        st.role_new = {k: list(v) for k, v in role_new.items()}
-        st.role_new_newest = max((v[-1] for v in st.role_new.values()), default=NEVER)
-        st.counts = [defaultdict(int, c) for c in counts]
-        for r, items in zip((st.requests_1m, st.denied_5m, st.login_failed_5m, st.lists_10m,
-                             st.creds_10m), recents):
-            r.items.extend(tuple(i) for i in items)
-        st.recent.extend(tuple(i) for i in recent)
-        for counter, saved in zip((st.requests_1h, st.requests_24h, st.denied_1h, st.lists_1h,
-                                   st.reads_1h), counters):
-            counter.load_state(saved)
-        for d, items in zip((st.secrets_1h, st.secrets_24h, st.denied_secrets_1h), distincts):
-            d.last.update(items)
+        st.role_new = {k: list(v) for k, v in role_new.items()} or None
+        st.role_new_newest = max((v[-1] for v in (st.role_new or {}).values()), default=NEVER)
+        for name, saved in zip(("requests_1m", "denied_5m", "login_failed_5m", "lists_10m",
+                                "creds_10m"), recents):
+            if saved[0]:
+                st.own(name).load_state(saved)
+        for ts, eid in recent:
+            st.recent.append(ts, eid)
+        for name, saved in zip(("requests_1h", "requests_24h", "denied_1h", "lists_1h",
+                                "reads_1h"), counters):
+            if saved[2] >= 0:  # advanced at least once
+                st.own(name).load_state(saved)
+        for name, items in zip(("secrets_1h", "secrets_24h", "denied_secrets_1h"), distincts):
+            if items:
+                st.own(name).load(items)
         st._set_scalars(scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = rates
@@ -207,3 +290,82 @@ def learn_rates(st: IdentityState, ts: float, requests_1h: float, secrets_1h: fl
     if not st.hours_seen:
         st.requests_baseline = st.hour_requests / st.hour_n
         st.secrets_baseline = st.hour_secrets / st.hour_n
+
+
+# Dimensions whose counts a dormant summary keeps: few values per identity, and the ones that
+# tell a returning owner (its usual segment, client, auth method) from a stranger.
+_KEPT_DIMENSIONS = frozenset((OPERATION, SEGMENT, USER_AGENT, AUTH_METHOD, MOUNT, PLACE,
+                              ENVIRONMENT))
+
+
+class Dormant:
+    """What is kept of an identity idle longer than ``state.idle_days``: enough of its baseline
+    that its return is judged as a dormant identity's (idle time, history, usual networks,
+    segments and clients, novelty normalized by its distinct values), without its windows,
+    recent events or its per-secret, per-folder and per-address counts."""
+
+    __slots__ = ("history", "scalars", "rates", "newest_ts", "policies", "hod", "seen",
+                 "distinct")
+
+    def __init__(self, history: int, scalars: tuple, rates: tuple, newest_ts: float,
+                 policies: tuple[str, ...] | None, hod: array, seen: dict[str, int],
+                 distinct: array) -> None:
+        self.history = history
+        self.scalars = scalars
+        self.rates = rates
+        self.newest_ts = newest_ts
+        self.policies = policies
+        self.hod = hod
+        self.seen = seen
+        self.distinct = distinct
+
+    @classmethod
+    def of(cls, st: IdentityState) -> "Dormant":
+        seen = {k: n for k, n in st.seen.items() if untag(k)[0] in _KEPT_DIMENSIONS}
+        return cls(st.history, st._scalars(), _closed_rates(st), st.newest_ts, st.policies,
+                   st.hod, seen, st.distinct)
+
+    def revive(self, peer_group: Callable[[tuple[str, ...]], PeerGroup]) -> IdentityState:
+        """A fresh state holding this summary's baseline (its windows start empty)."""
+        st = IdentityState()
+        st.history = self.history
+        st._set_scalars(self.scalars)
+        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
+         st.requests_baseline, st.secrets_baseline) = self.rates
+        st.newest_ts = self.newest_ts
+        st.hod = array(self.hod.typecode, self.hod)
+        st.seen = dict(self.seen)
+        st.distinct = array("I", self.distinct)
+        st.policies = self.policies
+        if self.policies is not None:
+            st.peer = peer_group(self.policies)
+        return st
+
+    def to_state(self) -> list:
+        return [self.history, list(self.scalars), list(self.rates), self.newest_ts,
+                list(self.policies) if self.policies is not None else None, list(self.hod),
+                self.seen, list(self.distinct)]
+
+    @classmethod
+    def from_state(cls, state: list) -> "Dormant":
+        history, scalars, rates_, newest, policies, hod, seen, distinct = state
+        return cls(history, tuple(scalars), tuple(rates_), newest,
+                   tuple(policies) if policies is not None else None, _profile(hod),
+                   dict(seen), array("I", distinct))
+
+
+def _closed_rates(st: IdentityState) -> tuple:
+    """The usual rates with the hour in progress folded in, as its successor hour would."""
+    _, hour_n, hour_requests, hour_secrets, hours_seen, requests, secrets = rates(st)
+    if hour_n:
+        hours_seen += 1
+        alpha = max(_EWMA_ALPHA, 1.0 / hours_seen)
+        requests += alpha * (hour_requests / hour_n - requests)
+        secrets += alpha * (hour_secrets / hour_n - secrets)
+    return (-1, 0, 0.0, 0.0, hours_seen, requests, secrets)
+
+
+def _profile(counts: list[int]) -> array:
+    """An hour profile in the narrowest type its counts fit."""
+    top = max(counts, default=0)
+    return array("B" if top < 255 else "H" if top < 65535 else "I", counts)

@@ -72,6 +72,64 @@ def frequency_classes(keys: tuple, counts: list, total: int) -> tuple[list[int],
     return classes, novelty
 
 
+def own_classes(tkeys: tuple, seen: dict, distinct, total: int) -> tuple[list[int], float]:
+    """``frequency_classes`` against one identity's counts: ``tkeys`` are tagged keys (see
+    :func:`tagged`) in one dict ``seen``, ``distinct`` the number of values per dimension."""
+    if not total:
+        return [FREQUENT if k is None else UNSEEN for k in tkeys], 1.0
+    rare, infrequent = RARE_SHARE * total, INFREQUENT_SHARE * total
+    classes: list[int] = []
+    append = classes.append
+    novelty = 0.0
+    get = seen.get
+    for d, key in enumerate(tkeys):
+        n = get(key, 0) if key is not None else total
+        if n >= infrequent:
+            append(FREQUENT)
+        elif n:
+            append(INFREQUENT if n >= rare else RARE)
+        else:
+            append(UNSEEN)
+            surprise = 1.0 - distinct[d] / total
+            if surprise > novelty:
+                novelty = surprise
+    return classes, novelty
+
+
+# Two more kinds of value an identity's baseline counts beside the dimensions: the networks it
+# called from alone (features.network_of) and the environments of the secrets it read.
+PLACE, ENVIRONMENT = len(DIMENSIONS), len(DIMENSIONS) + 1
+COUNTED = len(DIMENSIONS) + 2
+# Per dimension, value -> the value tagged with its dimension, so the counts of all dimensions
+# of an identity share one dict (a secret and a folder may be the same string). Cached, so a
+# value's tagged form is built once and shared by every identity that counts it.
+_TAGS = tuple(chr(0x10 + d) for d in range(COUNTED))
+_TAGGED: tuple[dict[str, str], ...] = tuple({} for _ in range(COUNTED))
+_TAGGED_MAX = 20_000  # per dimension; values are attacker-controlled
+
+
+def tagged(d: int, value: str | None) -> str | None:
+    if value is None:
+        return None
+    cache = _TAGGED[d]
+    key = cache.get(value)
+    if key is None:
+        key = _TAGS[d] + value
+        if len(cache) >= _TAGGED_MAX:
+            cache.clear()
+        cache[value] = key
+    return key
+
+
+def tagged_keys(keys: tuple) -> tuple:
+    """:func:`tagged` over the keys of every dimension (``dimension_keys``)."""
+    return tuple(tagged(d, k) for d, k in enumerate(keys))
+
+
+def untag(key: str) -> tuple[int, str]:
+    return ord(key[0]) - 0x10, key[1:]
+
+
 def agent_family(user_agent: str) -> str:
     """The product of a user agent without its version: ``vault-agent/1.19.2`` -> ``vault-agent``,
     browsers by engine brand, so an upgrade is not a new agent."""

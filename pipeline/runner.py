@@ -179,7 +179,8 @@ class Pipeline:
         self.settings = settings
         self.segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
         self.extractor = FeatureExtractor(self.segments,
-                                          ((e.name, e.paths) for e in settings.environments))
+                                          ((e.name, e.paths) for e in settings.environments),
+                                          settings.state.idle_days)
         self.rules = RuleSet(load_rules(settings.rules_dir()))
         self.detectors = build_detectors(settings.detectors, settings.base_dir)
         self.store = store

@@ -15,10 +15,11 @@ import msgspec
 
 from secretscope.errors import ModelIntegrityError
 from secretscope.features import IdentityState
+from secretscope.identity import Dormant
 from secretscope.lineage import LineageTracker
 from secretscope.novelty import PeerGroup
 
-VERSION = 4
+VERSION = 5
 
 
 def _plain(value: Any) -> Any:
@@ -36,6 +37,8 @@ def dump(pipeline, extra: dict | None = None) -> bytes:
         "peers": {k: g.to_state() for k, g in pipeline.extractor.peers.items()},
         "identities": {k: st.to_state() for k, st in pipeline.extractor.identities.items()},
         "lineage": pipeline.extractor.lineage.to_state(),
+        "dormant": {k: d.to_state() for k, d in pipeline.extractor.dormant.items()},
+        "next_sweep": pipeline.extractor.next_sweep,
         "detectors": [_plain(d.state_dict()) for d in pipeline.detectors],
         "incidents": pipeline.triage.to_state(),
         "extra": extra or {},
@@ -59,6 +62,8 @@ def load(pipeline, blob: bytes) -> dict:
     pipeline.extractor.identities = {k: IdentityState.from_state(v, peers)
                                      for k, v in state["identities"].items()}
     pipeline.extractor.lineage = LineageTracker.from_state(state.get("lineage"))
+    pipeline.extractor.dormant = {k: Dormant.from_state(v) for k, v in state["dormant"].items()}
+    pipeline.extractor.next_sweep = state["next_sweep"]
     if len(state["detectors"]) != len(pipeline.detectors):
         raise ModelIntegrityError("snapshot holds a different set of detectors than the config")
     for detector, saved in zip(pipeline.detectors, state["detectors"]):

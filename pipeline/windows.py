@@ -1,136 +1,322 @@
 """Event-time windows: counts and distinct values over the last minutes or hours.
 
 Every structure here is advanced by the timestamps it is given, never by the wall clock, and
-holds plain lists and numbers so identity state can be snapshotted without pickle.
+holds plain numbers (in ``array`` buffers) so identity state can be snapshotted without pickle.
+They are kept small because there is one set per tracked identity, and most identities make a
+few calls a day: storage grows with what is inside a window, not with the window's length.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+import re
+from array import array
+from collections import OrderedDict
+
+
+def _fits(bucket: int) -> bool:
+    """Buckets of minutes or quarter hours since 1970 fit 32 bits."""
+    return -2**31 < bucket < 2**31
 
 
 class WindowCounter:
-    """Count of events in the last ``n`` buckets of ``width`` seconds (a ring of buckets)."""
+    """Count of events in the last ``n`` buckets of ``width`` seconds.
 
-    __slots__ = ("width", "n", "counts", "ids", "total", "newest")
+    It behaves as a ring of ``n`` buckets advanced by event time, but stores only the buckets
+    that hold events, as (bucket, count) pairs oldest first. A late event is counted when its
+    bucket is still in the window and not older than the last time the window was emptied by a
+    gap (``valid_from``): a ring overwrites exactly those buckets. One array holds it all:
+    ``[newest, valid_from, bucket, count, bucket, count, ...]`` (32-bit while buckets fit)."""
+
+    __slots__ = ("width", "n", "data", "total")
 
     def __init__(self, width: int, n: int) -> None:
         self.width = width
         self.n = n
-        self.counts = [0] * n
-        self.ids = [-1] * n
+        self.data: array | None = None  # None until the first event
         self.total = 0
-        self.newest = -1
+
+    @property
+    def newest(self) -> int:
+        return self.data[0] if self.data is not None else -1
+
+    def _start(self, bucket: int) -> None:
+        # as a ring that starts before bucket -1: a first bucket within n of it empties nothing
+        valid_from = bucket if bucket + 1 >= self.n else -1
+        self.data = array("i" if _fits(bucket) else "q", (bucket, valid_from))
 
     def _advance(self, bucket: int) -> None:
-        if bucket <= self.newest:
+        data = self.data
+        if data is None:
+            self._start(bucket)
             return
-        if bucket - self.newest >= self.n:
-            self.counts = [0] * self.n
-            self.ids = [-1] * self.n
-            self.ids[bucket % self.n] = bucket
+        if bucket >= 2**31 and data.typecode == "i":
+            data = self.data = array("q", data)
+        if bucket - data[0] >= self.n:
+            del data[2:]
             self.total = 0
+            data[1] = bucket  # valid_from
+        elif self.total:
+            floor = bucket - self.n
+            if data[2] <= floor:
+                k, size = 2, len(data)
+                while k < size and data[k] <= floor:
+                    self.total -= data[k + 1]
+                    k += 2
+                del data[2:k]
+        data[0] = bucket
+
+    def _put(self, bucket: int) -> None:
+        data = self.data
+        if bucket <= data[0] - self.n or bucket < data[1]:
+            return  # late events older than the window are dropped
+        self.total += 1
+        k = len(data)
+        if k > 2 and data[-2] == bucket:
+            data[-1] += 1
+            return
+        while k > 2 and data[k - 2] > bucket:
+            k -= 2
+        if k > 2 and data[k - 2] == bucket:
+            data[k - 1] += 1
+        elif k == len(data):
+            data.append(bucket)
+            data.append(1)
         else:
-            counts, ids, n = self.counts, self.ids, self.n
-            for b in range(self.newest + 1, bucket + 1):
-                i = b % n
-                self.total -= counts[i]
-                counts[i] = 0
-                ids[i] = b
-        self.newest = bucket
+            data[k:k] = array(data.typecode, (bucket, 1))
 
     def add(self, ts: float) -> None:
         bucket = int(ts // self.width)
-        self._advance(bucket)
-        i = bucket % self.n
-        if self.ids[i] == bucket:  # late events older than the window are dropped
-            self.counts[i] += 1
-            self.total += 1
+        data = self.data
+        if data is None or bucket > data[0]:
+            self._advance(bucket)
+        self._put(bucket)
 
     def add_count(self, ts: float) -> int:
-        """``add(ts)`` then ``count(ts)`` in one call (the hot path)."""
+        """``add(ts)`` then ``count(ts)`` in one call (the hot path: inlines the usual cases,
+        a call in the newest bucket or in a new one within the window)."""
         bucket = int(ts // self.width)
-        if bucket > self.newest:
+        data = self.data
+        if data is not None and bucket < 2147483648:
+            newest = data[0]
+            if bucket == newest:
+                if data[-2] == bucket and len(data) > 2:
+                    data[-1] += 1
+                    self.total += 1
+                    return self.total
+            elif newest < bucket < newest + self.n:
+                total = self.total
+                if total:
+                    floor = bucket - self.n
+                    if data[2] <= floor:
+                        k, size = 2, len(data)
+                        while k < size and data[k] <= floor:
+                            total -= data[k + 1]
+                            k += 2
+                        del data[2:k]
+                data[0] = bucket
+                data.append(bucket)
+                data.append(1)
+                self.total = total + 1
+                return self.total
+        if data is None or bucket > data[0]:
             self._advance(bucket)
-        i = bucket % self.n
-        if self.ids[i] == bucket:
-            self.counts[i] += 1
-            self.total += 1
+        self._put(bucket)
         return self.total
 
     def count(self, ts: float) -> int:
         if not self.total:  # nothing to expire (most counters of most identities)
             return 0
-        self._advance(int(ts // self.width))
+        bucket = int(ts // self.width)
+        if bucket > self.data[0]:
+            self._advance(bucket)
         return self.total
 
     def to_state(self) -> list:
-        return [self.counts, self.ids, self.total, self.newest]
+        data = self.data
+        if data is None:
+            return [[], 0, -1, -1]
+        return [list(data[2:]), self.total, data[0], data[1]]
 
     def load_state(self, state: list) -> None:
-        self.counts, self.ids, self.total, self.newest = state
+        pairs, self.total, newest, valid_from = state
+        if newest < 0 and not pairs:
+            self.data = None
+            return
+        wide = not all(_fits(b) for b in (newest, valid_from, *pairs))
+        self.data = array("q" if wide else "i", [newest, valid_from, *pairs])
 
 
 class Recent:
-    """Timestamps (and ids) of the last events of one kind within a horizon, for bursts."""
+    """Timestamps (and, with ``ids``, event ids) of the last events of one kind within a
+    horizon, for bursts. Entries leave by time or, beyond ``maxlen``, oldest first."""
 
-    __slots__ = ("horizon", "items")
+    __slots__ = ("horizon", "maxlen", "times", "ids")
 
-    def __init__(self, horizon: float, maxlen: int = 256) -> None:
+    def __init__(self, horizon: float, maxlen: int = 256, ids: bool = False) -> None:
         self.horizon = horizon
-        self.items: deque[tuple[float, str]] = deque(maxlen=maxlen)
+        self.maxlen = maxlen
+        self.times = array("d")
+        self.ids: list[str] | None = [] if ids else None
 
-    def add(self, ts: float, event_id: str) -> None:
-        self.items.append((ts, event_id))
+    @property
+    def items(self) -> list[tuple[float, str]]:
+        """(time, event id) oldest first; ids are "" where they are not kept."""
+        ids = self.ids if self.ids is not None else [""] * len(self.times)
+        return list(zip(self.times, ids))
 
-    def add_count(self, ts: float, event_id: str) -> int:
-        items = self.items
-        items.append((ts, event_id))
+    def _drop(self, k: int) -> None:
+        del self.times[:k]
+        if self.ids is not None:
+            del self.ids[:k]
+
+    def add(self, ts: float, event_id: str = "") -> None:
+        self.times.append(ts)
+        if self.ids is not None:
+            self.ids.append(event_id)
+        if len(self.times) > self.maxlen:
+            self._drop(1)
+
+    def add_count(self, ts: float, event_id: str = "") -> int:
+        times = self.times
+        times.append(ts)
+        if self.ids is not None:
+            self.ids.append(event_id)
         floor = ts - self.horizon
-        while items[0][0] <= floor:
-            items.popleft()
-        return len(items)
+        if times[0] <= floor or len(times) > self.maxlen:
+            k, size = 0, len(times)
+            while k < size and (times[k] <= floor or size - k > self.maxlen):
+                k += 1
+            self._drop(k)
+        return len(times)
 
     def count(self, ts: float) -> int:
-        items = self.items
-        if not items:
+        times = self.times
+        if not times:
             return 0
         floor = ts - self.horizon
-        while items and items[0][0] <= floor:
-            items.popleft()
-        return len(items)
+        if times[0] <= floor:
+            k, size = 1, len(times)
+            while k < size and times[k] <= floor:
+                k += 1
+            self._drop(k)
+        return len(times)
+
+    def to_state(self) -> list:
+        return [list(self.times), self.ids]
+
+    def load_state(self, state: list) -> None:
+        times, ids = state
+        self.times = array("d", times)
+        self.ids = list(ids) if ids is not None else None
+
+
+_SMALL = 16  # keys a Distinct keeps in a plain dict before it needs an OrderedDict
 
 
 class Distinct:
-    """Distinct keys seen within a horizon (last-seen order, oldest first)."""
+    """Distinct keys seen within a horizon (last-seen order, oldest first).
+
+    A few keys live in a plain dict (a third of an OrderedDict's size; moving a key to the end
+    is a delete and an insert); beyond :data:`_SMALL` an OrderedDict takes over, because a plain
+    dict's oldest entry is found by scanning past the holes its deletions leave."""
 
     __slots__ = ("horizon", "last")
 
     def __init__(self, horizon: float) -> None:
         self.horizon = horizon
-        self.last: OrderedDict[str, float] = OrderedDict()
+        self.last: dict[str, float] = {}
 
     def add(self, key: str, ts: float) -> int:
         last = self.last
-        if key in last:
-            if ts >= last[key]:
+        seen = last.get(key)
+        if seen is None:
+            last[key] = ts
+            if len(last) > _SMALL and type(last) is dict:
+                last = self.last = OrderedDict(last)
+        elif ts >= seen:
+            if type(last) is dict:
+                del last[key]
+                last[key] = ts
+            else:
                 last[key] = ts
                 last.move_to_end(key)
-        else:
-            last[key] = ts
         floor = ts - self.horizon
         while True:  # the key just added is never older than the floor
-            oldest = next(iter(last.values()))
-            if oldest > floor:
+            oldest = next(iter(last))
+            if last[oldest] > floor:
                 return len(last)
-            last.popitem(last=False)
+            del last[oldest]
+
+    def load(self, items) -> None:
+        """Keys and last-seen times, oldest first (a snapshot's)."""
+        self.last = dict(items) if len(items) <= _SMALL else OrderedDict(items)
 
     def count(self, ts: float) -> int:
         """Distinct keys within the horizon ending at ``ts`` (expired keys are dropped)."""
         last, floor = self.last, ts - self.horizon
         while last:
-            oldest = next(iter(last.values()))
-            if oldest > floor:
+            oldest = next(iter(last))
+            if last[oldest] > floor:
                 break
-            last.popitem(last=False)
+            del last[oldest]
         return len(last)
+
+
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}").fullmatch
+
+
+def _pack(event_id: str) -> bytes | None:
+    """16 bytes for an id in the lowercase UUID form Vault and OpenBao log, else None."""
+    if _UUID(event_id) is None:
+        return None
+    return bytes.fromhex(event_id.replace("-", ""))
+
+
+def _unpack(packed: bytes) -> str:
+    h = packed.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class RecentEvents:
+    """The last ``maxlen`` (time, event id) of an identity, oldest first, like a bounded deque
+    of pairs but compact: times in an array, ids as 16 bytes each while they are all UUIDs (the
+    form Vault logs), as strings from the first one that is not. Up to :data:`_SLACK` older
+    entries stay until they are cut together, so an append does not shift the arrays."""
+
+    __slots__ = ("maxlen", "times", "ids")
+
+    def __init__(self, maxlen: int = 64) -> None:
+        self.maxlen = maxlen
+        self.times = array("d")
+        self.ids: bytearray | list[str] = bytearray()
+
+    def append(self, ts: float, event_id: str) -> None:
+        times, ids = self.times, self.ids
+        times.append(ts)
+        if type(ids) is bytearray:
+            packed = _pack(event_id)
+            if packed is not None:
+                ids += packed
+            else:
+                ids = self.ids = [_unpack(ids[i:i + 16]) for i in range(0, len(ids), 16)]
+                ids.append(event_id)
+        else:
+            ids.append(event_id)
+        if len(times) > self.maxlen + _SLACK:
+            cut = len(times) - self.maxlen
+            del times[:cut]
+            del ids[:16 * cut if type(ids) is bytearray else cut]
+
+    def __len__(self) -> int:
+        return min(len(self.times), self.maxlen)
+
+    def __iter__(self):
+        ids, times = self.ids, self.times
+        first = max(0, len(times) - self.maxlen)
+        if type(ids) is bytearray:
+            return ((times[i], _unpack(ids[16 * i:16 * i + 16]))
+                    for i in range(first, len(times)))
+        return ((times[i], ids[i]) for i in range(first, len(times)))
+
+
+_SLACK = 16
