@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import yaml
 
 from secretscope.errors import ConfigError
@@ -68,6 +69,9 @@ class Rule:
     gate: tuple[int, float] | None = field(default=None, compare=False)
     # Without one: an "event field equals / in" clause as (field, allowed values).
     event_gate: tuple[str, frozenset] | None = field(default=None, compare=False)
+    # Every "feature gte / gt / lte number" clause as (column, operator, number): a batch is
+    # screened on them with array comparisons; the predicate then decides on the rows left.
+    thresholds: tuple[tuple[int, str, float], ...] = field(default=(), compare=False)
 
     def matches(self, fv: FeatureVector) -> bool:
         return self.predicate(fv)
@@ -220,8 +224,12 @@ def compile_rule(doc: Any, source: str) -> Rule:
                     continue
                 break
 
+    thresholds = tuple((INDEX[c["field"]], op, float(c[op])) for c in when
+                       for op in [next(k for k in c if k != "field")]
+                       if c["field"] in INDEX and op in ("gte", "gt", "lte"))
+
     return Rule(
-        gate=gate, event_gate=event_gate if gate is None else None,
+        thresholds=thresholds, gate=gate, event_gate=event_gate if gate is None else None,
         id=str(doc["id"]), title=str(doc["title"]), description=str(doc.get("description", "")),
         severity_id=SEVERITIES[doc["severity"]], reason=str(doc["reason"]),
         attack=tuple(doc.get("attack", ())), false_positives=str(doc.get("false_positives", "")),
@@ -259,6 +267,11 @@ class RuleSet:
         self._event_gated = [(r, *r.event_gate) for r in self.rules if r.event_gate is not None]
         self._ungated = [r for r in self.rules if r.gate is None and r.event_gate is None]
         self._order = {r.id: i for i, r in enumerate(self.rules)}
+        self._screened = [r for r in self.rules if r.thresholds]
+        self._screen = _Screen(self._screened)
+        self._event_gated_only = [(r, *r.event_gate) for r in self.rules
+                                  if not r.thresholds and r.event_gate is not None]
+        self._unscreened = [r for r in self.rules if not r.thresholds and r.event_gate is None]
 
     def evaluate_one(self, fv: FeatureVector) -> tuple[Rule, ...]:
         values = fv.values
@@ -273,3 +286,63 @@ class RuleSet:
         if len(hits) > 1:
             hits.sort(key=lambda r: self._order[r.id])  # file order, as before gating
         return tuple(hits)
+
+    def evaluate_batch(self, batch: Sequence[FeatureVector],
+                       values: np.ndarray) -> list[tuple[Rule, ...]]:
+        """``evaluate_one`` of every row; ``values`` is the batch's (rows x features) matrix.
+
+        A rule's threshold clauses are checked for all rows at once (one matrix product counts
+        the clauses each row meets), so its predicate runs only on the few rows that meet them
+        all; rules without one are gated on their event field as in ``evaluate_one``."""
+        n = len(batch)
+        found: dict[int, list[Rule]] = {}
+        if self._screened and n:
+            met = self._screen.met(values) @ self._screen.incidence
+            rows, which = np.nonzero(met == self._screen.needed)
+            for i, k in zip(rows.tolist(), which.tolist()):
+                r = self._screened[k]
+                if r.predicate(batch[i]):
+                    found.setdefault(i, []).append(r)
+        for r, name, allowed in self._event_gated_only:
+            for i, fv in enumerate(batch):
+                if getattr(fv.event, name) in allowed and r.predicate(fv):
+                    found.setdefault(i, []).append(r)
+        for r in self._unscreened:
+            for i, fv in enumerate(batch):
+                if r.predicate(fv):
+                    found.setdefault(i, []).append(r)
+        hits: list[tuple[Rule, ...]] = [()] * n
+        for i, rules in found.items():
+            if len(rules) > 1:
+                rules.sort(key=lambda r: self._order[r.id])
+            hits[i] = tuple(rules)
+        return hits
+
+
+class _Screen:
+    """The threshold clauses of a list of rules as arrays: ``met(values) @ incidence`` counts,
+    per row and rule, the clauses met; a rule is a candidate where that equals ``needed``."""
+
+    _OPS = ("gte", "gt", "lte")
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        clauses = {op: [] for op in self._OPS}  # op -> [(column, number, rule index)]
+        for k, r in enumerate(rules):
+            for col, op, value in r.thresholds:
+                clauses[op].append((col, value, k))
+        ordered = [c for op in self._OPS for c in clauses[op]]
+        self.cols = {op: np.array([c[0] for c in clauses[op]], dtype=np.intp) for op in self._OPS}
+        self.limits = {op: np.array([c[1] for c in clauses[op]]) for op in self._OPS}
+        # float32 sums of a few 0/1 values are exact
+        self.incidence = np.zeros((len(ordered), len(rules)), dtype=np.float32)
+        for j, (_, _, k) in enumerate(ordered):
+            self.incidence[j, k] = 1.0
+        self.needed = self.incidence.sum(axis=0)
+
+    def met(self, values: np.ndarray) -> np.ndarray:
+        parts = []
+        for op, compare in (("gte", np.greater_equal), ("gt", np.greater),
+                            ("lte", np.less_equal)):
+            if self.cols[op].size:
+                parts.append(compare(values[:, self.cols[op]], self.limits[op]))
+        return np.concatenate(parts, axis=1).astype(np.float32)

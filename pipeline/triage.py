@@ -132,14 +132,18 @@ class Triage:
     def decide(self, batch: Sequence[FeatureVector], rule_hits: Sequence[tuple[Rule, ...]],
                scores: Sequence[ScoreBatch],
                as_of: Callable[[int], AbstractContextManager] | None = None,
-               related: Callable[[int, str], list[str]] | None = None) -> list[Finding]:
+               related: Callable[[int, str], list[str]] | None = None,
+               ruled: np.ndarray | None = None) -> list[Finding]:
         """The finding versions the rows of a batch produce, in order.
 
         ``as_of(i)``, if given, is entered while row ``i`` is explained, so the explanation sees
         the identity's baseline as it was when that row was scored; ``related(i, kind)`` gives
-        the ids of row ``i``'s recent events of ``kind`` as they were at that row.
+        the ids of row ``i``'s recent events of ``kind`` as they were at that row. ``ruled``:
+        the rows with rule hits, if the caller has them as an array already.
         """
-        fired_any = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
+        if ruled is None:
+            ruled = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
+        fired_any = ruled.copy()
         for sb in scores:
             fired_any |= sb.fired
         out: list[Finding] = []
@@ -156,6 +160,11 @@ class Triage:
             streaming = [(sb.detector, float(sb.scores[i])) for sb in scores
                          if sb.fired[i] and self._expected(fv, sb.detector)]
             if not (rules or streaming):
+                continue
+            if not streaming and _rules_severity(rules) < self.min_severity:
+                # what the candidate's severity would be: no need to explain (and rewind the
+                # baseline for) a firing that is only counted
+                self.quieted[BELOW_MIN_SEVERITY] += 1
                 continue
             if as_of is None:
                 candidate = self._candidate(fv, rules, streaming, i, related)
@@ -437,6 +446,12 @@ def _same_activity(finding: Finding, candidate: Finding) -> bool:
     """The candidate continues the finding's activity: a reason code or a detector in common."""
     return (not {r.code for r in finding.reasons}.isdisjoint(r.code for r in candidate.reasons)
             or not set(finding.detectors).isdisjoint(candidate.detectors))
+
+
+def _rules_severity(rules: Sequence[Rule]) -> int:
+    """The severity of a candidate made of these rule firings alone (see ``_candidate``)."""
+    return max(max(r.severity_id for r in rules),
+               severity_of(combine(rule_score(r.severity_id) for r in rules)))
 
 
 def _strongest_first(reasons: Sequence[Reason]) -> tuple[Reason, ...]:
