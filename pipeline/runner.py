@@ -133,6 +133,7 @@ class _Batch:
         self.ruled = np.zeros(n, dtype=bool)  # rows a rule hit: kept out of detector learning
         self.undo: list[Undo | None] = [None] * n
         self.learns = self.unlearns = self.derives = self.scored = 0
+        self._taken_out: dict[int, list[int]] = {}  # id(group) -> rows baseline_as_of took out
 
     def later(self, i: int) -> list[int]:
         """Rows after row i of its group: those that see row i's learn."""
@@ -177,16 +178,28 @@ class _Batch:
 
     @contextmanager
     def baseline_as_of(self, extractor: FeatureExtractor, i: int):
-        """Temporarily take out the learns of later rows of the identity's peer group, so row
-        i's finding is explained against the baseline it was scored with."""
+        """Row i's group's baseline as it was when row i was scored, so its finding is
+        explained against it: the learns of the group's later rows are taken out until
+        :meth:`put_back`. Rows are explained in order, so moving on to a later row of the same
+        group only puts back the learns up to it: each learn is taken out and put back at most
+        once per triage, however many rows of the group are explained."""
+        out = self._taken_out.setdefault(id(self.groups[i]), [])
+        back = bisect_right(out, i)
+        for j in out[:back]:  # oldest first: the group's learns happen in their order again
+            self.learn(extractor, j)
+        del out[:back]
         later = [j for j in self.later(i) if self.undo[j] is not None]
         for j in reversed(later):
             self.unlearn(extractor, j)
-        try:
-            yield
-        finally:
-            for j in later:
+        out[:0] = later
+        yield
+
+    def put_back(self, extractor: FeatureExtractor) -> None:
+        """Learn again, in order, what ``baseline_as_of`` took out."""
+        for out in self._taken_out.values():
+            for j in out:
                 self.learn(extractor, j)
+        self._taken_out.clear()
 
 
 class Pipeline:
@@ -407,8 +420,11 @@ class Pipeline:
         def related(offset: int, kind: str) -> list[str]:
             return batch.related(start + offset, kind)
 
-        return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores, as_of,
-                                  related, batch.ruled[start:end])
+        try:
+            return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores,
+                                      as_of, related, batch.ruled[start:end])
+        finally:
+            batch.put_back(self.extractor)
 
     def finish(self) -> list[Finding]:
         """End of input: emit the updates still waiting in coalescing (open incidents stay
