@@ -30,6 +30,8 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ _EVENT_FIELDS = set(AccessEvent.__struct_fields__) | {"is_root"}
 _RULE_KEYS = {"id", "title", "description", "severity", "reason", "attack", "false_positives",
               "when", "related", "explain", "tests"}
 Predicate = Callable[[FeatureVector], bool]
+_EVENT = attrgetter("event")
 
 
 @dataclass(frozen=True)
@@ -303,9 +306,11 @@ class RuleSet:
                 r = self._screened[k]
                 if r.predicate(batch[i]):
                     found.setdefault(i, []).append(r)
+        events = list(map(_EVENT, batch)) if self._event_gated_only else []
         for r, name, allowed in self._event_gated_only:
-            for i, fv in enumerate(batch):
-                if getattr(fv.event, name) in allowed and r.predicate(fv):
+            gated = map(allowed.__contains__, map(attrgetter(name), events))
+            for i in compress(range(n), gated):
+                if r.predicate(batch[i]):
                     found.setdefault(i, []).append(r)
         for r in self._unscreened:
             for i, fv in enumerate(batch):

@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import struct
 import sys
 import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from itertools import chain, islice
+from itertools import islice, starmap
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -306,9 +308,7 @@ class Pipeline:
         n = len(vectors)
         batch.learns += n
         batch.derives += n
-        width = batch.values.shape[1]  # fromiter over the flattened rows: cheaper than np.array
-        batch.values = np.fromiter(chain.from_iterable(fv.values for fv in vectors), np.float64,
-                                   count=n * width).reshape(n, width)
+        batch.values = _matrix(vectors)
 
     def _rules(self, batch: "_Batch") -> None:
         """Rule hits of every row; a row whose hits raise a finding leaves the baseline, and the
@@ -372,6 +372,8 @@ class Pipeline:
         fv = self.extractor.derive(batch.events[i], batch.windows[i])
         hits = self.rules.evaluate_one(fv)
         batch.vectors[i] = fv
+        if not batch.values.flags.writeable:
+            batch.values = batch.values.copy()
         batch.values[i] = fv.values
         batch.hits[i] = hits
         batch.ruled[i] = bool(hits)
@@ -516,6 +518,18 @@ class Pipeline:
         self.finish()
         self.stats.seconds = time.perf_counter() - started
         return self.stats
+
+
+_ROW = struct.Struct(f"={len(FEATURE_NAMES)}d")
+_VALUES = attrgetter("values")
+
+
+def _matrix(vectors: list[FeatureVector]) -> np.ndarray:
+    """The (rows x features) float64 matrix of the vectors' values, read-only. Packing each row
+    with struct and joining the bytes costs half what ``np.fromiter`` over the flattened
+    values does (the batch's largest cost outside features and detectors before)."""
+    packed = b"".join(starmap(_ROW.pack, map(_VALUES, vectors)))
+    return np.frombuffer(packed, dtype=np.float64).reshape(len(vectors), len(FEATURE_NAMES))
 
 
 @contextmanager
