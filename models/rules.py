@@ -294,14 +294,13 @@ class RuleSet:
                        values: np.ndarray) -> list[tuple[Rule, ...]]:
         """``evaluate_one`` of every row; ``values`` is the batch's (rows x features) matrix.
 
-        A rule's threshold clauses are checked for all rows at once (one matrix product counts
-        the clauses each row meets), so its predicate runs only on the few rows that meet them
-        all; rules without one are gated on their event field as in ``evaluate_one``."""
+        A rule's threshold clauses are checked for all rows at once (array comparisons), so its
+        predicate runs only on the few rows that meet them all; rules without one are gated on
+        their event field as in ``evaluate_one``."""
         n = len(batch)
         found: dict[int, list[Rule]] = {}
         if self._screened and n:
-            met = self._screen.met(values) @ self._screen.incidence
-            rows, which = np.nonzero(met == self._screen.needed)
+            rows, which = np.nonzero(self._screen.candidates(values))
             for i, k in zip(rows.tolist(), which.tolist()):
                 r = self._screened[k]
                 if r.predicate(batch[i]):
@@ -325,29 +324,27 @@ class RuleSet:
 
 
 class _Screen:
-    """The threshold clauses of a list of rules as arrays: ``met(values) @ incidence`` counts,
-    per row and rule, the clauses met; a rule is a candidate where that equals ``needed``."""
+    """The threshold clauses of a list of rules as arrays, ordered by rule: ``candidates``
+    gives, per row and rule, whether the row meets all the rule's threshold clauses.
 
-    _OPS = ("gte", "gt", "lte")
+    Every clause is turned into ``sign * x >= bound``, which holds exactly when the clause
+    does (``x > v`` is ``x >= the next float above v``, ``x <= v`` is ``-x >= -v``; NaN meets
+    none), so one comparison covers them all and ``logical_and.reduceat`` each rule's share."""
 
     def __init__(self, rules: Sequence[Rule]) -> None:
-        clauses = {op: [] for op in self._OPS}  # op -> [(column, number, rule index)]
-        for k, r in enumerate(rules):
+        cols, signs, bounds, starts = [], [], [], []
+        for r in rules:
+            starts.append(len(cols))
             for col, op, value in r.thresholds:
-                clauses[op].append((col, value, k))
-        ordered = [c for op in self._OPS for c in clauses[op]]
-        self.cols = {op: np.array([c[0] for c in clauses[op]], dtype=np.intp) for op in self._OPS}
-        self.limits = {op: np.array([c[1] for c in clauses[op]]) for op in self._OPS}
-        # float32 sums of a few 0/1 values are exact
-        self.incidence = np.zeros((len(ordered), len(rules)), dtype=np.float32)
-        for j, (_, _, k) in enumerate(ordered):
-            self.incidence[j, k] = 1.0
-        self.needed = self.incidence.sum(axis=0)
+                cols.append(col)
+                signs.append(-1.0 if op == "lte" else 1.0)
+                bounds.append(-value if op == "lte" else
+                              math.nextafter(value, math.inf) if op == "gt" else value)
+        self.cols = np.array(cols, dtype=np.intp)
+        self.signs = np.array(signs)
+        self.bounds = np.array(bounds)
+        self.starts = np.array(starts, dtype=np.intp)
 
-    def met(self, values: np.ndarray) -> np.ndarray:
-        parts = []
-        for op, compare in (("gte", np.greater_equal), ("gt", np.greater),
-                            ("lte", np.less_equal)):
-            if self.cols[op].size:
-                parts.append(compare(values[:, self.cols[op]], self.limits[op]))
-        return np.concatenate(parts, axis=1).astype(np.float32)
+    def candidates(self, values: np.ndarray) -> np.ndarray:
+        met = values[:, self.cols] * self.signs >= self.bounds
+        return np.logical_and.reduceat(met, self.starts, axis=1)
