@@ -129,6 +129,7 @@ class _Batch:
         # are the ones that see each other's learns.
         self.groups = groups
         self._members: dict[int, list[int]] | None = None  # id(group) -> its rows, built on use
+        self._identity_rows: dict[str, list[int]] | None = None
         self.vectors: list[FeatureVector] = [None] * n  # type: ignore[list-item]
         self.values = np.empty((n, len(FEATURE_NAMES)))  # the vectors' values, row-aligned
         self.hits: list[tuple] = [()] * n
@@ -146,6 +147,15 @@ class _Batch:
             self._members = members
         rows = self._members[id(self.groups[i])]
         return rows[bisect_right(rows, i):]
+
+    def _rows_of(self, identity: str) -> list[int]:
+        """The identity's rows, in order (built on first use: only findings need them)."""
+        if self._identity_rows is None:
+            rows: dict[str, list[int]] = {}
+            for j, e in enumerate(self.events):
+                rows.setdefault(e.identity, []).append(j)
+            self._identity_rows = rows
+        return self._identity_rows[identity]
 
     def learn(self, extractor: FeatureExtractor, i: int) -> None:
         self.undo[i] = extractor.learn(self.vectors[i])
@@ -168,9 +178,11 @@ class _Batch:
         items = list(getattr(before, name))
         keep = _KEEPS[name]
         newest = before.newest
-        for e in self.events[:i + 1]:
-            if e.identity != trigger.identity:
-                continue
+        events = self.events
+        for j in self._rows_of(trigger.identity):
+            if j > i:
+                break
+            e = events[j]
             if e.ts > newest:
                 newest = e.ts
             if keep is None or keep(e):
