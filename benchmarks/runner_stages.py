@@ -148,11 +148,11 @@ def run(events: list, settings, batch_size: int) -> dict:
         pipeline = Pipeline(settings, store=store)
         stages = Stages()
         instrument(pipeline, stages)
-        findings = 0
+        versions = []
         total = _clock()
         for i in range(0, len(events), batch_size):
-            findings += len(pipeline.process_batch(events[i:i + batch_size]))
-        findings += len(pipeline.finish())
+            versions += pipeline.process_batch(events[i:i + batch_size])
+        versions += pipeline.finish()
         store.flush()
         total = _clock() - total
         store.close()
@@ -169,9 +169,10 @@ def run(events: list, settings, batch_size: int) -> dict:
         "unlearns per event": getattr(st, "unlearns", float("nan")) / n,
         "derives per event": getattr(st, "derives", float("nan")) / n,
         "detector rows scored per event": getattr(st, "scored", float("nan")) / n,
-        "finding versions": findings,
+        "finding versions": len(versions),
     }
-    return {"us": out, "counts": counts}
+    return {"us": out, "counts": counts,
+            "versions": [(f.id, f.version, f.activity_id, f.severity_id) for f in versions]}
 
 
 def main() -> int:
@@ -225,7 +226,9 @@ def main() -> int:
         print(f"{key:34s}" + "".join(f"{results[size]['counts'][key]:10.3f}"
                                      if isinstance(results[size]['counts'][key], float)
                                      else f"{results[size]['counts'][key]:10d}" for size in sizes))
-    return 0
+    same = all(r["versions"] == results[sizes[0]]["versions"] for r in results.values())
+    print(f"\nfinding versions identical at every batch size: {'yes' if same else 'NO'}")
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
