@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -49,6 +50,7 @@ from secretscope.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDO
                                   INCIDENT, Suppressions)
 
 _MAX_REASONS = 12
+_TS = attrgetter("event.ts")
 # (detector name, feature vector, identity state, row index in the scored batch) -> reasons
 Explainer = Callable[[str, FeatureVector, IdentityState | None, int], list[Reason]]
 
@@ -150,9 +152,7 @@ class Triage:
         done = 0
         clock = self.clock
         for i in np.flatnonzero(fired_any).tolist():
-            for fv in batch[done:i + 1]:  # rows in between move the clock too
-                if fv.event.ts > clock:
-                    clock = fv.event.ts
+            clock = max(clock, *map(_TS, batch[done:i + 1]))  # rows in between move it too
             done = i + 1
             self.advance(clock, out)
             fv = batch[i]
@@ -177,9 +177,8 @@ class Triage:
             if self._labelled_false(candidate):
                 continue
             self._incident(candidate, out)
-        for fv in batch[done:]:
-            if fv.event.ts > clock:
-                clock = fv.event.ts
+        if done < len(batch):
+            clock = max(clock, *map(_TS, batch[done:]))
         self.advance(clock, out)
         return out
 
