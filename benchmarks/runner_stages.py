@@ -136,6 +136,14 @@ def rules_alone(vectors: list, settings, batch_size: int) -> dict[str, float]:
 
 
 def run(events: list, settings, batch_size: int) -> dict:
+    # with the collector settings of Pipeline.run, which replay and run use
+    from secretscope.runner import _fewer_collections
+
+    with _fewer_collections():
+        return _run(events, settings, batch_size)
+
+
+def _run(events: list, settings, batch_size: int) -> dict:
     from secretscope.runner import Pipeline
     from secretscope.store import Store
 
