@@ -27,8 +27,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=100_000)
-    ap.add_argument("--log", type=Path,
-                    default=Path(tempfile.gettempdir()) / "secretscope-bench" / "bench-200000-3.log",
+    bench_log = Path(tempfile.gettempdir()) / "secretscope-bench" / "bench-200000-3.log"
+    ap.add_argument("--log", type=Path, default=bench_log,
                     help="made by benchmarks/replay_throughput.py --calls 200000")
     ap.add_argument("--batch-size", type=int, action="append")
     ap.add_argument("--repeat", type=int, default=3)
