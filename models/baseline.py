@@ -36,6 +36,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import repeat
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -55,6 +57,8 @@ _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution is 0.6745 sigma
 _NO_HOUR = -(1 << 62)  # open hour of an identity that has no rows yet
 _STATE_VERSION = 1
 _MAX_VALUE = 1e38  # finite in float32: +inf pads the sorted windows
+_IDENTITY = attrgetter("event.identity")  # C-level per-row reads: a batch has thousands
+_TS = attrgetter("event.ts")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,8 +155,7 @@ class RobustBaselineDetector:
             setattr(self, key, arr)
 
     def _slots(self, identities: list[str]) -> np.ndarray:
-        get = self.identities_.get
-        slots = [get(i, -1) for i in identities]
+        slots = list(map(self.identities_.get, identities, repeat(-1, len(identities))))
         if -1 in slots:
             before = len(self._ids)
             for k, ident in enumerate(identities):
@@ -175,9 +178,10 @@ class RobustBaselineDetector:
         n = len(batch)
         if values is None:
             values = np.array([fv.values for fv in batch], dtype=np.float64).reshape(n, -1)
-        obs = np.clip(np.nan_to_num(values[:, self._cols]), 0.0, _MAX_VALUE)
-        slots = self._slots([fv.event.identity for fv in batch])
-        hours = np.floor(np.fromiter((fv.event.ts for fv in batch), dtype=np.float64, count=n)
+        obs = np.clip(values[:, self._cols], 0.0, _MAX_VALUE)  # what nan_to_num then clip gave,
+        obs[np.isnan(obs)] = 0.0  # for a third of the cost
+        slots = self._slots(list(map(_IDENTITY, batch)))
+        hours = np.floor(np.fromiter(map(_TS, batch), dtype=np.float64, count=n)
                          / 3600.0).astype(np.int64)
         exclude = np.asarray(exclude, dtype=bool)
         scores = np.zeros(n)

@@ -30,10 +30,13 @@ import math
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import msgspec
+import numpy as np
 import yaml
 
 from secretscope.errors import ConfigError
@@ -47,6 +50,7 @@ _EVENT_FIELDS = set(AccessEvent.__struct_fields__) | {"is_root"}
 _RULE_KEYS = {"id", "title", "description", "severity", "reason", "attack", "false_positives",
               "when", "related", "explain", "tests"}
 Predicate = Callable[[FeatureVector], bool]
+_EVENT = attrgetter("event")
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class Rule:
     gate: tuple[int, float] | None = field(default=None, compare=False)
     # Without one: an "event field equals / in" clause as (field, allowed values).
     event_gate: tuple[str, frozenset] | None = field(default=None, compare=False)
+    # Every "feature gte / gt / lte number" clause as (column, operator, number): a batch is
+    # screened on them with array comparisons; the predicate then decides on the rows left.
+    thresholds: tuple[tuple[int, str, float], ...] = field(default=(), compare=False)
 
     def matches(self, fv: FeatureVector) -> bool:
         return self.predicate(fv)
@@ -220,8 +227,12 @@ def compile_rule(doc: Any, source: str) -> Rule:
                     continue
                 break
 
+    thresholds = tuple((INDEX[c["field"]], op, float(c[op])) for c in when
+                       for op in [next(k for k in c if k != "field")]
+                       if c["field"] in INDEX and op in ("gte", "gt", "lte"))
+
     return Rule(
-        gate=gate, event_gate=event_gate if gate is None else None,
+        thresholds=thresholds, gate=gate, event_gate=event_gate if gate is None else None,
         id=str(doc["id"]), title=str(doc["title"]), description=str(doc.get("description", "")),
         severity_id=SEVERITIES[doc["severity"]], reason=str(doc["reason"]),
         attack=tuple(doc.get("attack", ())), false_positives=str(doc.get("false_positives", "")),
@@ -264,6 +275,11 @@ class RuleSet:
         self._event_gated = [(r, *r.event_gate) for r in self.rules if r.event_gate is not None]
         self._ungated = [r for r in self.rules if r.gate is None and r.event_gate is None]
         self._order = {r.id: i for i, r in enumerate(self.rules)}
+        self._screened = [r for r in self.rules if r.thresholds]
+        self._screen = _Screen(self._screened)
+        self._event_gated_only = [(r, *r.event_gate) for r in self.rules
+                                  if not r.thresholds and r.event_gate is not None]
+        self._unscreened = [r for r in self.rules if not r.thresholds and r.event_gate is None]
 
     def evaluate_one(self, fv: FeatureVector) -> tuple[Rule, ...]:
         values = fv.values
@@ -278,3 +294,62 @@ class RuleSet:
         if len(hits) > 1:
             hits.sort(key=lambda r: self._order[r.id])  # file order, as before gating
         return tuple(hits)
+
+    def evaluate_batch(self, batch: Sequence[FeatureVector],
+                       values: np.ndarray) -> list[tuple[Rule, ...]]:
+        """``evaluate_one`` of every row; ``values`` is the batch's (rows x features) matrix.
+
+        A rule's threshold clauses are checked for all rows at once (array comparisons), so its
+        predicate runs only on the few rows that meet them all; rules without one are gated on
+        their event field as in ``evaluate_one``."""
+        n = len(batch)
+        found: dict[int, list[Rule]] = {}
+        if self._screened and n:
+            rows, which = np.nonzero(self._screen.candidates(values))
+            for i, k in zip(rows.tolist(), which.tolist()):
+                r = self._screened[k]
+                if r.predicate(batch[i]):
+                    found.setdefault(i, []).append(r)
+        events = list(map(_EVENT, batch)) if self._event_gated_only else []
+        for r, name, allowed in self._event_gated_only:
+            gated = map(allowed.__contains__, map(attrgetter(name), events))
+            for i in compress(range(n), gated):
+                if r.predicate(batch[i]):
+                    found.setdefault(i, []).append(r)
+        for r in self._unscreened:
+            for i, fv in enumerate(batch):
+                if r.predicate(fv):
+                    found.setdefault(i, []).append(r)
+        hits: list[tuple[Rule, ...]] = [()] * n
+        for i, rules in found.items():
+            if len(rules) > 1:
+                rules.sort(key=lambda r: self._order[r.id])
+            hits[i] = tuple(rules)
+        return hits
+
+
+class _Screen:
+    """The threshold clauses of a list of rules as arrays, ordered by rule: ``candidates``
+    gives, per row and rule, whether the row meets all the rule's threshold clauses.
+
+    Every clause is turned into ``sign * x >= bound``, which holds exactly when the clause
+    does (``x > v`` is ``x >= the next float above v``, ``x <= v`` is ``-x >= -v``; NaN meets
+    none), so one comparison covers them all and ``logical_and.reduceat`` each rule's share."""
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        cols, signs, bounds, starts = [], [], [], []
+        for r in rules:
+            starts.append(len(cols))
+            for col, op, value in r.thresholds:
+                cols.append(col)
+                signs.append(-1.0 if op == "lte" else 1.0)
+                bounds.append(-value if op == "lte" else
+                              math.nextafter(value, math.inf) if op == "gt" else value)
+        self.cols = np.array(cols, dtype=np.intp)
+        self.signs = np.array(signs)
+        self.bounds = np.array(bounds)
+        self.starts = np.array(starts, dtype=np.intp)
+
+    def candidates(self, values: np.ndarray) -> np.ndarray:
+        met = values[:, self.cols] * self.signs >= self.bounds
+        return np.logical_and.reduceat(met, self.starts, axis=1)

@@ -18,6 +18,8 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
+from itertools import compress
+from operator import attrgetter
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,6 +37,7 @@ def names_hash(names: Sequence[str]) -> str:
 
 NAMES_HASH = names_hash(FEATURE_NAMES)
 _PACK = struct.Struct(f"<{len(FEATURE_NAMES)}d")
+_EVENT_ID = attrgetter("event.event_id")
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +85,14 @@ class HistoryRecorder:
         nothing fired on them). Returns how many were kept."""
         if not self.enabled:
             return 0
-        below, crc = self._below, zlib.crc32
+        # the hash of every row in C (map chains), Python only for the few sampled
+        crcs = map(zlib.crc32, map(str.encode, map(_EVENT_ID, vectors)))
+        sampled = compress(range(len(vectors)), map(self._below.__gt__, crcs))
         rows = [
             HistoryRow(fv.event.identity, fv.event.event_id,
                        datetime.fromtimestamp(fv.event.ts, timezone.utc), NAMES_HASH,
                        _PACK.pack(*fv.values))
-            for fv, u in zip(vectors, undo)
-            if u is not None and crc(fv.event.event_id.encode()) < below
+            for fv in (vectors[i] for i in sampled if undo[i] is not None)
         ]
         if rows:
             self.store.add_feature_history(rows)  # type: ignore[union-attr]

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import gc
 import logging
+import struct
 import sys
 import time
+from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from itertools import chain, islice
+from itertools import islice, starmap
+from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import TextIO
 
@@ -54,6 +57,12 @@ class RunStats:
     updates: int = 0  # Update versions (incidents that grew)
     closes: int = 0  # Close versions (incidents that went quiet)
     truncated_fields: int = 0
+    # work of the runner's redo after flagged rows: extractor learns, unlearns and derives, and
+    # rows the detectors scored (each is the number of events when nothing was flagged)
+    learns: int = 0
+    unlearns: int = 0
+    derives: int = 0
+    scored: int = 0
     dead_letter_reasons: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -119,14 +128,44 @@ class _Batch:
         # A learn changes its identity's baseline and its peer group's: rows of the same group
         # are the ones that see each other's learns.
         self.groups = groups
+        self._members: dict[int, list[int]] | None = None  # id(group) -> its rows, built on use
+        self._identity_rows: dict[str, list[int]] | None = None
         self.vectors: list[FeatureVector] = [None] * n  # type: ignore[list-item]
+        self.values = np.empty((n, len(FEATURE_NAMES)))  # the vectors' values, row-aligned
         self.hits: list[tuple] = [()] * n
+        self.ruled = np.zeros(n, dtype=bool)  # rows a rule hit: kept out of detector learning
         self.undo: list[Undo | None] = [None] * n
+        self.learns = self.unlearns = self.derives = self.scored = 0
+        self._taken_out: dict[int, list[int]] = {}  # id(group) -> rows baseline_as_of took out
+
+    def later(self, i: int) -> list[int]:
+        """Rows after row i of its group: those that see row i's learn."""
+        if self._members is None:
+            members: dict[int, list[int]] = {}
+            for j, group in enumerate(self.groups):
+                members.setdefault(id(group), []).append(j)
+            self._members = members
+        rows = self._members[id(self.groups[i])]
+        return rows[bisect_right(rows, i):]
+
+    def _rows_of(self, identity: str) -> list[int]:
+        """The identity's rows, in order (built on first use: only findings need them)."""
+        if self._identity_rows is None:
+            rows: dict[str, list[int]] = {}
+            for j, e in enumerate(self.events):
+                rows.setdefault(e.identity, []).append(j)
+            self._identity_rows = rows
+        return self._identity_rows[identity]
+
+    def learn(self, extractor: FeatureExtractor, i: int) -> None:
+        self.undo[i] = extractor.learn(self.vectors[i])
+        self.learns += 1
 
     def unlearn(self, extractor: FeatureExtractor, i: int) -> None:
         if self.undo[i] is not None:
             extractor.unlearn(self.vectors[i], self.undo[i])
             self.undo[i] = None
+            self.unlearns += 1
 
     def related(self, i: int, kind: str) -> list[str]:
         """Ids of row i's identity's recent events of ``kind`` up to and including row i, as a
@@ -139,9 +178,11 @@ class _Batch:
         items = list(getattr(before, name))
         keep = _KEEPS[name]
         newest = before.newest
-        for e in self.events[:i + 1]:
-            if e.identity != trigger.identity:
-                continue
+        events = self.events
+        for j in self._rows_of(trigger.identity):
+            if j > i:
+                break
+            e = events[j]
             if e.ts > newest:
                 newest = e.ts
             if keep is None or keep(e):
@@ -151,18 +192,28 @@ class _Batch:
 
     @contextmanager
     def baseline_as_of(self, extractor: FeatureExtractor, i: int):
-        """Temporarily take out the learns of later rows of the identity's peer group, so row
-        i's finding is explained against the baseline it was scored with."""
-        group = self.groups[i]
-        later = [j for j in range(i + 1, len(self.events))
-                 if self.groups[j] is group and self.undo[j] is not None]
+        """Row i's group's baseline as it was when row i was scored, so its finding is
+        explained against it: the learns of the group's later rows are taken out until
+        :meth:`put_back`. Rows are explained in order, so moving on to a later row of the same
+        group only puts back the learns up to it: each learn is taken out and put back at most
+        once per triage, however many rows of the group are explained."""
+        out = self._taken_out.setdefault(id(self.groups[i]), [])
+        back = bisect_right(out, i)
+        for j in out[:back]:  # oldest first: the group's learns happen in their order again
+            self.learn(extractor, j)
+        del out[:back]
+        later = [j for j in self.later(i) if self.undo[j] is not None]
         for j in reversed(later):
-            extractor.unlearn(self.vectors[j], self.undo[j])
-        try:
-            yield
-        finally:
-            for j in later:
-                self.undo[j] = extractor.learn(self.vectors[j])
+            self.unlearn(extractor, j)
+        out[:0] = later
+        yield
+
+    def put_back(self, extractor: FeatureExtractor) -> None:
+        """Learn again, in order, what ``baseline_as_of`` took out."""
+        for out in self._taken_out.values():
+            for j in out:
+                self.learn(extractor, j)
+        self._taken_out.clear()
 
 
 class Pipeline:
@@ -204,31 +255,25 @@ class Pipeline:
         """Process events in order; return (and emit) the findings they raised.
 
         The result is exactly that of handling the events one at a time (so findings do not
-        depend on how the stream was batched), while detectors score whole batches:
+        depend on how the stream was batched), while rules and detectors score whole batches:
 
         * windows are recorded for every event first (they do not depend on the baseline);
-        * baseline features, rules and an *optimistic* learn follow event by event: an event no
-          rule flagged is folded into its identity's baseline at once;
-        * detectors then score the batch vectorized, learning only rows nothing fired on;
-        * a row a detector flagged was learned too early: it is unlearned, and if its peer group
-          (its identity included) has later rows in the batch (whose features saw that learn)
-          those rows are derived again and the detectors re-run from a checkpoint. Flagged rows are rare, so this
-          costs little.
+        * baseline features follow event by event, each event *optimistically* folded into its
+          identity's baseline at once (almost none raises anything);
+        * rules are evaluated on the batch's feature matrix, then detectors score it vectorized,
+          learning only rows nothing fired on;
+        * a row a rule or detector flagged was learned too early: it is unlearned, and only the
+          later rows of its group (its identity's peer group, the rows that saw that learn) are
+          derived again, one at a time; after a detector's flag the detectors re-run from a
+          checkpoint. Flagged rows are rare, so this costs little, whatever the batch size.
         """
         n = len(events)
         if not n:
             return []
         self._refresh_labels()
-        identities = self.extractor.identities
-        appends: dict[str, int] = {}
-        for e in events:
-            appends[e.identity] = appends.get(e.identity, 0) + 1
-        before = {identity: _Recent(identities.get(identity), k)
-                  for identity, k in appends.items()}
-        windows = [self.extractor.observe_windows(e) for e in events]
-        batch = _Batch(events, windows, [w.peer for w in windows], before)
-        for i in range(n):
-            self._derive(batch, i)
+        batch = self._observe(events)
+        self._derive_all(batch)
+        self._rules(batch)
         findings: list[Finding] = []
         start = 0
         while start < n:
@@ -239,8 +284,7 @@ class Pipeline:
                 findings += self._triage(batch, start, n, scores)
                 break
             # Rows after `redo_at` of its peer group saw a learn that must not have happened.
-            group = batch.groups[redo_at]
-            later = [j for j in range(redo_at + 1, n) if batch.groups[j] is group]
+            later = batch.later(redo_at)
             for j in reversed([redo_at] + later):
                 batch.unlearn(self.extractor, j)
             for detector, checkpoint in zip(self.detectors, checkpoints):
@@ -250,14 +294,65 @@ class Pipeline:
             for j in later:
                 self._derive(batch, j)
             start = redo_at + 1
-        for fv in batch.vectors:
-            if fv.event.truncated:
-                self.stats.truncated_fields += len(fv.event.truncated)
-        self.stats.events += n
+        self._count(batch)
         self.history.record(batch.vectors, batch.undo)  # learned rows only: nothing fired
         self._emit(findings)
         return findings
 
+    def _observe(self, events: list[AccessEvent]) -> "_Batch":
+        """The identities' recent lists as they were, then every event into the windows."""
+        identities = self.extractor.identities
+        appends: dict[str, int] = {}
+        for e in events:
+            appends[e.identity] = appends.get(e.identity, 0) + 1
+        before = {identity: _Recent(identities.get(identity), k)
+                  for identity, k in appends.items()}
+        observe = self.extractor.observe_windows
+        windows = [observe(e) for e in events]
+        return _Batch(events, windows, [w.peer for w in windows], before)
+
+    def _derive_all(self, batch: "_Batch") -> None:
+        """Baseline features of every row, each learned at once (see ``process_batch``)."""
+        derive, learn = self.extractor.derive, self.extractor.learn
+        vectors, undo = batch.vectors, batch.undo
+        for i, (event, w) in enumerate(zip(batch.events, batch.windows)):
+            fv = vectors[i] = derive(event, w)
+            undo[i] = learn(fv)
+        n = len(vectors)
+        batch.learns += n
+        batch.derives += n
+        batch.values = _matrix(vectors)
+
+    def _rules(self, batch: "_Batch") -> None:
+        """Rule hits of every row; a row whose hits raise a finding leaves the baseline, and the
+        later rows of its group are derived again (with their rules) one at a time."""
+        hits = batch.hits = self.rules.evaluate_batch(batch.vectors, batch.values)
+        hit_rows = [i for i, h in enumerate(hits) if h]
+        if not hit_rows:
+            return
+        batch.ruled[hit_rows] = True
+        redone: set[int] = set()
+        for k in hit_rows:
+            if id(batch.groups[k]) in redone:
+                continue  # derived again one at a time, its rules with it
+            if not self._raises(batch.hits[k]):
+                continue
+            later = batch.later(k)
+            for j in reversed([k] + later):
+                batch.unlearn(self.extractor, j)
+            if later:
+                redone.add(id(batch.groups[k]))
+                for j in later:
+                    self._derive(batch, j)
+
+    def _count(self, batch: "_Batch") -> None:
+        stats = self.stats
+        stats.events += len(batch.events)
+        stats.truncated_fields += sum(len(e.truncated) for e in batch.events if e.truncated)
+        stats.learns += batch.learns
+        stats.unlearns += batch.unlearns
+        stats.derives += batch.derives
+        stats.scored += batch.scored
     def _false_positives(self) -> list:
         if self.store is None:
             return []
@@ -280,7 +375,8 @@ class Pipeline:
                 self.triage.acknowledged_by_analyst(self.store.acknowledged_by_analyst(held))
 
     def _derive(self, batch: "_Batch", i: int) -> None:
-        """Baseline features and rules of row i, then learn it unless rules raise a finding on it.
+        """Row i derived again: baseline features and rules, then learned unless rules raise a
+        finding on it.
 
         Rules that fire below ``min_severity`` (a low signal such as a policy write by a role
         not yet seen writing one) are counted, not raised: their event is learned, or an SRE
@@ -289,9 +385,14 @@ class Pipeline:
         fv = self.extractor.derive(batch.events[i], batch.windows[i])
         hits = self.rules.evaluate_one(fv)
         batch.vectors[i] = fv
+        if not batch.values.flags.writeable:
+            batch.values = batch.values.copy()
+        batch.values[i] = fv.values
         batch.hits[i] = hits
-        batch.undo[i] = None if self._raises(hits) else self.extractor.learn(fv)
-
+        batch.ruled[i] = bool(hits)
+        batch.derives += 1
+        if not self._raises(hits):
+            batch.learn(self.extractor, i)
     def _raises(self, hits: tuple) -> bool:
         if not hits:
             return False
@@ -301,11 +402,9 @@ class Pipeline:
 
     def _score(self, batch: "_Batch", start: int, end: int | None = None) -> list[ScoreBatch]:
         rows = batch.vectors[start:end]
-        exclude = np.fromiter((bool(h) for h in batch.hits[start:end]), dtype=bool,
-                              count=len(rows))
-        width = len(FEATURE_NAMES)  # fromiter over the flattened rows: cheaper than np.array
-        values = np.fromiter(chain.from_iterable(fv.values for fv in rows), np.float64,
-                             count=len(rows) * width).reshape(len(rows), width)
+        exclude = batch.ruled[start:end]
+        values = batch.values[start:end]
+        batch.scored += len(rows)
         scores = []
         for detector in self.detectors:
             sb = detector.score_then_learn(rows, exclude, values)
@@ -319,13 +418,11 @@ class Pipeline:
         fired = np.zeros(len(batch.events) - start, dtype=bool)
         for sb in scores:
             fired |= sb.fired
-        events, groups = batch.events, batch.groups
         for offset in np.flatnonzero(fired).tolist():
             k = start + offset
             if batch.undo[k] is None:
                 continue  # a rule had already kept it out of the baseline
-            group = groups[k]
-            if any(groups[j] is group for j in range(k + 1, len(events))):
+            if batch.later(k):
                 return k
             batch.unlearn(self.extractor, k)
         return None
@@ -338,8 +435,11 @@ class Pipeline:
         def related(offset: int, kind: str) -> list[str]:
             return batch.related(start + offset, kind)
 
-        return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores, as_of,
-                                  related)
+        try:
+            return self.triage.decide(batch.vectors[start:end], batch.hits[start:end], scores,
+                                      as_of, related, batch.ruled[start:end])
+        finally:
+            batch.put_back(self.extractor)
 
     def finish(self) -> list[Finding]:
         """End of input: emit the updates still waiting in coalescing (open incidents stay
@@ -431,6 +531,18 @@ class Pipeline:
         self.finish()
         self.stats.seconds = time.perf_counter() - started
         return self.stats
+
+
+_ROW = struct.Struct(f"={len(FEATURE_NAMES)}d")
+_VALUES = attrgetter("values")
+
+
+def _matrix(vectors: list[FeatureVector]) -> np.ndarray:
+    """The (rows x features) float64 matrix of the vectors' values, read-only. Packing each row
+    with struct and joining the bytes costs half what ``np.fromiter`` over the flattened
+    values does (the batch's largest cost outside features and detectors before)."""
+    packed = b"".join(starmap(_ROW.pack, map(_VALUES, vectors)))
+    return np.frombuffer(packed, dtype=np.float64).reshape(len(vectors), len(FEATURE_NAMES))
 
 
 @contextmanager

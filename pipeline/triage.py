@@ -32,6 +32,7 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from operator import attrgetter
 
 import msgspec
 import numpy as np
@@ -49,6 +50,7 @@ from secretscope.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDO
                                   INCIDENT, Suppressions)
 
 _MAX_REASONS = 12
+_TS = attrgetter("event.ts")
 # (detector name, feature vector, identity state, row index in the scored batch) -> reasons
 Explainer = Callable[[str, FeatureVector, IdentityState | None, int], list[Reason]]
 
@@ -132,23 +134,25 @@ class Triage:
     def decide(self, batch: Sequence[FeatureVector], rule_hits: Sequence[tuple[Rule, ...]],
                scores: Sequence[ScoreBatch],
                as_of: Callable[[int], AbstractContextManager] | None = None,
-               related: Callable[[int, str], list[str]] | None = None) -> list[Finding]:
+               related: Callable[[int, str], list[str]] | None = None,
+               ruled: np.ndarray | None = None) -> list[Finding]:
         """The finding versions the rows of a batch produce, in order.
 
         ``as_of(i)``, if given, is entered while row ``i`` is explained, so the explanation sees
         the identity's baseline as it was when that row was scored; ``related(i, kind)`` gives
-        the ids of row ``i``'s recent events of ``kind`` as they were at that row.
+        the ids of row ``i``'s recent events of ``kind`` as they were at that row. ``ruled``:
+        the rows with rule hits, if the caller has them as an array already.
         """
-        fired_any = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
+        if ruled is None:
+            ruled = np.fromiter((bool(h) for h in rule_hits), dtype=bool, count=len(batch))
+        fired_any = ruled.copy()
         for sb in scores:
             fired_any |= sb.fired
         out: list[Finding] = []
         done = 0
         clock = self.clock
         for i in np.flatnonzero(fired_any).tolist():
-            for fv in batch[done:i + 1]:  # rows in between move the clock too
-                if fv.event.ts > clock:
-                    clock = fv.event.ts
+            clock = max(clock, *map(_TS, batch[done:i + 1]))  # rows in between move it too
             done = i + 1
             self.advance(clock, out)
             fv = batch[i]
@@ -156,6 +160,11 @@ class Triage:
             streaming = [(sb.detector, float(sb.scores[i])) for sb in scores
                          if sb.fired[i] and self._expected(fv, sb.detector)]
             if not (rules or streaming):
+                continue
+            if not streaming and _rules_severity(rules) < self.min_severity:
+                # what the candidate's severity would be: no need to explain (and rewind the
+                # baseline for) a firing that is only counted
+                self.quieted[BELOW_MIN_SEVERITY] += 1
                 continue
             if as_of is None:
                 candidate = self._candidate(fv, rules, streaming, i, related)
@@ -168,9 +177,8 @@ class Triage:
             if self._labelled_false(candidate):
                 continue
             self._incident(candidate, out)
-        for fv in batch[done:]:
-            if fv.event.ts > clock:
-                clock = fv.event.ts
+        if done < len(batch):
+            clock = max(clock, *map(_TS, batch[done:]))
         self.advance(clock, out)
         return out
 
@@ -437,6 +445,12 @@ def _same_activity(finding: Finding, candidate: Finding) -> bool:
     """The candidate continues the finding's activity: a reason code or a detector in common."""
     return (not {r.code for r in finding.reasons}.isdisjoint(r.code for r in candidate.reasons)
             or not set(finding.detectors).isdisjoint(candidate.detectors))
+
+
+def _rules_severity(rules: Sequence[Rule]) -> int:
+    """The severity of a candidate made of these rule firings alone (see ``_candidate``)."""
+    return max(max(r.severity_id for r in rules),
+               severity_of(combine(rule_score(r.severity_id) for r in rules)))
 
 
 def _strongest_first(reasons: Sequence[Reason]) -> tuple[Reason, ...]:
