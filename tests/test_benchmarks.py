@@ -91,3 +91,18 @@ def test_baseline_detector_micro_benchmark_prints_its_figure():
     proc = bench("baseline_detector.py", "--rows", "3000", "--days", "1")
     assert proc.returncode == 0, proc.stderr
     assert figure(rf"RobustBaselineDetector: {NUMBER} us/row over 3,000 rows", proc.stdout) > 0
+
+
+def test_partition_quality_prints_one_line_per_partition_count(tmp_path):
+    from secretscope.simulate import SimulationSpec, simulate
+
+    log = tmp_path / "fleet.log"
+    simulate(SimulationSpec(days=3, seed=5, target_calls=9000), log,
+             tmp_path / "fleet.log.labels.jsonl")
+    res = bench("partition_quality.py", str(log), "1", "3")
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert [ln.split(":")[0] for ln in lines] == ["partitions 1", "partitions 3"], res.stdout
+    for line in lines:
+        assert 0.0 < figure(r"recall " + NUMBER, line) <= 1.0
+        assert 0.0 < figure(r"precision " + NUMBER, line) <= 1.0
