@@ -504,13 +504,10 @@ class ScoreStage:
         """The worker of a partition, restored from its snapshot the first time it is needed."""
         worker = self.workers.get(tp)
         if worker is None:
-            worker = self.workers[tp] = PartitionWorker(self.make_pipeline(), self.sources)
-            saved = self.store.load_snapshot(self._key(tp))
-            if saved is not None:
-                try:
-                    worker.load(saved[1])
-                except ModelIntegrityError as exc:  # name the row the operator may delete
-                    raise ModelIntegrityError(f"snapshot {self._key(tp)}: {exc}") from None
+            worker, restored = restored_worker(self.make_pipeline, self.sources, self.store,
+                                               self._key(tp))
+            self.workers[tp] = worker
+            if restored:
                 log.info("score: %s restored at offset %d", self._key(tp), worker.next_offset)
             self.consumer.seek(tp, worker.next_offset)
         return worker
@@ -631,13 +628,9 @@ class InProcessStages(ParseStage):
             self._late = sum(w.late for w in self.workers)
 
     def _restore(self, slot: int) -> PartitionWorker:
-        worker = PartitionWorker(self.make_pipeline(), self.sources)
-        saved = self.store.load_snapshot(self._key(slot))
-        if saved is not None:
-            try:
-                worker.load(saved[1])
-            except ModelIntegrityError as exc:  # name the row the operator may delete
-                raise ModelIntegrityError(f"snapshot {self._key(slot)}: {exc}") from None
+        worker, restored = restored_worker(self.make_pipeline, self.sources, self.store,
+                                           self._key(slot))
+        if restored:
             log.info("in-process stages: %s restored", self._key(slot))
         return worker
 
@@ -698,6 +691,21 @@ class InProcessStages(ParseStage):
             self._score()
             self._save_and_commit()
         super().close()
+
+
+def restored_worker(make_pipeline, sources, store, key: str) -> tuple[PartitionWorker, bool]:
+    """A partition worker with the state of snapshot ``key`` if the store has one, and whether
+    it had; a snapshot that fails its integrity check names its row, which the operator may
+    delete."""
+    worker = PartitionWorker(make_pipeline(), sources)
+    saved = store.load_snapshot(key)
+    if saved is None:
+        return worker, False
+    try:
+        worker.load(saved[1])
+    except ModelIntegrityError as exc:
+        raise ModelIntegrityError(f"snapshot {key}: {exc}") from None
+    return worker, True
 
 
 class _Listener(kafka_io.ConsumerRebalanceListener):

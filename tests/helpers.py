@@ -87,3 +87,37 @@ def replay_into(store, events) -> None:
     from secretscope.runner import Pipeline
 
     Pipeline(load_settings(), store=store).run(iter(events))
+
+
+def start_socket_service(tmp_path, port: int, store_url: str):
+    """``secretscope run`` with Vault's socket source on 127.0.0.1:``port``, the default config
+    (rules from this checkout) and ``store_url``; returns (process, its stderr log path)."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    from conftest import ROOT
+
+    doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
+    doc["rules"]["directory"] = str(ROOT / "config" / "rules")
+    doc["store"]["url"] = store_url
+    doc["run"] = {"source": "socket"}
+    doc["socket"] = {"host": "127.0.0.1", "port": port}
+    cfg = tmp_path / "socket.yaml"
+    cfg.write_text(yaml.safe_dump(doc))
+    log = tmp_path / "run.log"
+    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "run", "--config", str(cfg)],
+                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    return proc, log
+
+
+def connect(port: int, proc, log):
+    """A connection to the service, or None while it is still starting (fails if it died)."""
+    import socket
+
+    assert proc.poll() is None, f"the service exited: {log.read_text()[-2000:]}"
+    try:
+        return socket.create_connection(("127.0.0.1", port), timeout=2)
+    except OSError:
+        return None

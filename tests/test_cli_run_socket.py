@@ -6,29 +6,17 @@ import json
 import signal
 import socket
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
-import yaml
 
-from conftest import ROOT, SAMPLES, CANARY
-from helpers import wait_for
+from conftest import SAMPLES, CANARY
+from helpers import connect, start_socket_service, wait_for
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def connect(port: int, proc: subprocess.Popen, log: Path) -> socket.socket | None:
-    """A connection to the service, or None while it is still starting (fails if it died)."""
-    assert proc.poll() is None, f"the service exited: {log.read_text()[-2000:]}"
-    try:
-        return socket.create_connection(("127.0.0.1", port), timeout=2)
-    except OSError:
-        return None
 
 
 def stored_findings(db: Path) -> int:
@@ -43,16 +31,7 @@ def stored_findings(db: Path) -> int:
 def test_run_listens_for_vault_socket_device(tmp_path):
     port = free_port()
     db = tmp_path / "store.db"
-    doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    doc["rules"]["directory"] = str(ROOT / "config" / "rules")
-    doc["store"]["url"] = f"sqlite:///{db}"
-    doc["run"] = {"source": "socket"}
-    doc["socket"] = {"host": "127.0.0.1", "port": port}
-    cfg = tmp_path / "socket.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
-    log = tmp_path / "run.log"
-    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    proc, log = start_socket_service(tmp_path, port, f"sqlite:///{db}")
     try:
         client = wait_for(lambda: connect(port, proc, log), 30,
                           lambda: f"the service to listen on 127.0.0.1:{port}")

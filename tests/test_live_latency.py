@@ -24,10 +24,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import yaml
 
 from conftest import ROOT, SAMPLES
-from helpers import wait_for
+from helpers import connect, start_socket_service, wait_for
 from secretscope.config import InputSettings, RunnerSettings
 from secretscope.events import AccessEvent
 from secretscope.parsers.vault import VaultJoiner, parse_entry
@@ -73,30 +72,13 @@ def service(tmp_path):
     """``secretscope run`` with the socket source and a SQLite store, from the default config
     (join and batch waits at their defaults); yields (port, db, process, log)."""
     port, db = free_port(), tmp_path / "store.db"
-    doc = yaml.safe_load((ROOT / "config" / "default.yaml").read_text())
-    doc["rules"]["directory"] = str(ROOT / "config" / "rules")
-    doc["store"]["url"] = f"sqlite:///{db}"
-    doc["run"] = {"source": "socket"}
-    doc["socket"] = {"host": "127.0.0.1", "port": port}
-    cfg = tmp_path / "socket.yaml"
-    cfg.write_text(yaml.safe_dump(doc))
-    log = tmp_path / "run.log"
-    proc = subprocess.Popen([sys.executable, "-m", "secretscope", "run", "--config", str(cfg)],
-                            stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
+    proc, log = start_socket_service(tmp_path, port, f"sqlite:///{db}")
     try:
         yield port, db, proc, log
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=30)
-
-
-def connect(port: int, proc: subprocess.Popen, log: Path) -> socket.socket | None:
-    assert proc.poll() is None, f"the service exited: {log.read_text()[-2000:]}"
-    try:
-        return socket.create_connection(("127.0.0.1", port), timeout=2)
-    except OSError:
-        return None
 
 
 def test_a_lost_response_does_not_hold_a_later_finding_back(service):
