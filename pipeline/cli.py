@@ -4,6 +4,7 @@ deliver | redrive``."""
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -122,26 +123,51 @@ def _check_output(path: Optional[Path], option: str, creates_folder: bool = Fals
 
 
 def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
-                collect: dict[str, Finding] | None = None):
-    """Replay ``files``; ``collect``, if given, receives the newest version of every finding."""
+                collect: dict[str, Finding] | None = None, workers: int = 1):
+    """Replay ``files``; ``collect``, if given, receives the newest version of every finding.
+    With ``workers`` of 2 or more, files are read in a second process
+    (``secretscope.replay_split``); the findings are the same."""
     from secretscope.runner import Pipeline, stderr_progress
-    from secretscope.sources.files import ReplayCounters, _total_size, replay
     from secretscope.parsers.limits import InputLimits
     from secretscope.store import Store
 
-    store = Store(settings.store.url, routes=settings.sinks,
-                  outage_seconds=settings.store.outage_seconds)
-    try:
+    limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
+    join_timeout = settings.input.join_timeout_seconds
+    with ExitStack() as stack:
+        reader = None
+        if workers > 1:
+            from secretscope.replay_split import split_replay
+
+            # the reader is forked before the store opens: it holds no connection of ours
+            reader = stack.enter_context(split_replay(files, limits, join_timeout, settings))
+            counters = reader.counters
+        else:
+            from secretscope.sources.files import ReplayCounters, _total_size, replay
+
+            counters = ReplayCounters(_total_size(files))
+            items = replay(files, limits, join_timeout, counters)
+        store = Store(settings.store.url, routes=settings.sinks,
+                      outage_seconds=settings.store.outage_seconds)
+        stack.callback(store.close)
         keep = collect.__setitem__ if collect is not None else None
         pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
                             on_version=keep and (lambda f: keep(f.id, f)))
-        counters = ReplayCounters(_total_size(files))
-        limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
-        items = replay(files, limits, settings.input.join_timeout_seconds, counters)
+        if reader is not None:
+            items = reader.items(pipeline.extractor.relayed)
+            pipeline.windows_relayed = True
         stats = pipeline.run(items, None if quiet else stderr_progress(counters))
-    finally:
-        store.close()
     return stats, counters, pipeline
+
+
+def _workers(asked: int | None) -> int:
+    """Processes for a replay: asked, or 2 when this process may run on two cores or more."""
+    if asked is not None:
+        return min(asked, 2)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return 2 if cores >= 2 else 1
 
 
 def _console():
@@ -179,6 +205,7 @@ def replay(
     table: bool = typer.Option(True, "--table/--no-table", help="Print a table of findings."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress lines."),
     windows: Optional[Path] = typer.Option(None, "--windows", help="Change windows feed (JSONL), overrides triage.change_window_feed."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes: 1, or 2 to read and parse in a second process (same findings). Default: 2 when the machine has two cores or more; more than 2 is used as 2."),
 ) -> None:
     """Run the whole pipeline over audit files, in event-time order. Exit status 3: the run
     completed but an input file was cut short or corrupt (named on stderr)."""
@@ -193,7 +220,8 @@ def replay(
     try:
         with ExitStack() as stack:
             out = stack.enter_context(open(alerts_out, "w")) if alerts_out else None
-            stats, counters, _ = _run_replay(files, settings, out, quiet, collected)
+            stats, counters, pipeline = _run_replay(files, settings, out, quiet, collected,
+                                                    _workers(workers))
     except OSError as exc:
         # inputs' read errors end as "input incomplete" and opens name their file, so an error
         # without a name is a write to the alerts file (a full disk): name it
@@ -203,7 +231,8 @@ def replay(
     if counters.unrecognised:  # stdin, which cannot be checked before it is read
         raise InputFormatError("; ".join(counters.unrecognised))
     err.print(f"replayed {counters.lines:,} lines -> {stats.events:,} calls in {stats.seconds:.1f}s "
-              f"({stats.events_per_second:,.0f} calls/s); {stats.findings:,} findings "
+              f"({stats.events_per_second:,.0f} calls/s"
+              f"{', 2 processes' if pipeline.windows_relayed else ''}); {stats.findings:,} findings "
               f"({stats.updates:,} updates, {stats.closes:,} closed); "
               f"{stats.dead_letters:,} dead letters; {counters.duplicates:,} duplicate entries dropped"
               + (f"; {counters.self_tests:,} audit device self-tests dropped"

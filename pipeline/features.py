@@ -24,6 +24,7 @@ import math
 import re
 from sys import intern as _intern
 from bisect import bisect_left, bisect_right
+from collections import deque
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
@@ -374,6 +375,11 @@ class FeatureExtractor:
         self.peers: dict[str, PeerGroup] = {}
         self._policies: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per policy set
         self.lineage = LineageTracker()
+        # windows measured by a split replay's reader process, waiting for their events
+        self.relayed: deque[Windows] = deque()
+        # this extractor is that reader's: it measures windows for another process, which
+        # keeps the recent events and peer groups (Windows.peer is None)
+        self.windows_only = False
 
     def environment_of(self, secret: str) -> str:
         env = self._env_cache.get(secret)
@@ -435,24 +441,8 @@ class FeatureExtractor:
         pipeline has to derive the baseline features again (see ``Pipeline.process_batch``).
         """
         ts = event.ts
-        if ts >= self.next_sweep:
-            self.expire_idle(ts)
-        st = self.identities.get(event.identity)
-        if st is None:
-            st = self._arrive(event.identity)
-        self._pending.add(event.identity)
-        if event.policies != st.policies:
-            # An identity that changes team gets new policies: from now on its peers are the
-            # holders of those, so its new team's folders are its role's, not foreign.
-            policies = self._policies.get(event.policies)
-            if policies is None:
-                if len(self._policies) >= _ENV_CACHE_MAX:
-                    self._policies.clear()
-                policies = self._policies[event.policies] = event.policies
-            st.policies = policies
-            st.peer = self.peer_group(policies)
+        st = self._enter(event)
         eid = event.event_id
-        st.recent.append(ts, eid)
         since_previous = max(0.0, ts - st.newest_ts)
         if ts > st.newest_ts:
             st.newest_ts = ts
@@ -519,13 +509,58 @@ class FeatureExtractor:
             _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
             float(st.creds_10m.count(ts)),
             ts - st.marks[0], ts - st.marks[1], ts - st.marks[2], ts - st.marks[3],
-            since_previous, float(networks or 1), network, st.peer,
+            since_previous, float(networks or 1), network,
+            None if self.windows_only else st.peer,
             tuple(sorted(k for k, t in st.networks.items() if t >= ts - _CONCURRENT))
             if networks > 1 else (),
             networks == 0,
             lineage,
             place,
         )
+
+    def _enter(self, event: AccessEvent) -> IdentityState:
+        """The part of observing an event both halves of a split replay do (see
+        ``observe_relayed``): the hourly look for idle identities, the identity's state, its
+        peer group, and its recent events."""
+        ts = event.ts
+        if ts >= self.next_sweep:
+            self.expire_idle(ts)
+        st = self.identities.get(event.identity)
+        if st is None:
+            st = self._arrive(event.identity)
+        self._pending.add(event.identity)
+        if event.policies != st.policies:
+            # An identity that changes team gets new policies: from now on its peers are the
+            # holders of those, so its new team's folders are its role's, not foreign.
+            policies = self._policies.get(event.policies)
+            if policies is None:
+                if len(self._policies) >= _ENV_CACHE_MAX:
+                    self._policies.clear()
+                policies = self._policies[event.policies] = event.policies
+            st.policies = policies
+            st.peer = self.peer_group(policies)
+        if not self.windows_only:
+            st.recent.append(ts, event.event_id)
+        return st
+
+    def observe_relayed(self, event: AccessEvent) -> Windows:
+        """``observe_windows`` for an event whose windows another process measured
+        (``secretscope.replay_split``): they are the next entry of ``relayed``, in event order.
+
+        Only what the baseline side reads is kept here: the identity and its peer group, its
+        recent, denied and failed-login events (the events a finding names) and its newest
+        time. Expiry runs at the same event times as in one process, so both halves hold the
+        same identities."""
+        w = self.relayed.popleft()
+        st = self._enter(event)
+        ts = event.ts
+        if ts > st.newest_ts:
+            st.newest_ts = ts
+        if event.outcome == DENIED:
+            st.own("denied_5m").add_count(ts, event.event_id)
+        if event.is_login and event.outcome != SUCCESS:
+            st.own("login_failed_5m").add_count(ts, event.event_id)
+        return msgspec.structs.replace(w, peer=st.peer)
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:
         """The features of an event whose windows are ``w``, against the current baseline."""

@@ -250,6 +250,8 @@ class Pipeline:
         self.defer_writes = defer_writes
         self._unsaved: list[Finding] = []  # versions not yet in the store (defer_writes)
         self.stats = RunStats()
+        # windows come from a split replay's reader process (secretscope.replay_split)
+        self.windows_relayed = False
 
     def process_batch(self, events: list[AccessEvent]) -> list[Finding]:
         """Process events in order; return (and emit) the findings they raised.
@@ -307,7 +309,8 @@ class Pipeline:
             appends[e.identity] = appends.get(e.identity, 0) + 1
         before = {identity: _Recent(identities.get(identity), k)
                   for identity, k in appends.items()}
-        observe = self.extractor.observe_windows
+        observe = (self.extractor.observe_relayed if self.windows_relayed
+                   else self.extractor.observe_windows)
         windows = [observe(e) for e in events]
         return _Batch(events, windows, [w.peer for w in windows], before)
 

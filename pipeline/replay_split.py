@@ -1,0 +1,192 @@
+"""``secretscope replay --workers 2``: a replay on two processes with the findings of one.
+
+The pipeline's state is not split by identity: peer groups, AppRole lineage and the detectors'
+forest all span identities, so identity partitions would change findings
+(``benchmarks/partition_quality.py`` measures by how much). It is split by stage instead, at
+the one seam where nothing flows back:
+
+* the **reader** process reads the files, parses and joins the audit entries, and measures each
+  event's windows (``FeatureExtractor.observe_windows``: counts, distinct secrets, bursts,
+  networks, lineage), which never depend on the baseline;
+* this process derives the baseline features, learns, runs rules and detectors, triages and
+  stores, as a one-process replay does, taking each event's windows from the reader
+  (``FeatureExtractor.observe_relayed``).
+
+Both processes look for idle identities at the same event times and keep the same identities
+(the reader replays the runner's batching to know which identities a batch still holds), so
+the findings are those of a one-process replay; ``tests/test_replay_split.py`` compares them.
+Rows cross the pipe pickled in chunks; the pipe's buffer holds the reader back when the
+pipeline falls behind, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import io
+import multiprocessing
+import os
+import pickle
+import signal
+import sys
+from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from secretscope.errors import EXIT_FAILURE, SecretscopeError
+from secretscope.events import AccessEvent, DeadLetter
+from secretscope.features import FeatureExtractor
+from secretscope.sources.files import STDIN, ReplayCounters, _total_size, replay
+
+_CHUNK = 512  # rows per message: large enough to amortise a send, small enough to stream
+
+
+class ReaderFailed(SecretscopeError):
+    """The reader process ended without finishing its input (killed, or out of memory)."""
+
+    exit_status = EXIT_FAILURE
+
+
+class RelayedCounters:
+    """The reader's ``ReplayCounters`` as last reported, with the same attributes."""
+
+    def __init__(self) -> None:
+        self.lines = self.dead_letters = self.duplicates = self.self_tests = 0
+        self.incomplete: list[str] = []
+        self.unrecognised: list[str] = []
+        self._fraction: float | None = None
+
+    def update(self, report: tuple) -> None:
+        (self.lines, self.dead_letters, self.duplicates, self.self_tests, self.incomplete,
+         self.unrecognised, self._fraction) = report
+
+    def fraction_done(self) -> float | None:
+        return self._fraction
+
+
+def _report(counters) -> tuple:
+    return (counters.lines, counters.dead_letters, counters.duplicates, counters.self_tests,
+            counters.incomplete, counters.unrecognised, counters.fraction_done())
+
+
+def _end_with(parent: int) -> None:
+    """The reader can block on its input (a pipe, stdin) where it would not notice that the
+    pipeline's process is gone: have the kernel end it then (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # gone before the request took effect
+        os._exit(1)
+
+
+def _read(conn, parent: int, stdin: int | None, files: list[str], limits, join_timeout: float,
+          segments, environments, idle_days: float, batch_size: int) -> None:
+    """The reader process: events with their windows, dead letters, and progress, in order."""
+    from secretscope.runner import _fewer_collections
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline's process handles Ctrl-C
+    _end_with(parent)
+    if stdin is not None:  # multiprocessing gave the reader /dev/null: the input is ours
+        sys.stdin = io.TextIOWrapper(open(stdin, "rb"))
+    counters = ReplayCounters(_total_size(files))
+    try:
+        extractor = FeatureExtractor(segments, environments, idle_days)
+        extractor.windows_only = True
+        observe, pending = extractor.observe_windows, extractor._pending
+        rows: list = []
+        held = 0  # events of the runner's current batch
+        with _fewer_collections():
+            for item in replay(files, limits, join_timeout, counters):
+                if type(item) is AccessEvent:
+                    rows.append((item, observe(item)))
+                    held += 1
+                    if held == batch_size:
+                        # The runner derives a full batch before it observes the next: its
+                        # identities are no longer pending (FeatureExtractor.expire_idle).
+                        pending.clear()
+                        held = 0
+                else:
+                    if item is None and held:
+                        pending.clear()  # an idle source: the runner processes what it holds
+                        held = 0
+                    rows.append(item)
+                if len(rows) >= _CHUNK:
+                    conn.send_bytes(pickle.dumps(("rows", rows, _report(counters)),
+                                                 pickle.HIGHEST_PROTOCOL))
+                    rows = []
+        conn.send_bytes(pickle.dumps(("end", rows, _report(counters)), pickle.HIGHEST_PROTOCOL))
+    except BrokenPipeError:
+        pass  # the pipeline's process ended first; it reports why
+    except BaseException as exc:  # handed over whole, so the CLI names it as in one process
+        try:
+            payload = pickle.dumps(("error", exc, _report(counters)))
+        except Exception:
+            payload = pickle.dumps(("error", ReaderFailed(f"{type(exc).__name__}: {exc}"),
+                                    _report(counters)))
+        try:
+            conn.send_bytes(payload)
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+class SplitReader:
+    """The running reader process, as seen from the pipeline's."""
+
+    def __init__(self, conn, process) -> None:
+        self._conn = conn
+        self._process = process
+        self.counters = RelayedCounters()
+
+    def items(self, relayed: deque) -> Iterator[AccessEvent | DeadLetter | None]:
+        """The reader's items in order, for ``Pipeline.run``; each event's windows are put on
+        ``relayed`` (the extractor's) as the event is yielded."""
+        conn, counters, loads = self._conn, self.counters, pickle.loads
+        while True:
+            try:
+                kind, rows, report = loads(conn.recv_bytes())
+            except EOFError:
+                self._process.join(5)
+                raise ReaderFailed(f"the reader process ended before its input did "
+                                   f"(exit code {self._process.exitcode})") from None
+            counters.update(report)
+            if kind == "error":
+                raise rows
+            for row in rows:
+                if type(row) is tuple:
+                    event, windows = row
+                    relayed.append(windows)
+                    yield event
+                else:
+                    yield row
+            if kind == "end":
+                return
+
+
+@contextmanager
+def split_replay(files: list[str], limits, join_timeout: float, settings):
+    """Start the reader process over ``files`` and yield its :class:`SplitReader`; the reader
+    is stopped on the way out, whatever happened."""
+    from secretscope.segments import SegmentTable
+
+    ctx = multiprocessing.get_context("fork")  # the reader starts with this process's imports
+    receive, send = ctx.Pipe(duplex=False)
+    segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
+    environments = [(e.name, e.paths) for e in settings.environments]
+    stdin = os.dup(0) if STDIN in files else None
+    process = ctx.Process(
+        target=_read, name="secretscope-reader", daemon=True,
+        args=(send, os.getpid(), stdin, files, limits, join_timeout, segments, environments,
+              settings.state.idle_days, settings.runner.batch_size))
+    process.start()
+    send.close()
+    if stdin is not None:
+        os.close(stdin)
+    try:
+        yield SplitReader(receive, process)
+    finally:
+        receive.close()
+        if process.is_alive():
+            process.terminate()
+        process.join(5)
