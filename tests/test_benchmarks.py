@@ -106,3 +106,15 @@ def test_partition_quality_prints_one_line_per_partition_count(tmp_path):
     for line in lines:
         assert 0.0 < figure(r"recall " + NUMBER, line) <= 1.0
         assert 0.0 < figure(r"precision " + NUMBER, line) <= 1.0
+
+
+def test_workers_benchmark_compares_both_commands_and_their_findings(cache):
+    args = ["--calls", "3000", "--repeat", "1", "--cache", str(cache)]
+    done = bench("replay_workers.py", *args, "--min-speedup", "0.1")
+    assert done.returncode == 0, done.stderr
+    assert figure(r"--workers 1: .* " + NUMBER + r" calls/s", done.stdout) > 0
+    assert figure(r"--workers 2: .* " + NUMBER + r" calls/s", done.stdout) > 0
+    assert figure(r"findings identical \(" + NUMBER, done.stdout) > 10
+    assert figure(r": " + NUMBER + r"x\n", done.stdout) > 0
+    missed = bench("replay_workers.py", *args, "--min-speedup", "100")
+    assert missed.returncode == 1 and "FAIL" in missed.stderr
