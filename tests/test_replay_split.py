@@ -37,6 +37,7 @@ def summary(stderr: str) -> str:
     return head + rest[rest.index(";"):]
 
 
+@pytest.mark.slow  # two whole replays of 20-40k calls; the expiry test below covers the fast set
 @pytest.mark.parametrize(("world", "seed", "days", "calls"), CASES,
                          ids=[f"{w}-{s}" for w, s, _, _ in CASES])
 def test_two_processes_find_what_the_record_holds(tmp_path, world, seed, days, calls):
@@ -144,6 +145,7 @@ def test_broken_input_is_reported_the_same_way(tmp_path):
     assert letters(results["1"][2]) and letters(results["1"][2]) == letters(results["2"][2])
 
 
+@pytest.mark.slow
 def test_standard_input_and_progress(tmp_path):
     log = simulated(tmp_path, "default", 11, 4, 20000)
     out = tmp_path / "alerts.jsonl"
