@@ -150,12 +150,13 @@ def evaluate(findings: Iterable[Finding], episodes: Sequence[Episode],
 
 
 def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path | None = None,
-                 progress=None, use_windows: bool = True) -> EvaluationReport:
+                 progress=None, use_windows: bool = True, workers: int = 1) -> EvaluationReport:
     """Replay a simulated log through the pipeline of ``settings`` and score it against its
     labels (default ``LOG.labels.jsonl``). A change-window feed (default ``LOG.windows.jsonl``
-    if it exists) is given to triage, as a deploy system would, unless ``use_windows`` is off."""
+    if it exists) is given to triage, as a deploy system would, unless ``use_windows`` is off.
+    ``workers`` as for ``secretscope replay`` (the figures are the same)."""
+    from secretscope.replay_split import replay_source
     from secretscope.runner import Pipeline
-    from secretscope.sources.files import replay
     from secretscope.store import Store
 
     stem = log.name.removesuffix(".gz")
@@ -165,10 +166,11 @@ def evaluate_log(log: Path, settings, labels: Path | None = None, windows: Path 
         settings = settings.model_copy(update={"triage": settings.triage.model_copy(
             update={"change_window_feed": str(windows.resolve())})})
     collected: list[Finding] = []
-    store = Store(settings.store.url)
-    try:
-        pipeline = Pipeline(settings, store=store, on_version=collected.append)
-        stats = pipeline.run(replay([str(log)]), progress)
-    finally:
-        store.close()
+    with replay_source([str(log)], settings, workers) as (_, attach):
+        store = Store(settings.store.url)
+        try:
+            pipeline = Pipeline(settings, store=store, on_version=collected.append)
+            stats = pipeline.run(attach(pipeline), progress)
+        finally:
+            store.close()
     return evaluate(collected, load_episodes(labels), stats.events)

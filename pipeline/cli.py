@@ -127,35 +127,19 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
     """Replay ``files``; ``collect``, if given, receives the newest version of every finding.
     With ``workers`` of 2 or more, files are read in a second process
     (``secretscope.replay_split``); the findings are the same."""
+    from secretscope.replay_split import replay_source
     from secretscope.runner import Pipeline, stderr_progress
-    from secretscope.parsers.limits import InputLimits
     from secretscope.store import Store
 
-    limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
-    join_timeout = settings.input.join_timeout_seconds
     with ExitStack() as stack:
-        reader = None
-        if workers > 1:
-            from secretscope.replay_split import split_replay
-
-            # the reader is forked before the store opens: it holds no connection of ours
-            reader = stack.enter_context(split_replay(files, limits, join_timeout, settings))
-            counters = reader.counters
-        else:
-            from secretscope.sources.files import ReplayCounters, _total_size, replay
-
-            counters = ReplayCounters(_total_size(files))
-            items = replay(files, limits, join_timeout, counters)
+        counters, attach = stack.enter_context(replay_source(files, settings, workers))
         store = Store(settings.store.url, routes=settings.sinks,
                       outage_seconds=settings.store.outage_seconds)
         stack.callback(store.close)
         keep = collect.__setitem__ if collect is not None else None
         pipeline = Pipeline(settings, store=store, alerts_out=alerts_out,
                             on_version=keep and (lambda f: keep(f.id, f)))
-        if reader is not None:
-            items = reader.items(pipeline.extractor.relayed)
-            pipeline.windows_relayed = True
-        stats = pipeline.run(items, None if quiet else stderr_progress(counters))
+        stats = pipeline.run(attach(pipeline), None if quiet else stderr_progress(counters))
     return stats, counters, pipeline
 
 
@@ -287,6 +271,7 @@ def evaluate(
     windows: Optional[Path] = typer.Option(None, "--windows", help="Change windows feed (default LOG.windows.jsonl if present)."),
     use_windows: bool = typer.Option(True, "--use-windows/--no-windows", help="Let the change windows explain expected bursts."),
     quiet: bool = typer.Option(False, "--quiet", "-q"),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Processes, as for replay (same figures)."),
 ) -> None:
     """Replay a labelled log; print recall per attack class, precision, false findings per 10k
     benign calls and detection delay. Incident updates count: an episode merged into a finding
@@ -300,7 +285,8 @@ def evaluate(
     settings = _settings(config, store)
     _check_audit_files([str(log_file)], settings)
     report = evaluate_log(log_file, settings, labels, windows,
-                          None if quiet else stderr_progress(None), use_windows)
+                          None if quiet else stderr_progress(None), use_windows,
+                          _workers(workers))
     from rich.table import Table
 
     table = Table(title="detection by attack class")

@@ -203,3 +203,26 @@ def split_replay(files: list[str], limits, join_timeout: float, settings):
         if process.is_alive():
             process.terminate()
         process.join(5)
+
+
+@contextmanager
+def replay_source(files: list[str], settings, workers: int = 1):
+    """The input of a replay of ``files`` on ``workers`` processes (1, or 2 and more for a
+    reader process): yields ``(counters, attach)``, where ``attach(pipeline)`` returns the
+    items for ``pipeline.run``. The reader is forked on entry: enter this before opening a store
+    or starting a thread, so the reader holds neither."""
+    from secretscope.parsers.limits import InputLimits
+
+    limits = InputLimits(settings.input.max_record_bytes, settings.input.max_field_chars)
+    join_timeout = settings.input.join_timeout_seconds
+    if workers <= 1:
+        counters = ReplayCounters(_total_size(files))
+        yield counters, lambda pipeline: replay(files, limits, join_timeout, counters)
+        return
+
+    def attach(pipeline):
+        pipeline.windows_relayed = True
+        return reader.items(pipeline.extractor.relayed)
+
+    with split_replay(files, limits, join_timeout, settings) as reader:
+        yield reader.counters, attach

@@ -229,3 +229,16 @@ def test_one_process_when_asked(tmp_path):
     assert "2 processes" not in done.stderr
     done = run_replay(str(log), "--workers", "0", "-q", "--store", "sqlite://")
     assert done.returncode != 0 and "Traceback" not in done.stderr
+
+
+def test_evaluate_gives_the_same_figures_with_two_processes(tmp_path):
+    from secretscope.config import load_settings
+    from secretscope.models.evaluation import evaluate_log
+
+    log = simulated(tmp_path, "default", 11, 4, 20000)
+    settings = load_settings()
+    labels = tmp_path / "default-11.labels.jsonl"
+    one = evaluate_log(log, settings, labels, workers=1)
+    two = evaluate_log(log, settings, labels, workers=2)
+    assert one.findings >= 10 and one.recall > 0.5
+    assert two == one
