@@ -4,7 +4,6 @@ deliver | redrive``."""
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import sys
 import threading
@@ -144,14 +143,9 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
 
 
 def _workers(asked: int | None) -> int:
-    """Processes for a replay: asked, or 2 when this process may run on two cores or more."""
-    if asked is not None:
-        return min(asked, 2)
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    return 2 if cores >= 2 else 1
+    from secretscope.replay_split import workers_for
+
+    return workers_for(asked)
 
 
 def _console():

@@ -22,6 +22,7 @@ pipeline falls behind, so memory stays bounded.
 from __future__ import annotations
 
 import io
+import math
 import multiprocessing
 import os
 import pickle
@@ -30,6 +31,7 @@ import sys
 from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from secretscope.errors import EXIT_FAILURE, SecretscopeError
 from secretscope.events import AccessEvent, DeadLetter
@@ -38,6 +40,32 @@ from secretscope.sources.files import STDIN, ReplayCounters, _total_size, replay
 
 _CHUNK = 512  # rows per message: large enough to amortise a send, small enough to stream
 _PIPE_BYTES = 1 << 20  # the most an unprivileged process may ask for by default
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """Cores this process may use: its CPU affinity, within a cgroup's CPU quota when one is
+    set (a container limited to one CPU sees every core of its host in its affinity)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota here
+    return cores
+
+
+def workers_for(asked: int | None) -> int:
+    """Processes for a replay: as asked (more than 2 is 2), else 2 when two cores are usable
+    and processes can be forked."""
+    if asked is not None:
+        return min(asked, 2)
+    if "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    return 2 if usable_cores() >= 2 else 1
 
 
 class ReaderFailed(SecretscopeError):

@@ -242,3 +242,20 @@ def test_evaluate_gives_the_same_figures_with_two_processes(tmp_path):
     two = evaluate_log(log, settings, labels, workers=2)
     assert one.findings >= 10 and one.recall > 0.5
     assert two == one
+
+
+def test_the_default_follows_the_cores_a_container_may_use(tmp_path, monkeypatch):
+    from secretscope import replay_split
+
+    monkeypatch.setattr(replay_split.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    cpu_max = tmp_path / "cpu.max"
+    for text, cores in (("max 100000\n", 4), ("100000 100000\n", 1), ("150000 100000\n", 2),
+                        ("50000 100000\n", 1)):
+        cpu_max.write_text(text)
+        assert replay_split.usable_cores(cpu_max) == cores, text
+    assert replay_split.usable_cores(tmp_path / "none") == 4  # no cgroup v2 quota
+    monkeypatch.setattr(replay_split, "usable_cores", lambda: 1)
+    assert replay_split.workers_for(None) == 1
+    monkeypatch.setattr(replay_split, "usable_cores", lambda: 8)
+    assert replay_split.workers_for(None) == 2
+    assert replay_split.workers_for(1) == 1 and replay_split.workers_for(5) == 2
