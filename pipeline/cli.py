@@ -143,6 +143,7 @@ def _run_replay(files: list[str], settings, alerts_out, quiet: bool,
 
 
 def _workers(asked: int | None) -> int:
+    """Processes for replay and evaluate (``secretscope.replay_split.workers_for``)."""
     from secretscope.replay_split import workers_for
 
     return workers_for(asked)

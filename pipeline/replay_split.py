@@ -113,6 +113,7 @@ def _read(conn, parent: int, stdin: int | None, files: list[str], limits, join_t
           segments, environments, idle_days: float, batch_size: int) -> None:
     """The reader process: events with their windows, dead letters, and progress, in order."""
     from secretscope.runner import _fewer_collections
+
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pipeline's process handles Ctrl-C
     _end_with(parent)
     if stdin is not None:  # multiprocessing gave the reader /dev/null: the input is ours
