@@ -381,6 +381,14 @@ class FeatureExtractor:
         # keeps the recent events and peer groups (Windows.peer is None)
         self.windows_only = False
 
+    @classmethod
+    def for_settings(cls, settings) -> "FeatureExtractor":
+        """The extractor of a pipeline configured by ``settings`` (segments, environments,
+        idle expiry): the pipeline's and a split replay's reader are built by this one call."""
+        segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
+        return cls(segments, ((e.name, e.paths) for e in settings.environments),
+                   settings.state.idle_days)
+
     def environment_of(self, secret: str) -> str:
         env = self._env_cache.get(secret)
         if env is None:

@@ -110,7 +110,7 @@ def _end_with(parent: int) -> None:
 
 
 def _read(conn, parent: int, stdin: int | None, files: list[str], limits, join_timeout: float,
-          segments, environments, idle_days: float, batch_size: int) -> None:
+          settings) -> None:
     """The reader process: events with their windows, dead letters, and progress, in order."""
     from secretscope.runner import _fewer_collections
 
@@ -120,10 +120,11 @@ def _read(conn, parent: int, stdin: int | None, files: list[str], limits, join_t
         sys.stdin = io.TextIOWrapper(open(stdin, "rb"))
     counters = ReplayCounters(_total_size(files))
     try:
-        extractor = FeatureExtractor(segments, environments, idle_days)
+        extractor = FeatureExtractor.for_settings(settings)
         extractor.windows_only = True
         observe, pending = extractor.observe_windows, extractor._pending
         rows: list = []
+        batch_size = settings.runner.batch_size
         held = 0  # events of the runner's current batch
         with _fewer_collections():
             for item in replay(files, limits, join_timeout, counters):
@@ -209,18 +210,13 @@ class SplitReader:
 def split_replay(files: list[str], limits, join_timeout: float, settings):
     """Start the reader process over ``files`` and yield its :class:`SplitReader`; the reader
     is stopped on the way out, whatever happened."""
-    from secretscope.segments import SegmentTable
-
     ctx = multiprocessing.get_context("fork")  # the reader starts with this process's imports
     receive, send = ctx.Pipe(duplex=False)
     _widen(send)
-    segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
-    environments = [(e.name, e.paths) for e in settings.environments]
     stdin = os.dup(0) if STDIN in files else None
     process = ctx.Process(
         target=_read, name="secretscope-reader", daemon=True,
-        args=(send, os.getpid(), stdin, files, limits, join_timeout, segments, environments,
-              settings.state.idle_days, settings.runner.batch_size))
+        args=(send, os.getpid(), stdin, files, limits, join_timeout, settings))
     process.start()
     send.close()
     if stdin is not None:

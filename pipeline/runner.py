@@ -39,7 +39,6 @@ from secretscope.events import DENIED, SUCCESS, AccessEvent, DeadLetter
 from secretscope.features import FEATURE_NAMES, FeatureExtractor, FeatureVector, Undo, Windows
 from secretscope.findings import CLOSE, CREATE, Finding, to_ocsf
 from secretscope.history import HistoryRecorder
-from secretscope.segments import SegmentTable
 from secretscope.store import Store
 from secretscope.explain import explainer
 from secretscope.suppression import Suppressions, false_positive_patterns
@@ -228,10 +227,8 @@ class Pipeline:
         once, for a caller that stores them with its processing progress (the Kafka score stage
         writes them in its snapshot transaction)."""
         self.settings = settings
-        self.segments = SegmentTable((s.name, s.cidr) for s in settings.segments)
-        self.extractor = FeatureExtractor(self.segments,
-                                          ((e.name, e.paths) for e in settings.environments),
-                                          settings.state.idle_days)
+        self.extractor = FeatureExtractor.for_settings(settings)
+        self.segments = self.extractor.segments
         self.rules = RuleSet(load_rules(settings.rules_dir()))
         self.detectors = build_detectors(settings.detectors, settings.base_dir)
         self.store = store
