@@ -26,10 +26,15 @@ never enter it. Late rows (an earlier hour than the open one) count towards the 
 An identity is ``ready`` once ``min_hours`` active hours are in its window.
 
 Cost: one dict lookup per row, then numpy per micro-batch: one round of vectorized scoring per
-distinct hour an identity spans in the batch (usually one or two). Each window is also kept
-sorted, so closing an hour shifts one value out and one in (O(window)) and only the deviations
-are sorted for the MAD. State is ``2 * window_hours * len(measures)`` float32 per identity
-(5.4 KB with the defaults).
+distinct hour an identity spans in the batch (usually one or two). Closing an hour writes one
+column of the identity's window and sorts that window again for its median and MAD.
+
+Memory grows with the hours an identity has: its window (``len(measures)`` float32 per completed
+hour) sits in a pool of windows 8, 32 or ``window_hours`` hours wide, and moves to the next pool
+when it fills (the narrower rows it leaves are not reused). With the defaults an identity seen
+in a few hours holds 128 B of window and about 170 B of per-identity figures; one with a full
+week of hours 2.7 KB of window and the 640 B it left behind, where every identity held 5.4 KB
+when each window was ``window_hours`` wide and kept twice (in arrival order and sorted).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ _MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution is 0.6745 sigma
 _NO_HOUR = -(1 << 62)  # open hour of an identity that has no rows yet
 _STATE_VERSION = 1
 _MAX_VALUE = 1e38  # finite in float32: +inf pads the sorted windows
+_POOL_WIDTHS = (8, 32)  # hours of the windows of identities with few; then window_hours
 _IDENTITY = attrgetter("event.identity")  # C-level per-row reads: a batch has thousands
 _TS = attrgetter("event.ts")
 
@@ -125,6 +131,7 @@ class RobustBaselineDetector:
     def _reset(self, capacity: int) -> None:
         self.identities_: dict[str, int] = {}
         self._ids: list[str] = []
+        self.open_hour_ = None  # allocate afresh: nothing is kept
         self._alloc(max(capacity, 64))
         self._log: list[tuple] = []
         self._logging = False
@@ -133,26 +140,100 @@ class RobustBaselineDetector:
 
     def _alloc(self, cap: int) -> None:
         """Per-identity arrays, row = slot; grown by doubling (new rows are fresh)."""
-        w, m = int(self.window_hours), len(self.measures)
+        m = len(self.measures)
         old = getattr(self, "open_hour_", None)
         fresh = {
             "open_hour_": np.full(cap, _NO_HOUR, dtype=np.int64),  # hour being accumulated
             "peak_": np.zeros((cap, m)),  # peak of the open hour's learned rows
             "learned_": np.zeros(cap, dtype=np.int64),  # learned rows in the open hour
-            "ring_": np.zeros((cap, m, w), dtype=np.float32),  # hourly peaks, arrival order
-            "sorted_": np.full((cap, m, w), np.inf, dtype=np.float32),  # the same, ascending
-            "pos_": np.zeros(cap, dtype=np.int64),  # next ring column to write (the oldest)
-            "count_": np.zeros(cap, dtype=np.int64),  # completed hours in the ring
+            "pool_": np.zeros(cap, dtype=np.int8),  # pool of the window (0: no hour yet)
+            "row_": np.full(cap, -1, dtype=np.int64),  # the window's row in its pool
+            "pos_": np.zeros(cap, dtype=np.int64),  # next window column to write (the oldest)
+            "count_": np.zeros(cap, dtype=np.int64),  # completed hours in the window
             "med_log_": np.zeros((cap, m)),
             "mad_log_": np.zeros((cap, m)),
             "med_raw_": np.zeros((cap, m)),  # (the raw MAD is only needed to explain)
         }
-        if old is not None:
+        if old is None:
+            # Pool p holds windows widths_[p] hours wide (pool 0: none, for identities without
+            # a completed hour), hourly peaks in arrival order; a window that fills moves on.
+            w = int(self.window_hours)
+            self.widths_ = (0,) + tuple(x for x in _POOL_WIDTHS if x < w) + (w,)
+            self.windows_ = [np.zeros((0, m, x), dtype=np.float32) for x in self.widths_]
+            self.used_ = [0] * len(self.widths_)
+        else:
             n = old.shape[0]
             for key, arr in fresh.items():
                 arr[:n] = getattr(self, key)
         for key, arr in fresh.items():
             setattr(self, key, arr)
+
+    def _take_rows(self, pool: int, k: int) -> np.ndarray:
+        """``k`` fresh rows of pool ``pool`` (grown by doubling)."""
+        used, windows = self.used_[pool], self.windows_[pool]
+        if used + k > windows.shape[0]:
+            grown = np.zeros((max(2 * windows.shape[0], used + k, 64),) + windows.shape[1:],
+                             dtype=np.float32)
+            grown[:used] = windows[:used]
+            self.windows_[pool] = grown
+        self.used_[pool] = used + k
+        return np.arange(used, used + k)
+
+    def _move_full(self, f: np.ndarray) -> None:
+        """Move the windows of ``f`` that are as full as their pool allows to the next pool."""
+        pool = self.pool_[f]
+        widths = np.array(self.widths_)
+        full = f[(self.count_[f] == widths[pool]) & (pool < len(self.widths_) - 1)]
+        for p in np.unique(self.pool_[full]).tolist():
+            g = full[self.pool_[full] == p]
+            rows = self._take_rows(p + 1, g.size)
+            if p:  # oldest first in columns 0..width-1: a pool before the last never wraps
+                self.windows_[p + 1][rows, :, :self.widths_[p]] = self.windows_[p][self.row_[g]]
+            self.pool_[g] = p + 1
+            self.row_[g] = rows
+
+    def _column(self, f: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Column ``pos`` of the windows of ``f`` (k, M); zeros where there is none (no window,
+        or a full one that will move to the next pool)."""
+        out = np.zeros((f.size, len(self.measures)), dtype=np.float32)
+        pool = self.pool_[f]
+        for p in np.unique(pool).tolist():
+            at = np.flatnonzero((pool == p) & (pos < self.widths_[p]))
+            if at.size:
+                out[at] = self.windows_[p][self.row_[f[at]], :, pos[at]]
+        return out
+
+    def _set_column(self, f: np.ndarray, pos: np.ndarray, values: np.ndarray) -> None:
+        pool = self.pool_[f]
+        for p in np.unique(pool).tolist():
+            if p:
+                at = np.flatnonzero(pool == p)
+                self.windows_[p][self.row_[f[at]], :, pos[at]] = values[at]
+
+    def _sorted(self, f: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The windows of ``f`` ascending, padded with +inf past their count, as (at, windows)
+        per pool: ``f[at]`` have windows (len(at), M, width) as float64."""
+        out = []
+        pool = self.pool_[f]
+        for p in np.unique(pool).tolist():
+            if not p:
+                continue
+            at = np.flatnonzero(pool == p)
+            win = np.where(np.arange(self.widths_[p]) >= self.count_[f[at]][:, None, None],
+                           np.inf, self.windows_[p][self.row_[f[at]]].astype(np.float64))
+            win.sort(axis=-1)
+            out.append((at, win))
+        return out
+
+    def window(self, identity: str) -> np.ndarray:
+        """``identity``'s completed hours (count, M), oldest first: the peaks its baseline is
+        made of."""
+        slot = self.identities_[identity]
+        count, pos, pool = int(self.count_[slot]), int(self.pos_[slot]), int(self.pool_[slot])
+        if not pool:
+            return np.zeros((0, len(self.measures)), dtype=np.float32)
+        win = self.windows_[pool][self.row_[slot]].T  # (width, M)
+        return win[:count] if count < self.window_hours else np.roll(win, -pos, axis=0)
 
     def _slots(self, identities: list[str]) -> np.ndarray:
         slots = list(map(self.identities_.get, identities, repeat(-1, len(identities))))
@@ -262,17 +343,17 @@ class RobustBaselineDetector:
     def _close(self, s: np.ndarray, new_hour: np.ndarray) -> None:
         """Close the open hour of identities ``s`` (unique): fold in its learned peak, if any."""
         f = s[self.learned_[s] > 0]
-        pos = self.pos_[f]
         if self._logging:
             self._log.append(("close", s, self.open_hour_[s].copy(), self.peak_[s].copy(),
-                              self.learned_[s].copy(), f, pos, self.count_[f].copy(),
-                              self.ring_[f, :, pos], self.sorted_[f], self.med_log_[f].copy(),
-                              self.mad_log_[f].copy(), self.med_raw_[f].copy()))
+                              self.learned_[s].copy(), f, self.pos_[f].copy(),
+                              self.count_[f].copy(), self.pool_[f].copy(), self.row_[f].copy(),
+                              list(self.used_), self._column(f, self.pos_[f]),
+                              self.med_log_[f].copy(), self.mad_log_[f].copy(),
+                              self.med_raw_[f].copy()))
         if f.size:
-            new = self.peak_[f].astype(np.float32)  # (k, M)
-            self.sorted_[f] = self._replace_sorted(self.sorted_[f], self.ring_[f, :, pos], new,
-                                                   self.count_[f] == self.window_hours)
-            self.ring_[f, :, pos] = new
+            self._move_full(f)
+            pos = self.pos_[f]
+            self._set_column(f, pos, self.peak_[f].astype(np.float32))
             self.pos_[f] = (pos + 1) % self.window_hours
             self.count_[f] = np.minimum(self.count_[f] + 1, self.window_hours)
             self._refresh(f)
@@ -280,30 +361,19 @@ class RobustBaselineDetector:
         self.peak_[s] = 0.0
         self.learned_[s] = 0
 
-    @staticmethod
-    def _replace_sorted(srt: np.ndarray, old: np.ndarray, new: np.ndarray,
-                        full: np.ndarray) -> np.ndarray:
-        """Sorted windows (k, M, W) with ``old`` taken out (if ``full``; else a +inf pad) and
-        ``new`` put in, by shifting: O(W) instead of sorting again."""
-        w = srt.shape[-1]
-        j = np.arange(w)
-        pad = np.full(srt.shape[:-1] + (1,), np.inf, dtype=srt.dtype)
-        gone = np.where(full[:, None], (srt < old[..., None]).sum(-1), w - 1)
-        srt = np.where(j < gone[..., None], srt, np.concatenate((srt[..., 1:], pad), axis=-1))
-        at = (srt < new[..., None]).sum(-1)[..., None]
-        right = np.concatenate((pad, srt[..., :-1]), axis=-1)
-        return np.where(j < at, srt, np.where(j == at, new[..., None], right))
-
     def _refresh(self, f: np.ndarray) -> None:
         """Median and MAD on the log1p scale, and the raw median, of the windows of ``f``
         (river's RollingQuantile(0.5): the mean of the two middle values for even counts)."""
-        raw = self.sorted_[f].astype(np.float64)  # ascending, +inf past count
-        logs = np.log1p(raw)  # log1p keeps the order
-        self.med_raw_[f] = _middle(raw, self.count_[f])
-        self.med_log_[f], self.mad_log_[f] = _median_mad(logs, self.count_[f])
+        for at, raw in self._sorted(f):
+            g, count = f[at], self.count_[f[at]]
+            self.med_raw_[g] = _middle(raw, count)
+            self.med_log_[g], self.mad_log_[g] = _median_mad(np.log1p(raw), count)  # keeps order
 
     def _raw_mad(self, slots: np.ndarray) -> np.ndarray:
-        return _median_mad(self.sorted_[slots].astype(np.float64), self.count_[slots])[1]
+        mad = np.zeros((slots.size, len(self.measures)))
+        for at, raw in self._sorted(slots):
+            mad[at] = _median_mad(raw, self.count_[slots[at]])[1]
+        return mad
 
     # ------------------------------------------------------------------ explanations
 
@@ -358,10 +428,11 @@ class RobustBaselineDetector:
                 _, u, peak, learned = entry
                 self.peak_[u], self.learned_[u] = peak, learned
             elif entry[0] == "close":
-                (_, s, open_hour, peak, learned, f, pos, count, ring_col, srt, med_log,
-                 mad_log, med_raw) = entry
+                (_, s, open_hour, peak, learned, f, pos, count, pool, row, used, column,
+                 med_log, mad_log, med_raw) = entry
                 self.open_hour_[s], self.peak_[s], self.learned_[s] = open_hour, peak, learned
-                self.ring_[f, :, pos], self.sorted_[f] = ring_col, srt
+                self._set_column(f, pos, column)  # where the close wrote (maybe a new pool)
+                self.pool_[f], self.row_[f], self.used_ = pool, row, used
                 self.pos_[f], self.count_[f] = pos, count
                 self.med_log_[f], self.mad_log_[f] = med_log, mad_log
                 self.med_raw_[f] = med_raw
@@ -371,7 +442,7 @@ class RobustBaselineDetector:
                     del self.identities_[ident]
                 del self._ids[before:]
                 for key, fill in (("open_hour_", _NO_HOUR), ("peak_", 0), ("learned_", 0),
-                                  ("ring_", 0), ("sorted_", np.inf), ("pos_", 0), ("count_", 0),
+                                  ("pool_", 0), ("row_", -1), ("pos_", 0), ("count_", 0),
                                   ("med_log_", 0), ("mad_log_", 0), ("med_raw_", 0)):
                     getattr(self, key)[before:] = fill
 
@@ -379,12 +450,7 @@ class RobustBaselineDetector:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists, numbers and strings; each identity's ring oldest hour first."""
-        hours = []
-        for slot in range(len(self._ids)):
-            count, pos = int(self.count_[slot]), int(self.pos_[slot])
-            ring = self.ring_[slot].T  # (W, M)
-            chrono = ring[:count] if count < self.window_hours else np.roll(ring, -pos, axis=0)
-            hours.append(chrono.astype(np.float64).tolist())
+        hours = [self.window(ident).astype(np.float64).tolist() for ident in self._ids]
         n = len(self._ids)
         return {
             "version": _STATE_VERSION,
@@ -419,12 +485,16 @@ class RobustBaselineDetector:
         self.learned_[:n] = np.array(state["learned"], dtype=np.int64).reshape(n)
         if len(state["hours"]) != n:
             raise ValueError("hours must have one ring per identity")
+        widths = np.array(self.widths_)
         for slot, rows in enumerate(state["hours"]):
             ring = np.array(rows, dtype=np.float32).reshape(-1, m)
             if ring.shape[0] > self.window_hours:
                 raise ValueError("more hours than window_hours")
-            self.ring_[slot, :, :len(ring)] = ring.T
-            self.sorted_[slot, :, :len(ring)] = np.sort(ring.T, axis=-1)
+            if len(ring):  # the narrowest pool that holds them
+                pool = int(np.searchsorted(widths, len(ring)))
+                row = int(self._take_rows(pool, 1)[0])
+                self.windows_[pool][row, :, :len(ring)] = ring.T
+                self.pool_[slot], self.row_[slot] = pool, row
             self.count_[slot] = len(ring)
             self.pos_[slot] = len(ring) % self.window_hours
         filled = np.flatnonzero(self.count_[:n])

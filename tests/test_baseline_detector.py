@@ -171,7 +171,7 @@ def test_burst_does_not_raise_its_own_baseline():
     assert np.array_equal(det.med_raw_[slot], median_before)  # nothing folds inside the hour
     # Closing the hour folds the peak of the learned rows only (30, not the burst's 400).
     det.score_then_learn([fv("a", burst_hour + 3600, requests_count_1h=10)], np.zeros(1, bool))
-    newest = det.ring_[slot, :, (det.pos_[slot] - 1) % det.window_hours]
+    newest = det.window("a")[-1]
     assert newest[MEASURES.index("requests_count_1h")] == 30.0
     # The burst still fires an hour later: its baseline did not move towards it.
     again = det.score_then_learn([fv("a", burst_hour + 3700, requests_count_1h=400)],
@@ -183,8 +183,7 @@ def test_excluded_rows_are_not_learned():
     det = RobustBaselineDetector(measures=("requests_count_1h",), min_hours=1, window_hours=3)
     rows = [fv("a", 3600.0 * h, requests_count_1h=c) for h, c in enumerate([5, 900, 7, 0])]
     run(det, rows, exclude=np.array([False, True, False, False]), batch=1)
-    slot = det.identities_["a"]
-    assert det.ring_[slot, 0, :det.count_[slot]].tolist() == [5.0, 7.0]  # hour 1 had no learns
+    assert det.window("a")[:, 0].tolist() == [5.0, 7.0]  # hour 1 had no learns
 
 
 def test_warm_up_until_min_hours():
@@ -258,6 +257,56 @@ def test_state_dict_round_trip_gives_identical_scores():
     assert loaded.state_dict() == det.state_dict()
     with pytest.raises(ValueError, match="measures"):
         RobustBaselineDetector(measures=("requests_count_1h",)).load_state_dict(state)
+
+
+@pytest.mark.parametrize("batch", [1, 300])
+def test_windows_moving_through_every_pool_score_as_river_does(batch):
+    """Windows start 8 hours wide, move to 32 and then to window_hours as they fill, and wrap
+    there: the scores and baselines stay river's throughout."""
+    rows, exclude = stream(n=2400, identities=4, hours=200, seed=11)
+    params = dict(window_hours=40, min_hours=4, threshold=0.9, z_floor=0.3, z_scale=2.0)
+    ref = RiverReference(MEASURES, **params)
+    expected = np.array([ref.score_then_learn_one(r, x) for r, x in zip(rows, exclude)])
+    det = RobustBaselineDetector(measures=MEASURES, **params)
+    assert det.widths_ == (0, 8, 32, 40)
+    scores, ready, fired = run(det, rows, exclude, batch)
+    np.testing.assert_allclose(scores, expected[:, 0], rtol=1e-12, atol=1e-15)
+    assert np.array_equal(fired, expected[:, 2].astype(bool)) and fired.sum() > 5
+    assert set(det.pool_[:4].tolist()) == {3} and set(det.count_[:4].tolist()) == {40}
+    assert det.used_[1:] == [4, 4, 4]
+    for identity, st in ref.ids.items():
+        assert np.array_equal(det.window(identity), np.array(st["ring"], dtype=np.float32))
+        slot = det.identities_[identity]
+        med_log = [q.get() for q in st["med_log"]]
+        assert det.med_log_[slot].tolist() == med_log
+
+
+def test_restore_undoes_a_move_to_the_next_pool():
+    det = RobustBaselineDetector(measures=("requests_count_1h",), window_hours=20, min_hours=2)
+    rows = [fv("a", 3600.0 * h, requests_count_1h=10 + h % 3) for h in range(9)]
+    run(det, rows, batch=1)
+    assert (det.pool_[0], det.count_[0]) == (1, 8)  # full: the next close moves it
+    before, used = det.state_dict(), list(det.used_)
+    token = det.checkpoint()
+    tail = [fv("a", 3600.0 * 9, requests_count_1h=11), fv("b", 3600.0 * 9, requests_count_1h=4),
+            fv("b", 3600.0 * 10, requests_count_1h=4)]
+    first = run(det, tail, batch=3)
+    assert det.pool_[0] == 2 and det.used_ == [0, 2, 1]
+    det.restore(token)
+    assert det.state_dict() == before and det.used_ == used and det.pool_[0] == 1
+    assert all(np.array_equal(a, b) for a, b in zip(first, run(det, tail, batch=3)))
+
+
+def test_identities_with_few_hours_hold_small_windows():
+    """10,000 identities seen in 3 hours each: their windows take 128 B each (8 hours of 4
+    float32 measures, with room to double), not a week's 2.7 KB."""
+    det = RobustBaselineDetector()
+    rows = [fv(f"entity:{k}", 3600.0 * h + k % 3000, requests_count_1h=5)
+            for h in range(3) for k in range(10_000)]
+    run(det, rows, batch=2048)
+    assert det.count_[:10_000].tolist() == [2] * 10_000
+    held = sum(w.nbytes for w in det.windows_) / 10_000
+    assert held <= 2 * 8 * len(DEFAULT_MEASURES) * 4, held
 
 
 def test_config_builds_the_detector(tmp_path):
