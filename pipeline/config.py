@@ -390,6 +390,14 @@ class KafkaSettings(_Strict):
                                             "one partition (event time).")
     idle_seconds: float = Field(2.0, gt=0, description="A caught-up partition this quiet (wall "
                                 "time) releases its waiting calls.")
+    join_wait_seconds: float | None = Field(
+        2.0, gt=0,
+        description="Wall time a call waits for its other half after its first entry was read, "
+        "once its partition is read up to its end, before it is processed alone: so a lost "
+        "response holds later calls back this long, not input.join_timeout_seconds of event "
+        "time. Longer than input.join_wait_seconds (the socket's) because a log shipper may put "
+        "a request and its response in batches sent apart; a half read later is dropped as a "
+        "duplicate. null: only join_timeout_seconds applies.")
     snapshot_seconds: float = Field(5.0, ge=0, description="How often stage 2 saves state and "
                                     "commits.")
     commit_seconds: float = Field(1.0, ge=0, description="How often stage 1 flushes, sends "

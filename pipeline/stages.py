@@ -173,7 +173,8 @@ class ParseStage:
         if decoder is None:
             decoder = self.decoders[tp] = Decoder(None, self.limits,
                                                   self.settings.input.join_timeout_seconds,
-                                                  LIVE_MAX_AHEAD_SECONDS)
+                                                  LIVE_MAX_AHEAD_SECONDS,
+                                                  join_wait=self.k.join_wait_seconds)
         return decoder
 
     def poll_once(self) -> None:
@@ -202,8 +203,30 @@ class ParseStage:
             prefix = f"{tp.topic}/{tp.partition}/"
             counters.records += len(records)
             for record in records:
-                emit(decoder.feed(record.value or b"", prefix + str(record.offset)))
+                emit(decoder.feed(record.value or b"", prefix + str(record.offset), now))
+        self._release_waiting(now)
         self._send_batches()
+
+    def _release_waiting(self, now: float) -> None:
+        """Calls read ``join_wait_seconds`` before ``now`` and still waiting for their other
+        half go on alone, but only from partitions read up to their end as of the last fetch:
+        there, the other half would have been read if it were on the topic. A partition still
+        working through a backlog keeps its calls waiting (event time, moving fast through the
+        backlog, releases them), so catching up never splits a call."""
+        wait = self.k.join_wait_seconds
+        if wait is None:
+            return
+        for tp in self.consumer.assignment():
+            decoder = self.decoders.get(tp)
+            if decoder is None:
+                continue
+            since = decoder.waiting_since()
+            if since is None or since > now - wait:
+                continue
+            known = self.consumer.highwater(tp)
+            if known is None or self.consumer.position(tp) < known:
+                continue
+            self._emit(decoder.release_waiting(now))
 
     def _checkpoint(self, now: float) -> None:
         """Events, then watermarks out, then the producer flushed, then the input offsets

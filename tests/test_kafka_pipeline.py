@@ -563,10 +563,14 @@ def committed_offset(bootstrap: str, group: str, tp: TopicPartition) -> int | No
         consumer.close()
 
 
-def held_call_stage(broker, fleet_lines, tmp_path, held_id: str, whole: int, name: str):
+def held_call_stage(broker, fleet_lines, tmp_path, held_id: str, whole: int, name: str,
+                    join_wait: float | None = None, response_last: bool = False,
+                    max_poll_records: int = 2000):
     """A one-partition audit topic holding a request whose response is not there yet (offset
-    0), then ``whole`` complete calls within the join timeout; and a parse stage on it, driven
-    poll by poll. Returns (topic, tag, the held response's line, the stage)."""
+    0), then ``whole`` complete calls within the join timeout (then the response, with
+    ``response_last``); and a parse stage on it, driven poll by poll, waiting ``join_wait``
+    (kafka.join_wait_seconds) for a response. Returns (topic, tag, the held response's line,
+    the stage)."""
     from secretscope.config import load_settings
     from secretscope.sources.kafka import ensure_topics
     from secretscope.stages import ParseStage
@@ -578,7 +582,8 @@ def held_call_stage(broker, fleet_lines, tmp_path, held_id: str, whole: int, nam
     audit = unique_topic("audit")
     broker.create_topic(audit, partitions=1)
     produce(broker.bootstrap, audit, [held_request] + [
-        l for i in range(1, whole + 1) for l in call(template, f"{held_id}-{i}", i)])
+        l for i in range(1, whole + 1) for l in call(template, f"{held_id}-{i}", i)]
+        + ([held_response] if response_last else []))
     tag = unique_topic(name)
     cfg = config(tmp_path, broker.bootstrap, audit, tag, "sqlite://")
     doc = yaml.safe_load(cfg.read_text())
@@ -586,6 +591,8 @@ def held_call_stage(broker, fleet_lines, tmp_path, held_id: str, whole: int, nam
     # a member driven poll by poll by the test must not be evicted from the group meanwhile
     doc["kafka"]["session_timeout_ms"] = 30_000
     doc["kafka"]["heartbeat_interval_ms"] = 1_000
+    doc["kafka"]["join_wait_seconds"] = join_wait
+    doc["kafka"]["max_poll_records"] = max_poll_records
     cfg.write_text(yaml.safe_dump(doc))
     settings = load_settings(cfg)
     ensure_topics(settings.kafka, 1, 1)
@@ -613,6 +620,65 @@ def test_parse_stage_never_commits_past_a_request_waiting_for_its_response(
     held = [e for e in parsed_events(kafka_broker.bootstrap, f"events-{tag}")
             if e.event_id == "held-0"]
     assert [e.phases for e in held] == ["request+response"]
+
+
+def test_a_lost_response_is_given_up_on_after_the_join_wait(kafka_broker, fleet_lines, tmp_path):
+    """On a partition read to its end, a request whose response is not on the topic goes on
+    alone ``kafka.join_wait_seconds`` (wall time) after it was read, and the calls behind it
+    with it, instead of waiting for event time to pass ``input.join_timeout_seconds`` (here
+    the 10 calls behind it are all within that, and the partition is never quiet long enough
+    to be flushed as idle). A response read later is a counted duplicate, not a second event."""
+    audit, tag, held_response, stage = held_call_stage(
+        kafka_broker, fleet_lines, tmp_path, "held-1", 10, "wait", join_wait=0.5)
+    tp = TopicPartition(audit, 0)
+    try:
+        wait_for(lambda: stage.poll_once() or stage.counters.records >= 21, 60,
+                 lambda: f"the 21 records to be read ({stage.counters.records} so far)")
+        decoder = stage.decoders[tp]
+        read_at = decoder.waiting_since()
+        assert decoder.oldest_pending().origin == f"{audit}/0/0"
+        wait_for(lambda: stage.poll_once() or decoder.oldest_pending() is None, 10,
+                 "the held request to be released")
+        waited = time.monotonic() - read_at
+        assert 0.5 <= waited < 1.5, waited
+        assert stage.counters.events == 11
+        # the watermark no longer stops at the held request: the score stage can go on
+        latest = decoder.latest_ts
+        assert stage._watermark(tp).ts == latest - stage.k.allowed_lateness_seconds
+        produce(kafka_broker.bootstrap, audit, [held_response])
+        wait_for(lambda: stage.poll_once() or stage.counters.records == 22, 60,
+                 "the late response to be read")
+        assert decoder.duplicates == 1 and stage.counters.events == 11
+    finally:
+        stage.close()
+    events = parsed_events(kafka_broker.bootstrap, f"events-{tag}")
+    assert [(e.event_id, e.phases) for e in events] == [("held-1", "request")] + [
+        (f"held-1-{i}", "request+response") for i in range(1, 11)]
+
+
+def test_a_backlog_read_slower_than_the_join_wait_never_splits_a_call(kafka_broker, fleet_lines,
+                                                                      tmp_path):
+    """A response 50 records behind its request, read 2 records a poll with pauses, comes long
+    after the join wait; the partition is not read to its end until then, so the call waits
+    and is joined."""
+    audit, tag, _, stage = held_call_stage(
+        kafka_broker, fleet_lines, tmp_path, "held-2", 25, "backlog", join_wait=0.05,
+        response_last=True, max_poll_records=2)
+    tp = TopicPartition(audit, 0)
+    try:
+        def read_slowly() -> bool:
+            stage.poll_once()
+            time.sleep(0.05)
+            return stage.counters.records >= 52
+        started = time.monotonic()
+        wait_for(read_slowly, 60, lambda: f"the 52 records ({stage.counters.records} so far)")
+        assert time.monotonic() - started > 1.0  # 20 times the join wait
+        assert stage.decoders[tp].duplicates == 0
+    finally:
+        stage.close()
+    events = parsed_events(kafka_broker.bootstrap, f"events-{tag}")
+    assert ("held-2", "request+response") in [(e.event_id, e.phases) for e in events]
+    assert len(events) == 26
 
 
 def parsed_events(bootstrap: str, topic: str) -> list:
