@@ -103,7 +103,7 @@ def per_identity(calls: int) -> int:
           f"identities, {large / 2**20:.1f} MiB for {n_large:,}")
     print(f"state per tracked identity: {per:,.0f} B "
           f"(baseline, same run: one identity after its first call {first_call_bytes():,} B)")
-    return int(per)
+    return round(per)
 
 
 def peak_rss_gib() -> float:

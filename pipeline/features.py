@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from secretscope.events import DENIED, SUCCESS, AccessEvent
-from secretscope.identity import (NO_READS_1H, WORKING_SHARE, Dormant, IdentityState, Undo,
+from secretscope.identity import (HOD, NO_READS_1H, WORKING_SHARE, Dormant, IdentityState, Undo,
                                   learn_rates, rates)
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from secretscope.novelty import (ENVIRONMENT, FOLDER, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
@@ -283,10 +283,19 @@ def network_of(segment: str, address: str) -> str:
     return "unknown:" + ".".join(address.split(".", 2)[:2])
 
 
-def _networks(seen: dict[str, float], net: str, ts: float) -> int:
+def _networks(st: IdentityState, net: str, ts: float) -> int:
     """Record a call from network ``net`` at ``ts``; return how many networks the identity used
     within ``_CONCURRENT`` of it (this one included), or 0 when it used no other in ``_ALONE``.
-    ``seen`` holds one time per network of the last ``_ALONE``."""
+    ``st.networks`` holds one time per network of the last ``_ALONE``: as a (network, time)
+    pair while there is one (most identities call from one network: a pair is a third of a
+    dict), as a dict from the second."""
+    seen = st.networks
+    if type(seen) is tuple:
+        if not seen or seen[0] == net:
+            if not seen or ts > seen[1]:
+                st.networks = (net, ts)
+            return 0
+        seen = st.networks = {seen[0]: seen[1]}
     last = seen.get(net)
     if last is None or ts > last:
         seen[net] = ts
@@ -458,7 +467,7 @@ class FeatureExtractor:
         if where is None:
             where = self._locate(event.remote_address)
         segment, network, place = where
-        networks = _networks(st.networks, network, ts)  # 0: alone in the last hour
+        networks = _networks(st, network, ts)  # 0: alone in the last hour
         requests_1m = st.requests_1m.add_count(ts)
         requests_1h = st.requests_1h.add_count(ts)
         requests_24h = st.requests_24h.add_count(ts)
@@ -585,12 +594,13 @@ class FeatureExtractor:
         seen = st.seen
         distinct = st.distinct
         if history:
-            h_week, h_day = st.how, st.hod
-            how_share = (h_week[how - 1] + h_week[how] + h_week[(how + 1) % 168]) / history
-            hod_count = h_day[hod - 1] + h_day[hod] + h_day[(hod + 1) % 24]
+            h = st.hours  # hours of the week, then of the day from HOD
+            how_share = (h[how - 1 if how else 167] + h[how] + h[(how + 1) % 168]) / history
+            day = HOD + hod
+            hod_count = h[day - 1 if hod else HOD + 23] + h[day] + h[HOD + (hod + 1) % 24]
             hod_share = hod_count / history
             floor = max(1.0, WORKING_SHARE * history)
-            work_distance = 0.0 if h_day[hod] >= floor else _hours_to(h_day, hod, floor)
+            work_distance = 0.0 if h[day] >= floor else _hours_to(st.hod, hod, floor)
             classes, novelty = own_classes(tkeys, seen, distinct, history)
             seg_share = seen[tkeys[SEGMENT]] / history if classes[SEGMENT] < UNSEEN else 0.0
             idle = w.since_previous / _DAY
@@ -703,10 +713,10 @@ class FeatureExtractor:
         succeeded = event.outcome == SUCCESS
         if event.is_login and succeeded and not seen.get(tkeys[SEGMENT]):
             st.new_segment_login = ts
-        h = st.hod
-        if h[hod] < 255:  # no hour of the week holds more than its hour of the day
-            h[hod] += 1
-            st.how[how] += 1
+        h = st.hours
+        if h[HOD + hod] < 255:  # no hour of the week holds more than its hour of the day
+            h[HOD + hod] += 1
+            h[how] += 1
         else:
             st.count_hour(how, hod, 1)
         distinct = st.distinct

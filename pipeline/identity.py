@@ -41,6 +41,8 @@ _MAKE = {"denied_1h": lambda: WindowCounter(60, 60), "lists_1h": lambda: WindowC
          "denied_secrets_1h": lambda: Distinct(3600.0)}
 # Profiles start as one byte per hour and widen when an hour would overflow its type.
 _WIDER = {"B": ("H", 255), "H": ("I", 65535), "I": ("Q", 2**32 - 1)}
+HOD = 168  # where the hours of the day start in IdentityState.hours
+HOURS = HOD + 24
 # Marks of an identity that never set one (most): shared until the first is set.
 NO_MARKS = (NEVER, NEVER, NEVER, NEVER)
 
@@ -58,16 +60,17 @@ class Undo:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity: about 4 KB for one that made ten calls
-    (``benchmarks/identity_memory.py`` measures it). Windows are compact and shared while
-    empty, profiles are arrays, and the per-value counts of all novelty dimensions sit in one
-    dict keyed by tagged values (``secretscope.novelty.tagged``)."""
+    """Everything secretscope keeps about one identity: about 3.6 KB for one that made ten
+    calls (``benchmarks/identity_memory.py`` measures it). Windows are compact and shared while
+    empty (the commonest are their own container: an array, a dict), the hour profiles are one
+    array, the networks a pair while there is one, and the per-value counts of all novelty
+    dimensions sit in one dict keyed by tagged values (``secretscope.novelty.tagged``)."""
 
     __slots__ = (
         "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
         "secrets_1h", "secrets_24h", "denied_secrets_1h", "lists_1h", "reads_1h", "lists_10m",
         "creds_10m",
-        "marks", "recent", "how", "hod", "history", "seen", "distinct", "policy_writer",
+        "marks", "recent", "hours", "history", "seen", "distinct", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
         "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
@@ -94,8 +97,9 @@ class IdentityState:
         # have been dropped: what a finding names is cut to it, see runner._Batch.related)
         self.newest_ts = float("-inf")
         # baseline, changed only by learn()
-        self.how = array("B", bytes(168))
-        self.hod = array("B", bytes(24))
+        # events per hour of the week (0-167, Monday 00 UTC first), then per hour of the day
+        # (168-191): one array, in the narrowest type its counts fit (see count_hour)
+        self.hours = array("B", bytes(HOURS))
         self.history = 0
         # learned events per tagged value of every novelty dimension, of the networks it called
         # from alone (features.network_of, e.g. a home ISP's range) and of the environments of
@@ -119,8 +123,9 @@ class IdentityState:
         self.hours_seen = 0
         self.peer: PeerGroup | None = None
         self.policies: tuple[str, ...] | None = None  # of the newest event: they pick the peers
-        # network (segment, or the /16 of an address in no segment) -> last event time from it
-        self.networks: dict[str, float] = {}
+        # network (segment, or the /16 of an address in no segment) -> last event time from it,
+        # as a (network, time) pair while there is one (see features._networks)
+        self.networks: dict[str, float] | tuple = ()
         # secret -> sorted times of successful reads of it while neither the identity nor its
         # peers had used it; bounded (see features._remember); None until the first
         self.role_new: dict[str, list[float]] | None = None
@@ -135,17 +140,25 @@ class IdentityState:
             setattr(self, name, window)
         return window
 
+    @property
+    def how(self) -> array:
+        """Events per hour of the week (a copy)."""
+        return self.hours[:HOD]
+
+    @property
+    def hod(self) -> array:
+        """Events per hour of the day (a copy)."""
+        return self.hours[HOD:]
+
     def count_hour(self, how: int, hod: int, step: int) -> None:
         """Add ``step`` (+1 or -1) to the hour-of-week and hour-of-day profiles."""
+        hours = self.hours
         if step > 0:
-            wider, top = _WIDER[self.how.typecode]
-            if self.how[how] == top:
-                self.how = array(wider, self.how)
-            wider, top = _WIDER[self.hod.typecode]
-            if self.hod[hod] == top:
-                self.hod = array(wider, self.hod)
-        self.how[how] += step
-        self.hod[hod] += step
+            wider, top = _WIDER[hours.typecode]
+            if hours[how] == top or hours[HOD + hod] == top:
+                hours = self.hours = array(wider, hours)
+        hours[how] += step
+        hours[HOD + hod] += step
 
     def own_marks(self) -> list[float]:
         """The marks, made the identity's own first (call before setting one)."""
@@ -211,7 +224,8 @@ class IdentityState:
             self.peer.key if self.peer is not None else None,
             self.newest_ts,
             list(self.policies) if self.policies is not None else None,
-            self.networks,
+            dict([self.networks]) if type(self.networks) is tuple and self.networks
+            else dict(self.networks),
             self.role_new or {},
         ]
 
@@ -221,12 +235,12 @@ class IdentityState:
         (recents, recent, counters, distincts, marks, how, hod, st.history, seen, distinct,
          scalars, rates, peer, st.newest_ts, policies, networks, role_new) = state
         st.marks = NO_MARKS if tuple(marks) == NO_MARKS else list(marks)
-        st.how = _profile(how)
-        st.hod = _profile(hod)
+        st.hours = _profile(list(how) + list(hod))
         st.seen = dict(seen)
         st.distinct = array("I", distinct)
         st.policies = tuple(policies) if policies is not None else None
-        st.networks = dict(networks)
+        st.networks = (next(iter(networks.items())) if len(networks) == 1
+                       else dict(networks) if networks else ())
         st.role_new = {k: list(v) for k, v in role_new.items()} or None
         st.role_new_newest = max((v[-1] for v in (st.role_new or {}).values()), default=NEVER)
         for name, saved in zip(("requests_1m", "denied_5m", "login_failed_5m", "lists_10m",
@@ -250,13 +264,15 @@ class IdentityState:
 
     def usual_hours(self, top: int = 6) -> list[int]:
         """Hours of the day (UTC) this identity is most active in, most active first."""
-        ranked = sorted(range(24), key=lambda h: -self.hod[h])
-        return [h for h in ranked[:top] if self.hod[h]]
+        hod = self.hod
+        ranked = sorted(range(24), key=lambda h: -hod[h])
+        return [h for h in ranked[:top] if hod[h]]
 
     def working_hours(self) -> list[int]:
         """Hours of the day (UTC) that hold at least 3% of the identity's history."""
         floor = max(1.0, WORKING_SHARE * self.history)
-        return [h for h in range(24) if self.hod[h] >= floor]
+        hod = self.hod
+        return [h for h in range(24) if hod[h] >= floor]
 
     def usual_segments(self, top: int = 3) -> list[tuple[str, float]]:
         total = self.history or 1
@@ -333,7 +349,8 @@ class Dormant:
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = self.rates
         st.newest_ts = self.newest_ts
-        st.hod = array(self.hod.typecode, self.hod)
+        st.hours = array(self.hod.typecode, bytes(HOD * self.hod.itemsize))
+        st.hours.extend(self.hod)
         st.seen = dict(self.seen)
         st.distinct = array("I", self.distinct)
         st.policies = self.policies

@@ -9,6 +9,7 @@ few calls a day: storage grows with what is inside a window, not with the window
 from __future__ import annotations
 
 import re
+import struct
 from array import array
 from collections import OrderedDict
 
@@ -146,98 +147,118 @@ class WindowCounter:
         self.data = array("q" if wide else "i", [newest, valid_from, *pairs])
 
 
-class Recent:
+class Recent(array):
     """Timestamps (and, with ``ids``, event ids) of the last events of one kind within a
-    horizon, for bursts. Entries leave by time or, beyond ``maxlen``, oldest first."""
+    horizon, for bursts. Entries leave by time or, beyond ``maxlen``, oldest first.
 
-    __slots__ = ("horizon", "maxlen", "times", "ids")
+    The timestamps are the object itself, an ``array("d")``: every identity has a window of
+    the last minute's requests, and one object instead of a wrapper around an array saves 64
+    bytes each. Compare windows with ``is``: ``==`` compares their timestamps."""
+
+    __slots__ = ("horizon", "maxlen", "ids")
+
+    def __new__(cls, horizon: float, maxlen: int = 256, ids: bool = False) -> "Recent":
+        return super().__new__(cls, "d")
 
     def __init__(self, horizon: float, maxlen: int = 256, ids: bool = False) -> None:
         self.horizon = horizon
         self.maxlen = maxlen
-        self.times = array("d")
         self.ids: list[str] | None = [] if ids else None
 
     @property
     def items(self) -> list[tuple[float, str]]:
         """(time, event id) oldest first; ids are "" where they are not kept."""
-        ids = self.ids if self.ids is not None else [""] * len(self.times)
-        return list(zip(self.times, ids))
+        ids = self.ids if self.ids is not None else [""] * len(self)
+        return list(zip(self, ids))
 
     def _drop(self, k: int) -> None:
-        del self.times[:k]
+        del self[:k]
         if self.ids is not None:
             del self.ids[:k]
 
     def add(self, ts: float, event_id: str = "") -> None:
-        self.times.append(ts)
+        self.append(ts)
         if self.ids is not None:
             self.ids.append(event_id)
-        if len(self.times) > self.maxlen:
+        if len(self) > self.maxlen:
             self._drop(1)
 
     def add_count(self, ts: float, event_id: str = "") -> int:
-        times = self.times
-        times.append(ts)
+        self.append(ts)
         if self.ids is not None:
             self.ids.append(event_id)
         floor = ts - self.horizon
-        if times[0] <= floor or len(times) > self.maxlen:
-            k, size = 0, len(times)
-            while k < size and (times[k] <= floor or size - k > self.maxlen):
+        if self[0] <= floor or len(self) > self.maxlen:
+            k, size, maxlen = 0, len(self), self.maxlen
+            while k < size and (self[k] <= floor or size - k > maxlen):
                 k += 1
             self._drop(k)
-        return len(times)
+        return len(self)
 
     def count(self, ts: float) -> int:
-        times = self.times
-        if not times:
+        if not self:
             return 0
         floor = ts - self.horizon
-        if times[0] <= floor:
-            k, size = 1, len(times)
-            while k < size and times[k] <= floor:
+        if self[0] <= floor:
+            k, size = 1, len(self)
+            while k < size and self[k] <= floor:
                 k += 1
             self._drop(k)
-        return len(times)
+        return len(self)
 
     def to_state(self) -> list:
-        return [list(self.times), self.ids]
+        return [list(self), self.ids]
 
     def load_state(self, state: list) -> None:
         times, ids = state
-        self.times = array("d", times)
+        del self[:]
+        self.extend(times)
         self.ids = list(ids) if ids is not None else None
 
 
 _SMALL = 16  # keys a Distinct keeps in a plain dict before it needs an OrderedDict
 
 
-class Distinct:
+class Distinct(dict):
     """Distinct keys seen within a horizon (last-seen order, oldest first).
 
-    A few keys live in a plain dict (a third of an OrderedDict's size; moving a key to the end
-    is a delete and an insert); beyond :data:`_SMALL` an OrderedDict takes over, because a plain
-    dict's oldest entry is found by scanning past the holes its deletions leave."""
+    The object is itself the dict of keys and last-seen times while there are few (every
+    identity has two of these windows: one object instead of a wrapper around a dict saves
+    32 bytes each; moving a key to the end is a delete and an insert). Beyond :data:`_SMALL`
+    keys an OrderedDict (``big``) takes over, because a plain dict's oldest entry is found by
+    scanning past the holes its deletions leave. Compare windows with ``is``: ``==`` compares
+    their keys."""
 
-    __slots__ = ("horizon", "last")
+    __slots__ = ("horizon", "big")
 
     def __init__(self, horizon: float) -> None:
+        super().__init__()
         self.horizon = horizon
-        self.last: dict[str, float] = {}
+        self.big: OrderedDict | None = None
+
+    @property
+    def last(self) -> dict[str, float]:
+        """Keys and last-seen times, oldest first."""
+        return self if self.big is None else self.big
 
     def add(self, key: str, ts: float) -> int:
-        last = self.last
-        seen = last.get(key)
-        if seen is None:
-            last[key] = ts
-            if len(last) > _SMALL and type(last) is dict:
-                last = self.last = OrderedDict(last)
-        elif ts >= seen:
-            if type(last) is dict:
-                del last[key]
+        last = self.big
+        if last is None:
+            last = self
+            seen = self.get(key)
+            if seen is None:
+                self[key] = ts
+                if len(self) > _SMALL:
+                    last = self.big = OrderedDict(self)
+                    self.clear()
+            elif ts >= seen:
+                del self[key]
+                self[key] = ts
+        else:
+            seen = last.get(key)
+            if seen is None:
                 last[key] = ts
-            else:
+            elif ts >= seen:
                 last[key] = ts
                 last.move_to_end(key)
         floor = ts - self.horizon
@@ -249,7 +270,12 @@ class Distinct:
 
     def load(self, items) -> None:
         """Keys and last-seen times, oldest first (a snapshot's)."""
-        self.last = dict(items) if len(items) <= _SMALL else OrderedDict(items)
+        self.clear()
+        if len(items) <= _SMALL:
+            self.update(items)
+            self.big = None
+        else:
+            self.big = OrderedDict(items)
 
     def count(self, ts: float) -> int:
         """Distinct keys within the horizon ending at ``ts`` (expired keys are dropped)."""
@@ -279,44 +305,51 @@ def _unpack(packed: bytes) -> str:
 
 class RecentEvents:
     """The last ``maxlen`` (time, event id) of an identity, oldest first, like a bounded deque
-    of pairs but compact: times in an array, ids as 16 bytes each while they are all UUIDs (the
-    form Vault logs), as strings from the first one that is not. Up to :data:`_SLACK` older
-    entries stay until they are cut together, so an append does not shift the arrays."""
+    of pairs but compact: while every id is a UUID in the lowercase form Vault logs, one
+    bytearray of 24-byte entries (the time, then the id's 16 bytes); from the first id that is
+    not, times in an array and ids as strings. Up to :data:`_SLACK` older entries stay until
+    they are cut together, so an append does not shift the buffer."""
 
-    __slots__ = ("maxlen", "times", "ids")
+    __slots__ = ("maxlen", "data", "ids")
 
     def __init__(self, maxlen: int = 64) -> None:
         self.maxlen = maxlen
-        self.times = array("d")
-        self.ids: bytearray | list[str] = bytearray()
+        self.data: bytearray | array = bytearray()
+        self.ids: list[str] | None = None  # None while the entries are packed in data
 
     def append(self, ts: float, event_id: str) -> None:
-        times, ids = self.times, self.ids
-        times.append(ts)
-        if type(ids) is bytearray:
+        ids = self.ids
+        if ids is None:
             packed = _pack(event_id)
             if packed is not None:
-                ids += packed
-            else:
-                ids = self.ids = [_unpack(ids[i:i + 16]) for i in range(0, len(ids), 16)]
-                ids.append(event_id)
-        else:
-            ids.append(event_id)
-        if len(times) > self.maxlen + _SLACK:
-            cut = len(times) - self.maxlen
-            del times[:cut]
-            del ids[:16 * cut if type(ids) is bytearray else cut]
+                data = self.data
+                data += _ENTRY.pack(ts, packed)
+                if len(data) > _ENTRY.size * (self.maxlen + _SLACK):
+                    del data[:len(data) - _ENTRY.size * self.maxlen]
+                return
+            pairs = list(_ENTRY.iter_unpack(self.data))
+            self.data = array("d", [t for t, _ in pairs])
+            ids = self.ids = [_unpack(b) for _, b in pairs]
+        self.data.append(ts)
+        ids.append(event_id)
+        if len(ids) > self.maxlen + _SLACK:
+            cut = len(ids) - self.maxlen
+            del self.data[:cut]
+            del ids[:cut]
 
     def __len__(self) -> int:
-        return min(len(self.times), self.maxlen)
+        n = len(self.data) // _ENTRY.size if self.ids is None else len(self.ids)
+        return min(n, self.maxlen)
 
     def __iter__(self):
-        ids, times = self.ids, self.times
-        first = max(0, len(times) - self.maxlen)
-        if type(ids) is bytearray:
-            return ((times[i], _unpack(ids[16 * i:16 * i + 16]))
-                    for i in range(first, len(times)))
-        return ((times[i], ids[i]) for i in range(first, len(times)))
+        ids, data = self.ids, self.data
+        if ids is None:
+            # a copy: a generator left unfinished must not pin the buffer's size
+            kept = bytes(data[max(0, len(data) - _ENTRY.size * self.maxlen):])
+            return ((ts, _unpack(b)) for ts, b in _ENTRY.iter_unpack(kept))
+        first = max(0, len(ids) - self.maxlen)
+        return ((data[i], ids[i]) for i in range(first, len(ids)))
 
 
+_ENTRY = struct.Struct("<d16s")
 _SLACK = 16

@@ -7,6 +7,8 @@ import random
 import re
 import subprocess
 import sys
+import uuid
+from collections import OrderedDict
 from datetime import timedelta
 
 import pytest
@@ -124,6 +126,89 @@ def test_window_counter_counts_as_the_ring_did_with_late_and_gapped_events(steps
         assert compact.count(now) == ring.count(now)
 
 
+def _networks_in_a_dict(seen: dict, net: str, ts: float) -> int:
+    """features._networks as it was before pairs: always a dict."""
+    from secretscope.features import _ALONE, _CONCURRENT
+
+    if seen.get(net) is None or ts > seen[net]:
+        seen[net] = ts
+    if len(seen) == 1:
+        return 0
+    for old in [k for k, t in seen.items() if t < ts - _ALONE]:
+        del seen[old]
+    if len(seen) == 1:
+        return 0
+    return sum(1 for t in seen.values() if t >= ts - _CONCURRENT) or 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(0, 20_000)), max_size=40))
+def test_networks_held_as_a_pair_count_as_the_dict_did(calls):
+    from secretscope.features import _networks
+    from secretscope.identity import IdentityState
+
+    state, seen = IdentityState(), {}
+    for net, ts in calls:  # late calls too
+        assert _networks(state, net, ts) == _networks_in_a_dict(seen, net, ts)
+        held = dict([state.networks]) if type(state.networks) is tuple else state.networks
+        assert held == seen
+    if len({net for net, _ in calls}) <= 1:  # one network: never a dict
+        assert type(state.networks) is tuple
+
+
+class _DistinctAsAWrapper:
+    """windows.Distinct as it was before it became a dict: the reference it must match."""
+
+    def __init__(self, horizon: float) -> None:
+        self.horizon, self.last = horizon, {}
+
+    def add(self, key: str, ts: float) -> int:
+        last = self.last
+        seen = last.get(key)
+        if seen is None:
+            last[key] = ts
+            if len(last) > 16 and type(last) is dict:
+                last = self.last = OrderedDict(last)
+        elif ts >= seen:
+            if type(last) is dict:
+                del last[key]
+                last[key] = ts
+            else:
+                last[key] = ts
+                last.move_to_end(key)
+        while True:
+            oldest = next(iter(last))
+            if last[oldest] > ts - self.horizon:
+                return len(last)
+            del last[oldest]
+
+    def count(self, ts: float) -> int:
+        last = self.last
+        while last and last[next(iter(last))] <= ts - self.horizon:
+            del last[next(iter(last))]
+        return len(last)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 40), st.floats(0, 30_000)),
+                max_size=120))
+def test_distinct_counts_as_the_wrapper_did(steps):
+    """Adds and counts, late times among them, past the 16 keys where an OrderedDict takes over
+    and back; after a snapshot's load too."""
+    from secretscope.windows import Distinct
+
+    window, reference = Distinct(3600.0), _DistinctAsAWrapper(3600.0)
+    for i, (add, key, ts) in enumerate(steps):
+        if add:
+            assert window.add(f"s{key}", ts) == reference.add(f"s{key}", ts)
+        else:
+            assert window.count(ts) == reference.count(ts)
+        assert list(window.last.items()) == list(reference.last.items())
+        if i == len(steps) // 2:
+            window.load(list(window.last.items()))
+    assert window.big is None or len(window) == 0  # the keys are in one place
+
+
 def test_recent_events_keep_ids_exactly_whatever_their_form():
     rng = random.Random(4)
     recent = RecentEvents(maxlen=5)
@@ -137,9 +222,16 @@ def test_recent_events_keep_ids_exactly_whatever_their_form():
     packed = RecentEvents(maxlen=3)
     for i, eid in enumerate(ids[:4]):
         packed.append(float(i), eid)
-    assert isinstance(packed.ids, bytearray) and len(packed.ids) == 16 * len(packed.times)
+    assert packed.ids is None and len(packed.data) == 24 * 4  # one buffer, 24 bytes an entry
     assert len(packed) == 3
     assert list(packed) == [(float(i), eid) for i, eid in enumerate(ids[:4])][-3:]
+    unfinished = iter(packed)
+    next(unfinished)
+    many = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(100)]
+    for i, eid in enumerate(many):  # appends while an iteration is left unfinished
+        packed.append(100.0 + i, eid)
+    assert list(packed) == [(100.0 + i, eid) for i, eid in enumerate(many)][-3:]
+    assert len(packed.data) <= 24 * (3 + 16)  # older entries are cut
 
 
 @pytest.mark.slow
