@@ -19,39 +19,58 @@ def _fits(bucket: int) -> bool:
     return -2**31 < bucket < 2**31
 
 
-class WindowCounter:
+class WindowCounter(array):
     """Count of events in the last ``n`` buckets of ``width`` seconds.
 
     It behaves as a ring of ``n`` buckets advanced by event time, but stores only the buckets
     that hold events, as (bucket, count) pairs oldest first. A late event is counted when its
     bucket is still in the window and not older than the last time the window was emptied by a
-    gap (``valid_from``): a ring overwrites exactly those buckets. One array holds it all:
-    ``[newest, valid_from, bucket, count, bucket, count, ...]`` (32-bit while buckets fit)."""
+    gap (``valid_from``): a ring overwrites exactly those buckets. One 32-bit array holds it
+    all, ``[newest, valid_from, bucket, count, bucket, count, ...]``: the object itself (one
+    object instead of a wrapper around an array saves 64 bytes; every identity has a few), or
+    ``wide``, a 64-bit one, from the first bucket that does not fit 32 bits. Compare windows
+    with ``is``: ``==`` compares their contents."""
 
-    __slots__ = ("width", "n", "data", "total")
+    __slots__ = ("width", "n", "total", "wide")
+
+    def __new__(cls, width: int, n: int) -> "WindowCounter":
+        return super().__new__(cls, "i")
 
     def __init__(self, width: int, n: int) -> None:
         self.width = width
         self.n = n
-        self.data: array | None = None  # None until the first event
         self.total = 0
+        self.wide: array | None = None
+
+    @property
+    def data(self) -> array | None:
+        """The window's array (itself or ``wide``); None until the first event."""
+        wide = self.wide
+        if wide is not None:
+            return wide
+        return self if len(self) else None
 
     @property
     def newest(self) -> int:
-        return self.data[0] if self.data is not None else -1
+        data = self.data
+        return data[0] if data is not None else -1
 
     def _start(self, bucket: int) -> None:
         # as a ring that starts before bucket -1: a first bucket within n of it empties nothing
         valid_from = bucket if bucket + 1 >= self.n else -1
-        self.data = array("i" if _fits(bucket) else "q", (bucket, valid_from))
+        if _fits(bucket):
+            self.extend((bucket, valid_from))
+        else:
+            self.wide = array("q", (bucket, valid_from))
 
     def _advance(self, bucket: int) -> None:
         data = self.data
         if data is None:
             self._start(bucket)
             return
-        if bucket >= 2**31 and data.typecode == "i":
-            data = self.data = array("q", data)
+        if bucket >= 2**31 and data is self:
+            data = self.wide = array("q", self)
+            del self[:]
         if bucket - data[0] >= self.n:
             del data[2:]
             self.total = 0
@@ -96,29 +115,29 @@ class WindowCounter:
         """``add(ts)`` then ``count(ts)`` in one call (the hot path: inlines the usual cases,
         a call in the newest bucket or in a new one within the window)."""
         bucket = int(ts // self.width)
-        data = self.data
-        if data is not None and bucket < 2147483648:
-            newest = data[0]
+        if len(self) and bucket < 2147483648:  # 32-bit: self is the data
+            newest = self[0]
             if bucket == newest:
-                if data[-2] == bucket and len(data) > 2:
-                    data[-1] += 1
+                if self[-2] == bucket and len(self) > 2:
+                    self[-1] += 1
                     self.total += 1
                     return self.total
             elif newest < bucket < newest + self.n:
                 total = self.total
                 if total:
                     floor = bucket - self.n
-                    if data[2] <= floor:
-                        k, size = 2, len(data)
-                        while k < size and data[k] <= floor:
-                            total -= data[k + 1]
+                    if self[2] <= floor:
+                        k, size = 2, len(self)
+                        while k < size and self[k] <= floor:
+                            total -= self[k + 1]
                             k += 2
-                        del data[2:k]
-                data[0] = bucket
-                data.append(bucket)
-                data.append(1)
+                        del self[2:k]
+                self[0] = bucket
+                self.append(bucket)
+                self.append(1)
                 self.total = total + 1
                 return self.total
+        data = self.data
         if data is None or bucket > data[0]:
             self._advance(bucket)
         self._put(bucket)
@@ -140,11 +159,15 @@ class WindowCounter:
 
     def load_state(self, state: list) -> None:
         pairs, self.total, newest, valid_from = state
+        del self[:]
+        self.wide = None
         if newest < 0 and not pairs:
-            self.data = None
             return
-        wide = not all(_fits(b) for b in (newest, valid_from, *pairs))
-        self.data = array("q" if wide else "i", [newest, valid_from, *pairs])
+        values = [newest, valid_from, *pairs]
+        if all(_fits(b) for b in values):
+            self.extend(values)
+        else:
+            self.wide = array("q", values)
 
 
 class Recent(array):

@@ -110,7 +110,8 @@ class RingCounter:
 
 @settings(max_examples=200, deadline=None)
 @given(steps=st.lists(st.tuples(st.booleans(), st.integers(-4000, 9000)), max_size=80),
-       start=st.sampled_from([1_772_442_000.0, 0.0, 1500.0]))
+       start=st.sampled_from([1_772_442_000.0, 0.0, 1500.0,
+                              60.0 * 2**31 - 3000.0]))  # buckets crossing 32 bits
 @example(steps=[(True, 0), (True, 3600), (True, -30)], start=1_772_442_000.0)  # a gap of n
 def test_window_counter_counts_as_the_ring_did_with_late_and_gapped_events(steps, start):
     compact, hot, ring = WindowCounter(60, 60), WindowCounter(60, 60), RingCounter(60, 60)
@@ -124,6 +125,10 @@ def test_window_counter_counts_as_the_ring_did_with_late_and_gapped_events(steps
         else:
             assert hot.count(now) == ring.count(now)
         assert compact.count(now) == ring.count(now)
+    restored = WindowCounter(60, 60)
+    restored.load_state(compact.to_state())
+    assert restored.to_state() == compact.to_state()
+    assert restored.count(now + 30) == ring.count(now + 30)
 
 
 def _networks_in_a_dict(seen: dict, net: str, ts: float) -> int:
