@@ -6,7 +6,9 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 import time
+import uuid
 import zlib
 from pathlib import Path
 
@@ -823,3 +825,56 @@ def test_in_memory_owner_killed_mid_run_loses_and_duplicates_nothing(
     assert found == topic_run, (
         f"only with the kill: {sorted(f[:2] for f in set(found) - set(topic_run))}; "
         f"only without: {sorted(f[:2] for f in set(topic_run) - set(found))}")
+
+
+def test_a_lost_response_does_not_hold_a_busy_partition_back(kafka_broker, tmp_path):
+    """``secretscope run`` on Kafka (both stages, events in memory) with a call every 0.1 s:
+    a request whose response never comes, then a root-token call. The finding is stored once
+    the join wait (2 s) has passed (the allowed lateness, 1 s here, passes meanwhile), instead
+    of after the event-time join timeout (30 s): the partition is never quiet long enough to be
+    flushed as idle."""
+    from test_live_latency import LINES, ROOT_CALL, now_entry, root_findings
+
+    read_request, read_response = LINES[0], LINES[1]
+    audit = unique_topic("audit")
+    kafka_broker.create_topic(audit, partitions=1)
+    tag = unique_topic("busy")
+    db = tmp_path / f"{tag}.db"
+    cfg = config(tmp_path, kafka_broker.bootstrap, audit, tag, _url(db), hop="memory")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["kafka"]["idle_seconds"] = 120  # never quiet enough: only the join wait releases
+    doc["kafka"]["allowed_lateness_seconds"] = 1.0
+    cfg.write_text(yaml.safe_dump(doc))
+    log = tmp_path / f"{tag}.log"
+    proc = start(cfg, log)
+    producer = KafkaProducer(bootstrap_servers=kafka_broker.bootstrap, linger_ms=0)
+    busy = threading.Event()
+
+    def steady() -> None:  # complete calls at 10 a second, with current times
+        while not busy.is_set():
+            rid = str(uuid.uuid4())
+            for line in (read_request, read_response):
+                producer.send(audit, now_entry(line, rid).rstrip(b"\n"))
+            producer.flush()
+            time.sleep(0.1)
+
+    feeder = threading.Thread(target=steady, daemon=True)
+    feeder.start()
+    try:
+        warm = str(uuid.uuid4())  # a first finding: the service is up and scoring
+        producer.send(audit, now_entry(ROOT_CALL, warm).rstrip(b"\n"))
+        wait_for(lambda: warm in root_findings(db), 120, "the warm-up finding", interval=0.1)
+        lost, root = str(uuid.uuid4()), str(uuid.uuid4())
+        producer.send(audit, now_entry(read_request, lost).rstrip(b"\n"))  # no response
+        producer.send(audit, now_entry(ROOT_CALL, root).rstrip(b"\n"))
+        producer.flush()
+        sent = time.monotonic()
+        wait_for(lambda: root in root_findings(db), 25, "the root-token finding", interval=0.05)
+        delay = time.monotonic() - sent
+    finally:
+        busy.set()
+        feeder.join(10)
+        producer.close()
+    stop([proc], [log])
+    print(f"root-token finding stored {delay:.2f} s after sending")
+    assert 2.0 <= delay <= 6.0, f"stored {delay:.2f} s after sending"
