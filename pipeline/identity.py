@@ -60,7 +60,7 @@ class Undo:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity: about 3.6 KB for one that made ten
+    """Everything secretscope keeps about one identity: about 3.5 KB for one that made ten
     calls (``benchmarks/identity_memory.py`` measures it). Windows are compact and shared while
     empty (the commonest are their own container: an array, a dict), the hour profiles are one
     array, the networks a pair while there is one, and the per-value counts of all novelty
