@@ -144,7 +144,9 @@ class RobustBaselineDetector:
         old = getattr(self, "open_hour_", None)
         fresh = {
             "open_hour_": np.full(cap, _NO_HOUR, dtype=np.int64),  # hour being accumulated
-            "peak_": np.zeros((cap, m)),  # peak of the open hour's learned rows
+            # peak of the open hour's learned rows, as the window will keep it: float32 (the
+            # cast is monotone, so the peak of cast values is the cast of the peak)
+            "peak_": np.zeros((cap, m), dtype=np.float32),
             "learned_": np.zeros(cap, dtype=np.int64),  # learned rows in the open hour
             "pool_": np.zeros(cap, dtype=np.int8),  # pool of the window (0: no hour yet)
             "row_": np.full(cap, -1, dtype=np.int64),  # the window's row in its pool
@@ -353,7 +355,7 @@ class RobustBaselineDetector:
         if f.size:
             self._move_full(f)
             pos = self.pos_[f]
-            self._set_column(f, pos, self.peak_[f].astype(np.float32))
+            self._set_column(f, pos, self.peak_[f])
             self.pos_[f] = (pos + 1) % self.window_hours
             self.count_[f] = np.minimum(self.count_[f] + 1, self.window_hours)
             self._refresh(f)
@@ -481,7 +483,7 @@ class RobustBaselineDetector:
         if len(self.identities_) != n:
             raise ValueError("duplicate identities in state")
         self.open_hour_[:n] = np.array(state["open_hour"], dtype=np.int64).reshape(n)
-        self.peak_[:n] = np.array(state["peak"], dtype=np.float64).reshape(n, m)
+        self.peak_[:n] = np.array(state["peak"], dtype=np.float64).reshape(n, m)  # to float32
         self.learned_[:n] = np.array(state["learned"], dtype=np.int64).reshape(n)
         if len(state["hours"]) != n:
             raise ValueError("hours must have one ring per identity")
