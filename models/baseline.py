@@ -32,7 +32,7 @@ column of the identity's window and sorts that window again for its median and M
 Memory grows with the hours an identity has: its window (``len(measures)`` float32 per completed
 hour) sits in a pool of windows 8, 32 or ``window_hours`` hours wide, and moves to the next pool
 when it fills (the narrower rows it leaves are not reused). With the defaults an identity seen
-in a few hours holds 128 B of window and about 170 B of per-identity figures; one with a full
+in a few hours holds 128 B of window and about 150 B of per-identity figures; one with a full
 week of hours 2.7 KB of window and the 640 B it left behind, where every identity held 5.4 KB
 when each window was ``window_hours`` wide and kept twice (in arrival order and sorted).
 """
