@@ -161,6 +161,7 @@ class RobustBaselineDetector:
             # a completed hour), hourly peaks in arrival order; a window that fills moves on.
             w = int(self.window_hours)
             self.widths_ = (0,) + tuple(x for x in _POOL_WIDTHS if x < w) + (w,)
+            self._width_of = np.array(self.widths_)  # pool -> width, for per-slot lookups
             self.windows_ = [np.zeros((0, m, x), dtype=np.float32) for x in self.widths_]
             self.used_ = [0] * len(self.widths_)
         else:
@@ -184,10 +185,10 @@ class RobustBaselineDetector:
     def _move_full(self, f: np.ndarray) -> None:
         """Move the windows of ``f`` that are as full as their pool allows to the next pool."""
         pool = self.pool_[f]
-        widths = np.array(self.widths_)
-        full = f[(self.count_[f] == widths[pool]) & (pool < len(self.widths_) - 1)]
-        for p in np.unique(self.pool_[full]).tolist():
-            g = full[self.pool_[full] == p]
+        moving = (self.count_[f] == self._width_of[pool]) & (pool < len(self.widths_) - 1)
+        full, from_pool = f[moving], pool[moving]
+        for p in np.unique(from_pool).tolist():
+            g = full[from_pool == p]
             rows = self._take_rows(p + 1, g.size)
             if p:  # oldest first in columns 0..width-1: a pool before the last never wraps
                 self.windows_[p + 1][rows, :, :self.widths_[p]] = self.windows_[p][self.row_[g]]
@@ -487,13 +488,12 @@ class RobustBaselineDetector:
         self.learned_[:n] = np.array(state["learned"], dtype=np.int64).reshape(n)
         if len(state["hours"]) != n:
             raise ValueError("hours must have one ring per identity")
-        widths = np.array(self.widths_)
         for slot, rows in enumerate(state["hours"]):
             ring = np.array(rows, dtype=np.float32).reshape(-1, m)
             if ring.shape[0] > self.window_hours:
                 raise ValueError("more hours than window_hours")
             if len(ring):  # the narrowest pool that holds them
-                pool = int(np.searchsorted(widths, len(ring)))
+                pool = int(np.searchsorted(self._width_of, len(ring)))
                 row = int(self._take_rows(pool, 1)[0])
                 self.windows_[pool][row, :, :len(ring)] = ring.T
                 self.pool_[slot], self.row_[slot] = pool, row
