@@ -35,9 +35,9 @@ def cache(tmp_path_factory):
     return tmp_path_factory.mktemp("bench-cache")
 
 
-def replay_args(cache, min_rate: str) -> list[str]:
+def replay_args(cache, min_rate: str, max_start_up: str = "1000") -> list[str]:
     return ["--calls", "5000", "--repeat", "1", "--cache", str(cache),
-            "--min-calls-per-second", min_rate]
+            "--min-calls-per-second", min_rate, "--max-start-up", max_start_up]
 
 
 def test_replay_benchmark_prints_its_figures(cache):
@@ -53,12 +53,19 @@ def test_replay_benchmark_prints_its_figures(cache):
     assert figure(rf"read \+ parse \(2 lines\)\s+{NUMBER} us per call", out) > 0
     assert figure(rf"features \(observe \+ learn\)\s+{NUMBER} us per call", out) > 0
     assert re.search(r"join into one event\s+-?[\d.]+ us per call", out), out
+    assert 0 < figure(rf"process start to first event\s+{NUMBER} s wall", out) < 1000
 
 
 def test_replay_benchmark_exits_1_below_its_target(cache):
     proc = bench("replay_throughput.py", *replay_args(cache, str(10**9)))
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "FAIL:" in proc.stderr and "< target 1,000,000,000" in proc.stderr
+
+
+def test_replay_benchmark_exits_1_when_start_up_is_not_under_its_target(cache):
+    proc = bench("replay_throughput.py", *replay_args(cache, "0", "0"))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert re.search(r"FAIL: start-up [\d.]+ s >= target 0\.0 s", proc.stderr), proc.stderr
 
 
 def quality_args(cache, *targets: str) -> list[str]:
