@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import struct
 import sys
 from pathlib import Path
 
@@ -50,9 +49,11 @@ class FeatureDigests:
         self._sha = hashlib.sha256()
 
     def record(self, vectors, undo) -> int:
+        from secretscope.history import encode_values  # the store's packing of a vector
+
         for fv in vectors:
             self._sha.update(fv.event.event_id.encode())
-            self._sha.update(struct.pack(f"<{len(fv.values)}d", *fv.values))
+            self._sha.update(encode_values(fv.values))
             self.rows += 1
             if self.rows % FEATURE_BLOCK == 0:
                 self.blocks.append(self._sha.hexdigest())
