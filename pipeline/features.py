@@ -31,15 +31,14 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from secretscope.events import DENIED, SUCCESS, AccessEvent
-from secretscope.identity import (HOD, NO_READS_1H, WORKING_SHARE, Dormant, IdentityState, Undo,
-                                  learn_rates, rates)
+from secretscope.identity import (HOD, WORKING_SHARE, Dormant, IdentityState, Undo, learn_rates,
+                                  rates)
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from secretscope.novelty import (ENVIRONMENT, FOLDER, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
                               PeerGroup,
                               dimension_keys, frequency_classes, own_classes, peer_key,
                               tagged, tagged_keys)
 from secretscope.segments import UNKNOWN, SegmentTable
-from secretscope.windows import WindowCounter
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,7 +97,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     "seq_new_segment_login_then_read",  # a read within 1 h after a login from a new segment
     # sessions and role boundaries
     "networks_15m",  # networks (segments; an unlisted address by its /16) used in 15 minutes
-    "network_unfamiliar",  # 1.0 if the identity never called from this network alone (see _ALONE)
+    # 1.0 if the identity never called from this network alone: a network becomes familiar only
+    # through calls made while the identity used no other for an hour (_native.ALONE), so a
+    # thief's calls right after its owner stopped working do not make it a habit
+    "network_unfamiliar",
     "role_new_secrets_1h",  # distinct secrets read in 1 h that neither it nor its peers had used
     "role_new_secrets_24h",  # ... in 24 h (a slow campaign adds one an hour)
     "environment_crossing",  # 1.0: reads a production secret, all its reads were elsewhere
@@ -126,13 +128,9 @@ _GAP_ALPHA = 0.05  # per learned event, for the usual gap between calls
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
 _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
-_LIST_BURST = 3  # lists in 10 minutes
-_DENIED_BURST = 5  # denials or failed logins in 5 minutes
+# (bursts, sessions and the prefixes above are also the windows' own, in compiled code:
+# secretscope._native exports its values, and tests/test_native_windows.py compares them)
 _LIST_FOLLOW, _DENIED_FOLLOW, _CHANGE_FOLLOW = 900.0, 900.0, 3600.0  # how long a mark lasts
-_CONCURRENT = 900.0  # networks used within this long of each other are one session's
-# A network becomes familiar only through calls made while the identity used no other network
-# for this long: a thief's calls right after its owner stopped working do not make it a habit.
-_ALONE = 3600.0
 PRODUCTION = "production"  # the environment of a path no `environments` entry matches
 _PRODUCTION = tagged(ENVIRONMENT, PRODUCTION)  # its key among the counts (novelty.tagged)
 _ENV_CACHE_MAX = 100_000
@@ -218,11 +216,6 @@ def is_dynamic_credential(event: AccessEvent) -> bool:
     return "/creds/" in event.path or "/issue/" in event.path
 
 
-def _ratio(lists: int, reads: WindowCounter, ts: float) -> float:
-    """Lists per successful read; the reads window is only consulted when there were lists."""
-    return lists / max(1, reads.count(ts)) if lists else 0.0
-
-
 def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
     """The dimension values ``learn`` counts (``keys`` are fv's, tagged or not): a secret (and
     its folder) only once it was used successfully, so denied probes and typos do not widen
@@ -281,33 +274,6 @@ def network_of(segment: str, address: str) -> str:
     if ":" in address:
         return "unknown:" + ":".join(address.split(":", 2)[:2])
     return "unknown:" + ".".join(address.split(".", 2)[:2])
-
-
-def _networks(st: IdentityState, net: str, ts: float) -> int:
-    """Record a call from network ``net`` at ``ts``; return how many networks the identity used
-    within ``_CONCURRENT`` of it (this one included), or 0 when it used no other in ``_ALONE``.
-    ``st.networks`` holds one time per network of the last ``_ALONE``: as a (network, time)
-    pair while there is one (most identities call from one network: a pair is a third of a
-    dict), as a dict from the second."""
-    seen = st.networks
-    if type(seen) is tuple:
-        if not seen or seen[0] == net:
-            if not seen or ts > seen[1]:
-                st.networks = (net, ts)
-            return 0
-        seen = st.networks = {seen[0]: seen[1]}
-    last = seen.get(net)
-    if last is None or ts > last:
-        seen[net] = ts
-    if len(seen) == 1:
-        return 0
-    floor = ts - _ALONE
-    for old in [k for k, t in seen.items() if t < floor]:
-        del seen[old]  # a network stays only while it is recent
-    if len(seen) == 1:
-        return 0
-    floor = ts - _CONCURRENT
-    return sum(1 for t in seen.values() if t >= floor) or 1
 
 
 def _in_tree(folder: str, known) -> bool:
@@ -459,81 +425,22 @@ class FeatureExtractor:
         """
         ts = event.ts
         st = self._enter(event)
-        eid = event.event_id
-        since_previous = max(0.0, ts - st.newest_ts)
-        if ts > st.newest_ts:
-            st.newest_ts = ts
         where = self._where.get(event.remote_address)
         if where is None:
             where = self._locate(event.remote_address)
         segment, network, place = where
-        networks = _networks(st, network, ts)  # 0: alone in the last hour
-        requests_1m = st.requests_1m.add_count(ts)
-        requests_1h = st.requests_1h.add_count(ts)
-        requests_24h = st.requests_24h.add_count(ts)
-        op = event.operation
-        secret_access = is_secret_access(event)
-        if event.outcome == DENIED:
-            st.own("denied_1h").add(ts)
-            if secret_access:
-                st.own("denied_secrets_1h").add(event.secret, ts)
-            if st.own("denied_5m").add_count(ts, eid) >= _DENIED_BURST:
-                st.own_marks()[2] = ts
-        if event.is_login and event.outcome != SUCCESS:
-            if st.own("login_failed_5m").add_count(ts, eid) >= _DENIED_BURST:
-                st.own_marks()[2] = ts
-        if op == "list":
-            st.own("lists_1h").add(ts)
-            if st.own("lists_10m").add_count(ts) >= _LIST_BURST:
-                st.own_marks()[0] = ts
-        if op == "read" and event.outcome == SUCCESS:
-            reads = st.reads_1h
-            if reads is NO_READS_1H:
-                reads = st.reads_1h = WindowCounter(60, 60)
-            reads.add(ts)
-        if secret_access:
-            secret = _intern(event.secret)
-            distinct_1h = st.secrets_1h.add(secret, ts)
-            distinct_24h = st.secrets_24h.add(secret, ts)
-            if is_dynamic_credential(event):
-                st.own("creds_10m").add(ts)
-        else:
-            distinct_1h = st.secrets_1h.count(ts)
-            distinct_24h = st.secrets_24h.count(ts)
-            if event.outcome == SUCCESS:
-                if is_policy_write(event):
-                    st.own_marks()[1] = ts
-                elif event.path.startswith("auth/token/create"):
-                    st.own_marks()[3] = ts
+        # every window at once, in compiled code (secretscope._native.IdentityWindows.observe)
+        w = st.win.observe(ts, event.event_id, event.operation, event.outcome, event.path,
+                           event.secret, event.is_login, network, not self.windows_only)
+        secret_access = w[0]
         lineage = 0
         if event.path.startswith("auth/") or event.identity.startswith("approle:"):
             lineage = self.lineage.observe(
-                event.identity, st.peer.key, event.path, op, event.mount_type,
+                event.identity, st.peer.key, event.path, event.operation, event.mount_type,
                 event.outcome == SUCCESS, event.is_login, secret_access, event.remote_address,
                 segment, ts)
-        return Windows(
-            segment,
-            secret_access,
-            float(requests_1m),
-            float(requests_1h),
-            float(requests_24h),
-            float(distinct_1h),
-            float(distinct_24h),
-            float(st.denied_5m.count(ts)),
-            st.denied_1h.count(ts) / requests_1h if requests_1h else 0.0,
-            float(st.denied_secrets_1h.count(ts)),
-            float(st.login_failed_5m.count(ts)),
-            _ratio(st.lists_1h.count(ts), st.reads_1h, ts),
-            float(st.creds_10m.count(ts)),
-            ts - st.marks[0], ts - st.marks[1], ts - st.marks[2], ts - st.marks[3],
-            since_previous, float(networks or 1), network,
-            None if self.windows_only else st.peer,
-            tuple(sorted(k for k, t in st.networks.items() if t >= ts - _CONCURRENT))
-            if networks > 1 else (),
-            networks == 0,
-            lineage,
-            place,
-        )
+        return Windows(segment, *w[:18], network, None if self.windows_only else st.peer,
+                       w[18], w[19], lineage, place)
 
     def _enter(self, event: AccessEvent) -> IdentityState:
         """The part of observing an event both halves of a split replay do (see
@@ -556,8 +463,6 @@ class FeatureExtractor:
                 policies = self._policies[event.policies] = event.policies
             st.policies = policies
             st.peer = self.peer_group(policies)
-        if not self.windows_only:
-            st.recent.append(ts, event.event_id)
         return st
 
     def observe_relayed(self, event: AccessEvent) -> Windows:
@@ -570,13 +475,8 @@ class FeatureExtractor:
         same identities."""
         w = self.relayed.popleft()
         st = self._enter(event)
-        ts = event.ts
-        if ts > st.newest_ts:
-            st.newest_ts = ts
-        if event.outcome == DENIED:
-            st.own("denied_5m").add_count(ts, event.event_id)
-        if event.is_login and event.outcome != SUCCESS:
-            st.own("login_failed_5m").add_count(ts, event.event_id)
+        st.win.relay(event.ts, event.event_id, event.outcome == DENIED,
+                     event.is_login and event.outcome != SUCCESS)
         return msgspec.structs.replace(w, peer=st.peer)
 
     def derive(self, event: AccessEvent, w: Windows) -> FeatureVector:

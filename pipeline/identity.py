@@ -12,39 +12,18 @@ from collections.abc import Callable
 
 from secretscope.novelty import (AUTH_METHOD, COUNTED, DIMENSIONS, ENVIRONMENT, MOUNT, OPERATION,
                               PLACE, SECRET, SEGMENT, USER_AGENT, PeerGroup, untag)
-from secretscope.windows import Distinct, Recent, RecentEvents, WindowCounter
+from secretscope._native import IdentityWindows
 
 NEVER = -1e18  # the time of a mark that was never set
 _EWMA_ALPHA = 0.1  # per completed hour of activity
 WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a working hour
 RECENT = 64  # (time, id) of an identity's last events kept for the findings it raises
+BURST_HORIZON = 300.0  # seconds of denials and failed logins kept with their event ids
 
-# Windows most identities never fill are shared empty instances until their first entry
-# (``FeatureExtractor`` replaces them before adding): reading an empty window changes nothing.
-NO_DENIED_1H = WindowCounter(60, 60)
-NO_LISTS_1H = WindowCounter(60, 60)
-NO_READS_1H = WindowCounter(60, 60)
-NO_DENIED_5M = Recent(300.0, ids=True)
-NO_LOGIN_FAILED_5M = Recent(300.0, ids=True)
-NO_LISTS_10M = Recent(600.0)
-NO_CREDS_10M = Recent(600.0, maxlen=10_000)
-NO_DENIED_SECRETS = Distinct(3600.0)
-_SHARED = {"denied_1h": NO_DENIED_1H, "lists_1h": NO_LISTS_1H, "reads_1h": NO_READS_1H,
-           "denied_5m": NO_DENIED_5M, "login_failed_5m": NO_LOGIN_FAILED_5M,
-           "lists_10m": NO_LISTS_10M, "creds_10m": NO_CREDS_10M,
-           "denied_secrets_1h": NO_DENIED_SECRETS}
-_MAKE = {"denied_1h": lambda: WindowCounter(60, 60), "lists_1h": lambda: WindowCounter(60, 60),
-         "reads_1h": lambda: WindowCounter(60, 60),
-         "denied_5m": lambda: Recent(300.0, ids=True),
-         "login_failed_5m": lambda: Recent(300.0, ids=True),
-         "lists_10m": lambda: Recent(600.0), "creds_10m": lambda: Recent(600.0, maxlen=10_000),
-         "denied_secrets_1h": lambda: Distinct(3600.0)}
 # Profiles start as one byte per hour and widen when an hour would overflow its type.
 _WIDER = {"B": ("H", 255), "H": ("I", 65535), "I": ("Q", 2**32 - 1)}
 HOD = 168  # where the hours of the day start in IdentityState.hours
 HOURS = HOD + 24
-# Marks of an identity that never set one (most): shared until the first is set.
-NO_MARKS = (NEVER, NEVER, NEVER, NEVER)
 
 
 class Undo:
@@ -59,43 +38,44 @@ class Undo:
         self.rates = rates
 
 
+class RecentView:
+    """An identity's last events as (time, event id), oldest first, read from its windows
+    whenever iterated (``runner._Batch`` reads it before and after a batch)."""
+
+    __slots__ = ("win",)
+    maxlen = RECENT
+
+    def __init__(self, win: IdentityWindows) -> None:
+        self.win = win
+
+    def __len__(self) -> int:
+        return self.win.recent_len()
+
+    def __iter__(self):
+        return iter(self.win.recent_items())
+
+
 class IdentityState:
     """Everything secretscope keeps about one identity: about 3.5 KB for one that made ten
-    calls (``benchmarks/identity_memory.py`` measures it). Windows are compact and shared while
-    empty (the commonest are their own container: an array, a dict), the hour profiles are one
-    array, the networks a pair while there is one, and the per-value counts of all novelty
-    dimensions sit in one dict keyed by tagged values (``secretscope.novelty.tagged``)."""
+    calls (``benchmarks/identity_memory.py`` measures it). Its windows (what it is doing now:
+    counts, distinct secrets, bursts, networks, its last events) are one compiled object,
+    ``win`` (``secretscope._native.IdentityWindows``, with ``secretscope.windows`` as the
+    reference it is checked against); the hour profiles are one array, and the per-value counts
+    of all novelty dimensions sit in one dict keyed by tagged values
+    (``secretscope.novelty.tagged``)."""
 
     __slots__ = (
-        "requests_1m", "requests_1h", "requests_24h", "denied_1h", "denied_5m", "login_failed_5m",
-        "secrets_1h", "secrets_24h", "denied_secrets_1h", "lists_1h", "reads_1h", "lists_10m",
-        "creds_10m",
-        "marks", "recent", "hours", "history", "seen", "distinct", "policy_writer",
+        "win", "hours", "history", "seen", "distinct", "policy_writer",
         "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
         "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
-        "hours_seen", "peer", "newest_ts", "policies", "networks", "role_new", "role_new_newest",
+        "hours_seen", "peer", "policies", "role_new", "role_new_newest",
     )
 
-    def __init__(self) -> None:
-        self.requests_1m = Recent(60.0, maxlen=100_000)
-        self.requests_1h = WindowCounter(60, 60)
-        self.requests_24h = WindowCounter(900, 96)
-        self.denied_1h = NO_DENIED_1H
-        self.lists_1h = NO_LISTS_1H
-        self.reads_1h = NO_READS_1H
-        self.denied_5m = NO_DENIED_5M
-        self.login_failed_5m = NO_LOGIN_FAILED_5M
-        self.lists_10m = NO_LISTS_10M
-        self.creds_10m = NO_CREDS_10M
-        self.secrets_1h = Distinct(3600.0)
-        self.secrets_24h = Distinct(86400.0)
-        self.denied_secrets_1h = NO_DENIED_SECRETS
-        # event time of the last list burst, policy write, denial burst, token creation
-        self.marks: list[float] | tuple = NO_MARKS
-        self.recent = RecentEvents(RECENT)
-        # newest event time observed (entries of the windows older than a horizon before it may
-        # have been dropped: what a finding names is cut to it, see runner._Batch.related)
-        self.newest_ts = float("-inf")
+    def __init__(self, win: IdentityWindows | None = None) -> None:
+        # the windows, and the newest event time observed (entries of the windows older than a
+        # horizon before it may have been dropped: what a finding names is cut to it, see
+        # runner._Batch.related)
+        self.win = IdentityWindows() if win is None else win
         # baseline, changed only by learn()
         # events per hour of the week (0-167, Monday 00 UTC first), then per hour of the day
         # (168-191): one array, in the narrowest type its counts fit (see count_hour)
@@ -123,22 +103,22 @@ class IdentityState:
         self.hours_seen = 0
         self.peer: PeerGroup | None = None
         self.policies: tuple[str, ...] | None = None  # of the newest event: they pick the peers
-        # network (segment, or the /16 of an address in no segment) -> last event time from it,
-        # as a (network, time) pair while there is one (see features._networks)
-        self.networks: dict[str, float] | tuple = ()
         # secret -> sorted times of successful reads of it while neither the identity nor its
         # peers had used it; bounded (see features._remember); None until the first
         self.role_new: dict[str, list[float]] | None = None
         self.role_new_newest = NEVER  # newest time in role_new
 
-    def own(self, name: str):
-        """The window ``name``, made the identity's own first if it is still the shared empty
-        one (call before adding to it)."""
-        window = getattr(self, name)
-        if window is _SHARED.get(name):
-            window = _MAKE[name]()
-            setattr(self, name, window)
-        return window
+    @property
+    def newest_ts(self) -> float:
+        return self.win.newest_ts
+
+    @newest_ts.setter
+    def newest_ts(self, ts: float) -> None:
+        self.win.newest_ts = ts
+
+    @property
+    def recent(self) -> RecentView:
+        return RecentView(self.win)
 
     @property
     def how(self) -> array:
@@ -159,12 +139,6 @@ class IdentityState:
                 hours = self.hours = array(wider, hours)
         hours[how] += step
         hours[HOD + hod] += step
-
-    def own_marks(self) -> list[float]:
-        """The marks, made the identity's own first (call before setting one)."""
-        if self.marks is NO_MARKS:
-            self.marks = list(NO_MARKS)
-        return self.marks
 
     @property
     def counts(self) -> list[dict[str, int]]:
@@ -211,51 +185,28 @@ class IdentityState:
 
     def to_state(self) -> list:
         """Plain lists and numbers, for snapshots (see ``secretscope.snapshot``)."""
+        recents, recent, counters, distincts, marks, newest_ts, networks = self.win.to_state()
         return [
-            [r.to_state() for r in (self.requests_1m, self.denied_5m, self.login_failed_5m,
-                                    self.lists_10m, self.creds_10m)],
-            [list(pair) for pair in self.recent],
-            [c.to_state() for c in (self.requests_1h, self.requests_24h, self.denied_1h,
-                                    self.lists_1h, self.reads_1h)],
-            [list(d.last.items()) for d in (self.secrets_1h, self.secrets_24h,
-                                            self.denied_secrets_1h)],
-            list(self.marks), list(self.how), list(self.hod), self.history, self.seen,
-            list(self.distinct), list(self._scalars()), list(rates(self)),
-            self.peer.key if self.peer is not None else None,
-            self.newest_ts,
-            list(self.policies) if self.policies is not None else None,
-            dict([self.networks]) if type(self.networks) is tuple and self.networks
-            else dict(self.networks),
+            recents, recent, counters, distincts, marks, list(self.how), list(self.hod),
+            self.history, self.seen, list(self.distinct), list(self._scalars()),
+            list(rates(self)), self.peer.key if self.peer is not None else None, newest_ts,
+            list(self.policies) if self.policies is not None else None, networks,
             self.role_new or {},
         ]
 
     @classmethod
     def from_state(cls, state: list, peers: dict[str, PeerGroup]) -> "IdentityState":
-        st = cls()
-        (recents, recent, counters, distincts, marks, how, hod, st.history, seen, distinct,
-         scalars, rates, peer, st.newest_ts, policies, networks, role_new) = state
-        st.marks = NO_MARKS if tuple(marks) == NO_MARKS else list(marks)
+        (recents, recent, counters, distincts, marks, how, hod, history, seen, distinct,
+         scalars, rates, peer, newest_ts, policies, networks, role_new) = state
+        st = cls(IdentityWindows.from_state(recents, recent, counters, distincts, marks,
+                                            newest_ts, networks))
+        st.history = history
         st.hours = _profile(list(how) + list(hod))
         st.seen = dict(seen)
         st.distinct = array("I", distinct)
         st.policies = tuple(policies) if policies is not None else None
-        st.networks = (next(iter(networks.items())) if len(networks) == 1
-                       else dict(networks) if networks else ())
         st.role_new = {k: list(v) for k, v in role_new.items()} or None
         st.role_new_newest = max((v[-1] for v in (st.role_new or {}).values()), default=NEVER)
-        for name, saved in zip(("requests_1m", "denied_5m", "login_failed_5m", "lists_10m",
-                                "creds_10m"), recents):
-            if saved[0]:
-                st.own(name).load_state(saved)
-        for ts, eid in recent:
-            st.recent.append(ts, eid)
-        for name, saved in zip(("requests_1h", "requests_24h", "denied_1h", "lists_1h",
-                                "reads_1h"), counters):
-            if saved[2] >= 0:  # advanced at least once
-                st.own(name).load_state(saved)
-        for name, items in zip(("secrets_1h", "secrets_24h", "denied_secrets_1h"), distincts):
-            if items:
-                st.own(name).load(items)
         st._set_scalars(scalars)
         (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
          st.requests_baseline, st.secrets_baseline) = rates

@@ -22,7 +22,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from contextlib import contextmanager
-from itertools import islice, starmap
+from itertools import starmap
 from operator import attrgetter
 from dataclasses import dataclass, field
 from typing import TextIO
@@ -87,9 +87,9 @@ class _Recent:
             return
         live = self.live = st.recent
         out = len(live) + appends - live.maxlen
-        self.evicted = list(islice(live, out)) if out > 0 else []
-        self.denied = list(st.denied_5m.items) if st.denied_5m.items else []
-        self.failed = list(st.login_failed_5m.items) if st.login_failed_5m.items else []
+        self.evicted = live.win.recent_items(0, out) if out > 0 else []
+        self.denied = st.win.denied_items()
+        self.failed = st.win.failed_items()
         self.newest = st.newest_ts
 
     @property

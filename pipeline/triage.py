@@ -44,6 +44,7 @@ from secretscope.config import TriageSettings
 from secretscope.events import AccessEvent
 from secretscope.explain import factors, peer_comparison, rule_reason, streaming_reasons
 from secretscope.features import FeatureExtractor, FeatureVector, IdentityState
+from secretscope.identity import BURST_HORIZON
 from secretscope.findings import (CLOSE, NEW, RESOLVED, UPDATE, Finding, Reason, finding_id,
                                titled)
 from secretscope.suppression import (ALLOWLIST, BELOW_MIN_SEVERITY, CHANGE_WINDOW, FALSE_POSITIVE,
@@ -487,9 +488,9 @@ def _related(kind: str, state: IdentityState | None, limit: int, trigger: Access
     if state is None or kind == "trigger":
         return []
     if kind == "denied_5m":
-        items, horizon = list(state.denied_5m.items), state.denied_5m.horizon
+        items, horizon = state.win.denied_items(), BURST_HORIZON
     elif kind == "login_failed_5m":
-        items, horizon = list(state.login_failed_5m.items), state.login_failed_5m.horizon
+        items, horizon = state.win.failed_items(), BURST_HORIZON
     else:
         items, horizon = list(state.recent), 3600.0
     end = len(items)

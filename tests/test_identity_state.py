@@ -132,33 +132,31 @@ def test_window_counter_counts_as_the_ring_did_with_late_and_gapped_events(steps
 
 
 def _networks_in_a_dict(seen: dict, net: str, ts: float) -> int:
-    """features._networks as it was before pairs: always a dict."""
-    from secretscope.features import _ALONE, _CONCURRENT
+    """How many networks an identity used within 15 minutes of a call (0: none other in the
+    last hour), as a plain dict of network -> last time: the reference the windows match."""
+    from secretscope._native import ALONE, CONCURRENT
 
     if seen.get(net) is None or ts > seen[net]:
         seen[net] = ts
     if len(seen) == 1:
         return 0
-    for old in [k for k, t in seen.items() if t < ts - _ALONE]:
+    for old in [k for k, t in seen.items() if t < ts - ALONE]:
         del seen[old]
     if len(seen) == 1:
         return 0
-    return sum(1 for t in seen.values() if t >= ts - _CONCURRENT) or 1
+    return sum(1 for t in seen.values() if t >= ts - CONCURRENT) or 1
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(0, 20_000)), max_size=40))
-def test_networks_held_as_a_pair_count_as_the_dict_did(calls):
-    from secretscope.features import _networks
-    from secretscope.identity import IdentityState
+def test_networks_count_as_the_dict_did(calls):
+    from secretscope._native import IdentityWindows
 
-    state, seen = IdentityState(), {}
+    win, seen = IdentityWindows(), {}
     for net, ts in calls:  # late calls too
-        assert _networks(state, net, ts) == _networks_in_a_dict(seen, net, ts)
-        held = dict([state.networks]) if type(state.networks) is tuple else state.networks
-        assert held == seen
-    if len({net for net, _ in calls}) <= 1:  # one network: never a dict
-        assert type(state.networks) is tuple
+        assert win._network(net.encode().decode(), ts) == _networks_in_a_dict(seen, net, ts)
+        assert win.networks() == seen
+        assert list(win.networks()) == list(seen)  # in the order first seen
 
 
 class _DistinctAsAWrapper:
