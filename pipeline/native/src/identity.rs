@@ -1,7 +1,7 @@
 //! The windows of one identity: what it is doing now, updated by every event it makes
 //! (`FeatureExtractor.observe_windows` in `secretscope/features.py` says what each one is for).
 
-use crate::windows::{interned, items_of, pair, Counter, Distinct, Recent, RecentEvents};
+use crate::windows::{interned, items_of, pair, room, Counter, Distinct, Recent, RecentEvents};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
@@ -49,8 +49,9 @@ pub struct IdentityWindows {
     secrets_1h: Distinct,
     secrets_24h: Distinct,
     rare: Option<Box<Rare>>,
-    // event time of the last list burst, policy write, denial burst, token creation
-    marks: [f64; 4],
+    // event time of the last list burst, policy write, denial burst, token creation (most
+    // identities never set one)
+    marks: Option<Box<[f64; 4]>>,
     recent: RecentEvents,
     newest_ts: f64,
     // network -> last event time from it, in the order first seen (see features._networks)
@@ -62,6 +63,14 @@ fn starts_with_any(path: &str, prefixes: &[&str]) -> bool {
 }
 
 impl IdentityWindows {
+    fn mark(&mut self, i: usize, ts: f64) {
+        self.marks.get_or_insert_with(|| Box::new([NEVER; 4]))[i] = ts;
+    }
+
+    fn marks(&self) -> [f64; 4] {
+        self.marks.as_deref().copied().unwrap_or([NEVER; 4])
+    }
+
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
     }
@@ -71,7 +80,10 @@ impl IdentityWindows {
     fn network(&mut self, net: Py<PyString>, ts: f64) -> usize {
         let seen = &mut self.networks;
         match seen.iter_mut().find(|(k, _)| k.as_ptr() == net.as_ptr()) {
-            None => seen.push((net, ts)),
+            None => {
+                room(seen);
+                seen.push((net, ts))
+            }
             Some(entry) => {
                 if ts > entry.1 {
                     entry.1 = ts;
@@ -116,7 +128,7 @@ impl IdentityWindows {
             secrets_1h: Distinct::default(),
             secrets_24h: Distinct::default(),
             rare: None,
-            marks: [NEVER; 4],
+            marks: None,
             recent: RecentEvents::default(),
             newest_ts: f64::NEG_INFINITY,
             networks: Vec::new(),
@@ -157,7 +169,7 @@ impl IdentityWindows {
             if rare.denied_5m.add_count(ts, Some(event_id), BURSTS_5M.0, BURSTS_5M.1)
                 >= DENIED_BURST
             {
-                self.marks[2] = ts;
+                self.mark(2, ts);
             }
         }
         if is_login && !success {
@@ -165,14 +177,14 @@ impl IdentityWindows {
             if rare.login_failed_5m.add_count(ts, Some(event_id), BURSTS_5M.0, BURSTS_5M.1)
                 >= DENIED_BURST
             {
-                self.marks[2] = ts;
+                self.mark(2, ts);
             }
         }
         if operation == "list" {
             let rare = self.rare();
             rare.lists_1h.add_count(ts, MINUTES.0, MINUTES.1);
             if rare.lists_10m.add_count(ts, None, LISTS_10M.0, LISTS_10M.1) >= LIST_BURST {
-                self.marks[0] = ts;
+                self.mark(0, ts);
             }
         }
         if operation == "read" && success {
@@ -192,9 +204,9 @@ impl IdentityWindows {
                 if matches!(operation, "create" | "update" | "delete")
                     && starts_with_any(path, &POLICY_PREFIXES)
                 {
-                    self.marks[1] = ts;
+                    self.mark(1, ts);
                 } else if path.starts_with("auth/token/create") {
-                    self.marks[3] = ts;
+                    self.mark(3, ts);
                 }
             }
         }
@@ -223,7 +235,7 @@ impl IdentityWindows {
                 }
             };
         let concurrent = if networks > 1 { self.concurrent(py, ts)? } else { PyTuple::empty(py) };
-        let m = self.marks;
+        let m = self.marks();
         let floats = [
             requests_1m as f64,
             requests_1h as f64,
@@ -351,7 +363,7 @@ impl IdentityWindows {
             recent.into_any(),
             counters.into_any(),
             distincts.into_any(),
-            PyList::new(py, self.marks)?.into_any(),
+            PyList::new(py, self.marks())?.into_any(),
             PyFloat::new(py, self.newest_ts).into_any(),
             self.networks(py)?.into_any(),
         ])
@@ -417,7 +429,9 @@ impl IdentityWindows {
                 target.load(items)?;
             }
         }
-        w.marks = marks;
+        if marks != [NEVER; 4] {
+            w.marks = Some(Box::new(marks));
+        }
         w.newest_ts = newest_ts;
         for (k, t) in networks.iter() {
             let k = k.downcast_into::<PyString>()?;
@@ -438,5 +452,6 @@ impl IdentityWindows {
             + self.requests_24h.heap_bytes() + self.reads_1h.heap_bytes()
             + self.secrets_1h.heap_bytes() + self.secrets_24h.heap_bytes()
             + self.recent.heap_bytes() + self.networks.capacity() * 16 + rare
+            + self.marks.as_ref().map_or(0, |_| 32)
     }
 }

@@ -29,6 +29,24 @@ pub fn floor_div(ts: f64, width: f64) -> i64 {
     floordiv as i64
 }
 
+/// Room for one more entry in `v`, grown by a quarter rather than doubled: there is one set of
+/// windows per identity, and most hold a handful of entries, so spare capacity is most of what
+/// they would hold (still amortised constant time per entry).
+#[inline]
+pub fn room<T>(v: &mut Vec<T>) {
+    if v.len() == v.capacity() {
+        v.reserve_exact((v.len() / 4).max(1));
+    }
+}
+
+/// Give back most of `v`'s spare capacity after entries left it (as Python's arrays do).
+#[inline]
+pub fn trim<T>(v: &mut Vec<T>) {
+    if v.capacity() > 2 * v.len() + 4 {
+        v.shrink_to(v.len() + v.len() / 4 + 1);
+    }
+}
+
 /// The items of a list or tuple (a snapshot holds lists where the state had tuples).
 pub fn items_of<'py>(obj: &Bound<'py, PyAny>) -> PyResult<Vec<Bound<'py, PyAny>>> {
     obj.try_iter()?.collect()
@@ -83,6 +101,7 @@ impl Counter {
                     self.total -= p.1 as u64;
                 }
                 self.pairs.drain(..k);
+                trim(&mut self.pairs);
             }
         }
         self.newest = bucket;
@@ -100,6 +119,7 @@ impl Counter {
         if k > 0 && self.pairs[k - 1].0 == bucket {
             self.pairs[k - 1].1 += 1;
         } else {
+            room(&mut self.pairs);
             self.pairs.insert(k, (bucket, 1));
         }
     }
@@ -162,22 +182,26 @@ impl Counter {
 /// leaving by time or beyond `maxlen` oldest first, as `windows.Recent`.
 #[derive(Default)]
 pub struct Recent {
-    pub times: VecDeque<f64>,
-    pub ids: VecDeque<Py<PyString>>, // empty unless the window keeps ids
+    pub times: Vec<f64>,
+    pub ids: Vec<Py<PyString>>, // empty unless the window keeps ids
 }
 
 impl Recent {
     fn drop_front(&mut self, k: usize, keep_ids: bool) {
         self.times.drain(..k);
+        trim(&mut self.times);
         if keep_ids {
             self.ids.drain(..k);
+            trim(&mut self.ids);
         }
     }
 
     fn push(&mut self, ts: f64, id: Option<&Bound<'_, PyString>>) {
-        self.times.push_back(ts);
+        room(&mut self.times);
+        self.times.push(ts);
         if let Some(id) = id {
-            self.ids.push_back(id.clone().unbind());
+            room(&mut self.ids);
+            self.ids.push(id.clone().unbind());
         }
     }
 
@@ -334,6 +358,7 @@ impl Distinct {
         }
         match self.small.iter().position(|(k, _)| k.as_ptr() as usize == addr) {
             None => {
+                room(&mut self.small);
                 self.small.push((key, ts));
                 if self.small.len() > SMALL {
                     let mut big = Box::new(BigDistinct {
@@ -366,6 +391,7 @@ impl Distinct {
         let k = self.small.iter().take_while(|(_, t)| *t <= floor).count();
         if k != 0 {
             self.small.drain(..k);
+            trim(&mut self.small);
         }
     }
 
@@ -499,6 +525,7 @@ impl RecentEvents {
     pub fn append(&mut self, ts: f64, id: &Bound<'_, PyString>, maxlen: usize) -> PyResult<()> {
         if let RecentEvents::Packed(v) = self {
             if let Some(p) = pack(id.to_str()?) {
+                room(v);
                 v.push((ts, p));
                 if v.len() > maxlen + SLACK {
                     v.drain(..v.len() - maxlen);
@@ -513,6 +540,7 @@ impl RecentEvents {
             *self = RecentEvents::Strings(strings);
         }
         if let RecentEvents::Strings(v) = self {
+            room(v);
             v.push((ts, id.clone().unbind()));
             if v.len() > maxlen + SLACK {
                 v.drain(..v.len() - maxlen);
