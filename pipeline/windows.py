@@ -1,5 +1,9 @@
 """Event-time windows: counts and distinct values over the last minutes or hours.
 
+These are the reference of the compiled windows the pipeline runs (``secretscope._native``,
+``pipeline/native``): ``tests/test_native_windows.py`` checks that both give the same counts,
+entries and snapshot state for any sequence of calls.
+
 Every structure here is advanced by the timestamps it is given, never by the wall clock, and
 holds plain numbers (in ``array`` buffers) so identity state can be snapshotted without pickle.
 They are kept small because there is one set per tracked identity, and most identities make a
