@@ -211,11 +211,6 @@ def is_policy_write(event: AccessEvent) -> bool:
     return event.operation in _WRITE_OPS and event.path.startswith(_POLICY_PREFIXES)
 
 
-def is_dynamic_credential(event: AccessEvent) -> bool:
-    """Database, cloud and PKI engines issue credentials on read of ``<mount>/creds/<role>``."""
-    return "/creds/" in event.path or "/issue/" in event.path
-
-
 def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
     """The dimension values ``learn`` counts (``keys`` are fv's, tagged or not): a secret (and
     its folder) only once it was used successfully, so denied probes and typos do not widen

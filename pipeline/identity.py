@@ -56,7 +56,7 @@ class RecentView:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity: about 3.5 KB for one that made ten
+    """Everything secretscope keeps about one identity: about 2.7 KB for one that made ten
     calls (``benchmarks/identity_memory.py`` measures it). Its windows (what it is doing now:
     counts, distinct secrets, bursts, networks, its last events) are one compiled object,
     ``win`` (``secretscope._native.IdentityWindows``, with ``secretscope.windows`` as the

@@ -12,7 +12,7 @@ import uuid
 from hypothesis import example, given, settings, strategies as st
 
 from secretscope import _native
-from secretscope import features
+from secretscope import features, identity
 from secretscope.windows import Distinct, Recent, RecentEvents, WindowCounter
 
 # Times near bucket edges (where float floor division and floor(x / w) part), far from 1970
@@ -27,7 +27,7 @@ TIMES = st.one_of(st.floats(0, 20_000), st.floats(-1e4, 1e4), EDGES,
 def test_the_native_constants_are_the_features_own():
     assert tuple(_native.NON_SECRET_PREFIXES) == features._NON_SECRET_PREFIXES
     assert tuple(_native.POLICY_PREFIXES) == features._POLICY_PREFIXES
-    assert (_native.RECENT, _native.NEVER) == (64, -1e18)
+    assert (_native.RECENT, _native.NEVER) == (identity.RECENT, identity.NEVER)
 
 
 @settings(max_examples=300, deadline=None)
@@ -167,9 +167,11 @@ CALLS = st.tuples(
     st.sampled_from(["success", "denied", "failed"]),
     st.sampled_from(["secret/data/a", "secret/data/b", "db/creds/ro", "pki/issue/web",
                      "sys/policies/acl/ops", "sys/policy/x", "auth/token/create",
-                     "auth/approle/login", "identity/entity", "cubbyhole/x", "kv/é/ü"]),
+                     "auth/approle/login", "identity/entity", "cubbyhole/x", "kv/é/ü",
+                     "kv/\ud800/x"]),
     st.booleans(),
-    st.sampled_from(["corp-vpn", "k8s-prod", "unknown:198.51", "unknown:2001:db8"]),
+    st.sampled_from(["corp-vpn", "k8s-prod", "unknown:198.51", "unknown:2001:db8",
+                     "unknown:\udcff", "unknown:\U0001f600"]),
     st.one_of(st.floats(0, 4000), EDGES))
 
 

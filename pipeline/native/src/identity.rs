@@ -104,15 +104,22 @@ impl IdentityWindows {
 
     fn concurrent<'py>(&self, py: Python<'py>, ts: f64) -> PyResult<Bound<'py, PyTuple>> {
         let floor = ts - CONCURRENT;
-        let mut names: Vec<(&str, &Py<PyString>)> = Vec::new();
+        let mut names: Vec<&Bound<'py, PyString>> = Vec::new();
         for (k, t) in &self.networks {
             if *t >= floor {
-                names.push((k.bind(py).to_str()?, k));
+                names.push(k.bind(py));
             }
         }
-        // Python's order of str (code points) is the byte order of their UTF-8
-        names.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
-        PyTuple::new(py, names.into_iter().map(|(_, k)| k.clone_ref(py)))
+        // Python's own order of str (a handful of networks: any string, surrogates included)
+        let mut failed = None;
+        names.sort_by(|a, b| a.compare(*b).unwrap_or_else(|e| {
+            failed = Some(e);
+            std::cmp::Ordering::Equal
+        }));
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        PyTuple::new(py, names)
     }
 }
 
@@ -143,9 +150,15 @@ impl IdentityWindows {
     /// field, without the network, peer, lineage and place the caller knows.
     #[allow(clippy::too_many_arguments)]
     fn observe<'py>(&mut self, py: Python<'py>, ts: f64, event_id: &Bound<'py, PyString>,
-                    operation: &str, outcome: &str, path: &str, secret: &Bound<'py, PyString>,
+                    operation: &Bound<'py, PyString>, outcome: &Bound<'py, PyString>,
+                    path: &Bound<'py, PyString>, secret: &Bound<'py, PyString>,
                     is_login: bool, network: &Bound<'py, PyString>, remember: bool)
                     -> PyResult<Bound<'py, PyTuple>> {
+        // lossy only where a string is not UTF-8 (a lone surrogate): these are compared with
+        // ASCII names and prefixes, which such a character can never be part of
+        let (operation, outcome, path) =
+            (operation.to_string_lossy(), outcome.to_string_lossy(), path.to_string_lossy());
+        let (operation, outcome, path) = (operation.as_ref(), outcome.as_ref(), path.as_ref());
         if remember {
             self.recent.append(ts, event_id, RECENT)?;
         }
