@@ -131,34 +131,6 @@ def test_window_counter_counts_as_the_ring_did_with_late_and_gapped_events(steps
     assert restored.count(now + 30) == ring.count(now + 30)
 
 
-def _networks_in_a_dict(seen: dict, net: str, ts: float) -> int:
-    """How many networks an identity used within 15 minutes of a call (0: none other in the
-    last hour), as a plain dict of network -> last time: the reference the windows match."""
-    from secretscope._native import ALONE, CONCURRENT
-
-    if seen.get(net) is None or ts > seen[net]:
-        seen[net] = ts
-    if len(seen) == 1:
-        return 0
-    for old in [k for k, t in seen.items() if t < ts - ALONE]:
-        del seen[old]
-    if len(seen) == 1:
-        return 0
-    return sum(1 for t in seen.values() if t >= ts - CONCURRENT) or 1
-
-
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(0, 20_000)), max_size=40))
-def test_networks_count_as_the_dict_did(calls):
-    from secretscope._native import IdentityWindows
-
-    win, seen = IdentityWindows(), {}
-    for net, ts in calls:  # late calls too
-        assert win._network(net.encode().decode(), ts) == _networks_in_a_dict(seen, net, ts)
-        assert win.networks() == seen
-        assert list(win.networks()) == list(seen)  # in the order first seen
-
-
 class _DistinctAsAWrapper:
     """windows.Distinct as it was before it became a dict: the reference it must match."""
 

@@ -9,6 +9,7 @@ import math
 import tracemalloc
 import uuid
 
+import pytest
 from hypothesis import example, given, settings, strategies as st
 
 from secretscope import _native
@@ -45,6 +46,30 @@ def test_window_counter_matches_the_reference(shape, steps):
     assert _plain(restored.to_state()) == _plain(restored_reference.to_state())
     for ts in (3000.0, 1.7e9):
         assert restored.add_count(ts) == restored_reference.add_count(ts)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from([(60, 60), (900, 96), (60, 3)]), st.integers(1, 5),
+       st.lists(st.tuples(st.sampled_from(["add", "add_count", "count"]), st.floats(0, 20_000)),
+                max_size=80))
+def test_window_counter_matches_the_reference_as_its_base_moves(shape, rebase, steps):
+    """Buckets are kept as offsets from a base that moves with the window (every 2**30
+    buckets; here every few)."""
+    before = _native._set_rebase(rebase)
+    try:
+        native, reference = _native.WindowCounter(*shape), WindowCounter(*shape)
+        for op, ts in steps:
+            assert getattr(native, op)(ts) == getattr(reference, op)(ts)
+            assert _plain(native.to_state()) == _plain(reference.to_state())
+    finally:
+        _native._set_rebase(before)
+
+
+def test_a_window_counter_refuses_a_snapshot_it_cannot_hold():
+    window = _native.WindowCounter(60, 60)
+    for state in ([[5, 1], 1, 2**40, 2**40], [[1, 2**33], 1, 1, 1], [[1], 1, 1, 1]):
+        with pytest.raises(ValueError):
+            window.load_state(state)
 
 
 @settings(max_examples=300, deadline=None)
@@ -95,6 +120,30 @@ def test_recent_events_match_the_reference(ids, maxlen):
         assert native.items() == list(reference)
 
 
+def _networks_in_a_dict(seen: dict, net: str, ts: float) -> int:
+    """How many networks an identity used within 15 minutes of a call (0: none other in the
+    last hour), as a plain dict of network -> last time: the reference the windows match."""
+    if seen.get(net) is None or ts > seen[net]:
+        seen[net] = ts
+    if len(seen) == 1:
+        return 0
+    for old in [k for k, t in seen.items() if t < ts - _native.ALONE]:
+        del seen[old]
+    if len(seen) == 1:
+        return 0
+    return sum(1 for t in seen.values() if t >= ts - _native.CONCURRENT) or 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.floats(0, 20_000)), max_size=40))
+def test_networks_count_as_the_dict_did(calls):
+    win, seen = _native.IdentityWindows(), {}
+    for net, ts in calls:  # late calls too
+        assert win._network(net.encode().decode(), ts) == _networks_in_a_dict(seen, net, ts)
+        assert win.networks() == seen
+        assert list(win.networks()) == list(seen)  # in the order first seen
+
+
 class ReferenceWindows:
     """``FeatureExtractor.observe_windows`` as it was in Python, over ``secretscope.windows``:
     the reference of ``IdentityWindows.observe``."""
@@ -113,8 +162,6 @@ class ReferenceWindows:
         self.networks: dict[str, float] = {}
 
     def observe(self, ts, eid, op, outcome, path, secret, is_login, network) -> tuple:
-        from test_identity_state import _networks_in_a_dict
-
         self.recent.append(ts, eid)
         since_previous = max(0.0, ts - self.newest_ts)
         self.newest_ts = max(self.newest_ts, ts)

@@ -175,7 +175,7 @@ impl IdentityWindows {
         let secret_access = operation != "help" && !starts_with_any(path, &NON_SECRET_PREFIXES);
         if outcome == "denied" {
             let rare = self.rare();
-            rare.denied_1h.add_count(ts, MINUTES.0, MINUTES.1);
+            rare.denied_1h.add(ts, MINUTES.0, MINUTES.1);
             if secret_access {
                 rare.denied_secrets_1h.add(secret, ts, 3600.0);
             }
@@ -195,13 +195,13 @@ impl IdentityWindows {
         }
         if operation == "list" {
             let rare = self.rare();
-            rare.lists_1h.add_count(ts, MINUTES.0, MINUTES.1);
+            rare.lists_1h.add(ts, MINUTES.0, MINUTES.1);
             if rare.lists_10m.add_count(ts, None, LISTS_10M.0, LISTS_10M.1) >= LIST_BURST {
                 self.mark(0, ts);
             }
         }
         if operation == "read" && success {
-            self.reads_1h.add_count(ts, MINUTES.0, MINUTES.1);
+            self.reads_1h.add(ts, MINUTES.0, MINUTES.1);
         }
         let (distinct_1h, distinct_24h);
         if secret_access {

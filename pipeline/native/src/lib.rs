@@ -29,7 +29,7 @@ impl PyCounter {
         PyCounter { inner: Counter::default(), width: width as f64, n }
     }
     fn add(&mut self, ts: f64) {
-        self.inner.add_count(ts, self.width, self.n);
+        self.inner.add(ts, self.width, self.n);
     }
     fn add_count(&mut self, ts: f64) -> u64 {
         self.inner.add_count(ts, self.width, self.n)
@@ -148,6 +148,13 @@ fn allocated() -> usize {
     alloc::allocated()
 }
 
+/// Set how far a window counter's buckets may move from its base before it moves the base
+/// (for the tests: the default, 2**30, is out of their reach); returns the previous value.
+#[pyfunction]
+fn _set_rebase(buckets: i64) -> i64 {
+    windows::REBASE.swap(buckets.max(1), std::sync::atomic::Ordering::Relaxed)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IdentityWindows>()?;
@@ -156,6 +163,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyDistinct>()?;
     m.add_class::<PyRecentEvents>()?;
     m.add_function(wrap_pyfunction!(allocated, m)?)?;
+    m.add_function(wrap_pyfunction!(_set_rebase, m)?)?;
     for (name, value) in identity::CONSTANTS {
         m.add(name, value)?;
     }

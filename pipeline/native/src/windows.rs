@@ -6,6 +6,7 @@ use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
 
 /// Python's `int(ts // width)` for a float `ts` and a positive integer `width`, to the bit:
 /// CPython's float floor division (Objects/floatobject.c), not `floor(ts / width)`, which can
@@ -66,22 +67,44 @@ where
 }
 
 /// Count of events in the last `n` buckets of `width` seconds: the (bucket, count) pairs that
-/// hold events, oldest first, as `windows.WindowCounter` keeps them.
+/// hold events, oldest first, as `windows.WindowCounter` keeps them. A pair is 8 bytes: its
+/// bucket as an offset from `base`, which moves along with the window.
 #[derive(Default)]
 pub struct Counter {
     started: bool,
+    // Python's counter moved its buckets to a 64-bit array from the first that did not fit 32
+    // bits, and from then on never took its fast path in add_count (which, for a window started
+    // in the first hour of 1970, counts what the general path drops): kept for the same counts
+    wide: bool,
+    total: u32,
+    base: i64,
     newest: i64,
     valid_from: i64,
-    total: u64,
-    pairs: Vec<(i64, u32)>,
+    pairs: Vec<(i32, u32)>,
 }
 
+fn fits(x: i64) -> bool {
+    -(1 << 31) < x && x < 1 << 31
+}
+
+// Offsets stay within this of base; beyond it base moves to the newest bucket. Every kept
+// bucket is within n of the newest (n is at most a few hundred), so they fit 32 bits. (A
+// variable only so that the tests can make it small enough to reach.)
+pub static REBASE: AtomicI64 = AtomicI64::new(1 << 30);
+
 impl Counter {
+    #[inline]
+    fn bucket(&self, i: usize) -> i64 {
+        self.base + self.pairs[i].0 as i64
+    }
+
     fn start(&mut self, bucket: i64, n: i64) {
         // as a ring that starts before bucket -1: a first bucket within n of it empties nothing
         self.valid_from = if bucket + 1 >= n { bucket } else { -1 };
         self.newest = bucket;
+        self.base = bucket;
         self.started = true;
+        self.wide = !fits(bucket);
     }
 
     fn advance(&mut self, bucket: i64, n: i64) {
@@ -89,22 +112,35 @@ impl Counter {
             self.start(bucket, n);
             return;
         }
+        if bucket >= 1 << 31 {
+            self.wide = true;
+        }
         if bucket - self.newest >= n {
             self.pairs.clear();
+            trim(&mut self.pairs);
             self.total = 0;
             self.valid_from = bucket;
+            self.base = bucket;
         } else if self.total != 0 {
             let floor = bucket - n;
-            let k = self.pairs.iter().take_while(|p| p.0 <= floor).count();
+            let mut k = 0;
+            while k < self.pairs.len() && self.bucket(k) <= floor {
+                self.total -= self.pairs[k].1;
+                k += 1;
+            }
             if k != 0 {
-                for p in &self.pairs[..k] {
-                    self.total -= p.1 as u64;
-                }
                 self.pairs.drain(..k);
                 trim(&mut self.pairs);
             }
         }
         self.newest = bucket;
+        if bucket - self.base > REBASE.load(Ordering::Relaxed) {
+            let shift = bucket - self.base; // the pairs left are within n of bucket
+            for p in self.pairs.iter_mut() {
+                p.0 = (p.0 as i64 - shift) as i32;
+            }
+            self.base = bucket;
+        }
     }
 
     fn put(&mut self, bucket: i64, n: i64) {
@@ -113,24 +149,51 @@ impl Counter {
         }
         self.total += 1;
         let mut k = self.pairs.len();
-        while k > 0 && self.pairs[k - 1].0 > bucket {
+        while k > 0 && self.bucket(k - 1) > bucket {
             k -= 1;
         }
-        if k > 0 && self.pairs[k - 1].0 == bucket {
+        if k > 0 && self.bucket(k - 1) == bucket {
             self.pairs[k - 1].1 += 1;
         } else {
+            // bucket is above newest - n and base is at most newest: the offset fits
+            let offset = (bucket - self.base) as i32;
             room(&mut self.pairs);
-            self.pairs.insert(k, (bucket, 1));
+            self.pairs.insert(k, (offset, 1));
         }
     }
 
-    pub fn add_count(&mut self, ts: f64, width: f64, n: i64) -> u64 {
+    pub fn add(&mut self, ts: f64, width: f64, n: i64) {
         let bucket = floor_div(ts, width);
         if !self.started || bucket > self.newest {
             self.advance(bucket, n);
         }
         self.put(bucket, n);
-        self.total
+    }
+
+    /// `add` then the count, with Python's fast path: an event in the newest bucket, or in a
+    /// new bucket within the window, is counted without the check against `valid_from`.
+    pub fn add_count(&mut self, ts: f64, width: f64, n: i64) -> u64 {
+        let bucket = floor_div(ts, width);
+        if self.started && !self.wide && bucket < 1 << 31 {
+            let newest = self.newest;
+            if bucket == newest {
+                let last = self.pairs.len().wrapping_sub(1);
+                if !self.pairs.is_empty() && self.bucket(last) == bucket {
+                    self.pairs[last].1 += 1;
+                    self.total += 1;
+                    return self.total as u64;
+                }
+            } else if newest < bucket && bucket < newest + n {
+                self.advance(bucket, n); // within the window: drops only what fell out of it
+                let offset = (bucket - self.base) as i32;
+                room(&mut self.pairs);
+                self.pairs.push((offset, 1));
+                self.total += 1;
+                return self.total as u64;
+            }
+        }
+        self.add(ts, width, n);
+        self.total as u64
     }
 
     pub fn count(&mut self, ts: f64, width: f64, n: i64) -> u64 {
@@ -141,12 +204,14 @@ impl Counter {
         if bucket > self.newest {
             self.advance(bucket, n);
         }
-        self.total
+        self.total as u64
     }
 
     /// `[[bucket, count, ...], total, newest, valid_from]`, as `WindowCounter.to_state`.
     pub fn to_state(&self, py: Python<'_>) -> PyObject {
-        let flat: Vec<i64> = self.pairs.iter().flat_map(|&(b, c)| [b, c as i64]).collect();
+        let flat: Vec<i64> = (0..self.pairs.len())
+            .flat_map(|i| [self.bucket(i), self.pairs[i].1 as i64])
+            .collect();
         let (newest, valid_from) = if self.started { (self.newest, self.valid_from) } else { (-1, -1) };
         (flat, self.total, newest, valid_from).into_pyobject(py).unwrap().into_any().unbind()
     }
@@ -156,7 +221,7 @@ impl Counter {
         if v.len() != 4 {
             return Err(pyo3::exceptions::PyValueError::new_err("a window counter of 4 parts"));
         }
-        let (flat, total, newest, valid_from): (Vec<i64>, u64, i64, i64) =
+        let (flat, total, newest, valid_from): (Vec<i64>, u32, i64, i64) =
             (v[0].extract()?, v[1].extract()?, v[2].extract()?, v[3].extract()?);
         *self = Counter::default();
         if newest < 0 && flat.is_empty() {
@@ -165,16 +230,28 @@ impl Counter {
         if flat.len() % 2 != 0 {
             return Err(pyo3::exceptions::PyValueError::new_err("window pairs of odd length"));
         }
-        self.pairs = flat.chunks(2).map(|c| (c[0], c[1] as u32)).collect();
+        let mut pairs = Vec::with_capacity(flat.len() / 2);
+        for c in flat.chunks(2) {
+            let offset = i32::try_from(c[0].wrapping_sub(newest)).map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err("a window bucket far from its newest")
+            })?;
+            let count = u32::try_from(c[1]).map_err(|_| {
+                pyo3::exceptions::PyValueError::new_err("a window count out of range")
+            })?;
+            pairs.push((offset, count));
+        }
+        self.pairs = pairs;
         self.total = total;
+        self.base = newest;
         self.newest = newest;
         self.valid_from = valid_from;
         self.started = true;
+        self.wide = !(fits(newest) && fits(valid_from) && flat.iter().all(|&x| fits(x)));
         Ok(())
     }
 
     pub fn heap_bytes(&self) -> usize {
-        self.pairs.capacity() * std::mem::size_of::<(i64, u32)>()
+        self.pairs.capacity() * std::mem::size_of::<(i32, u32)>()
     }
 }
 
