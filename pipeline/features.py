@@ -31,12 +31,11 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from secretscope.events import DENIED, SUCCESS, AccessEvent
-from secretscope.identity import (HOD, WORKING_SHARE, Dormant, IdentityState, Undo, learn_rates,
-                                  rates)
+from secretscope.identity import Dormant, IdentityState, Undo
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
-from secretscope.novelty import (ENVIRONMENT, FOLDER, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
+from secretscope.novelty import (ENVIRONMENT, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
                               PeerGroup,
-                              dimension_keys, frequency_classes, own_classes, peer_key,
+                              dimension_keys, frequency_classes, peer_key,
                               tagged, tagged_keys)
 from secretscope.segments import UNKNOWN, SegmentTable
 
@@ -124,7 +123,6 @@ INDEX = {name: i for i, name in enumerate(FEATURE_NAMES)}
 _REQUESTS_1H = INDEX["requests_count_1h"]
 _SECRETS_1H = INDEX["secrets_distinct_1h"]
 
-_GAP_ALPHA = 0.05  # per learned event, for the usual gap between calls
 _POLICY_PREFIXES = ("sys/policy/", "sys/policies/acl/")
 _WRITE_OPS = frozenset({"create", "update", "delete"})
 _NON_SECRET_PREFIXES = ("sys/", "auth/", "identity/", "cubbyhole/")
@@ -220,22 +218,16 @@ def _learned_keys(fv: FeatureVector, keys: tuple) -> tuple:
     return (None, None) + keys[2:]
 
 
-def _count(seen: dict[str, int], distinct, d: int, key: str) -> None:
-    n = seen.get(key)
-    if n is None:
-        distinct[d] += 1
-        seen[key] = 1
-    else:
-        seen[key] = n + 1
+def _place(fv: FeatureVector) -> str | None:
+    """The network ``learn`` counts for ``fv`` (tagged): one it called from alone."""
+    if fv.alone and fv.network:
+        return fv.place or tagged(PLACE, fv.network)
+    return None
 
 
-def _uncount(seen: dict[str, int], distinct, d: int, key: str) -> None:
-    left = seen[key] - 1
-    if left:
-        seen[key] = left
-    else:
-        del seen[key]
-        distinct[d] -= 1
+def _environment(fv: FeatureVector) -> str | None:
+    """The environment ``learn`` counts for ``fv`` (tagged): of a secret it read."""
+    return tagged(ENVIRONMENT, fv.environment) if fv.environment else None
 
 
 _TKEYS: dict[tuple, tuple] = {}  # keys of an event -> tagged (calls repeat the same few)
@@ -250,14 +242,6 @@ def _tagged(keys: tuple) -> tuple:
             _TKEYS.clear()
         _TKEYS[keys] = tkeys
     return tkeys
-
-
-def _hours_to(hod: list[int], hour: int, floor: float) -> float:
-    """Circular distance from ``hour`` to the nearest hour holding at least ``floor`` events."""
-    for d in range(13):
-        if hod[(hour + d) % 24] >= floor or hod[hour - d] >= floor:
-            return float(d)
-    return 12.0
 
 
 def network_of(segment: str, address: str) -> str:
@@ -481,32 +465,16 @@ class FeatureExtractor:
         peer = w.peer
         ts = event.ts
         segment = w.segment
-        history = st.history
         how, hod = hour_slots(ts)
         secret_access = w.secret_access
         keys = dimension_keys(event, segment, secret_access)
         tkeys = _tagged(keys)
-        seen = st.seen
-        distinct = st.distinct
-        if history:
-            h = st.hours  # hours of the week, then of the day from HOD
-            how_share = (h[how - 1 if how else 167] + h[how] + h[(how + 1) % 168]) / history
-            day = HOD + hod
-            hod_count = h[day - 1 if hod else HOD + 23] + h[day] + h[HOD + (hod + 1) % 24]
-            hod_share = hod_count / history
-            floor = max(1.0, WORKING_SHARE * history)
-            work_distance = 0.0 if h[day] >= floor else _hours_to(st.hod, hod, floor)
-            classes, novelty = own_classes(tkeys, seen, distinct, history)
-            seg_share = seen[tkeys[SEGMENT]] / history if classes[SEGMENT] < UNSEEN else 0.0
-            idle = w.since_previous / _DAY
-            gap_std = st.gap_var ** 0.5
-            periodicity = 1.0 / (1.0 + gap_std) if history >= 10 else 0.0
-            deviation = (abs(math.log1p(max(0.0, ts - st.last_seen)) - st.gap_mean)
-                         / (gap_std + 0.5)) if history >= 10 else 0.0
-        else:
-            how_share = hod_share = seg_share = idle = periodicity = deviation = 0.0
-            work_distance = 0.0
-            classes, novelty = own_classes(tkeys, seen, distinct, 0)
+        # the identity's own baseline, in compiled code (secretscope._native.Baseline.derive)
+        (how_share, hod_share, work_distance, classes, novelty, seg_share, periodicity,
+         deviation, unfamiliar, production_new, secrets_known, folders_known, history,
+         history_days, requests_baseline, secrets_baseline, policy_writer,
+         new_segment_login) = st.base.derive(ts, how, hod, tkeys, w.place, _PRODUCTION)
+        idle = w.since_previous / _DAY if history else 0.0
         p_history = peer.history
         peer_classes, peer_novelty = frequency_classes(
             (keys[0], keys[1], keys[3], keys[5]), peer.counts, p_history)  # PEER_DIMENSIONS
@@ -525,8 +493,7 @@ class FeatureExtractor:
         environment = self.environment_of(event.secret) if reading else ""
         in_tree = 1.0 if peer_classes[1] == UNSEEN and keys[1] and _in_tree(
             keys[1], peer.counts[1]) else 0.0  # PEER_DIMENSIONS[1] is FOLDER
-        crossing = 1.0 if (environment == PRODUCTION and distinct[ENVIRONMENT]
-                           and _PRODUCTION not in seen) else 0.0
+        crossing = 1.0 if environment == PRODUCTION and production_new else 0.0
         if ts - _DAY < st.role_new_newest:  # most identities have none in the last day
             role_new_1h, role_new_24h = _role_new(st.role_new, ts)
         else:
@@ -539,7 +506,7 @@ class FeatureExtractor:
             w.requests_24h,
             w.secrets_1h,
             w.secrets_24h,
-            w.secrets_1h / (st.secrets_baseline + 1.0),
+            w.secrets_1h / (secrets_baseline + 1.0),
             w.denied_5m,
             w.denied_ratio_1h,
             w.denied_distinct_1h,
@@ -554,33 +521,33 @@ class FeatureExtractor:
             1.0 if classes[SEGMENT] == UNSEEN else 0.0,
             1.0 if classes[SECRET] == UNSEEN else 0.0,
             1.0 if classes[USER_AGENT] == UNSEEN else 0.0,
-            1.0 if policy_write and not st.policy_writer else 0.0,
+            1.0 if policy_write and not policy_writer else 0.0,
             1.0 if policy_write and not peer.policy_writes else 0.0,
             1.0 if policy_write and event.path.rpartition("/")[2] in event.policies else 0.0,
-            1.0 if st.policy_writer or peer.policy_writes else 0.0,
+            1.0 if policy_writer or peer.policy_writes else 0.0,
             *classes,
             novelty,
             *peer_classes,
             peer_novelty,
-            float(distinct[SECRET]),
-            float(distinct[FOLDER]),
+            secrets_known,
+            folders_known,
             float(len(peer.counts[1])),  # PEER_DIMENSIONS[1] is FOLDER
             1.0 if reading and w.since_list_burst <= _LIST_FOLLOW else 0.0,
             1.0 if reading and w.since_policy_write <= _CHANGE_FOLLOW else 0.0,
             1.0 if succeeded and w.since_denied_burst <= _DENIED_FOLLOW else 0.0,
             1.0 if reading and w.since_token_create <= _CHANGE_FOLLOW else 0.0,
-            1.0 if reading and 0.0 <= ts - st.new_segment_login <= _CHANGE_FOLLOW else 0.0,
+            1.0 if reading and 0.0 <= ts - new_segment_login <= _CHANGE_FOLLOW else 0.0,
             w.networks_15m,
-            1.0 if history and w.place not in seen else 0.0,
+            1.0 if unfamiliar else 0.0,
             role_new_1h,
             role_new_24h,
             crossing,
             in_tree,
             *_LINEAGE_VALUES[w.lineage],
-            st.requests_baseline,
-            st.secrets_baseline,
+            requests_baseline,
+            secrets_baseline,
             float(history),
-            (ts - st.first_seen) / 86400.0 if history else 0.0,
+            history_days,
             idle,
             periodicity,
             deviation,
@@ -599,77 +566,26 @@ class FeatureExtractor:
         """
         event = fv.event
         st = self.identities[event.identity]
-        ts = event.ts
-        how, hod = fv.how, fv.hod
-        undo = Undo(how, hod, (st.policy_writer, st.first_seen, st.last_seen, st.gap_mean,
-                               st.gap_var, st.new_segment_login), rates(st))
-        tkeys = fv.tkeys or _tagged(fv.keys)
-        seen = st.seen
         succeeded = event.outcome == SUCCESS
-        if event.is_login and succeeded and not seen.get(tkeys[SEGMENT]):
-            st.new_segment_login = ts
-        h = st.hours
-        if h[HOD + hod] < 255:  # no hour of the week holds more than its hour of the day
-            h[HOD + hod] += 1
-            h[how] += 1
-        else:
-            st.count_hour(how, hod, 1)
-        distinct = st.distinct
-        if fv.alone and fv.network:
-            _count(seen, distinct, PLACE, fv.place or tagged(PLACE, fv.network))
-        if fv.environment:
-            _count(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
-        get = seen.get
-        d = 0 if succeeded else 2  # a secret and its folder count once used successfully
-        for key in tkeys[d:] if d else tkeys:
-            if key is not None:
-                n = get(key)
-                if n is None:
-                    distinct[d] += 1
-                    seen[key] = 1
-                else:
-                    seen[key] = n + 1
-            d += 1
         policy_write = is_policy_write(event)
+        # the identity's own baseline, in compiled code (secretscope._native.Baseline.learn);
+        # a secret and its folder count once used successfully
+        undo = Undo(fv.how, fv.hod, st.base.learn(
+            event.ts, fv.how, fv.hod, fv.tkeys or _tagged(fv.keys), 0 if succeeded else 2,
+            event.is_login and succeeded, _place(fv), _environment(fv), policy_write,
+            fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H]))
         (fv.peer or st.peer).learn(event.identity, fv.keys if succeeded else
-                                   (None, None) + fv.keys[2:], hod, policy_write)
-        if policy_write:
-            st.policy_writer = True
-        learn_rates(st, ts, fv.values[_REQUESTS_1H], fv.values[_SECRETS_1H])
-        if st.history:
-            gap = math.log1p(max(0.0, ts - st.last_seen))
-            if st.history == 1:
-                st.gap_mean = gap
-            else:
-                diff = gap - st.gap_mean
-                st.gap_mean += _GAP_ALPHA * diff
-                st.gap_var = (1.0 - _GAP_ALPHA) * (st.gap_var + _GAP_ALPHA * diff * diff)
-        else:
-            st.first_seen = ts
-        st.history += 1
-        if ts > st.last_seen:
-            st.last_seen = ts
+                                   (None, None) + fv.keys[2:], fv.hod, policy_write)
         return undo
 
     def unlearn(self, fv: FeatureVector, undo: Undo) -> None:
         """Exactly reverse ``learn(fv)``; learns must be undone newest first."""
         event = fv.event
         st = self.identities[event.identity]
-        st.count_hour(undo.how, undo.hod, -1)
-        seen, distinct = st.seen, st.distinct
-        if fv.alone and fv.network:
-            _uncount(seen, distinct, PLACE, fv.place or tagged(PLACE, fv.network))
-        if fv.environment:
-            _uncount(seen, distinct, ENVIRONMENT, tagged(ENVIRONMENT, fv.environment))
-        for d, key in enumerate(_learned_keys(fv, fv.tkeys or _tagged(fv.keys))):
-            if key is not None:
-                _uncount(seen, distinct, d, key)
+        st.base.unlearn(undo.how, undo.hod, _learned_keys(fv, fv.tkeys or _tagged(fv.keys)),
+                        _place(fv), _environment(fv), undo.saved)
         (fv.peer or st.peer).unlearn(event.identity, _learned_keys(fv, fv.keys), undo.hod,
                                      is_policy_write(event))
-        st._set_scalars(undo.scalars)
-        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
-         st.requests_baseline, st.secrets_baseline) = undo.rates
-        st.history -= 1
 
 
 def feature_frame(events: Iterable[AccessEvent], segments: SegmentTable,

@@ -1,5 +1,6 @@
 """What secretscope keeps about one identity: its event-time windows (what it is doing now) and
-its baseline (what is normal for it), with plain-data snapshots of both.
+its baseline (what is normal for it), both compiled objects of ``secretscope._native``, with
+plain-data snapshots of both.
 
 ``secretscope.features`` reads and updates this state; only ``FeatureExtractor.learn`` and
 ``unlearn`` touch the baseline.
@@ -12,30 +13,27 @@ from collections.abc import Callable
 
 from secretscope.novelty import (AUTH_METHOD, COUNTED, DIMENSIONS, ENVIRONMENT, MOUNT, OPERATION,
                               PLACE, SECRET, SEGMENT, USER_AGENT, PeerGroup, untag)
-from secretscope._native import IdentityWindows
+from secretscope._native import Baseline, IdentityWindows
 
 NEVER = -1e18  # the time of a mark that was never set
-_EWMA_ALPHA = 0.1  # per completed hour of activity
+_EWMA_ALPHA = 0.1  # per completed hour of activity (of the usual rates, _native.Baseline)
 WORKING_SHARE = 0.03  # an hour of the day holding 3% of the history is a working hour
 RECENT = 64  # (time, id) of an identity's last events kept for the findings it raises
 BURST_HORIZON = 300.0  # seconds of denials and failed logins kept with their event ids
 
-# Profiles start as one byte per hour and widen when an hour would overflow its type.
-_WIDER = {"B": ("H", 255), "H": ("I", 65535), "I": ("Q", 2**32 - 1)}
-HOD = 168  # where the hours of the day start in IdentityState.hours
-HOURS = HOD + 24
+HOD = 168  # where the hours of the day start in a profile of hours of the week, then of the day
 
 
 class Undo:
-    """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back."""
+    """What ``FeatureExtractor.learn`` changed, so ``unlearn`` can put it back: the hours it
+    counted and the baseline's scalars before (``Baseline.learn`` returns them)."""
 
-    __slots__ = ("how", "hod", "scalars", "rates")
+    __slots__ = ("how", "hod", "saved")
 
-    def __init__(self, how: int, hod: int, scalars: tuple, rates: tuple) -> None:
+    def __init__(self, how: int, hod: int, saved) -> None:
         self.how = how
         self.hod = hod
-        self.scalars = scalars
-        self.rates = rates
+        self.saved = saved
 
 
 class RecentView:
@@ -56,51 +54,26 @@ class RecentView:
 
 
 class IdentityState:
-    """Everything secretscope keeps about one identity: about 2.7 KB for one that made ten
-    calls (``benchmarks/identity_memory.py`` measures it). Its windows (what it is doing now:
-    counts, distinct secrets, bursts, networks, its last events) are one compiled object,
-    ``win`` (``secretscope._native.IdentityWindows``, with ``secretscope.windows`` as the
-    reference it is checked against); the hour profiles are one array, and the per-value counts
-    of all novelty dimensions sit in one dict keyed by tagged values
-    (``secretscope.novelty.tagged``)."""
+    """Everything secretscope keeps about one identity, in two compiled objects:
 
-    __slots__ = (
-        "win", "hours", "history", "seen", "distinct", "policy_writer",
-        "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "gap_mean", "gap_var",
-        "new_segment_login", "baseline_hour", "hour_n", "hour_requests", "hour_secrets",
-        "hours_seen", "peer", "policies", "role_new", "role_new_newest",
-    )
+    * ``win`` (``secretscope._native.IdentityWindows``): its windows, what it is doing now
+      (counts, distinct secrets, bursts, networks, its last events), with
+      ``secretscope.windows`` as the reference they are checked against;
+    * ``base`` (``secretscope._native.Baseline``): its baseline, what is normal for it (hour
+      profiles, learned events per value of every novelty dimension, of the networks it called
+      from alone and of the environments of the secrets it read, usual rates and gaps).
 
-    def __init__(self, win: IdentityWindows | None = None) -> None:
+    About 2.2 KB for one that made ten calls (``benchmarks/identity_memory.py`` measures it).
+    """
+
+    __slots__ = ("win", "base", "peer", "policies", "role_new", "role_new_newest")
+
+    def __init__(self, win: IdentityWindows | None = None, base: Baseline | None = None) -> None:
         # the windows, and the newest event time observed (entries of the windows older than a
         # horizon before it may have been dropped: what a finding names is cut to it, see
         # runner._Batch.related)
         self.win = IdentityWindows() if win is None else win
-        # baseline, changed only by learn()
-        # events per hour of the week (0-167, Monday 00 UTC first), then per hour of the day
-        # (168-191): one array, in the narrowest type its counts fit (see count_hour)
-        self.hours = array("B", bytes(HOURS))
-        self.history = 0
-        # learned events per tagged value of every novelty dimension, of the networks it called
-        # from alone (features.network_of, e.g. a home ISP's range) and of the environments of
-        # the secrets it read successfully; and distinct values of each (novelty.COUNTED)
-        self.seen: dict[str, int] = {}
-        self.distinct = array("I", bytes(4 * COUNTED))
-        self.policy_writer = False
-        self.requests_baseline = 0.0
-        self.secrets_baseline = 0.0
-        self.first_seen = 0.0
-        self.last_seen = 0.0
-        self.gap_mean = 0.0  # EWMA of log1p(seconds between learned events)
-        self.gap_var = 0.0
-        self.new_segment_login = NEVER  # time of the last learned login from a new segment
-        # The usual rates move once per hour of event time, from the hour's learned events, so a
-        # burst inside the current hour cannot drag its own baseline up.
-        self.baseline_hour = -1
-        self.hour_n = 0
-        self.hour_requests = 0.0
-        self.hour_secrets = 0.0
-        self.hours_seen = 0
+        self.base = Baseline() if base is None else base  # changed only by learn()
         self.peer: PeerGroup | None = None
         self.policies: tuple[str, ...] | None = None  # of the newest event: they pick the peers
         # secret -> sorted times of successful reads of it while neither the identity nor its
@@ -121,24 +94,33 @@ class IdentityState:
         return RecentView(self.win)
 
     @property
-    def how(self) -> array:
-        """Events per hour of the week (a copy)."""
-        return self.hours[:HOD]
+    def history(self) -> int:
+        """Events in the baseline."""
+        return self.base.history
 
     @property
-    def hod(self) -> array:
-        """Events per hour of the day (a copy)."""
-        return self.hours[HOD:]
+    def requests_baseline(self) -> float:
+        return self.base.requests_baseline
 
-    def count_hour(self, how: int, hod: int, step: int) -> None:
-        """Add ``step`` (+1 or -1) to the hour-of-week and hour-of-day profiles."""
-        hours = self.hours
-        if step > 0:
-            wider, top = _WIDER[hours.typecode]
-            if hours[how] == top or hours[HOD + hod] == top:
-                hours = self.hours = array(wider, hours)
-        hours[how] += step
-        hours[HOD + hod] += step
+    @property
+    def secrets_baseline(self) -> float:
+        return self.base.secrets_baseline
+
+    @property
+    def how(self) -> list[int]:
+        """Events per hour of the week (a copy)."""
+        return self.base.hours()[:HOD]
+
+    @property
+    def hod(self) -> list[int]:
+        """Events per hour of the day (a copy)."""
+        return self.base.hours()[HOD:]
+
+    @property
+    def seen(self) -> dict[str, int]:
+        """Learned events per tagged value (``novelty.tagged``), in the order first counted (a
+        copy: not the hot path)."""
+        return dict(self.base.seen_items())
 
     @property
     def counts(self) -> list[dict[str, int]]:
@@ -175,21 +157,13 @@ class IdentityState:
     def agents_seen(self) -> dict[str, int]:
         return self.counts[USER_AGENT]
 
-    def _scalars(self) -> tuple:
-        return (self.policy_writer, self.first_seen, self.last_seen, self.gap_mean, self.gap_var,
-                self.new_segment_login)
-
-    def _set_scalars(self, scalars) -> None:
-        (self.policy_writer, self.first_seen, self.last_seen, self.gap_mean, self.gap_var,
-         self.new_segment_login) = scalars
-
     def to_state(self) -> list:
         """Plain lists and numbers, for snapshots (see ``secretscope.snapshot``)."""
         recents, recent, counters, distincts, marks, newest_ts, networks = self.win.to_state()
+        how, hod, history, seen, distinct, scalars, rates = self.base.to_state()
         return [
-            recents, recent, counters, distincts, marks, list(self.how), list(self.hod),
-            self.history, self.seen, list(self.distinct), list(self._scalars()),
-            list(rates(self)), self.peer.key if self.peer is not None else None, newest_ts,
+            recents, recent, counters, distincts, marks, how, hod, history, seen, distinct,
+            scalars, rates, self.peer.key if self.peer is not None else None, newest_ts,
             list(self.policies) if self.policies is not None else None, networks,
             self.role_new or {},
         ]
@@ -199,17 +173,11 @@ class IdentityState:
         (recents, recent, counters, distincts, marks, how, hod, history, seen, distinct,
          scalars, rates, peer, newest_ts, policies, networks, role_new) = state
         st = cls(IdentityWindows.from_state(recents, recent, counters, distincts, marks,
-                                            newest_ts, networks))
-        st.history = history
-        st.hours = _profile(list(how) + list(hod))
-        st.seen = dict(seen)
-        st.distinct = array("I", distinct)
+                                            newest_ts, networks),
+                 Baseline.from_state(how, hod, history, seen, distinct, scalars, rates))
         st.policies = tuple(policies) if policies is not None else None
         st.role_new = {k: list(v) for k, v in role_new.items()} or None
         st.role_new_newest = max((v[-1] for v in (st.role_new or {}).values()), default=NEVER)
-        st._set_scalars(scalars)
-        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
-         st.requests_baseline, st.secrets_baseline) = rates
         st.peer = peers.get(peer) if peer is not None else None
         return st
 
@@ -229,34 +197,6 @@ class IdentityState:
         total = self.history or 1
         ranked = sorted(self.segments.items(), key=lambda kv: -kv[1])[:top]
         return [(name, count / total) for name, count in ranked]
-
-
-def rates(st: IdentityState) -> tuple:
-    return (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
-            st.requests_baseline, st.secrets_baseline)
-
-
-def learn_rates(st: IdentityState, ts: float, requests_1h: float, secrets_1h: float) -> None:
-    """Fold the usual hourly request count and breadth forward by one learned event.
-
-    The hour's mean is folded into an EWMA when the next hour starts (a running mean over the
-    first hours); until an identity has a completed hour, its baseline is the current hour's
-    running mean, so newcomers do not look like bursts against a zero baseline.
-    """
-    hour = int(ts // 3600)
-    if hour > st.baseline_hour:
-        if st.hour_n:
-            st.hours_seen += 1
-            alpha = max(_EWMA_ALPHA, 1.0 / st.hours_seen)
-            st.requests_baseline += alpha * (st.hour_requests / st.hour_n - st.requests_baseline)
-            st.secrets_baseline += alpha * (st.hour_secrets / st.hour_n - st.secrets_baseline)
-        st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets = hour, 0, 0.0, 0.0
-    st.hour_n += 1
-    st.hour_requests += requests_1h
-    st.hour_secrets += secrets_1h
-    if not st.hours_seen:
-        st.requests_baseline = st.hour_requests / st.hour_n
-        st.secrets_baseline = st.hour_secrets / st.hour_n
 
 
 # Dimensions whose counts a dormant summary keeps: few values per identity, and the ones that
@@ -288,22 +228,17 @@ class Dormant:
 
     @classmethod
     def of(cls, st: IdentityState) -> "Dormant":
-        seen = {k: n for k, n in st.seen.items() if untag(k)[0] in _KEPT_DIMENSIONS}
-        return cls(st.history, st._scalars(), _closed_rates(st), st.newest_ts, st.policies,
-                   st.hod, seen, st.distinct)
+        _, hod, history, seen, distinct, scalars, rates = st.base.to_state()
+        seen = {k: n for k, n in seen.items() if untag(k)[0] in _KEPT_DIMENSIONS}
+        return cls(history, tuple(scalars), _closed_rates(rates), st.newest_ts, st.policies,
+                   _profile(hod), seen, array("I", distinct))
 
     def revive(self, peer_group: Callable[[tuple[str, ...]], PeerGroup]) -> IdentityState:
         """A fresh state holding this summary's baseline (its windows start empty)."""
-        st = IdentityState()
-        st.history = self.history
-        st._set_scalars(self.scalars)
-        (st.baseline_hour, st.hour_n, st.hour_requests, st.hour_secrets, st.hours_seen,
-         st.requests_baseline, st.secrets_baseline) = self.rates
+        st = IdentityState(base=Baseline.from_state(
+            [0] * HOD, list(self.hod), self.history, self.seen, list(self.distinct),
+            list(self.scalars), list(self.rates)))
         st.newest_ts = self.newest_ts
-        st.hours = array(self.hod.typecode, bytes(HOD * self.hod.itemsize))
-        st.hours.extend(self.hod)
-        st.seen = dict(self.seen)
-        st.distinct = array("I", self.distinct)
         st.policies = self.policies
         if self.policies is not None:
             st.peer = peer_group(self.policies)
@@ -322,9 +257,9 @@ class Dormant:
                    dict(seen), array("I", distinct))
 
 
-def _closed_rates(st: IdentityState) -> tuple:
+def _closed_rates(rates) -> tuple:
     """The usual rates with the hour in progress folded in, as its successor hour would."""
-    _, hour_n, hour_requests, hour_secrets, hours_seen, requests, secrets = rates(st)
+    _, hour_n, hour_requests, hour_secrets, hours_seen, requests, secrets = rates
     if hour_n:
         hours_seen += 1
         alpha = max(_EWMA_ALPHA, 1.0 / hours_seen)

@@ -133,11 +133,12 @@ def test_feature_frame_is_the_streaming_code():
 
 
 def _state_snapshot(st):
-    import copy
-    return {name: copy.deepcopy(getattr(st, name)) for name in
-            ("how", "hod", "history", "segments", "secrets_seen", "agents_seen", "policy_writer",
-             "requests_baseline", "secrets_baseline", "first_seen", "last_seen", "baseline_hour",
-             "hour_n", "hour_requests", "hour_secrets", "hours_seen", "places")}
+    """The whole baseline as plain data: hour profiles, history, learned events per value (in
+    their order), distinct values per dimension, scalars and usual rates; and the peers'."""
+    how, hod, history, seen, distinct, scalars, rates = st.base.to_state()
+    return {"how": how, "hod": hod, "history": history, "seen": list(seen.items()),
+            "distinct": distinct, "scalars": scalars, "rates": rates,
+            "peer": repr(st.peer.to_state())}
 
 
 def test_unlearn_exactly_reverses_learn():

@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyString;
 
 mod alloc;
+mod baseline;
 mod identity;
 mod windows;
 
@@ -158,6 +159,7 @@ fn _set_rebase(buckets: i64) -> i64 {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IdentityWindows>()?;
+    m.add_class::<baseline::Baseline>()?;
     m.add_class::<PyCounter>()?;
     m.add_class::<PyRecent>()?;
     m.add_class::<PyDistinct>()?;
