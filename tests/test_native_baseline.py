@@ -215,6 +215,8 @@ def test_a_baseline_refuses_what_it_cannot_hold():
     with pytest.raises(ValueError):
         Baseline.from_state([0] * 10, [0] * 24, 0, {}, [0] * 10, [False, 0, 0, 0, 0, 0],
                             [-1, 0, 0, 0, 0, 0, 0])
+    with pytest.raises(ValueError):  # a key per novelty dimension, no more
+        Baseline().learn(1.7e9, 0, 0, ("k",) * 11, 0, False, None, None, False, 1.0, 1.0)
     with pytest.raises(KeyError):  # unlearning what was never learned
         Baseline().unlearn(0, 0, ("never",), None, None, ((False, 0.0, 0.0, 0.0, 0.0, -1e18),
                                                           (-1, 0, 0.0, 0.0, 0, 0.0, 0.0)))

@@ -278,7 +278,12 @@ fn key_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<Key>> {
     Ok(Some(Key::new(obj.downcast::<PyString>()?)?))
 }
 
+const DIMENSIONS: usize = 8; // novelty.DIMENSIONS: the keys of an event, one per dimension
+
 fn keys_of(tkeys: &Bound<'_, PyTuple>) -> PyResult<Vec<Option<Key>>> {
+    if tkeys.len() > DIMENSIONS {
+        return Err(PyValueError::new_err("more keys than novelty dimensions"));
+    }
     tkeys.iter().map(|k| key_of(&k)).collect()
 }
 
