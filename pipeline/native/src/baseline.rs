@@ -128,6 +128,14 @@ impl Profile {
     }
 }
 
+/// Two strings with their hashes: equal when the same object or equal text.
+fn same_str(a: &Py<PyString>, a_hash: u32, b: &Py<PyString>, b_hash: u32) -> bool {
+    a_hash == b_hash
+        && (a.as_ptr() == b.as_ptr()
+            // both str: compared in C, under the GIL every caller holds
+            || unsafe { ffi::PyUnicode_Compare(a.as_ptr(), b.as_ptr()) == 0 })
+}
+
 /// A tagged key (`novelty.tagged`) with (the low half of) its cached Python hash: equal when
 /// the same object or equal strings, so keys need not be interned.
 struct Key {
@@ -141,10 +149,7 @@ impl Key {
     }
 
     fn same(&self, other: &Key) -> bool {
-        self.hash == other.hash
-            && (self.s.as_ptr() == other.s.as_ptr()
-                // both str: compared in C, under the GIL every caller holds
-                || unsafe { ffi::PyUnicode_Compare(self.s.as_ptr(), other.s.as_ptr()) == 0 })
+        same_str(&self.s, self.hash, &other.s, other.hash)
     }
 }
 
@@ -183,9 +188,7 @@ impl Entry {
     }
 
     fn same(&self, key: &Key) -> bool {
-        self.hash == key.hash
-            && (self.s.as_ptr() == key.s.as_ptr()
-                || unsafe { ffi::PyUnicode_Compare(self.s.as_ptr(), key.s.as_ptr()) == 0 })
+        same_str(&self.s, self.hash, &key.s, key.hash)
     }
 }
 
@@ -259,14 +262,6 @@ impl Counts {
 
     fn items(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter().filter(|e| e.n != 0)
-    }
-
-    fn heap_bytes(&self) -> usize {
-        self.entries.capacity() * std::mem::size_of::<Entry>()
-            + self.index.as_ref().map_or(0, |i| {
-                std::mem::size_of::<HashMap<Key, u32>>()
-                    + i.capacity() * (std::mem::size_of::<(Key, u32)>() + 1)
-            })
     }
 }
 
@@ -703,16 +698,5 @@ impl Baseline {
         b.set_rates((r[0].extract()?, r[1].extract()?, r[2].extract()?, r[3].extract()?,
                      r[4].extract()?, r[5].extract()?, r[6].extract()?));
         Ok(b)
-    }
-
-    /// Bytes this baseline holds (the object and what it owns, not shared strings).
-    fn heap_bytes(&self) -> usize {
-        let profile = match self.profile {
-            Profile::U8(_) => HOURS,
-            Profile::U16(_) => 2 * HOURS,
-            Profile::U32(_) => 4 * HOURS,
-            Profile::U64(_) => 8 * HOURS,
-        };
-        std::mem::size_of::<Self>() + profile + self.seen.heap_bytes()
     }
 }

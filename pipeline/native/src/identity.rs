@@ -452,19 +452,4 @@ impl IdentityWindows {
         }
         Ok(w)
     }
-
-    /// Bytes this identity's windows hold (the object and what it owns, not shared strings).
-    fn heap_bytes(&self) -> usize {
-        let rare = self.rare.as_ref().map_or(0, |r| {
-            std::mem::size_of::<Rare>()
-                + r.denied_1h.heap_bytes() + r.lists_1h.heap_bytes() + r.denied_5m.heap_bytes()
-                + r.login_failed_5m.heap_bytes() + r.lists_10m.heap_bytes()
-                + r.creds_10m.heap_bytes() + r.denied_secrets_1h.heap_bytes()
-        });
-        std::mem::size_of::<Self>() + self.requests_1m.heap_bytes() + self.requests_1h.heap_bytes()
-            + self.requests_24h.heap_bytes() + self.reads_1h.heap_bytes()
-            + self.secrets_1h.heap_bytes() + self.secrets_24h.heap_bytes()
-            + self.recent.heap_bytes() + self.networks.capacity() * 16 + rare
-            + self.marks.as_ref().map_or(0, |_| 32)
-    }
 }

@@ -64,16 +64,14 @@ impl PyRecent {
     }
     #[pyo3(signature = (ts, event_id=None))]
     fn add(&mut self, py: Python<'_>, ts: f64, event_id: Option<&Bound<'_, PyString>>) {
-        let empty = PyString::new(py, "");
-        let id = if self.ids { Some(event_id.unwrap_or(&empty)) } else { None };
-        self.inner.add(ts, id, self.maxlen);
+        let id = self.id(py, event_id);
+        self.inner.add(ts, id.as_ref(), self.maxlen);
     }
     #[pyo3(signature = (ts, event_id=None))]
     fn add_count(&mut self, py: Python<'_>, ts: f64, event_id: Option<&Bound<'_, PyString>>)
                  -> usize {
-        let empty = PyString::new(py, "");
-        let id = if self.ids { Some(event_id.unwrap_or(&empty)) } else { None };
-        self.inner.add_count(ts, id, self.horizon, self.maxlen)
+        let id = self.id(py, event_id);
+        self.inner.add_count(ts, id.as_ref(), self.horizon, self.maxlen)
     }
     fn count(&mut self, ts: f64) -> usize {
         self.inner.count(ts, self.horizon, self.ids)
@@ -87,6 +85,14 @@ impl PyRecent {
     }
     fn load_state(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
         self.inner.load_state(state, self.ids)
+    }
+}
+
+impl PyRecent {
+    /// The id an entry keeps: the event's ("" by default) where the window keeps ids.
+    fn id<'py>(&self, py: Python<'py>, event_id: Option<&Bound<'py, PyString>>)
+               -> Option<Bound<'py, PyString>> {
+        self.ids.then(|| event_id.cloned().unwrap_or_else(|| PyString::new(py, "")))
     }
 }
 

@@ -249,10 +249,6 @@ impl Counter {
         self.wide = !(fits(newest) && fits(valid_from) && flat.iter().all(|&x| fits(x)));
         Ok(())
     }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.pairs.capacity() * std::mem::size_of::<(i32, u32)>()
-    }
 }
 
 /// Timestamps (and, for some, event ids) of the last events of one kind within a horizon,
@@ -354,10 +350,6 @@ impl Recent {
             let empty = PyString::new(py, "").unbind();
             self.times.iter().map(|&t| (t, empty.clone_ref(py))).collect()
         }
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        self.times.capacity() * 8 + self.ids.capacity() * 8
     }
 }
 
@@ -527,16 +519,6 @@ impl Distinct {
         }
         Ok(())
     }
-
-    pub fn heap_bytes(&self) -> usize {
-        let small = self.small.capacity() * std::mem::size_of::<(Py<PyString>, f64)>();
-        let big = self.big.as_ref().map_or(0, |b| {
-            std::mem::size_of::<BigDistinct>()
-                + b.last.capacity() * (8 + std::mem::size_of::<(Py<PyString>, f64, u64)>() + 1)
-                + b.order.capacity() * 16
-        });
-        small + big
-    }
 }
 
 /// The last `maxlen` (time, event id) of an identity, oldest first, as `windows.RecentEvents`:
@@ -647,13 +629,6 @@ impl RecentEvents {
                 let first = v.len().saturating_sub(maxlen) + skip;
                 v.iter().skip(first).take(take).map(|(t, s)| (*t, s.clone_ref(py))).collect()
             }
-        }
-    }
-
-    pub fn heap_bytes(&self) -> usize {
-        match self {
-            RecentEvents::Packed(v) => v.capacity() * 24,
-            RecentEvents::Strings(v) => v.capacity() * 16,
         }
     }
 }
