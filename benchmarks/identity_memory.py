@@ -74,12 +74,13 @@ def extractor_bytes(identities: int, calls: int) -> tuple[int, int]:
     from secretscope.segments import SegmentTable
 
     settings = load_settings()
-    events = list(synthetic_events(identities, calls))
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     fx = FeatureExtractor(SegmentTable((s.name, s.cidr) for s in settings.segments))
-    for e in events:
+    # the events are made while tracing, as a source makes them: strings the state keeps
+    # (an identity's name as its key, addresses, ids) are counted with it
+    for e in synthetic_events(identities, calls):
         fx.learn(fx.observe(e))
     del e
     gc.collect()

@@ -63,7 +63,7 @@ class IdentityState:
       profiles, learned events per value of every novelty dimension, of the networks it called
       from alone and of the environments of the secrets it read, usual rates and gaps).
 
-    About 2.2 KB for one that made ten calls (``benchmarks/identity_memory.py`` measures it).
+    About 2 KB for one that made ten calls (``benchmarks/identity_memory.py`` measures it).
     """
 
     __slots__ = ("win", "base", "peer", "policies", "role_new", "role_new_newest")

@@ -220,3 +220,27 @@ def test_a_baseline_refuses_what_it_cannot_hold():
     with pytest.raises(KeyError):  # unlearning what was never learned
         Baseline().unlearn(0, 0, ("never",), None, None, ((False, 0.0, 0.0, 0.0, 0.0, -1e18),
                                                           (-1, 0, 0.0, 0.0, 0, 0.0, 0.0)))
+
+
+def test_an_identity_of_few_hours_keeps_pairs_not_a_profile_of_192():
+    """Hour profiles are (hour, count) pairs while few hours hold events: a fleet of identities
+    seen a few times each does not pay 192 counts apiece. The hypothesis test above checks the
+    values across the change to the dense form; this checks that the sparse form is there."""
+    from secretscope._native import allocated
+
+    tkeys = tuple(tagged(d, v) for d, v in enumerate(
+        ("kv/a", "kv", "read", "corp", "10.0.0.1", "agent", "oidc", None)))
+
+    def held(hours: int) -> float:
+        before = allocated()
+        fleet = [Baseline() for _ in range(500)]
+        for b in fleet:
+            for h in range(hours):  # each event its own hour of the week and of the day
+                b.learn(1.7e9 + 3600.0 * h, h, h % 24, tkeys, 0, False, None, None, False,
+                        1.0, 1.0)
+        per = (allocated() - before) / len(fleet)
+        del fleet
+        return per
+
+    few, many = held(6), held(40)  # 6 hours: 12 pairs; 40 hours: the profile is dense
+    assert few + 150 < many, (few, many)

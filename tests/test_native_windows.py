@@ -276,3 +276,23 @@ def test_tracemalloc_sees_the_native_windows():
     assert native > 2_000 * 400  # the windows' own buffers: recent events alone are 240 B
     assert traced >= native
     del windows
+
+
+def test_an_identity_that_lists_but_is_never_denied_holds_no_denial_windows():
+    """Lists are routine, denials and failed logins rare: the windows of each are allocated
+    apart, on the first event that needs them."""
+    def held(denied: bool) -> float:
+        before = _native.allocated()
+        windows = [_native.IdentityWindows() for _ in range(1_000)]
+        for k, w in enumerate(windows):
+            for i in range(10):
+                outcome = "denied" if denied and i == 9 else "success"
+                w.observe(1.7e9 + 900.0 * i, str(uuid.UUID(int=k * 10 + i)),
+                          "list" if i % 3 == 0 else "read", outcome, "secret/data/a",
+                          f"secret/a{i}", False, "corp-vpn", True)
+        per = (_native.allocated() - before) / len(windows)
+        del windows
+        return per
+
+    listing, denied = held(False), held(True)
+    assert denied > listing + 100, (listing, denied)  # the denial windows: over 100 B

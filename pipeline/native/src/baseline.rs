@@ -33,10 +33,16 @@ const DAY: f64 = 86400.0;
 // Values found by a scan of their hashes up to this many (most identities use a few dozen);
 // an index beyond
 const SMALL: usize = 64;
+// Hours a sparse profile holds before it is made dense: 64 bytes of pairs against 192 counts,
+// and few enough for derive's lookups to scan
+const SPARSE: usize = 32;
 
-/// Events per hour of the week (0-167), then per hour of the day (168-191), in the narrowest
-/// unsigned type the counts fit, widened when one would overflow.
+/// Events per hour of the week (0-167), then per hour of the day (168-191): while few hours hold
+/// any and none more than 255, as (hour, count) pairs of those hours (an identity seen a few
+/// times holds 20 pairs, not 192 counts); then in the narrowest unsigned type the counts fit,
+/// widened when one would overflow.
 enum Profile {
+    Sparse(Vec<(u8, u8)>),
     U8(Box<[u8; HOURS]>),
     U16(Box<[u16; HOURS]>),
     U32(Box<[u32; HOURS]>),
@@ -46,6 +52,7 @@ enum Profile {
 impl Profile {
     fn get(&self, i: usize) -> u64 {
         match self {
+            Profile::Sparse(v) => v.iter().find(|e| e.0 as usize == i).map_or(0, |e| e.1 as u64),
             Profile::U8(h) => h[i] as u64,
             Profile::U16(h) => h[i] as u64,
             Profile::U32(h) => h[i] as u64,
@@ -55,7 +62,7 @@ impl Profile {
 
     fn top(&self) -> u64 {
         match self {
-            Profile::U8(_) => u8::MAX as u64,
+            Profile::Sparse(_) | Profile::U8(_) => u8::MAX as u64,
             Profile::U16(_) => u16::MAX as u64,
             Profile::U32(_) => u32::MAX as u64,
             Profile::U64(_) => u64::MAX,
@@ -64,7 +71,11 @@ impl Profile {
 
     fn of(values: &[u64]) -> Profile {
         let top = values.iter().copied().max().unwrap_or(0);
-        if top <= u8::MAX as u64 {
+        let used = values.iter().filter(|v| **v != 0).count();
+        if top <= u8::MAX as u64 && used <= SPARSE {
+            Profile::Sparse(values.iter().enumerate().filter(|(_, v)| **v != 0)
+                .map(|(i, v)| (i as u8, *v as u8)).collect())
+        } else if top <= u8::MAX as u64 {
             let mut h = Box::new([0u8; HOURS]);
             for (i, v) in values.iter().enumerate() { h[i] = *v as u8; }
             Profile::U8(h)
@@ -89,8 +100,42 @@ impl Profile {
 
     /// Add `step` (+1 or -1) to an hour of the week and its hour of the day.
     fn count(&mut self, how: usize, hod: usize, step: i64) {
-        if step > 0 && (self.get(how) == self.top() || self.get(HOD + hod) == self.top()) {
+        let day = HOD + hod;
+        if let Profile::Sparse(v) = self {
+            let (a, b) = (how as u8, day as u8);
+            if step < 0 {
+                for hour in [a, b] {
+                    if let Some(k) = v.iter().position(|e| e.0 == hour) {
+                        v[k].1 -= 1;
+                        if v[k].1 == 0 {
+                            v.remove(k);
+                            trim(v);
+                        }
+                    }
+                }
+                return;
+            }
+            let new = [a, b].iter().filter(|h| !v.iter().any(|e| e.0 == **h)).count();
+            let full = v.iter().any(|e| (e.0 == a || e.0 == b) && e.1 == u8::MAX);
+            if v.len() + new <= SPARSE && !full {
+                for hour in [a, b] {
+                    match v.iter_mut().find(|e| e.0 == hour) {
+                        Some(e) => e.1 += 1,
+                        None => {
+                            room(v);
+                            v.push((hour, 1));
+                        }
+                    }
+                }
+                return;
+            }
+            let mut h = Box::new([0u8; HOURS]);
+            for (i, n) in v.iter() { h[*i as usize] = *n; }
+            *self = Profile::U8(h);
+        }
+        if step > 0 && (self.get(how) == self.top() || self.get(day) == self.top()) {
             *self = match self {
+                Profile::Sparse(_) => unreachable!("a sparse profile is made dense above"),
                 Profile::U8(_) => {
                     let mut h = Box::new([0u16; HOURS]);
                     for i in 0..HOURS { h[i] = self.get(i) as u16; }
@@ -120,6 +165,7 @@ impl Profile {
             }};
         }
         match self {
+            Profile::Sparse(_) => unreachable!("a sparse profile is counted above"),
             Profile::U8(h) => step!(h),
             Profile::U16(h) => step!(h),
             Profile::U32(h) => step!(h),
@@ -390,7 +436,7 @@ impl Baseline {
     fn new() -> Self {
         Baseline {
             history: 0,
-            profile: Profile::U8(Box::new([0u8; HOURS])),
+            profile: Profile::Sparse(Vec::new()),
             seen: Counts::default(),
             distinct: [0; COUNTED],
             policy_writer: false,

@@ -1,7 +1,8 @@
 //! The windows of one identity: what it is doing now, updated by every event it makes
 //! (`FeatureExtractor.observe_windows` in `secretscope/features.py` says what each one is for).
 
-use crate::windows::{interned, items_of, pair, room, Counter, Distinct, Recent, RecentEvents};
+use crate::windows::{interned, items_of, pair, room, Counter, Distinct, Recent, RecentEvents,
+                     Stamped};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyList, PyString, PyTuple};
@@ -28,27 +29,35 @@ const BURSTS_5M: (f64, usize) = (300.0, 256);
 const LISTS_10M: (f64, usize) = (600.0, 256);
 const CREDS_10M: (f64, usize) = (600.0, 10_000);
 
-/// Windows most identities never fill, allocated on the first event that needs one.
+/// Windows of denials, failed logins and dynamic credentials: most identities never fill
+/// them, and they are allocated on the first event that needs one.
 #[derive(Default)]
 struct Rare {
     denied_1h: Counter,
-    lists_1h: Counter,
-    denied_5m: Recent,       // with event ids
-    login_failed_5m: Recent, // with event ids
-    lists_10m: Recent,
-    creds_10m: Recent,
+    denied_5m: Recent<Stamped>,
+    login_failed_5m: Recent<Stamped>,
+    creds_10m: Recent<f64>,
     denied_secrets_1h: Distinct,
+}
+
+/// Windows of lists: many identities list now and then, few deny or fail, so these have a
+/// box of their own rather than one with the rare windows.
+#[derive(Default)]
+struct Lists {
+    lists_1h: Counter,
+    lists_10m: Recent<f64>,
 }
 
 #[pyclass(module = "secretscope._native")]
 pub struct IdentityWindows {
-    requests_1m: Recent,
+    requests_1m: Recent<f64>,
     requests_1h: Counter,
     requests_24h: Counter,
     reads_1h: Counter,
     secrets_1h: Distinct,
     secrets_24h: Distinct,
     rare: Option<Box<Rare>>,
+    lists: Option<Box<Lists>>,
     // event time of the last list burst, policy write, denial burst, token creation (most
     // identities never set one)
     marks: Option<Box<[f64; 4]>>,
@@ -73,6 +82,10 @@ impl IdentityWindows {
 
     fn rare(&mut self) -> &mut Rare {
         self.rare.get_or_insert_with(Default::default)
+    }
+
+    fn lists(&mut self) -> &mut Lists {
+        self.lists.get_or_insert_with(Default::default)
     }
 
     /// Record a call from `net` at `ts`; how many networks the identity used within
@@ -135,6 +148,7 @@ impl IdentityWindows {
             secrets_1h: Distinct::default(),
             secrets_24h: Distinct::default(),
             rare: None,
+            lists: None,
             marks: None,
             recent: RecentEvents::default(),
             newest_ts: f64::NEG_INFINITY,
@@ -168,7 +182,7 @@ impl IdentityWindows {
             self.newest_ts = ts;
         }
         let networks = self.network(interned(network), ts);
-        let requests_1m = self.requests_1m.add_count(ts, None, REQUESTS_1M.0, REQUESTS_1M.1);
+        let requests_1m = self.requests_1m.add_count(ts, event_id, REQUESTS_1M.0, REQUESTS_1M.1);
         let requests_1h = self.requests_1h.add_count(ts, MINUTES.0, MINUTES.1);
         let requests_24h = self.requests_24h.add_count(ts, QUARTERS.0, QUARTERS.1);
         let success = outcome == "success";
@@ -179,7 +193,7 @@ impl IdentityWindows {
             if secret_access {
                 rare.denied_secrets_1h.add(secret, ts, 3600.0);
             }
-            if rare.denied_5m.add_count(ts, Some(event_id), BURSTS_5M.0, BURSTS_5M.1)
+            if rare.denied_5m.add_count(ts, event_id, BURSTS_5M.0, BURSTS_5M.1)
                 >= DENIED_BURST
             {
                 self.mark(2, ts);
@@ -187,16 +201,16 @@ impl IdentityWindows {
         }
         if is_login && !success {
             let rare = self.rare();
-            if rare.login_failed_5m.add_count(ts, Some(event_id), BURSTS_5M.0, BURSTS_5M.1)
+            if rare.login_failed_5m.add_count(ts, event_id, BURSTS_5M.0, BURSTS_5M.1)
                 >= DENIED_BURST
             {
                 self.mark(2, ts);
             }
         }
         if operation == "list" {
-            let rare = self.rare();
-            rare.lists_1h.add(ts, MINUTES.0, MINUTES.1);
-            if rare.lists_10m.add_count(ts, None, LISTS_10M.0, LISTS_10M.1) >= LIST_BURST {
+            let lists = self.lists();
+            lists.lists_1h.add(ts, MINUTES.0, MINUTES.1);
+            if lists.lists_10m.add_count(ts, event_id, LISTS_10M.0, LISTS_10M.1) >= LIST_BURST {
                 self.mark(0, ts);
             }
         }
@@ -208,7 +222,7 @@ impl IdentityWindows {
             distinct_1h = self.secrets_1h.add(secret, ts, 3600.0);
             distinct_24h = self.secrets_24h.add(secret, ts, 86400.0);
             if path.contains("/creds/") || path.contains("/issue/") {
-                self.rare().creds_10m.add(ts, None, CREDS_10M.1);
+                self.rare().creds_10m.add(ts, event_id, CREDS_10M.1);
             }
         } else {
             distinct_1h = self.secrets_1h.count(ts, 3600.0);
@@ -223,30 +237,36 @@ impl IdentityWindows {
                 }
             }
         }
-        let (denied_5m, denied_ratio, denied_distinct, failed_5m, list_ratio, creds) =
+        // the counts are only taken (and their windows moved) where Python takes them; an
+        // unallocated window is an empty one, whose count is 0
+        let (denied_5m, denied_ratio, denied_distinct, failed_5m, creds) =
             match self.rare.as_mut() {
-                None => (0, 0.0, 0, 0, 0.0, 0),
+                None => (0, 0.0, 0, 0, 0),
                 Some(rare) => {
-                    let denied_5m = rare.denied_5m.count(ts, BURSTS_5M.0, true);
-                    // the counts are only taken (and their windows moved) where Python takes them
+                    let denied_5m = rare.denied_5m.count(ts, BURSTS_5M.0);
                     let denied_ratio = if requests_1h != 0 {
                         rare.denied_1h.count(ts, MINUTES.0, MINUTES.1) as f64 / requests_1h as f64
                     } else {
                         0.0
                     };
                     let denied_distinct = rare.denied_secrets_1h.count(ts, 3600.0);
-                    let failed_5m = rare.login_failed_5m.count(ts, BURSTS_5M.0, true);
-                    let lists = rare.lists_1h.count(ts, MINUTES.0, MINUTES.1);
-                    let list_ratio = if lists != 0 {
-                        let reads = self.reads_1h.count(ts, MINUTES.0, MINUTES.1).max(1);
-                        lists as f64 / reads as f64
-                    } else {
-                        0.0
-                    };
-                    let creds = rare.creds_10m.count(ts, CREDS_10M.0, false);
-                    (denied_5m, denied_ratio, denied_distinct, failed_5m, list_ratio, creds)
+                    let failed_5m = rare.login_failed_5m.count(ts, BURSTS_5M.0);
+                    let creds = rare.creds_10m.count(ts, CREDS_10M.0);
+                    (denied_5m, denied_ratio, denied_distinct, failed_5m, creds)
                 }
             };
+        let list_ratio = match self.lists.as_mut() {
+            None => 0.0,
+            Some(lists) => {
+                let lists = lists.lists_1h.count(ts, MINUTES.0, MINUTES.1);
+                if lists != 0 {
+                    let reads = self.reads_1h.count(ts, MINUTES.0, MINUTES.1).max(1);
+                    lists as f64 / reads as f64
+                } else {
+                    0.0
+                }
+            }
+        };
         let concurrent = if networks > 1 { self.concurrent(py, ts)? } else { PyTuple::empty(py) };
         let m = self.marks();
         let floats = [
@@ -287,10 +307,10 @@ impl IdentityWindows {
             self.newest_ts = ts;
         }
         if denied {
-            self.rare().denied_5m.add_count(ts, Some(event_id), BURSTS_5M.0, BURSTS_5M.1);
+            self.rare().denied_5m.add_count(ts, event_id, BURSTS_5M.0, BURSTS_5M.1);
         }
         if failed_login {
-            self.rare().login_failed_5m.add_count(ts, Some(event_id), BURSTS_5M.0, BURSTS_5M.1);
+            self.rare().login_failed_5m.add_count(ts, event_id, BURSTS_5M.0, BURSTS_5M.1);
         }
         Ok(())
     }
@@ -347,14 +367,15 @@ impl IdentityWindows {
     /// Plain lists and numbers, as `IdentityState.to_state` kept them: `(recents, recent,
     /// counters, distincts, marks, newest_ts, networks)`.
     fn to_state<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        let empty_rare = Rare::default();
+        let (empty_rare, empty_lists) = (Rare::default(), Lists::default());
         let rare = self.rare.as_deref().unwrap_or(&empty_rare);
+        let lists = self.lists.as_deref().unwrap_or(&empty_lists);
         let recents = PyList::new(py, [
-            self.requests_1m.to_state(py, false),
-            rare.denied_5m.to_state(py, true),
-            rare.login_failed_5m.to_state(py, true),
-            rare.lists_10m.to_state(py, false),
-            rare.creds_10m.to_state(py, false),
+            self.requests_1m.to_state(py),
+            rare.denied_5m.to_state(py),
+            rare.login_failed_5m.to_state(py),
+            lists.lists_10m.to_state(py),
+            rare.creds_10m.to_state(py),
         ])?;
         let recent = PyList::new(py, self.recent.items(py, RECENT, 0, RECENT).into_iter()
             .map(|(t, id)| PyList::new(py, [PyFloat::new(py, t).into_any(),
@@ -363,7 +384,7 @@ impl IdentityWindows {
             self.requests_1h.to_state(py),
             self.requests_24h.to_state(py),
             rare.denied_1h.to_state(py),
-            rare.lists_1h.to_state(py),
+            lists.lists_1h.to_state(py),
             self.reads_1h.to_state(py),
         ])?;
         let distincts = PyList::new(py, [
@@ -401,19 +422,19 @@ impl IdentityWindows {
             Ok(s.get_item(0)?.len()? > 0)
         };
         if times(&recents[0])? {
-            w.requests_1m.load_state(&recents[0], false)?;
+            w.requests_1m.load_state(&recents[0])?;
         }
-        for (i, keep_ids) in [(1, true), (2, true), (3, false), (4, false)] {
-            if times(&recents[i])? {
-                let rare = w.rare();
-                let target = match i {
-                    1 => &mut rare.denied_5m,
-                    2 => &mut rare.login_failed_5m,
-                    3 => &mut rare.lists_10m,
-                    _ => &mut rare.creds_10m,
-                };
-                target.load_state(&recents[i], keep_ids)?;
-            }
+        if times(&recents[1])? {
+            w.rare().denied_5m.load_state(&recents[1])?;
+        }
+        if times(&recents[2])? {
+            w.rare().login_failed_5m.load_state(&recents[2])?;
+        }
+        if times(&recents[3])? {
+            w.lists().lists_10m.load_state(&recents[3])?;
+        }
+        if times(&recents[4])? {
+            w.rare().creds_10m.load_state(&recents[4])?;
         }
         for entry in items_of(recent)? {
             let (t, id): (f64, Bound<'_, PyString>) = pair(&entry)?;
@@ -426,7 +447,7 @@ impl IdentityWindows {
                     0 => &mut w.requests_1h,
                     1 => &mut w.requests_24h,
                     2 => &mut w.rare().denied_1h,
-                    3 => &mut w.rare().lists_1h,
+                    3 => &mut w.lists().lists_1h,
                     _ => &mut w.reads_1h,
                 };
                 target.load_state(saved)?;

@@ -13,7 +13,7 @@ mod identity;
 mod windows;
 
 use identity::IdentityWindows;
-use windows::{Counter, Distinct, Recent, RecentEvents};
+use windows::{Counter, Distinct, Recent, RecentEvents, Stamped};
 
 /// `windows.WindowCounter` with the same methods, for the tests that compare the two.
 #[pyclass(module = "secretscope._native", name = "WindowCounter")]
@@ -46,13 +46,27 @@ impl PyCounter {
     }
 }
 
+/// A window of times or of (time, event id), for [`PyRecent`].
+enum AnyRecent {
+    Times(Recent<f64>),
+    Ids(Recent<Stamped>),
+}
+
+macro_rules! each {
+    ($w:expr, $r:ident => $body:expr) => {
+        match $w {
+            AnyRecent::Times($r) => $body,
+            AnyRecent::Ids($r) => $body,
+        }
+    };
+}
+
 /// `windows.Recent` with the same methods, for the tests that compare the two.
 #[pyclass(module = "secretscope._native", name = "Recent")]
 struct PyRecent {
-    inner: Recent,
+    inner: AnyRecent,
     horizon: f64,
     maxlen: usize,
-    ids: bool,
 }
 
 #[pymethods]
@@ -60,39 +74,33 @@ impl PyRecent {
     #[new]
     #[pyo3(signature = (horizon, maxlen=256, ids=false))]
     fn new(horizon: f64, maxlen: usize, ids: bool) -> Self {
-        PyRecent { inner: Recent::default(), horizon, maxlen, ids }
+        let inner = if ids { AnyRecent::Ids(Recent::default()) }
+                    else { AnyRecent::Times(Recent::default()) };
+        PyRecent { inner, horizon, maxlen }
     }
     #[pyo3(signature = (ts, event_id=None))]
     fn add(&mut self, py: Python<'_>, ts: f64, event_id: Option<&Bound<'_, PyString>>) {
-        let id = self.id(py, event_id);
-        self.inner.add(ts, id.as_ref(), self.maxlen);
+        let id = event_id.cloned().unwrap_or_else(|| PyString::new(py, ""));
+        each!(&mut self.inner, w => w.add(ts, &id, self.maxlen))
     }
     #[pyo3(signature = (ts, event_id=None))]
     fn add_count(&mut self, py: Python<'_>, ts: f64, event_id: Option<&Bound<'_, PyString>>)
                  -> usize {
-        let id = self.id(py, event_id);
-        self.inner.add_count(ts, id.as_ref(), self.horizon, self.maxlen)
+        let id = event_id.cloned().unwrap_or_else(|| PyString::new(py, ""));
+        each!(&mut self.inner, w => w.add_count(ts, &id, self.horizon, self.maxlen))
     }
     fn count(&mut self, ts: f64) -> usize {
-        self.inner.count(ts, self.horizon, self.ids)
+        each!(&mut self.inner, w => w.count(ts, self.horizon))
     }
     #[getter]
     fn items(&self, py: Python<'_>) -> Vec<(f64, Py<PyString>)> {
-        self.inner.items(py)
+        each!(&self.inner, w => w.items(py))
     }
     fn to_state(&self, py: Python<'_>) -> PyObject {
-        self.inner.to_state(py, self.ids)
+        each!(&self.inner, w => w.to_state(py))
     }
     fn load_state(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
-        self.inner.load_state(state, self.ids)
-    }
-}
-
-impl PyRecent {
-    /// The id an entry keeps: the event's ("" by default) where the window keeps ids.
-    fn id<'py>(&self, py: Python<'py>, event_id: Option<&Bound<'py, PyString>>)
-               -> Option<Bound<'py, PyString>> {
-        self.ids.then(|| event_id.cloned().unwrap_or_else(|| PyString::new(py, "")))
+        each!(&mut self.inner, w => w.load_state(state))
     }
 }
 

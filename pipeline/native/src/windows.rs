@@ -251,105 +251,146 @@ impl Counter {
     }
 }
 
-/// Timestamps (and, for some, event ids) of the last events of one kind within a horizon,
-/// leaving by time or beyond `maxlen` oldest first, as `windows.Recent`.
-#[derive(Default)]
-pub struct Recent {
-    pub times: Vec<f64>,
-    pub ids: Vec<Py<PyString>>, // empty unless the window keeps ids
+/// An entry of a [`Recent`] window: its time alone, or its time and event id (the windows whose
+/// findings name the events behind them). A window of times holds 8 bytes an entry and no
+/// vector of ids.
+pub trait Stamp: Sized {
+    fn stamp(ts: f64, id: &Bound<'_, PyString>) -> Self;
+    fn ts(&self) -> f64;
+    /// The event id, "" where the window keeps none (as `windows.Recent.items`).
+    fn id(&self, py: Python<'_>) -> Py<PyString>;
+    /// `[times, ids or None]`, as `Recent.to_state`.
+    fn state(entries: &[Self], py: Python<'_>) -> PyObject;
+    fn load(state: &Bound<'_, PyAny>) -> PyResult<Vec<Self>>;
 }
 
-impl Recent {
-    fn drop_front(&mut self, k: usize, keep_ids: bool) {
-        self.times.drain(..k);
-        trim(&mut self.times);
-        if keep_ids {
-            self.ids.drain(..k);
-            trim(&mut self.ids);
+impl Stamp for f64 {
+    #[inline]
+    fn stamp(ts: f64, _id: &Bound<'_, PyString>) -> Self {
+        ts
+    }
+    #[inline]
+    fn ts(&self) -> f64 {
+        *self
+    }
+    fn id(&self, py: Python<'_>) -> Py<PyString> {
+        PyString::new(py, "").unbind()
+    }
+    fn state(entries: &[Self], py: Python<'_>) -> PyObject {
+        (entries.to_vec(), py.None()).into_pyobject(py).unwrap().into_any().unbind()
+    }
+    fn load(state: &Bound<'_, PyAny>) -> PyResult<Vec<Self>> {
+        let (times, _ids): (Vec<f64>, Bound<'_, PyAny>) = pair(state)?;
+        Ok(times)
+    }
+}
+
+/// (time, event id)
+pub struct Stamped(f64, Py<PyString>);
+
+impl Stamp for Stamped {
+    #[inline]
+    fn stamp(ts: f64, id: &Bound<'_, PyString>) -> Self {
+        Stamped(ts, id.clone().unbind())
+    }
+    #[inline]
+    fn ts(&self) -> f64 {
+        self.0
+    }
+    fn id(&self, py: Python<'_>) -> Py<PyString> {
+        self.1.clone_ref(py)
+    }
+    fn state(entries: &[Self], py: Python<'_>) -> PyObject {
+        let times: Vec<f64> = entries.iter().map(|e| e.0).collect();
+        let ids: Vec<Py<PyString>> = entries.iter().map(|e| e.1.clone_ref(py)).collect();
+        (times, ids).into_pyobject(py).unwrap().into_any().unbind()
+    }
+    fn load(state: &Bound<'_, PyAny>) -> PyResult<Vec<Self>> {
+        let (times, ids): (Vec<f64>, Option<Vec<Bound<'_, PyString>>>) = pair(state)?;
+        let ids = ids.unwrap_or_default();
+        if ids.len() != times.len() {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "a window's ids and times differ in length"));
         }
+        Ok(times.into_iter().zip(ids).map(|(t, s)| Stamped(t, s.unbind())).collect())
+    }
+}
+
+/// Timestamps (and, for some, event ids) of the last events of one kind within a horizon,
+/// leaving by time or beyond `maxlen` oldest first, as `windows.Recent`.
+pub struct Recent<E: Stamp> {
+    v: Vec<E>,
+}
+
+impl<E: Stamp> Default for Recent<E> {
+    fn default() -> Self {
+        Recent { v: Vec::new() }
+    }
+}
+
+impl<E: Stamp> Recent<E> {
+    fn drop_front(&mut self, k: usize) {
+        self.v.drain(..k);
+        trim(&mut self.v);
     }
 
-    fn push(&mut self, ts: f64, id: Option<&Bound<'_, PyString>>) {
-        room(&mut self.times);
-        self.times.push(ts);
-        if let Some(id) = id {
-            room(&mut self.ids);
-            self.ids.push(id.clone().unbind());
-        }
+    fn push(&mut self, ts: f64, id: &Bound<'_, PyString>) {
+        room(&mut self.v);
+        self.v.push(E::stamp(ts, id));
     }
 
-    pub fn add(&mut self, ts: f64, id: Option<&Bound<'_, PyString>>, maxlen: usize) {
+    /// Record an event (its id is kept only by a window of [`Stamped`] entries).
+    pub fn add(&mut self, ts: f64, id: &Bound<'_, PyString>, maxlen: usize) {
         self.push(ts, id);
-        if self.times.len() > maxlen {
-            self.drop_front(1, id.is_some());
+        if self.v.len() > maxlen {
+            self.drop_front(1);
         }
     }
 
-    pub fn add_count(&mut self, ts: f64, id: Option<&Bound<'_, PyString>>, horizon: f64,
+    pub fn add_count(&mut self, ts: f64, id: &Bound<'_, PyString>, horizon: f64,
                      maxlen: usize) -> usize {
         self.push(ts, id);
         let floor = ts - horizon;
-        let size = self.times.len();
-        if self.times[0] <= floor || size > maxlen {
+        let size = self.v.len();
+        if self.v[0].ts() <= floor || size > maxlen {
             let mut k = 0;
-            while k < size && (self.times[k] <= floor || size - k > maxlen) {
+            while k < size && (self.v[k].ts() <= floor || size - k > maxlen) {
                 k += 1;
             }
-            self.drop_front(k, id.is_some());
+            self.drop_front(k);
         }
-        self.times.len()
+        self.v.len()
     }
 
-    pub fn count(&mut self, ts: f64, horizon: f64, keep_ids: bool) -> usize {
-        if self.times.is_empty() {
+    pub fn count(&mut self, ts: f64, horizon: f64) -> usize {
+        if self.v.is_empty() {
             return 0;
         }
         let floor = ts - horizon;
-        if self.times[0] <= floor {
-            let size = self.times.len();
+        if self.v[0].ts() <= floor {
+            let size = self.v.len();
             let mut k = 1;
-            while k < size && self.times[k] <= floor {
+            while k < size && self.v[k].ts() <= floor {
                 k += 1;
             }
-            self.drop_front(k, keep_ids);
+            self.drop_front(k);
         }
-        self.times.len()
+        self.v.len()
     }
 
     /// `[times, ids or None]`, as `Recent.to_state`.
-    pub fn to_state(&self, py: Python<'_>, keep_ids: bool) -> PyObject {
-        let times: Vec<f64> = self.times.iter().copied().collect();
-        if keep_ids {
-            let ids: Vec<Py<PyString>> = self.ids.iter().map(|s| s.clone_ref(py)).collect();
-            (times, ids).into_pyobject(py).unwrap().into_any().unbind()
-        } else {
-            (times, py.None()).into_pyobject(py).unwrap().into_any().unbind()
-        }
+    pub fn to_state(&self, py: Python<'_>) -> PyObject {
+        E::state(&self.v, py)
     }
 
-    pub fn load_state(&mut self, state: &Bound<'_, PyAny>, keep_ids: bool) -> PyResult<()> {
-        let (times, ids): (Vec<f64>, Option<Vec<Bound<'_, PyString>>>) = pair(state)?;
-        self.times = times.into();
-        self.ids.clear();
-        if keep_ids {
-            let ids = ids.unwrap_or_default();
-            if ids.len() != self.times.len() {
-                return Err(pyo3::exceptions::PyValueError::new_err(
-                    "a window's ids and times differ in length"));
-            }
-            self.ids = ids.into_iter().map(|s| s.unbind()).collect();
-        }
+    pub fn load_state(&mut self, state: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.v = E::load(state)?;
         Ok(())
     }
 
     /// (time, event id) oldest first; ids are "" where they are not kept.
     pub fn items(&self, py: Python<'_>) -> Vec<(f64, Py<PyString>)> {
-        if self.ids.len() == self.times.len() {
-            self.times.iter().zip(self.ids.iter()).map(|(&t, s)| (t, s.clone_ref(py))).collect()
-        } else {
-            let empty = PyString::new(py, "").unbind();
-            self.times.iter().map(|&t| (t, empty.clone_ref(py))).collect()
-        }
+        self.v.iter().map(|e| (e.ts(), e.id(py))).collect()
     }
 }
 
