@@ -35,7 +35,7 @@ from secretscope.identity import Dormant, IdentityState, Undo
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
 from secretscope.novelty import (ENVIRONMENT, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
                               PeerGroup,
-                              dimension_keys, frequency_classes, peer_key,
+                              dimension_keys, peer_key,
                               tagged, tagged_keys)
 from secretscope.segments import UNKNOWN, SegmentTable
 
@@ -475,14 +475,10 @@ class FeatureExtractor:
          history_days, requests_baseline, secrets_baseline, policy_writer,
          new_segment_login) = st.base.derive(ts, how, hod, tkeys, w.place, _PRODUCTION)
         idle = w.since_previous / _DAY if history else 0.0
+        # the peer group's side, in compiled code too (secretscope._native.PeerGroup.derive)
+        peer_classes, peer_novelty, peer_hod_share, peer_folders, peer_members = peer.derive(
+            keys, hod)
         p_history = peer.history
-        peer_classes, peer_novelty = frequency_classes(
-            (keys[0], keys[1], keys[3], keys[5]), peer.counts, p_history)  # PEER_DIMENSIONS
-        if p_history:
-            p_day = peer.hod
-            peer_hod_share = (p_day[hod - 1] + p_day[hod] + p_day[(hod + 1) % 24]) / p_history
-        else:
-            peer_hod_share = 0.0
         reading = secret_access and event.outcome == SUCCESS and event.operation == "read"
         if reading and history and classes[SECRET] == UNSEEN and peer_classes[0] == UNSEEN:
             if st.role_new is None:
@@ -492,7 +488,7 @@ class FeatureExtractor:
                 st.role_new_newest = ts
         environment = self.environment_of(event.secret) if reading else ""
         in_tree = 1.0 if peer_classes[1] == UNSEEN and keys[1] and _in_tree(
-            keys[1], peer.counts[1]) else 0.0  # PEER_DIMENSIONS[1] is FOLDER
+            keys[1], peer.values(1)) else 0.0  # PEER_DIMENSIONS[1] is FOLDER
         crossing = 1.0 if environment == PRODUCTION and production_new else 0.0
         if ts - _DAY < st.role_new_newest:  # most identities have none in the last day
             role_new_1h, role_new_24h = _role_new(st.role_new, ts)
@@ -531,7 +527,7 @@ class FeatureExtractor:
             peer_novelty,
             secrets_known,
             folders_known,
-            float(len(peer.counts[1])),  # PEER_DIMENSIONS[1] is FOLDER
+            peer_folders,
             1.0 if reading and w.since_list_burst <= _LIST_FOLLOW else 0.0,
             1.0 if reading and w.since_policy_write <= _CHANGE_FOLLOW else 0.0,
             1.0 if succeeded and w.since_denied_burst <= _DENIED_FOLLOW else 0.0,
@@ -552,7 +548,7 @@ class FeatureExtractor:
             periodicity,
             deviation,
             float(p_history),
-            float(len(peer.members)),
+            peer_members,
         )
         return FeatureVector(event, segment, values, keys, how, hod, peer, w.network, w.concurrent,
                              w.alone, environment, tkeys, w.place)

@@ -16,8 +16,7 @@ identity is compared with its peers from its first event.
 
 from __future__ import annotations
 
-from collections import defaultdict
-
+from secretscope._native import PeerGroup  # noqa: F401  (what a peer group keeps: see there)
 from secretscope.events import AccessEvent
 
 DIMENSIONS: tuple[str, ...] = ("secret", "folder", "operation", "segment", "ip", "user_agent",
@@ -45,31 +44,6 @@ def frequency_class(count: int, total: int) -> int:
     if share < RARE_SHARE:
         return RARE
     return INFREQUENT if share < INFREQUENT_SHARE else FREQUENT
-
-
-def frequency_classes(keys: tuple, counts: list, total: int) -> tuple[list[int], float]:
-    """The frequency class of each key against its dimension's counts (``total`` events), and
-    the novelty score: for the strongest unseen value, 1 - (distinct values / events), the
-    chance that a call of this identity does *not* bring a new value. A key of None (dimension
-    not applicable) is frequent; with no history everything else is unseen, novelty 1."""
-    if not total:
-        return [FREQUENT if k is None else UNSEEN for k in keys], 1.0
-    rare, infrequent = RARE_SHARE * total, INFREQUENT_SHARE * total
-    classes: list[int] = []
-    append = classes.append
-    novelty = 0.0
-    for key, seen in zip(keys, counts):  # hot path: frequency_class inlined, common case first
-        n = seen.get(key, 0) if key is not None else total
-        if n >= infrequent:
-            append(FREQUENT)
-        elif n:
-            append(INFREQUENT if n >= rare else RARE)
-        else:
-            append(UNSEEN)
-            surprise = 1.0 - len(seen) / total
-            if surprise > novelty:
-                novelty = surprise
-    return classes, novelty
 
 
 def own_classes(tkeys: tuple, seen: dict, distinct, total: int) -> tuple[list[int], float]:
@@ -159,55 +133,6 @@ def peer_key(policies: tuple[str, ...]) -> str:
     """Identities with the same policies (``default`` aside) are peers."""
     return ",".join(sorted(p for p in policies if p != "default")) or "default"
 
-
-class PeerGroup:
-    """What the members of one peer group have done, learned from their baseline events."""
-
-    __slots__ = ("key", "history", "counts", "hod", "members", "policy_writes")
-
-    def __init__(self, key: str) -> None:
-        self.key = key
-        self.history = 0
-        self.counts: list[defaultdict[str, int]] = [defaultdict(int) for _ in PEER_DIMENSIONS]
-        self.hod = [0] * 24
-        self.members: defaultdict[str, int] = defaultdict(int)  # identity -> its learned events
-        self.policy_writes = 0  # learned ACL policy writes by any member
-
-    def learn(self, identity: str, keys: tuple, hod: int, policy_write: bool) -> None:
-        self.history += 1
-        self.policy_writes += policy_write
-        self.hod[hod] += 1
-        self.members[identity] += 1
-        for counts, d in zip(self.counts, PEER_DIMENSIONS):
-            key = keys[d]
-            if key is not None:
-                counts[key] += 1
-
-    def unlearn(self, identity: str, keys: tuple, hod: int, policy_write: bool) -> None:
-        self.history -= 1
-        self.policy_writes -= policy_write
-        self.hod[hod] -= 1
-        decrement(self.members, identity)
-        for counts, d in zip(self.counts, PEER_DIMENSIONS):
-            key = keys[d]
-            if key is not None:
-                decrement(counts, key)
-
-    def to_state(self) -> list:
-        return [self.history, self.counts, self.hod, self.members, self.policy_writes]
-
-    @classmethod
-    def from_state(cls, key: str, state: list) -> "PeerGroup":
-        group = cls(key)
-        group.history, counts, group.hod, members, group.policy_writes = state
-        group.counts = [defaultdict(int, c) for c in counts]
-        group.members = defaultdict(int, members)
-        return group
-
-
-def decrement(counts: dict[str, int], key: str) -> None:
-    left = counts[key] - 1
-    if left:
-        counts[key] = left
-    else:
-        del counts[key]
+# A peer group (the identities of one `peer_key`) is `secretscope._native.PeerGroup`, compiled:
+# it counts its members' learned secrets, folders, segments and user agents, hours of the day
+# and policy writes, and its `derive` gives the peer part of an event's features.

@@ -184,17 +184,17 @@ fn same_str(a: &Py<PyString>, a_hash: u32, b: &Py<PyString>, b_hash: u32) -> boo
 
 /// A tagged key (`novelty.tagged`) with (the low half of) its cached Python hash: equal when
 /// the same object or equal strings, so keys need not be interned.
-struct Key {
-    s: Py<PyString>,
-    hash: u32,
+pub(crate) struct Key {
+    pub(crate) s: Py<PyString>,
+    pub(crate) hash: u32,
 }
 
 impl Key {
-    fn new(s: &Bound<'_, PyString>) -> PyResult<Key> {
+    pub(crate) fn new(s: &Bound<'_, PyString>) -> PyResult<Key> {
         Ok(Key { hash: s.hash()? as u32, s: s.clone().unbind() })
     }
 
-    fn same(&self, other: &Key) -> bool {
+    pub(crate) fn same(&self, other: &Key) -> bool {
         same_str(&self.s, self.hash, &other.s, other.hash)
     }
 }

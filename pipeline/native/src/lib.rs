@@ -10,6 +10,7 @@ use pyo3::types::PyString;
 mod alloc;
 mod baseline;
 mod identity;
+mod peers;
 mod windows;
 
 use identity::IdentityWindows;
@@ -174,6 +175,7 @@ fn _set_rebase(buckets: i64) -> i64 {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IdentityWindows>()?;
     m.add_class::<baseline::Baseline>()?;
+    m.add_class::<peers::PeerGroup>()?;
     m.add_class::<PyCounter>()?;
     m.add_class::<PyRecent>()?;
     m.add_class::<PyDistinct>()?;
