@@ -19,12 +19,13 @@ const PLACE: usize = 8;
 const ENVIRONMENT: usize = 9;
 const SECRET: usize = 0;
 const FOLDER: usize = 1;
-const FREQUENT: u8 = 0;
-const INFREQUENT: u8 = 1;
-const RARE: u8 = 2;
-const UNSEEN: u8 = 3;
-const RARE_SHARE: f64 = 0.01;
-const INFREQUENT_SHARE: f64 = 0.10;
+// novelty's frequency classes and their shares of the history (the peer group's too)
+pub(crate) const FREQUENT: u8 = 0;
+pub(crate) const INFREQUENT: u8 = 1;
+pub(crate) const RARE: u8 = 2;
+pub(crate) const UNSEEN: u8 = 3;
+pub(crate) const RARE_SHARE: f64 = 0.01;
+pub(crate) const INFREQUENT_SHARE: f64 = 0.10;
 const WORKING_SHARE: f64 = 0.03;
 const EWMA_ALPHA: f64 = 0.1;
 const GAP_ALPHA: f64 = 0.05;
@@ -115,12 +116,13 @@ impl Profile {
                 }
                 return;
             }
-            let new = [a, b].iter().filter(|h| !v.iter().any(|e| e.0 == **h)).count();
-            let full = v.iter().any(|e| (e.0 == a || e.0 == b) && e.1 == u8::MAX);
+            let found = [a, b].map(|hour| v.iter().position(|e| e.0 == hour));
+            let new = found.iter().filter(|i| i.is_none()).count();
+            let full = found.iter().flatten().any(|&i| v[i].1 == u8::MAX);
             if v.len() + new <= SPARSE && !full {
-                for hour in [a, b] {
-                    match v.iter_mut().find(|e| e.0 == hour) {
-                        Some(e) => e.1 += 1,
+                for (hour, at) in [a, b].into_iter().zip(found) {
+                    match at {
+                        Some(i) => v[i].1 += 1,
                         None => {
                             room(v);
                             v.push((hour, 1));
@@ -211,24 +213,47 @@ impl std::hash::Hash for Key {
     }
 }
 
-/// Learned events per tagged value, in the order values were first counted (a value counted
-/// down to nothing leaves, and comes back at the end), as the Python dict it replaces kept
-/// them: explanations list values in that order where counts tie.
-#[derive(Default)]
-struct Counts {
-    entries: Vec<Entry>, // count 0: left (skipped, cut out when they pile up)
+/// A count of [`Counts`]: 32 bits for one identity's values (16-byte entries), 64 for a peer
+/// group's, whose members together can use one value more than 2**32 times.
+pub(crate) trait Count: Copy + PartialEq + std::ops::AddAssign + std::ops::SubAssign {
+    const ZERO: Self;
+    const ONE: Self;
+}
+
+impl Count for u32 {
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+}
+
+impl Count for u64 {
+    const ZERO: Self = 0;
+    const ONE: Self = 1;
+}
+
+/// Learned events per value, in the order values were first counted (a value counted down to
+/// nothing leaves, and comes back at the end), as the Python dict it replaces kept them:
+/// explanations list values in that order where counts tie. Found by a scan while few, by an
+/// index beyond `SMALL`.
+pub(crate) struct Counts<N: Count = u32> {
+    entries: Vec<Entry<N>>, // count 0: left (skipped, cut out when they pile up)
     index: Option<Box<HashMap<Key, u32>>>,
     live: u32,
 }
 
-/// A value and its count in 16 bytes.
-struct Entry {
-    s: Py<PyString>,
-    hash: u32,
-    n: u32,
+impl<N: Count> Default for Counts<N> {
+    fn default() -> Self {
+        Counts { entries: Vec::new(), index: None, live: 0 }
+    }
 }
 
-impl Entry {
+/// A value and its count (16 bytes with a 32-bit count).
+pub(crate) struct Entry<N> {
+    pub(crate) s: Py<PyString>,
+    hash: u32,
+    pub(crate) n: N,
+}
+
+impl<N> Entry<N> {
     fn key(&self, py: Python<'_>) -> Key {
         Key { s: self.s.clone_ref(py), hash: self.hash }
     }
@@ -238,22 +263,27 @@ impl Entry {
     }
 }
 
-impl Counts {
+impl<N: Count> Counts<N> {
     fn find(&self, key: &Key) -> Option<usize> {
         match &self.index {
             Some(index) => index.get(key).map(|&i| i as usize),
-            None => self.entries.iter().position(|e| e.n != 0 && e.same(key)),
+            None => self.entries.iter().position(|e| e.n != N::ZERO && e.same(key)),
         }
     }
 
-    fn get(&self, key: &Key) -> u32 {
-        self.find(key).map_or(0, |i| self.entries[i].n)
+    pub(crate) fn get(&self, key: &Key) -> N {
+        self.find(key).map_or(N::ZERO, |i| self.entries[i].n)
+    }
+
+    /// How many values are counted.
+    pub(crate) fn len(&self) -> usize {
+        self.live as usize
     }
 
     /// Count one more; true if the value is new.
-    fn count(&mut self, py: Python<'_>, key: Key) -> bool {
+    pub(crate) fn count(&mut self, py: Python<'_>, key: Key) -> bool {
         if let Some(i) = self.find(&key) {
-            self.entries[i].n += 1;
+            self.entries[i].n += N::ONE;
             return false;
         }
         if let Some(index) = self.index.as_mut() {
@@ -261,7 +291,7 @@ impl Counts {
                          self.entries.len() as u32);
         }
         room(&mut self.entries);
-        self.entries.push(Entry { s: key.s, hash: key.hash, n: 1 });
+        self.entries.push(Entry { s: key.s, hash: key.hash, n: N::ONE });
         self.live += 1;
         if self.index.is_none() && self.entries.len() > SMALL {
             self.reindex(py);
@@ -270,10 +300,10 @@ impl Counts {
     }
 
     /// Count one less; true if the value left.
-    fn uncount(&mut self, py: Python<'_>, key: &Key) -> PyResult<bool> {
+    pub(crate) fn uncount(&mut self, py: Python<'_>, key: &Key) -> PyResult<bool> {
         let i = self.find(key).ok_or_else(|| PyKeyError::new_err(key.s.clone_ref(py)))?;
-        self.entries[i].n -= 1;
-        if self.entries[i].n != 0 {
+        self.entries[i].n -= N::ONE;
+        if self.entries[i].n != N::ZERO {
             return Ok(false);
         }
         self.live -= 1;
@@ -281,7 +311,7 @@ impl Counts {
             index.remove(key);
         }
         if self.entries.len() > 2 * self.live as usize + 8 {
-            self.entries.retain(|e| e.n != 0);
+            self.entries.retain(|e| e.n != N::ZERO);
             trim(&mut self.entries);
             if self.index.is_some() {
                 self.reindex(py);
@@ -293,26 +323,42 @@ impl Counts {
     fn reindex(&mut self, py: Python<'_>) {
         let mut index = HashMap::with_capacity(self.live as usize);
         for (i, e) in self.entries.iter().enumerate() {
-            if e.n != 0 {
+            if e.n != N::ZERO {
                 index.insert(e.key(py), i as u32);
             }
         }
         self.index = Some(Box::new(index));
     }
 
-    fn push_loaded(&mut self, key: Key, n: u32) {
-        room(&mut self.entries);
-        self.entries.push(Entry { s: key.s, hash: key.hash, n });
-        self.live += 1;
+    /// Counts of a snapshot's dict, whose keys are distinct (counts of 0 are left out).
+    pub(crate) fn load(py: Python<'_>, saved: &Bound<'_, PyDict>) -> PyResult<Self>
+    where
+        N: for<'a> FromPyObject<'a>,
+    {
+        let mut c = Counts::default();
+        for (k, n) in saved.iter() {
+            let key = Key::new(k.downcast::<PyString>()?)?;
+            let n: N = n.extract()?;
+            if n == N::ZERO {
+                continue;
+            }
+            room(&mut c.entries);
+            c.entries.push(Entry { s: key.s, hash: key.hash, n });
+            c.live += 1;
+        }
+        if c.entries.len() > SMALL {
+            c.reindex(py);
+        }
+        Ok(c)
     }
 
-    fn items(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.iter().filter(|e| e.n != 0)
+    pub(crate) fn items(&self) -> impl Iterator<Item = &Entry<N>> {
+        self.entries.iter().filter(|e| e.n != N::ZERO)
     }
 }
 
 /// The first key of a (dimension, value) pair, or None.
-fn key_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<Key>> {
+pub(crate) fn key_of(obj: &Bound<'_, PyAny>) -> PyResult<Option<Key>> {
     if obj.is_none() {
         return Ok(None);
     }
@@ -718,17 +764,7 @@ impl Baseline {
         }
         b.profile = Profile::of(&values);
         b.history = history;
-        for (k, n) in seen.iter() {
-            let k = Key::new(k.downcast::<PyString>()?)?;
-            let n: u32 = n.extract()?;
-            if n == 0 {
-                continue;
-            }
-            b.seen.push_loaded(k, n);
-        }
-        if b.seen.entries.len() > SMALL {
-            b.seen.reindex(py);
-        }
+        b.seen = Counts::load(py, seen)?;
         let distinct: Vec<u32> = distinct.extract()?;
         if distinct.len() != COUNTED {
             return Err(PyValueError::new_err("distinct values of 10 kinds"));

@@ -3,129 +3,35 @@
 //! in `tests/test_native_peers.py`. `derive` gives the peer part of an event's features in one
 //! call.
 
-use crate::baseline::Key;
-use crate::windows::{items_of, room, trim};
-use pyo3::exceptions::{PyKeyError, PyValueError};
+use crate::baseline::{key_of, Counts, Key, FREQUENT, INFREQUENT, INFREQUENT_SHARE, RARE, RARE_SHARE,
+                      UNSEEN};
+use crate::windows::items_of;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString, PyTuple};
-use std::collections::HashMap;
 
-const FREQUENT: u8 = 0;
-const INFREQUENT: u8 = 1;
-const RARE: u8 = 2;
-const UNSEEN: u8 = 3;
-const RARE_SHARE: f64 = 0.01;
-const INFREQUENT_SHARE: f64 = 0.10;
 // novelty.PEER_DIMENSIONS: the secret, folder, segment and user agent of dimension_keys
 const DIMENSIONS: [usize; 4] = [0, 1, 3, 5];
 
-/// Count per value in the order values were first counted (one counted down to nothing leaves
-/// and comes back at the end), as the Python dict it replaces. Counts are 64-bit: a group's
-/// members together can read one secret more than 2**32 times. Found by a scan while few (a
-/// team's members, its folders), by an index beyond `SMALL`.
-#[derive(Default)]
-struct Tally {
-    entries: Vec<(Key, u64)>, // count 0: left (skipped, cut out when they pile up)
-    index: Option<Box<HashMap<Key, usize>>>,
-    live: usize,
-}
-
-const SMALL: usize = 64;
-
-impl Tally {
-    fn find(&self, key: &Key) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(key).copied(),
-            None => self.entries.iter().position(|e| e.1 != 0 && e.0.same(key)),
-        }
+fn to_dict<'py>(py: Python<'py>, counts: &Counts<u64>) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for e in counts.items() {
+        d.set_item(e.s.bind(py), e.n)?;
     }
-
-    fn get(&self, key: &Key) -> u64 {
-        self.find(key).map_or(0, |i| self.entries[i].1)
-    }
-
-    fn len(&self) -> usize {
-        self.live
-    }
-
-    fn count(&mut self, py: Python<'_>, key: Key) {
-        if let Some(i) = self.find(&key) {
-            self.entries[i].1 += 1;
-            return;
-        }
-        if let Some(index) = self.index.as_mut() {
-            index.insert(Key { s: key.s.clone_ref(py), hash: key.hash }, self.entries.len());
-        }
-        room(&mut self.entries);
-        self.entries.push((key, 1));
-        self.live += 1;
-        if self.index.is_none() && self.entries.len() > SMALL {
-            self.reindex(py);
-        }
-    }
-
-    fn uncount(&mut self, py: Python<'_>, key: &Key) -> PyResult<()> {
-        let i = self.find(key).ok_or_else(|| PyKeyError::new_err(key.s.clone_ref(py)))?;
-        self.entries[i].1 -= 1;
-        if self.entries[i].1 != 0 {
-            return Ok(());
-        }
-        self.live -= 1;
-        if let Some(index) = self.index.as_mut() {
-            index.remove(key);
-        }
-        if self.entries.len() > 2 * self.live + 8 {
-            self.entries.retain(|e| e.1 != 0);
-            trim(&mut self.entries);
-            if self.index.is_some() {
-                self.reindex(py);
-            }
-        }
-        Ok(())
-    }
-
-    fn reindex(&mut self, py: Python<'_>) {
-        let mut index = HashMap::with_capacity(self.live);
-        for (i, (k, n)) in self.entries.iter().enumerate() {
-            if *n != 0 {
-                index.insert(Key { s: k.s.clone_ref(py), hash: k.hash }, i);
-            }
-        }
-        self.index = Some(Box::new(index));
-    }
-
-    fn to_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        for (k, n) in &self.entries {
-            if *n != 0 {
-                d.set_item(k.s.bind(py), *n)?;
-            }
-        }
-        Ok(d)
-    }
-
-    fn load(py: Python<'_>, obj: &Bound<'_, PyAny>) -> PyResult<Tally> {
-        let mut t = Tally::default();
-        for (k, n) in obj.downcast::<PyDict>()?.iter() {
-            let n: u64 = n.extract()?;
-            if n == 0 {
-                continue;
-            }
-            let key = Key::new(k.downcast::<PyString>()?)?;
-            t.count(py, key);
-            let last = t.entries.len() - 1;
-            t.entries[last].1 = n;
-        }
-        Ok(t)
-    }
+    Ok(d)
 }
 
 fn key_at(keys: &Bound<'_, PyTuple>, d: usize) -> PyResult<Option<Key>> {
-    let k = keys.get_item(d)?;
-    if k.is_none() {
-        return Ok(None);
+    key_of(&keys.get_item(d)?)
+}
+
+/// The peer dimensions' keys of an event's `dimension_keys`, once its hour of the day is
+/// checked.
+fn peer_keys(keys: &Bound<'_, PyTuple>, hod: usize) -> PyResult<Vec<Option<Key>>> {
+    if hod >= 24 {
+        return Err(PyValueError::new_err("an hour of the day is 0-23"));
     }
-    Ok(Some(Key::new(k.downcast::<PyString>()?)?))
+    DIMENSIONS.iter().map(|&d| key_at(keys, d)).collect()
 }
 
 #[pyclass(module = "secretscope._native")]
@@ -134,9 +40,9 @@ pub struct PeerGroup {
     key: Py<PyString>,
     #[pyo3(get)]
     history: i64,
-    counts: [Tally; 4],
+    counts: [Counts<u64>; 4],
     hod: [i64; 24],
-    members: Tally,
+    members: Counts<u64>,
     #[pyo3(get)]
     policy_writes: i64,
 }
@@ -146,18 +52,14 @@ impl PeerGroup {
     #[new]
     fn new(key: Py<PyString>) -> Self {
         PeerGroup { key, history: 0, counts: Default::default(), hod: [0; 24],
-                    members: Tally::default(), policy_writes: 0 }
+                    members: Counts::default(), policy_writes: 0 }
     }
 
     /// Fold in a learned event of `identity`: `keys` are its `dimension_keys` (None where a
     /// dimension does not apply or is not counted), `hod` its hour of the day.
     fn learn(&mut self, py: Python<'_>, identity: &Bound<'_, PyString>,
              keys: &Bound<'_, PyTuple>, hod: usize, policy_write: bool) -> PyResult<()> {
-        if hod >= 24 {
-            return Err(PyValueError::new_err("an hour of the day is 0-23"));
-        }
-        let found: Vec<Option<Key>> =
-            DIMENSIONS.iter().map(|&d| key_at(keys, d)).collect::<PyResult<_>>()?;
+        let found = peer_keys(keys, hod)?;
         self.history += 1;
         self.policy_writes += policy_write as i64;
         self.hod[hod] += 1;
@@ -173,11 +75,7 @@ impl PeerGroup {
     /// Exactly reverse `learn` with the same arguments.
     fn unlearn(&mut self, py: Python<'_>, identity: &Bound<'_, PyString>,
                keys: &Bound<'_, PyTuple>, hod: usize, policy_write: bool) -> PyResult<()> {
-        if hod >= 24 {
-            return Err(PyValueError::new_err("an hour of the day is 0-23"));
-        }
-        let found: Vec<Option<Key>> =
-            DIMENSIONS.iter().map(|&d| key_at(keys, d)).collect::<PyResult<_>>()?;
+        let found = peer_keys(keys, hod)?;
         self.members.uncount(py, &Key::new(identity)?)?;
         for (tally, key) in self.counts.iter_mut().zip(found.iter()) {
             if let Some(key) = key {
@@ -245,7 +143,7 @@ impl PeerGroup {
     /// agent), in the order first counted (a copy).
     #[getter]
     fn counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        PyList::new(py, self.counts.iter().map(|t| t.to_dict(py)).collect::<PyResult<Vec<_>>>()?)
+        PyList::new(py, self.counts.iter().map(|c| to_dict(py, c)).collect::<PyResult<Vec<_>>>()?)
     }
 
     /// The values of peer dimension `i` (0 secret, 1 folder, 2 segment, 3 user agent) the
@@ -253,13 +151,13 @@ impl PeerGroup {
     fn values(&self, py: Python<'_>, i: usize) -> PyResult<Vec<Py<PyString>>> {
         let tally = self.counts.get(i)
             .ok_or_else(|| PyValueError::new_err("a peer dimension is 0-3"))?;
-        Ok(tally.entries.iter().filter(|e| e.1 != 0).map(|e| e.0.s.clone_ref(py)).collect())
+        Ok(tally.items().map(|e| e.s.clone_ref(py)).collect())
     }
 
     /// Learned events per member identity (a copy).
     #[getter]
     fn members<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.members.to_dict(py)
+        to_dict(py, &self.members)
     }
 
     /// Learned events per hour of the day (a copy).
@@ -295,10 +193,10 @@ impl PeerGroup {
         let mut g = PeerGroup::new(key);
         g.history = parts[0].extract()?;
         for (tally, saved) in g.counts.iter_mut().zip(counts.iter()) {
-            *tally = Tally::load(py, saved)?;
+            *tally = Counts::load(py, saved.downcast::<PyDict>()?)?;
         }
         g.hod.copy_from_slice(&hod);
-        g.members = Tally::load(py, &parts[3])?;
+        g.members = Counts::load(py, parts[3].downcast::<PyDict>()?)?;
         g.policy_writes = parts[4].extract()?;
         Ok(g)
     }
