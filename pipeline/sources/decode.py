@@ -88,6 +88,16 @@ class Decoder:
                 return [dead_letter(raw, exc)]
             self.joiner = self.format.joiner(join_timeout=self.join_timeout,
                                              max_field_chars=self.limits.max_field_chars)
+        feed_line = getattr(self.joiner, "feed_line", None)
+        if feed_line is not None:
+            # decoded and joined in one call; None: a record for parse_entry, which says why
+            ahead = self.max_ahead_seconds
+            out = (feed_line(raw, origin, 0, self.limits.max_record_bytes) if ahead is None
+                   else feed_line(raw, origin, 0, self.limits.max_record_bytes, self.clock(), ahead))
+            if out is not None:
+                if self.join_wait is not None and received is not None:
+                    self._received.append((origin, received))
+                return out
         try:
             entry = self.format.parse_entry(raw, origin, self.limits)
             if self.max_ahead_seconds is not None:

@@ -73,9 +73,15 @@ def _open(path: str) -> BinaryIO:
     return open(path, "rb", buffering=1 << 16)
 
 
-def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
+def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters,
+                  joiners: dict | None = None):
     """Yield (ts, seq, format, entry-or-dead-letter) for one file, ts non-decreasing enough for
     merging: dead letters take the time of the last good entry so they keep their place.
+
+    With ``joiners`` (format name -> joiner, for a replay of this file alone: nothing to merge),
+    each line goes straight into its joiner where the joiner can decode it (``feed_line``), and
+    the events it completes come out as (ts, seq, None, event): a format of None marks an item
+    that needs no joining, as for dead letters.
 
     Lines are read at most ``max_record_bytes + 1`` at a time, so an oversize line is never held
     whole. The format is detected from the first line that is of a supported one; lines before it
@@ -88,6 +94,8 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
     refused: ParseError | None = None  # why the first line that was not blank was not a record
     last_ts = float("-inf")
     cap = limits.max_record_bytes + 1
+    max_bytes = limits.max_record_bytes
+    feed_line = None
     lineno = 0
     with _open(path) as fh:
         if path != STDIN:
@@ -113,6 +121,15 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters):
                         yield last_ts, lineno, None, dead_letter(raw, exc)
                         continue
                     parse = fmt.parse_entry
+                    if joiners is not None:
+                        feed_line = getattr(joiners[fmt.name], "feed_line", None)
+                if feed_line is not None:
+                    # decoded and joined in one call; None: a line for parse, which says why
+                    events = feed_line(raw, name, lineno, max_bytes)
+                    if events is not None:
+                        for event in events:
+                            yield last_ts, lineno, None, event
+                        continue
                 try:
                     entry = parse(raw, name, limits, lineno)
                 except ParseError as exc:
@@ -211,13 +228,16 @@ def replay(paths: Iterable[str | Path], limits: InputLimits = InputLimits(),
     paths = [str(p) for p in paths]
     if counters is None:
         counters = ReplayCounters(_total_size(paths))
-    streams = [_file_entries(p, limits, counters) for p in paths]
-    merged = streams[0] if len(streams) == 1 else heapq.merge(*streams, key=lambda item: item[0])
     joiners = {name: fmt.joiner(join_timeout=join_timeout, max_field_chars=limits.max_field_chars)
                for name, fmt in FORMATS.items()}
+    if len(paths) == 1:
+        merged = _file_entries(paths[0], limits, counters, joiners)
+    else:
+        merged = heapq.merge(*(_file_entries(p, limits, counters) for p in paths),
+                             key=lambda item: item[0])
     feeds = {name: joiner.feed for name, joiner in joiners.items()}
     for _ts, _seq, fmt_name, item in merged:
-        if item.__class__ is DeadLetter:
+        if fmt_name is None or item.__class__ is DeadLetter:  # an event, or a dead letter
             yield item
             continue
         yield from feeds[fmt_name](item)

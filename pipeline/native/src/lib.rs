@@ -11,6 +11,7 @@ mod alloc;
 mod baseline;
 mod identity;
 mod peers;
+mod vault;
 mod windows;
 
 use identity::IdentityWindows;
@@ -176,6 +177,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IdentityWindows>()?;
     m.add_class::<baseline::Baseline>()?;
     m.add_class::<peers::PeerGroup>()?;
+    m.add_class::<vault::VaultEntry>()?;
+    m.add_class::<vault::VaultJoiner>()?;
+    m.add_function(wrap_pyfunction!(vault::decode_vault, m)?)?;
+    m.add_function(wrap_pyfunction!(vault::set_vault_hooks, m)?)?;
     m.add_class::<PyCounter>()?;
     m.add_class::<PyRecent>()?;
     m.add_class::<PyDistinct>()?;
