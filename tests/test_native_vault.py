@@ -306,3 +306,86 @@ def test_an_entry_decoded_either_way_reads_the_same():
         slow = vault._parse_in_python(raw, "f.log", 3)
         for name in ("kind", "ts", "request_id", "path", "lineno", "origin"):
             assert getattr(fast, name) == getattr(slow, name)
+
+
+# --- a file read in pieces ----------------------------------------------------------------------
+
+def _items(paths, limits):
+    from secretscope.sources.files import ReplayCounters
+
+    counters = ReplayCounters(0)
+    items = list(replay(paths, limits, counters=counters))
+    return items, (counters.lines, counters.dead_letters, counters.duplicates,
+                   counters.incomplete, counters.unrecognised)
+
+
+LINE_KINDS = st.sampled_from(["record", "record", "record", "blank", "garbage", "declined",
+                              "long", "just-under", "at-cap", "just-over", "far-over", "crlf"])
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(LINE_KINDS, min_size=1, max_size=60), st.booleans(), st.integers(0, 200))
+def test_a_file_read_in_pieces_gives_what_the_line_loop_gives(tmp_path_factory, kinds, ended,
+                                                              pad):
+    """One file is read 64 KiB at a time (``_Pieces``); with a second, empty file the same
+    lines go through the line loop of a merge. Items, dead letters (digests and sizes of
+    oversize lines included) and counters must be the same, for lines at and around the size
+    limit, lines across piece boundaries, and a last line without its newline."""
+    limits = InputLimits(max_record_bytes=4000 + pad)
+    cap = limits.max_record_bytes + 1
+    lines, n = [], 0
+    for kind in kinds:
+        raw = BASE[n % len(BASE)].rstrip(b"\n")
+        n += 1
+        if kind == "blank":
+            raw = b"   "
+        elif kind == "garbage":
+            raw = b"not json " + raw[:30]
+        elif kind == "declined":
+            raw = raw.replace(b'"path":"', b'"path":"\\u00e9', 1).replace(
+                b'"id":"', b'"x":"\\ud83d\\ude00","id":"', 1)
+        elif kind in ("long", "just-under", "at-cap", "just-over", "far-over"):
+            size = {"long": 40_000, "just-under": cap - 2, "at-cap": cap - 1,
+                    "just-over": cap, "far-over": 200_000}[kind]
+            raw = raw[:-1] + b',"pad":"' + b"x" * max(0, size - len(raw) - 10) + b'"}'
+            raw = raw[:size] if len(raw) > size else raw
+        elif kind == "crlf":
+            raw += b"\r"
+        lines.append(raw)
+    root = tmp_path_factory.mktemp("pieces")
+    one, empty = root / "a.log", root / "b.log"
+    one.write_bytes(b"\n".join(lines) + (b"\n" if ended else b""))
+    empty.write_bytes(b"")
+    pieces, by_line = _items([one], limits), _items([one, empty], limits)
+    assert pieces[1] == by_line[1]
+    assert pieces[0] == by_line[0]
+
+
+def test_a_line_longer_than_the_limit_is_never_held_whole_in_pieces(tmp_path, monkeypatch):
+    """The rest of a line with no newline within ``max_record_bytes`` is skipped in bounded
+    reads: the longest bytes object the reader makes stays under the limit plus a piece."""
+    from secretscope.sources import files
+
+    limits = InputLimits(max_record_bytes=10_000)
+    path = tmp_path / "big.log"
+    path.write_bytes(BASE[0] + b"\n" + b'{"x":"' + b"y" * 5_000_000 + b'"}\n' + BASE[1] + b"\n")
+    biggest = 0
+    real = files._Pieces.__iter__
+
+    def watched(self):
+        nonlocal biggest
+        read = self.fh.read1
+
+        def read1(n=-1):
+            nonlocal biggest
+            data = read(n)
+            biggest = max(biggest, len(data))
+            return data
+        self.fh.read1 = read1
+        yield from real(self)
+    monkeypatch.setattr(files._Pieces, "__iter__", watched)
+    items, counts = _items([path], limits)
+    dead = [i for i in items if i.__class__.__name__ == "DeadLetter"]
+    assert [(d.reason, d.origin, d.size) for d in dead] == [("oversize", f"{path}:2", 10_000)]
+    assert "5000008 bytes" in dead[0].detail and counts[0] == 3
+    assert 0 < biggest <= files._PIECE

@@ -79,9 +79,10 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters,
     merging: dead letters take the time of the last good entry so they keep their place.
 
     With ``joiners`` (format name -> joiner, for a replay of this file alone: nothing to merge),
-    each line goes straight into its joiner where the joiner can decode it (``feed_line``), and
-    the events it completes come out as (ts, seq, None, event): a format of None marks an item
-    that needs no joining, as for dead letters.
+    the lines after the first record go to their joiner 64 KiB at a time where it can decode
+    them (``feed_chunk``, see :class:`_Pieces`), and the events it completes come out as (ts,
+    seq, None, event): a format of None marks an item that needs no joining, as for dead
+    letters.
 
     Lines are read at most ``max_record_bytes + 1`` at a time, so an oversize line is never held
     whole. The format is detected from the first line that is of a supported one; lines before it
@@ -94,8 +95,7 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters,
     refused: ParseError | None = None  # why the first line that was not blank was not a record
     last_ts = float("-inf")
     cap = limits.max_record_bytes + 1
-    max_bytes = limits.max_record_bytes
-    feed_line = None
+    feed_chunk = pieces = None
     lineno = 0
     with _open(path) as fh:
         if path != STDIN:
@@ -121,15 +121,7 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters,
                         yield last_ts, lineno, None, dead_letter(raw, exc)
                         continue
                     parse = fmt.parse_entry
-                    if joiners is not None:
-                        feed_line = getattr(joiners[fmt.name], "feed_line", None)
-                if feed_line is not None:
-                    # decoded and joined in one call; None: a line for parse, which says why
-                    events = feed_line(raw, name, lineno, max_bytes)
-                    if events is not None:
-                        for event in events:
-                            yield last_ts, lineno, None, event
-                        continue
+                    feed_chunk = getattr(joiners[fmt.name], "feed_chunk", None) if joiners else None
                 try:
                     entry = parse(raw, name, limits, lineno)
                 except ParseError as exc:
@@ -140,7 +132,14 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters,
                     continue
                 last_ts = entry.ts
                 yield last_ts, lineno, fmt.name, entry
+                if feed_chunk is not None:  # the rest of the file in pieces
+                    pieces = _Pieces(fh, name, lineno, limits, counters, fmt.name, feed_chunk)
+                    break
+            if pieces is not None:
+                yield from pieces
         except (EOFError, OSError, zlib.error) as exc:
+            if pieces is not None:
+                lineno = pieces.lineno
             cut = f"{_cut_reason(exc)} after {lineno:,} lines"
             log.error("input incomplete: %s: %s", name, cut)
             counters.incomplete.append(f"{name}: {cut}")
@@ -153,6 +152,79 @@ def _file_entries(path: str, limits: InputLimits, counters: ReplayCounters,
     if path != STDIN:
         counters._open.pop(path, None)
         counters._finished_bytes += _total_size([path])
+
+
+_PIECE = 1 << 16  # bytes read at a time once a file's lines go to its joiner in pieces
+
+
+class _Pieces:
+    """The rest of a file after its first record, read 64 KiB at a time, each piece's lines
+    decoded and joined by one call (``feed_chunk``) instead of one call a line: (ts, seq,
+    None, event) items, and (ts, seq, format, entry-or-dead-letter) for the lines the joiner
+    declines, which ``parse_entry`` reads as the line loop of :func:`_file_entries` would.
+
+    At most ``max_record_bytes`` of an unended line are held: a longer one is skipped to its
+    end as that loop skips it, with the same dead letter. ``lineno`` is the last line read. The
+    times of the items are 0: a file read in pieces is not merged with another.
+    """
+
+    def __init__(self, fh: BinaryIO, name: str, lineno: int, limits: InputLimits,
+                 counters: ReplayCounters, fmt_name: str, feed_chunk) -> None:
+        self.fh, self.name, self.lineno, self.limits = fh, name, lineno, limits
+        self.counters, self.fmt_name, self.feed_chunk = counters, fmt_name, feed_chunk
+
+    def __iter__(self):
+        fh, name, limits, counters, feed_chunk = (self.fh, self.name, self.limits, self.counters,
+                                                  self.feed_chunk)
+        cap, max_bytes = limits.max_record_bytes + 1, limits.max_record_bytes
+        # read1: what one read gives, so a pipe's lines are not held back to fill a piece
+        read = getattr(fh, "read1", None) or fh.read
+        rest = b""  # the start of a line whose newline has not been read yet
+        while piece := read(_PIECE):
+            data = rest + piece if rest else piece
+            pos = 0
+            while True:
+                events, pos, taken, declined = feed_chunk(data, pos, name, self.lineno,
+                                                          max_bytes)
+                self.lineno += taken
+                counters.lines += taken
+                for event in events:
+                    yield 0.0, self.lineno, None, event
+                if not declined:
+                    break
+                end = data.index(b"\n", pos) + 1
+                yield from self._line(data[pos:end], cap)
+                pos = end
+            rest = data[pos:]
+            if len(rest) >= cap:  # no end within cap bytes: skipped, never held whole
+                self.lineno += 1
+                counters.lines += 1
+                counters.dead_letters += 1
+                yield 0.0, self.lineno, None, _skip_oversize(fh, rest, limits,
+                                                             f"{name}:{self.lineno}")
+                rest = b""
+        if rest:  # the last line, without a newline
+            yield from self._line(rest, cap)
+
+    def _line(self, raw: bytes, cap: int):
+        """A line the joiner declined (or the last, unended): as the line loop reads it."""
+        self.lineno += 1
+        self.counters.lines += 1
+        origin = f"{self.name}:{self.lineno}"
+        if len(raw) > cap or (len(raw) == cap and raw[-1] != 10):
+            # longer than the loop reads at once: its dead letter, as skipped there
+            self.counters.dead_letters += 1
+            yield 0.0, self.lineno, None, _oversize(raw[:cap], len(raw) - (raw[-1] == 10),
+                                                    self.limits, origin)
+            return
+        try:
+            entry = FORMATS[self.fmt_name].parse_entry(raw, self.name, self.limits, self.lineno)
+        except ParseError as exc:
+            if not raw.isspace():  # a blank line is not a record: skipped, not refused
+                self.counters.dead_letters += 1
+                yield 0.0, self.lineno, self.fmt_name, dead_letter(raw, exc)
+            return
+        yield 0.0, self.lineno, self.fmt_name, entry
 
 
 def not_an_audit_log(name: str, lines: int, first: ParseError) -> str:
@@ -206,6 +278,12 @@ def _skip_oversize(fh: BinaryIO, head: bytes, limits: InputLimits, origin: str) 
             size += len(chunk) - 1
             break
         size += len(chunk)
+    return _oversize(head, size, limits, origin)
+
+
+def _oversize(head: bytes, size: int, limits: InputLimits, origin: str) -> DeadLetter:
+    """The dead letter of a line of ``size`` bytes (without its newline) that starts with
+    ``head``: the digest of its first ``max_record_bytes``."""
     limit = limits.max_record_bytes
     return dead_letter(head[:limit], ParseError(
         "oversize", f"{size} bytes > {limit} (digest of the first {limit})", origin))

@@ -879,7 +879,9 @@ impl VaultJoiner {
 
     /// Join one entry; the events it completes (or expires), oldest first.
     fn feed(&mut self, py: Python<'_>, entry: &VaultEntry) -> PyResult<Vec<PyObject>> {
-        self.add(py, entry.entry.clone_ref(py))
+        let mut out = Vec::new();
+        self.add(py, entry.entry.clone_ref(py), &mut out)?;
+        Ok(out)
     }
 
     /// Decode and join one line in one call; None where the line is not one the compiled
@@ -894,9 +896,39 @@ impl VaultJoiner {
             return Ok(None);
         }
         match decode(raw, place.clone().unbind(), lineno) {
-            Some(entry) if !(entry.ts - now > max_ahead) => self.add(py, entry).map(Some),
+            Some(entry) if !(entry.ts - now > max_ahead) => {
+                let mut out = Vec::new();
+                self.add(py, entry, &mut out)?;
+                Ok(Some(out))
+            }
             _ => Ok(None),
         }
+    }
+
+    /// Decode and join the lines of `data` from byte `pos` on, each ended by a newline, the
+    /// first numbered `lineno + 1`: (the events completed, where the first line not taken
+    /// starts, how many lines were taken, whether that line was declined). A line not taken is
+    /// one this decoder declines (the caller reads it, up to its newline, with `parse_entry`)
+    /// or one whose newline is not in `data` yet.
+    #[pyo3(signature = (data, pos, place, lineno, max_bytes=usize::MAX))]
+    fn feed_chunk(&mut self, py: Python<'_>, data: &[u8], pos: usize, place: &Bound<'_, PyString>,
+                  lineno: u64, max_bytes: usize) -> PyResult<(Vec<PyObject>, usize, u64, bool)> {
+        let mut out = Vec::new();
+        let (mut at, mut taken) = (pos.min(data.len()), 0u64);
+        while let Some(newline) = memchr::memchr(b'\n', &data[at..]) {
+            let end = at + newline + 1;
+            let raw = &data[at..end];
+            if raw.len() > max_bytes {
+                return Ok((out, at, taken, true));
+            }
+            match decode(raw, place.clone().unbind(), lineno + taken + 1) {
+                Some(entry) => self.add(py, entry, &mut out)?,
+                None => return Ok((out, at, taken, true)),
+            }
+            taken += 1;
+            at = end;
+        }
+        Ok((out, at, taken, false))
     }
 
     /// Release the oldest waiting call without its other half, then the completed calls queued
@@ -935,7 +967,7 @@ impl VaultJoiner {
 }
 
 impl VaultJoiner {
-    fn add(&mut self, py: Python<'_>, entry: Entry) -> PyResult<Vec<PyObject>> {
+    fn add(&mut self, py: Python<'_>, entry: Entry, out: &mut Vec<PyObject>) -> PyResult<()> {
         let ts = entry.ts;
         if ts > self.latest_ts {
             self.latest_ts = ts;
@@ -946,7 +978,6 @@ impl VaultJoiner {
                 self.generation_start = ts;
             }
         }
-        let mut out = Vec::new();
         if entry.request(PATH) == Some("sys/audit/test") && entry.is_self_test() {
             self.self_tests += 1;
         } else if entry.request_id().is_empty() {
@@ -986,8 +1017,7 @@ impl VaultJoiner {
                 call.done = true;
             }
         }
-        self.expire(py, ts, &mut out)?;
-        Ok(out)
+        self.expire(py, ts, out)
     }
 
     fn pop(&mut self) -> Option<Call> {
