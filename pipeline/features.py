@@ -33,10 +33,9 @@ import msgspec
 from secretscope.events import DENIED, SUCCESS, AccessEvent
 from secretscope.identity import Dormant, IdentityState, Undo
 from secretscope.lineage import FEATURE_VALUES as _LINEAGE_VALUES, LineageTracker
+from secretscope._native import EventKeys
 from secretscope.novelty import (ENVIRONMENT, PLACE, SECRET, SEGMENT, UNSEEN, USER_AGENT,
-                              PeerGroup,
-                              dimension_keys, peer_key,
-                              tagged, tagged_keys)
+                              PeerGroup, agent_family, peer_key, tagged, tagged_keys)
 from secretscope.segments import UNKNOWN, SegmentTable
 
 if TYPE_CHECKING:
@@ -319,6 +318,8 @@ class FeatureExtractor:
         self.environments = [(name, re.compile(paths)) for name, paths in environments]
         self._env_cache: dict[str, str] = {}
         self._where: dict[str, tuple[str, str, str]] = {}  # address -> see _locate
+        # hour_slots, novelty.dimension_keys and their tagged keys in one compiled call
+        self._keys = EventKeys(agent_family).keys
         self.identities: dict[str, IdentityState] = {}
         # identities idle longer than idle_days: a summary each (see identity.Dormant)
         self.dormant: dict[str, Dormant] = {}
@@ -465,10 +466,8 @@ class FeatureExtractor:
         peer = w.peer
         ts = event.ts
         segment = w.segment
-        how, hod = hour_slots(ts)
         secret_access = w.secret_access
-        keys = dimension_keys(event, segment, secret_access)
-        tkeys = _tagged(keys)
+        how, hod, keys, tkeys = self._keys(event, segment, secret_access)
         # the identity's own baseline, in compiled code (secretscope._native.Baseline.derive)
         (how_share, hod_share, work_distance, classes, novelty, seg_share, periodicity,
          deviation, unfamiliar, production_new, secrets_known, folders_known, history,

@@ -324,13 +324,17 @@ LINE_KINDS = st.sampled_from(["record", "record", "record", "blank", "garbage", 
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(LINE_KINDS, min_size=1, max_size=60), st.booleans(), st.integers(0, 200))
+@given(st.lists(LINE_KINDS, min_size=1, max_size=60), st.booleans(), st.integers(0, 200),
+       st.sampled_from([1, 700, 5000, 1 << 16]))
 def test_a_file_read_in_pieces_gives_what_the_line_loop_gives(tmp_path_factory, kinds, ended,
-                                                              pad):
-    """One file is read 64 KiB at a time (``_Pieces``); with a second, empty file the same
-    lines go through the line loop of a merge. Items, dead letters (digests and sizes of
-    oversize lines included) and counters must be the same, for lines at and around the size
-    limit, lines across piece boundaries, and a last line without its newline."""
+                                                              pad, piece):
+    """One file is read in pieces (``_Pieces``, 64 KiB, and here smaller ones too); with a
+    second, empty file the same lines go through the line loop of a merge. Items, dead letters
+    (digests and sizes of oversize lines included) and counters must be the same, for lines at
+    and around the size limit, lines across piece boundaries, and a last line without its
+    newline."""
+    from secretscope.sources import files
+
     limits = InputLimits(max_record_bytes=4000 + pad)
     cap = limits.max_record_bytes + 1
     lines, n = [], 0
@@ -356,7 +360,12 @@ def test_a_file_read_in_pieces_gives_what_the_line_loop_gives(tmp_path_factory, 
     one, empty = root / "a.log", root / "b.log"
     one.write_bytes(b"\n".join(lines) + (b"\n" if ended else b""))
     empty.write_bytes(b"")
-    pieces, by_line = _items([one], limits), _items([one, empty], limits)
+    default, files._PIECE = files._PIECE, piece
+    try:
+        pieces = _items([one], limits)
+    finally:
+        files._PIECE = default
+    by_line = _items([one, empty], limits)
     assert pieces[1] == by_line[1]
     assert pieces[0] == by_line[0]
 

@@ -181,21 +181,30 @@ class _Pieces:
         read = getattr(fh, "read1", None) or fh.read
         rest = b""  # the start of a line whose newline has not been read yet
         while piece := read(_PIECE):
-            data = rest + piece if rest else piece
-            pos = 0
-            while True:
-                events, pos, taken, declined = feed_chunk(data, pos, name, self.lineno,
-                                                          max_bytes)
-                self.lineno += taken
-                counters.lines += taken
-                for event in events:
-                    yield 0.0, self.lineno, None, event
-                if not declined:
-                    break
-                end = data.index(b"\n", pos) + 1
-                yield from self._line(data[pos:end], cap)
-                pos = end
-            rest = data[pos:]
+            if rest:
+                # the line begun in the pieces before ends in this one: fed alone, so only
+                # that line is copied, not the whole piece
+                newline = piece.find(b"\n") + 1
+                if not newline:
+                    rest += piece
+                    piece = b""
+                parts = ((rest + piece[:newline], 0), (piece, newline)) if newline else ()
+            else:
+                parts = ((piece, 0),)
+            for data, pos in parts:
+                while True:
+                    events, pos, taken, declined = feed_chunk(data, pos, name, self.lineno,
+                                                              max_bytes)
+                    self.lineno += taken
+                    counters.lines += taken
+                    for event in events:
+                        yield 0.0, self.lineno, None, event
+                    if not declined:
+                        break
+                    end = data.index(b"\n", pos) + 1
+                    yield from self._line(data[pos:end], cap)
+                    pos = end
+                rest = data[pos:]
             if len(rest) >= cap:  # no end within cap bytes: skipped, never held whole
                 self.lineno += 1
                 counters.lines += 1

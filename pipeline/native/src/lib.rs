@@ -10,6 +10,7 @@ use pyo3::types::PyString;
 mod alloc;
 mod baseline;
 mod identity;
+mod keys;
 mod peers;
 mod vault;
 mod windows;
@@ -177,6 +178,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<IdentityWindows>()?;
     m.add_class::<baseline::Baseline>()?;
     m.add_class::<peers::PeerGroup>()?;
+    m.add_class::<keys::EventKeys>()?;
     m.add_class::<vault::VaultEntry>()?;
     m.add_class::<vault::VaultJoiner>()?;
     m.add_function(wrap_pyfunction!(vault::decode_vault, m)?)?;
