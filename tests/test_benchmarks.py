@@ -50,9 +50,9 @@ def test_replay_benchmark_prints_its_figures(cache):
     assert figure(rf"peak RSS {NUMBER} MiB", out) > 0
     # stage costs are differences of cumulative runs: small ones can come out below 0 on a
     # busy machine, so only the two big stages must be positive
-    assert figure(rf"read \+ parse \(2 lines\)\s+{NUMBER} us per call", out) > 0
+    assert figure(rf"read, parse, join \(2 lines\)\s+{NUMBER} us per call", out) > 0
     assert figure(rf"features \(observe \+ learn\)\s+{NUMBER} us per call", out) > 0
-    assert re.search(r"join into one event\s+-?[\d.]+ us per call", out), out
+    assert re.search(r"hst scaling \+ score \+ learn\s+-?[\d.]+ us per call", out), out
     assert 0 < figure(rf"process start to first event\s+{NUMBER} s wall", out) < 1000
 
 
