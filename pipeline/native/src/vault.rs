@@ -410,11 +410,9 @@ impl Entry {
     /// no address): `vault._is_self_test`.
     fn is_self_test(&self) -> bool {
         self.request(PATH) == Some("sys/audit/test")
-            && self.request(ADDRESS).map_or(true, str::is_empty)
-            && self.auth.map_or(true, |_| {
-                [ACCESSOR, ENTITY, DISPLAY].iter().all(|&w| {
-                    self.auth_string(self.auth, w).map_or(true, str::is_empty)
-                })
+            && self.request(ADDRESS).is_none_or(str::is_empty)
+            && [ACCESSOR, ENTITY, DISPLAY].iter().all(|&w| {
+                self.auth_string(self.auth, w).is_none_or(str::is_empty)
             })
     }
 }
@@ -619,7 +617,7 @@ pub fn set_vault_hooks(py: Python<'_>, event: PyObject, resource: PyObject, toke
                        bare_address: PyObject, truncate: PyObject, cut_policies: PyObject,
                        constants: Vec<Py<PyString>>) -> PyResult<()> {
     let ok = constants.len() == CONSTANTS.len()
-        && constants.iter().zip(CONSTANTS).all(|(s, c)| s.bind(py).to_cow().map_or(false, |s| s == c));
+        && constants.iter().zip(CONSTANTS).all(|(s, c)| s.bind(py).to_cow().is_ok_and(|s| s == c));
     if !ok {
         return Err(PyValueError::new_err(format!("constants must be {CONSTANTS:?}")));
     }
@@ -674,9 +672,12 @@ impl Named {
     }
 }
 
+/// What a path names (`vault._resource`): is it a login, the secret, the namespace.
+type Resource = (bool, Py<PyString>, Py<PyString>);
+
 struct Caches {
     strings: Interned,
-    resources: FxHashMap<Box<[u8]>, (bool, Py<PyString>, Py<PyString>)>,
+    resources: FxHashMap<Box<[u8]>, Resource>,
     tokens: FxHashMap<Box<[u8]>, Named>,
     addresses: FxHashMap<Box<str>, Py<PyString>>,
     errors: FxHashMap<Box<str>, Py<PyString>>,
@@ -704,8 +705,7 @@ impl Caches {
                  errors: FxHashMap::default(), methods: FxHashMap::default() }
     }
 
-    fn resource(&mut self, py: Python<'_>, h: &Hooks, e: &Entry)
-                -> PyResult<(bool, Py<PyString>, Py<PyString>)> {
+    fn resource(&mut self, py: Python<'_>, h: &Hooks, e: &Entry) -> PyResult<Resource> {
         let key = e.resource_key();
         if let Some((login, secret, ns)) = self.resources.get(key) {
             return Ok((*login, secret.clone_ref(py), ns.clone_ref(py)));
@@ -896,6 +896,8 @@ impl VaultJoiner {
             return Ok(None);
         }
         match decode(raw, place.clone().unbind(), lineno) {
+            // the Python check's own words (`Decoder._check_not_ahead`): refused if ahead > max
+            #[allow(clippy::neg_cmp_op_on_partial_ord)]
             Some(entry) if !(entry.ts - now > max_ahead) => {
                 let mut out = Vec::new();
                 self.add(py, entry, &mut out)?;
