@@ -961,11 +961,6 @@ impl VaultJoiner {
     fn remembered(&self) -> usize {
         self.released.len() + self.released_before.len()
     }
-
-    /// Calls waiting for their other half.
-    fn waiting(&self) -> usize {
-        self.order.len()
-    }
 }
 
 impl VaultJoiner {
