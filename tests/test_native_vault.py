@@ -34,26 +34,13 @@ def dead(exc: ParseError) -> tuple:
     return ("dead", exc.reason, exc.detail, exc.field, exc.origin)
 
 
-def reference(lines: list[bytes], limits: InputLimits = InputLimits(), name: str = "f.log",
-              **joiner) -> tuple[list, tuple]:
-    joiner = ref.VaultJoiner(max_field_chars=limits.max_field_chars, **joiner)
-    out: list = []
-    for n, raw in enumerate(lines, 1):
-        try:
-            entry = ref.parse_entry(raw, name, limits, n)
-        except ParseError as exc:
-            out.append(dead(exc))
-            continue
-        out += joiner.feed(entry)
-    out += joiner.flush()
-    return out, (joiner.duplicates, joiner.self_tests, joiner.remembered(), joiner.latest_ts)
-
-
-def compiled(lines: list[bytes], limits: InputLimits = InputLimits(), name: str = "f.log",
-             by_line: bool = True, **joiner) -> tuple[list, tuple]:
-    """As the file source feeds the joiner: a line at a time through ``feed_line``, and through
-    ``parse_entry`` and ``feed`` where it declines (or always, with ``by_line`` False)."""
-    joiner = vault.VaultJoiner(max_field_chars=limits.max_field_chars, **joiner)
+def run(module, lines: list[bytes], limits: InputLimits = InputLimits(), name: str = "f.log",
+        by_line: bool = False, **joiner) -> tuple[list, tuple]:
+    """The events, dead letters and counters of ``module``'s parser and joiner (the reference's
+    or the package's) over ``lines``, a line at a time. With ``by_line``, as the live sources
+    feed the compiled joiner: through ``feed_line``, and through ``parse_entry`` and ``feed``
+    where it declines."""
+    joiner = module.VaultJoiner(max_field_chars=limits.max_field_chars, **joiner)
     out: list = []
     for n, raw in enumerate(lines, 1):
         if by_line:
@@ -62,7 +49,7 @@ def compiled(lines: list[bytes], limits: InputLimits = InputLimits(), name: str 
                 out += events
                 continue
         try:
-            entry = vault.parse_entry(raw, name, limits, n)
+            entry = module.parse_entry(raw, name, limits, n)
         except ParseError as exc:
             out.append(dead(exc))
             continue
@@ -71,11 +58,16 @@ def compiled(lines: list[bytes], limits: InputLimits = InputLimits(), name: str 
     return out, (joiner.duplicates, joiner.self_tests, joiner.remembered(), joiner.latest_ts)
 
 
+def reference(lines: list[bytes], limits: InputLimits = InputLimits(), name: str = "f.log",
+              **joiner) -> tuple[list, tuple]:
+    return run(ref, lines, limits, name, **joiner)
+
+
 def same(lines: list[bytes], limits: InputLimits = InputLimits(), name: str = "f.log",
          **joiner) -> list:
     expected = reference(lines, limits, name, **joiner)
     for by_line in (True, False):
-        got = compiled(lines, limits, name, by_line=by_line, **joiner)
+        got = run(vault, lines, limits, name, by_line=by_line, **joiner)
         assert got[1] == expected[1]
         assert len(got[0]) == len(expected[0])
         for a, b in zip(got[0], expected[0]):

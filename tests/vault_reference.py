@@ -1,6 +1,8 @@
 """The Python Vault decoder and joiner that ``secretscope._native`` replaced: the reference
 ``tests/test_native_vault.py`` checks the compiled ones against (events, dead letters and
-counters alike). Kept as it was in ``pipeline/parsers/vault.py``, apart from this docstring.
+counters alike). Its entry, joiner, event building and cached naming are kept as they were in
+``pipeline/parsers/vault.py``; what the package still has in Python (the msgspec decoder and its
+errors, times, addresses, who a token is, what a path names) is imported from there.
 
 HashiCorp Vault / OpenBao audit log (file, socket or syslog device).
 
@@ -17,88 +19,23 @@ secret values when a device runs with ``log_raw``) are never touched.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections import deque
-from datetime import datetime, timezone
 
 import msgspec
 
 from secretscope.errors import ParseError
 from secretscope.events import DENIED, FAILED, SUCCESS, AccessEvent
 from secretscope.parsers.limits import InputLimits
+# What the package still has in Python is shared, not copied: the msgspec decoder and its
+# errors, times, addresses and naming (the Python fallback and the compiled joiner use them).
+from secretscope.parsers.vault import (LOGIN_NO_TOKEN, SOURCE, UNKNOWN_ADDRESS, _DECODER, _FIELDS,
+                                        _Auth, _Line, _Request, _address, _decode_error,
+                                        _is_login, _named, _secret_name, _timestamp, _where)
 
-SOURCE = "vault"
-_UTC = timezone.utc
-# KV v2 puts an API verb between the mount and the key; the secret is the same either way.
-_KV2_VERBS = frozenset({"data", "metadata", "delete", "undelete", "destroy", "subkeys"})
-LOGIN_NO_TOKEN = "login issued no token"  # error of a refused login logged without one
-UNKNOWN_ADDRESS = "unknown"  # names an address-less caller: "anonymous:unknown"
 _KNOWN_METHODS = frozenset(
     {"approle", "kubernetes", "oidc", "jwt", "userpass", "ldap", "okta", "github", "aws", "gcp",
      "azure", "cert", "radius", "token", "root"}
 )
-
-
-class _Namespace(msgspec.Struct, gc=False):
-    path: str | None = None
-
-
-class _Headers(msgspec.Struct, gc=False):
-    """Only the user agent: other headers (and their values) are never built as objects."""
-
-    user_agent: list[str] | str | None = msgspec.field(default=None, name="user-agent")
-
-
-class _Request(msgspec.Struct, gc=False):
-    id: str | None = None
-    operation: str | None = None
-    path: str | None = None
-    mount_point: str | None = None
-    mount_type: str | None = None
-    remote_address: str | None = None
-    namespace: _Namespace | None = None
-    headers: _Headers | None = None
-
-
-class _Metadata(msgspec.Struct, frozen=True, gc=False):
-    """What the auth method says the caller is. Only these names are decoded: token metadata
-    can be set freely at ``auth/token/create``, so the rest is never materialized."""
-
-    role_name: str | None = None  # AppRole
-    service_account_namespace: str | None = None  # Kubernetes
-    service_account_name: str | None = None
-
-
-class _Auth(msgspec.Struct, frozen=True, gc=False):
-    entity_id: str | None = None
-    accessor: str | None = None
-    display_name: str | None = None
-    token_type: str | None = None
-    policies: tuple[str, ...] | None = None
-    metadata: _Metadata | None = None
-
-
-class _Response(msgspec.Struct, gc=False):
-    auth: _Auth | None = None  # a login's new token; nothing else of the response is decoded
-
-
-class _Line(msgspec.Struct, gc=False):
-    """The fields secretscope reads. The decoder skips everything else without building Python
-    objects for it, so request/response ``data`` (secret values under ``log_raw``) is never
-    materialized, and a wrong type in a field we use fails with its JSON path."""
-
-    time: str
-    type: str
-    request: _Request
-    auth: _Auth | None = None
-    response: _Response | None = None
-    error: str | None = None
-
-
-_DECODER = msgspec.json.Decoder(_Line)
-_FIRST_TS = datetime(1, 1, 1, tzinfo=_UTC).timestamp()
-_LAST_TS = datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=_UTC).timestamp()
-_FIELD_AT = re.compile(r" - at `\$\.?([^`]*)`")
 
 
 class VaultEntry(msgspec.Struct, gc=False):
@@ -154,69 +91,6 @@ def parse_entry(raw: bytes, origin: str, limits: InputLimits = InputLimits(),
                       origin, lineno)
 
 
-def _where(origin: str, lineno: int) -> str:
-    return f"{origin}:{lineno}" if lineno else origin
-
-
-def _decode_error(exc: ValueError, origin: str) -> ParseError:
-    if isinstance(exc, msgspec.ValidationError):
-        return _validation_error(str(exc), origin)
-    if isinstance(exc, msgspec.DecodeError):
-        return ParseError("not_json", str(exc), origin)
-    return ParseError("not_json", "no JSON object on the line", origin)
-
-
-def _validation_error(message: str, origin: str) -> ParseError:
-    match = _FIELD_AT.search(message)
-    field = match.group(1) if match else ""
-    detail = message[: match.start()] if match else message
-    if detail.startswith("Object missing required field"):
-        return ParseError("missing_field", detail, origin, detail.split("`")[1] if "`" in detail else field)
-    if detail.startswith("Expected `object`, got `"):
-        reason = "not_object" if not field else "wrong_type"
-        return ParseError(reason, detail, origin, field)
-    return ParseError("wrong_type", detail, origin, field)
-
-
-def _timestamp(value: str, origin: str, lineno: int = 0) -> float:
-    """RFC 3339 time -> POSIX seconds. Python 3.11's parser accepts 'Z', UTC offsets and 0-9
-    fractional digits (truncated to microseconds); a time without a zone is taken as UTC."""
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ParseError("bad_time", f"not RFC 3339: {value[:40]!r}", _where(origin, lineno),
-                         "time") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=_UTC)
-    ts = parsed.timestamp()
-    if not _FIRST_TS <= ts <= _LAST_TS:
-        # an offset can push a valid local time out of years 1-9999 in UTC, where every later
-        # datetime.fromtimestamp (windows, findings) would overflow: refuse it here, at parse
-        raise ParseError("bad_time", f"outside years 1-9999 once converted to UTC: {value[:40]!r}",
-                         _where(origin, lineno), "time")
-    return ts
-
-
-def _address(value: str) -> str:
-    """IPv6 remote addresses come bracketed (``[2001:db8::10]``); strip brackets and port."""
-    address = _ADDRESSES.get(value)
-    if address is None:
-        if len(_ADDRESSES) >= _MAX_CACHED:
-            _ADDRESSES.clear()
-        address = _ADDRESSES[value] = _bare_address(value)
-    return address
-
-
-_ADDRESSES: dict[str, str] = {}  # as logged -> bare; callers repeat, so this runs once per caller
-
-
-def _bare_address(value: str) -> str:
-    if value.startswith("["):
-        end = value.find("]")
-        return value[1:end] if end > 0 else value[1:]
-    if value.count(":") == 1:  # IPv4 with a port
-        return value.split(":", 1)[0]
-    return value
 
 
 def _user_agent(request: _Request) -> str:
@@ -385,9 +259,6 @@ class VaultJoiner:
         return build_event(call.request, call.response, self.max_field_chars)
 
 
-_FIELDS = ("event_id", "identity", "display_name", "operation", "path", "secret", "namespace",
-           "mount_type", "remote_address")
-
 
 def build_event(request: VaultEntry | None, response: VaultEntry | None,
                 max_field_chars: int = 1024) -> AccessEvent:
@@ -469,30 +340,6 @@ def _token(auth: _Auth) -> tuple[str, str, tuple[str, ...], str]:
     return named
 
 
-def _named(auth: _Auth) -> tuple[str, str]:
-    """(identity, display name) of a token: the role or service account its auth method
-    vouches for, then entity, accessor, display name; ("", "") for no token."""
-    display = auth.display_name or ""
-    meta = auth.metadata
-    # Metadata of tokens made with auth/token/create (display "token-...") is whatever their
-    # creator wrote, so it names nobody.
-    if meta is not None and display != "token" and not display.startswith("token-"):
-        if meta.role_name:
-            if not display.endswith(meta.role_name):
-                display = f"{display}-{meta.role_name}" if display else meta.role_name
-            return f"approle:{meta.role_name}", display
-        if meta.service_account_namespace and meta.service_account_name:
-            return (f"kubernetes:{meta.service_account_namespace}/{meta.service_account_name}",
-                    display)
-    if auth.entity_id:
-        return f"entity:{auth.entity_id}", display
-    if auth.accessor:
-        return f"accessor:{auth.accessor}", display
-    if display:
-        return f"name:{display}", display
-    return "", ""
-
-
 def _no_token(response: VaultEntry | None) -> bool:
     resp = response.line.response if response is not None else None
     return response is not None and (resp is None or resp.auth is None)
@@ -528,15 +375,6 @@ def _is_self_test(entry: VaultEntry) -> bool:
 _NO_AUTH = _Auth()
 
 
-def _is_login(path: str) -> bool:
-    if not path.startswith("auth/"):
-        return False
-    rest = path[5:]
-    slash = rest.find("/")
-    tail = rest[slash + 1:] if slash >= 0 else ""
-    return tail == "login" or tail.startswith("login/") or tail.endswith("/callback")
-
-
 def _auth_method(req: _Request, path: str, display: str, is_login: bool) -> str:
     if is_login:
         return req.mount_type or path.split("/")[1]
@@ -559,20 +397,6 @@ def _resource(where: tuple) -> tuple[bool, str, str]:
                                  _secret_name(mount_point or "", mount_type or "", path, namespace),
                                  namespace)
     return named
-
-
-def _secret_name(mount: str, mount_type: str, path: str, ns: str) -> str:
-    """namespace/mount/key, without the KV v2 verb: ``secret/data/a/b`` -> ``secret/a/b``."""
-    if not mount or not path.startswith(mount):
-        slash = path.find("/")
-        mount = path[: slash + 1] if slash >= 0 else path
-    rest = path[len(mount):]
-    if mount_type in ("kv", "kv-v2", "") and rest:
-        verb, _, key = rest.partition("/")
-        if verb in _KV2_VERBS and (mount_type or key):
-            rest = key
-    name = mount + rest
-    return f"{ns}/{name}" if ns else name
 
 
 def _outcome(error: str) -> str:

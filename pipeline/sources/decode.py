@@ -66,6 +66,8 @@ class Decoder:
         self.format = FORMATS[fmt] if fmt else None
         self.joiner = self.format.joiner(join_timeout=join_timeout,
                                          max_field_chars=limits.max_field_chars) if fmt else None
+        # decodes and joins a record in one call, where the format's joiner can
+        self._feed_line = getattr(self.joiner, "feed_line", None)
         self.dead_letters = 0
 
     @property
@@ -88,9 +90,10 @@ class Decoder:
                 return [dead_letter(raw, exc)]
             self.joiner = self.format.joiner(join_timeout=self.join_timeout,
                                              max_field_chars=self.limits.max_field_chars)
-        feed_line = getattr(self.joiner, "feed_line", None)
+            self._feed_line = getattr(self.joiner, "feed_line", None)
+        feed_line = self._feed_line
         if feed_line is not None:
-            # decoded and joined in one call; None: a record for parse_entry, which says why
+            # None: a record for parse_entry, which says why
             ahead = self.max_ahead_seconds
             out = (feed_line(raw, origin, 0, self.limits.max_record_bytes) if ahead is None
                    else feed_line(raw, origin, 0, self.limits.max_record_bytes, self.clock(), ahead))
